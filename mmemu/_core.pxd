@@ -1,0 +1,247 @@
+# cython: language_level=3
+"""C-level layout of the mmemu core, for other Cython code to cimport.
+
+Page tables are 4-level radix trees of 512-entry tables of uint64 entries, one packed pool of
+tables per level.  Entries use the x86-64 bit layout: a present entry holds the index of the
+next-level table (upper levels) or a frame number (leaves) in bits 12..51.
+
+Physical memory (a Machine) is shared by every MM forked from one MM: frames carry a refcount,
+a mapcount, flags and the folio order; a THP is one aligned 2 MiB block of 512 frames.
+"""
+from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+cimport numpy as cnp
+
+# ---- geometry ---------------------------------------------------------------------------
+cdef enum:
+    PAGE_SHIFT = 12
+    PMD_SHIFT = 21
+    PUD_SHIFT = 30
+    PGDIR_SHIFT = 39
+    PTRS_PER_TABLE = 512
+    HPAGE_PMD_ORDER = 9
+    HPAGE_PMD_NR = 512
+
+# levels of the table pools
+cdef enum:
+    LVL_PTE = 0
+    LVL_PMD = 1
+    LVL_PUD = 2
+    LVL_PGD = 3
+    NR_LEVELS = 4
+
+# ---- page-table entry bits (arch/x86/include/asm/pgtable_types.h) -----------------------
+cdef enum:
+    _PAGE_PRESENT = 1 << 0
+    _PAGE_RW = 1 << 1
+    _PAGE_USER = 1 << 2        # cleared for PROT_NONE (the kernel's protnone entries)
+    _PAGE_ACCESSED = 1 << 5
+    _PAGE_DIRTY = 1 << 6
+    _PAGE_PSE = 1 << 7         # a PMD leaf: a huge mapping
+    _PAGE_SPECIAL = 1 << 9     # no struct page behind it: the zeropage
+
+# what an access needs of an entry
+cdef enum:
+    NEED_READ = _PAGE_PRESENT | _PAGE_USER
+    NEED_WRITE = _PAGE_PRESENT | _PAGE_USER | _PAGE_RW
+
+# ---- ops, page states ---------------------------------------------------------------------
+cdef enum:
+    OP_READ = 0
+    OP_WRITE = 1
+    OP_ATOMIC = 2
+    NR_OPS = 3
+
+cdef enum:
+    PS_NONE = 0
+    PS_ZERO = 1
+    PS_HUGE_ZERO = 2
+    PS_ANON = 3
+    PS_LARGE = 4
+    PS_THP = 5
+
+# ---- VMA flags (include/linux/mm.h) -------------------------------------------------------
+cdef enum:
+    VM_READ = 0x1
+    VM_WRITE = 0x2
+    VM_EXEC = 0x4
+    VM_MAYREAD = 0x10
+    VM_MAYWRITE = 0x20
+    VM_MAYEXEC = 0x40
+    VM_ACCOUNT = 0x100000
+    VM_HUGEPAGE = 0x20000000
+    VM_NOHUGEPAGE = 0x40000000
+    VM_ACCESS_FLAGS = VM_READ | VM_WRITE | VM_EXEC
+
+# ---- frame flags ---------------------------------------------------------------------------
+cdef enum:
+    PG_ANON = 1 << 0
+    PG_ANON_EXCLUSIVE = 1 << 1   # PageAnonExclusive: may be reused without copy on a write fault
+    PG_HEAD = 1 << 2             # first page of a large folio
+    PG_TAIL = 1 << 3             # another page of a large folio
+    PG_HUGE_ZERO = 1 << 4        # part of the huge zeropage
+
+# ---- fault results (include/linux/mm_types.h: vm_fault_reason) -----------------------------
+cdef enum:
+    VM_FAULT_OK = 0
+    VM_FAULT_OOM = 1
+    VM_FAULT_SIGSEGV = 2
+    VM_FAULT_FALLBACK = 4
+    VM_FAULT_HOSTMEM = 8        # the host could not grow a table pool (a Python MemoryError)
+    VM_FAULT_NOTIMPL = 16       # a path planned for a later issue (a PMD split of a THP)
+
+# ---- counters: /proc/vmstat (order of mmemu.constants.VMSTAT_NAMES) -------------------------
+cdef enum:
+    NR_ANON_MAPPED = 0
+    NR_ANON_THPS = 1
+    NR_PAGETABLE = 2
+    PGFAULT = 3
+    PGMAJFAULT = 4
+    THP_FAULT_ALLOC = 5
+    THP_FAULT_FALLBACK = 6
+    THP_FAULT_FALLBACK_CHARGE = 7
+    THP_SPLIT_PMD = 8
+    THP_ZERO_PAGE_ALLOC = 9
+    THP_ZERO_PAGE_ALLOC_FAILED = 10
+    NR_VMSTAT = 11
+
+# per-size THP stats (order of mmemu.constants.MTHP_STAT_NAMES), for order 9 only so far
+cdef enum:
+    MTHP_ANON_FAULT_ALLOC = 0
+    MTHP_ANON_FAULT_FALLBACK = 1
+    MTHP_ANON_FAULT_FALLBACK_CHARGE = 2
+    MTHP_NR_ANON = 3
+    NR_MTHP_STAT = 4
+
+# what one smaps walk adds up, in pages
+cdef struct smaps_acc:
+    int64_t pss            # bytes << PSS_SHIFT (12), as fs/proc/task_mmu.c keeps it
+    int64_t pss_dirty
+    int64_t rss
+    int64_t private_clean
+    int64_t private_dirty
+    int64_t shared_clean
+    int64_t shared_dirty
+    int64_t referenced
+    int64_t anonymous
+    int64_t anon_huge
+
+
+cdef class Machine:
+    """Emulated physical memory: frames, their allocator, the zeropages, system-wide counters."""
+    cdef readonly int64_t nr_blocks        # 2 MiB blocks of RAM (block 0 is reserved)
+    cdef readonly int64_t nr_frames
+    cdef cnp.ndarray _refcount, _mapcount, _flags, _order
+    cdef cnp.ndarray _block_free, _block_next, _block_prev, _free_bitmap
+    cdef cnp.ndarray _entire_mapcount, _free_blocks, _vmstat, _mthp_stat
+    cdef int32_t *refcount
+    cdef int32_t *mapcount          # PTE mappings of each page
+    cdef uint8_t *flags
+    cdef uint8_t *order             # folio order, on the head page
+    cdef uint16_t *block_free       # free frames per block (512: wholly free)
+    cdef int32_t *block_next        # list of partly used blocks
+    cdef int32_t *block_prev
+    cdef uint64_t *free_bitmap      # 1 = free, for frames of partly used blocks
+    cdef int32_t *entire_mapcount   # PMD mappings of the THP in each block
+    cdef int32_t *free_blocks       # stack of wholly free blocks
+    cdef int64_t nr_free_blocks_stacked
+    cdef int64_t next_fresh_block   # blocks from here up were never used
+    cdef int32_t partial_head
+    cdef readonly int64_t nr_free_pages
+    cdef int64_t *vmstat
+    cdef int64_t *mthp_stat
+    cdef readonly int64_t huge_zero_pfn  # -1: not allocated
+    cdef readonly int64_t huge_zero_users
+
+    cdef int64_t alloc_page(self) noexcept nogil
+    cdef int64_t alloc_pmd_folio(self) noexcept nogil
+    cdef void free_page(self, int64_t pfn) noexcept nogil
+    cdef void free_pmd_folio(self, int64_t pfn) noexcept nogil
+    cdef int64_t get_huge_zero_folio(self) noexcept nogil
+    cdef int64_t take_free_block(self) noexcept nogil
+    cdef void partial_add(self, int64_t block) noexcept nogil
+    cdef void partial_del(self, int64_t block) noexcept nogil
+
+
+cdef class MMCore:
+    """One process: its page tables, VMAs and per-process counters."""
+    cdef readonly Machine machine
+    # settings (from Config)
+    cdef bint thp_always, thp_madvise, use_zero_page, zero_page, huge_zero_write_thp
+    cdef bint pt_reclaim, arm64, atomic_write_fault
+    # table pools, per level
+    cdef list _pools
+    cdef list _pool_free
+    cdef uint64_t *pool[NR_LEVELS]
+    cdef int32_t *pool_free[NR_LEVELS]
+    cdef int64_t pool_cap[NR_LEVELS]
+    cdef int64_t pool_used[NR_LEVELS]
+    cdef int64_t pool_nfree[NR_LEVELS]
+    cdef readonly int64_t nr_tables_pte, nr_tables_pmd, nr_tables_pud, nr_deposited
+    # VMAs, sorted by start
+    cdef cnp.ndarray _vm_start, _vm_end, _vm_flags, _vm_anon
+    cdef uint64_t *vm_start
+    cdef uint64_t *vm_end
+    cdef uint32_t *vm_flags
+    cdef int32_t *vm_anon_vma
+    cdef readonly int64_t nr_vmas
+    cdef int64_t vma_cap
+    cdef int64_t vma_cache
+    cdef int32_t next_anon_vma
+    # counters
+    cdef readonly int64_t rss_anon, min_flt, maj_flt
+    cdef readonly bint holds_huge_zero
+    cdef readonly bint closed
+    # one-entry software TLB
+    cdef uint64_t tlb_tag, tlb_mask, tlb_perm
+    # where the last bulk access stopped, and why
+    cdef readonly int64_t stop_index
+    cdef readonly uint64_t stop_address
+
+    cdef int _grow_pool(self, int level, int64_t new_cap) except -1
+    cdef int32_t pool_alloc(self, int level) noexcept nogil
+    cdef void count_vm(self, int item, int64_t delta) noexcept nogil
+    cdef void count_mthp(self, int item, int64_t delta) noexcept nogil
+    cdef void count_table(self, int level, int delta) noexcept nogil
+    cdef void pool_release(self, int level, int64_t index) noexcept nogil
+    cdef void deposit(self, int delta) noexcept nogil
+    cdef uint64_t *pmd_entry(self, uint64_t addr) noexcept nogil
+    cdef uint64_t *pmd_alloc(self, uint64_t addr) noexcept nogil
+    cdef uint64_t skip_hole(self, uint64_t addr) noexcept nogil
+    cdef uint64_t *pte_entry(self, uint64_t pmdval, uint64_t addr) noexcept nogil
+    cdef uint64_t walk(self, uint64_t addr, uint64_t need) noexcept nogil
+    cdef int _grow_vmas(self, int64_t new_cap) except -1
+    cdef int64_t find_vma(self, uint64_t addr) noexcept nogil
+    cdef int64_t vma_lower_bound(self, uint64_t addr) noexcept nogil
+    cdef bint thp_allowed(self, uint32_t vm_flags) noexcept nogil
+    cdef bint anon_vma_compatible(self, int64_t a, int64_t b) noexcept nogil
+    cdef void anon_vma_prepare(self, int64_t vma) noexcept nogil
+    cdef void new_anon_page(self, int64_t pfn) noexcept nogil
+    cdef void remove_anon_pte(self, int64_t pfn) noexcept nogil
+    cdef void map_anon_folio_pmd(self, int64_t vma, uint64_t *pmdp, int64_t pfn) noexcept nogil
+    cdef int64_t alloc_anon_folio_pmd(self) noexcept nogil
+    cdef int handle_mm_fault(self, int64_t vma, uint64_t addr, bint write) noexcept nogil
+    cdef int _handle_mm_fault(self, int64_t vma, uint64_t addr, bint write) noexcept nogil
+    cdef int do_huge_pmd_anonymous_page(self, int64_t vma, uint64_t addr, uint64_t *pmdp, bint write) noexcept nogil
+    cdef int do_huge_pmd_wp_page(self, int64_t vma, uint64_t addr, uint64_t *pmdp) noexcept nogil
+    cdef int do_huge_zero_wp_pmd(self, int64_t vma, uint64_t addr, uint64_t *pmdp) noexcept nogil
+    cdef int split_huge_zero_pmd(self, uint64_t *pmdp) noexcept nogil
+    cdef int handle_pte_fault(self, int64_t vma, uint64_t addr, uint64_t *pmdp, bint write) noexcept nogil
+    cdef int do_anonymous_page(self, int64_t vma, uint64_t addr, uint64_t *pmdp, bint write) noexcept nogil
+    cdef int do_wp_page(self, int64_t vma, uint64_t addr, uint64_t *ptep) noexcept nogil
+    cdef int wp_page_copy(self, int64_t vma, uint64_t *ptep, int64_t old_pfn) noexcept nogil
+    cdef int access_slow(self, uint64_t addr, int op, int *faults) noexcept nogil
+    cdef int64_t access_trace(self, const uint64_t *addrs, const uint8_t *ops, uint8_t op0,
+                              int64_t n, uint8_t *out, int *err) noexcept nogil
+    cdef void _check_open(self) except *
+    cdef int _populate(self, uint64_t *paddr, uint64_t end, bint write) noexcept nogil
+    cdef void zap_huge_pmd(self, uint64_t *pmdp) noexcept nogil
+    cdef bint zap_pte_range(self, uint64_t *pte, int64_t first, int64_t last) noexcept nogil
+    cdef int _zap(self, uint64_t start, uint64_t end, bint reclaim) noexcept nogil
+    cdef void free_table_tree(self, int level, int64_t index) noexcept nogil
+    cdef void _free_pgtables(self, int level, uint64_t *entries, uint64_t base, uint64_t start,
+                             uint64_t end, uint64_t floor, uint64_t ceiling) noexcept nogil
+    cdef uint64_t change_entry(self, uint64_t e, uint32_t vm_flags) noexcept nogil
+    cdef void _page_states(self, uint64_t start, uint64_t end, uint8_t *out) noexcept nogil
+    cdef void account_page(self, smaps_acc *acc, int64_t pfn, uint64_t e, int64_t nr,
+                           bint pmd_mapped) noexcept nogil
+    cdef void _smaps(self, uint64_t start, uint64_t end, smaps_acc *acc) noexcept nogil

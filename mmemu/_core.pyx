@@ -1,0 +1,1294 @@
+# cython: language_level=3
+"""The mmemu core: page-table walk and the anonymous fault path, in C over packed arrays.
+
+Functions are named after the kernel's (mm/memory.c, mm/huge_memory.c) so both can be read
+side by side.  Everything reached from the bulk access loop is ``nogil`` and touches no Python
+object; the rare growth of a table pool takes the GIL for the numpy allocation.
+
+Rule numbers (Rnn) refer to shared/spec/linux-mm-semantics.md.
+"""
+import numpy as np
+cimport numpy as cnp
+from libc.string cimport memset, memcpy
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+
+cnp.import_array()
+
+cdef extern from *:
+    int __builtin_ctzll(unsigned long long) nogil
+
+# ---- geometry helpers ---------------------------------------------------------------------
+cdef uint64_t PAGE_SIZE = 1 << PAGE_SHIFT
+cdef uint64_t PMD_SIZE = 1 << PMD_SHIFT
+cdef uint64_t PUD_SIZE = 1 << PUD_SHIFT
+cdef uint64_t PGDIR_SIZE = 1ULL << PGDIR_SHIFT
+cdef uint64_t PMD_MASK = ~((1ULL << PMD_SHIFT) - 1)
+cdef uint64_t PFN_MASK = 0xFFFFFFFFFF      # 40 bits of frame / table number
+cdef uint64_t TASK_SIZE = (1ULL << 47) - 4096
+#: the end of the user address range, as the ceiling of free_pgtables
+cdef uint64_t USER_TOP = 1ULL << 47
+cdef uint64_t TLB_INVALID = 1              # no masked address equals it
+cdef uint64_t TABLE_BITS = _PAGE_PRESENT | _PAGE_RW | _PAGE_USER | _PAGE_ACCESSED
+cdef uint64_t ZERO_PTE = _PAGE_PRESENT | _PAGE_USER | _PAGE_SPECIAL | _PAGE_ACCESSED
+
+PAGE_STATE_VALUES = (PS_NONE, PS_ZERO, PS_HUGE_ZERO, PS_ANON, PS_LARGE, PS_THP)
+OP_VALUES = (OP_READ, OP_WRITE, OP_ATOMIC)
+VM_FLAG_VALUES = dict(VM_READ=VM_READ, VM_WRITE=VM_WRITE, VM_EXEC=VM_EXEC, VM_MAYREAD=VM_MAYREAD,
+                      VM_MAYWRITE=VM_MAYWRITE, VM_MAYEXEC=VM_MAYEXEC, VM_ACCOUNT=VM_ACCOUNT,
+                      VM_HUGEPAGE=VM_HUGEPAGE, VM_NOHUGEPAGE=VM_NOHUGEPAGE)
+FAULT_OOM = VM_FAULT_OOM
+FAULT_SIGSEGV = VM_FAULT_SIGSEGV
+FAULT_HOSTMEM = VM_FAULT_HOSTMEM
+FAULT_NOTIMPL = VM_FAULT_NOTIMPL
+
+cdef enum:
+    # populate() results besides a fault code
+    GUP_HOLE = 1 << 8          # no VMA: ENOMEM
+    GUP_BADVMA = 1 << 9        # check_vma_flags refused: EINVAL
+
+POPULATE_HOLE = GUP_HOLE
+POPULATE_BADVMA = GUP_BADVMA
+
+
+cdef inline uint64_t entry_index(uint64_t e) noexcept nogil:
+    return (e >> PAGE_SHIFT) & PFN_MASK
+
+
+cdef inline uint64_t mk_table_entry(int64_t index) noexcept nogil:
+    return (<uint64_t>index << PAGE_SHIFT) | TABLE_BITS
+
+
+cdef inline int64_t pgd_index(uint64_t addr) noexcept nogil:
+    return (addr >> PGDIR_SHIFT) & 511
+
+
+cdef inline int64_t pud_index(uint64_t addr) noexcept nogil:
+    return (addr >> PUD_SHIFT) & 511
+
+
+cdef inline int64_t pmd_index(uint64_t addr) noexcept nogil:
+    return (addr >> PMD_SHIFT) & 511
+
+
+cdef inline int64_t pte_index(uint64_t addr) noexcept nogil:
+    return (addr >> PAGE_SHIFT) & 511
+
+
+cdef inline uint64_t umin(uint64_t a, uint64_t b) noexcept nogil:
+    return a if a < b else b
+
+
+cdef inline uint64_t umax(uint64_t a, uint64_t b) noexcept nogil:
+    return a if a > b else b
+
+
+cdef inline uint64_t tlb_perm_of(uint64_t e) noexcept nogil:
+    # A clean writable entry is cached read-only: the first write must set the dirty bit.
+    cdef uint64_t perm = e & (_PAGE_PRESENT | _PAGE_USER)
+    if (e & (_PAGE_RW | _PAGE_DIRTY)) == (_PAGE_RW | _PAGE_DIRTY):
+        perm |= _PAGE_RW
+    return perm
+
+
+# =============================================================================================
+# Machine: emulated physical memory
+# =============================================================================================
+
+cdef class Machine:
+    """Frames of emulated RAM in 2 MiB blocks, their allocator and the system-wide counters.
+
+    Block 0 is reserved (frame 0 is the shared zeropage, outside RAM).  A 4K page comes from a
+    partly used block when there is one, else from a wholly free block; a PMD-size folio takes a
+    wholly free block.  Freed pages go back to their block, which is whole again when all its
+    pages are free.  Arrays are zero-filled lazily by the OS, so unused RAM costs no host memory.
+    """
+
+    def __cinit__(self, int64_t memory_bytes):
+        if memory_bytes < <int64_t>PMD_SIZE or memory_bytes % <int64_t>PMD_SIZE:
+            raise ValueError("memory must be a positive multiple of 2 MiB")
+        self.nr_blocks = memory_bytes // <int64_t>PMD_SIZE + 1
+        self.nr_frames = self.nr_blocks * HPAGE_PMD_NR
+        self._refcount = np.zeros(self.nr_frames, np.int32)
+        self._mapcount = np.zeros(self.nr_frames, np.int32)
+        self._flags = np.zeros(self.nr_frames, np.uint8)
+        self._order = np.zeros(self.nr_frames, np.uint8)
+        self._block_free = np.zeros(self.nr_blocks, np.uint16)
+        self._block_next = np.zeros(self.nr_blocks, np.int32)
+        self._block_prev = np.zeros(self.nr_blocks, np.int32)
+        self._free_bitmap = np.zeros(self.nr_blocks * 8, np.uint64)
+        self._entire_mapcount = np.zeros(self.nr_blocks, np.int32)
+        self._free_blocks = np.zeros(self.nr_blocks, np.int32)
+        self._vmstat = np.zeros(NR_VMSTAT, np.int64)
+        self._mthp_stat = np.zeros(NR_MTHP_STAT, np.int64)
+        self.refcount = <int32_t *>cnp.PyArray_DATA(self._refcount)
+        self.mapcount = <int32_t *>cnp.PyArray_DATA(self._mapcount)
+        self.flags = <uint8_t *>cnp.PyArray_DATA(self._flags)
+        self.order = <uint8_t *>cnp.PyArray_DATA(self._order)
+        self.block_free = <uint16_t *>cnp.PyArray_DATA(self._block_free)
+        self.block_next = <int32_t *>cnp.PyArray_DATA(self._block_next)
+        self.block_prev = <int32_t *>cnp.PyArray_DATA(self._block_prev)
+        self.free_bitmap = <uint64_t *>cnp.PyArray_DATA(self._free_bitmap)
+        self.entire_mapcount = <int32_t *>cnp.PyArray_DATA(self._entire_mapcount)
+        self.free_blocks = <int32_t *>cnp.PyArray_DATA(self._free_blocks)
+        self.vmstat = <int64_t *>cnp.PyArray_DATA(self._vmstat)
+        self.mthp_stat = <int64_t *>cnp.PyArray_DATA(self._mthp_stat)
+        self.nr_free_blocks_stacked = 0
+        self.next_fresh_block = 1
+        self.partial_head = -1
+        self.nr_free_pages = (self.nr_blocks - 1) * HPAGE_PMD_NR
+        self.huge_zero_pfn = -1
+        self.huge_zero_users = 0
+
+    # ---- the allocator ---------------------------------------------------------------------
+
+    cdef int64_t take_free_block(self) noexcept nogil:
+        if self.nr_free_blocks_stacked > 0:
+            self.nr_free_blocks_stacked -= 1
+            return self.free_blocks[self.nr_free_blocks_stacked]
+        if self.next_fresh_block < self.nr_blocks:
+            self.next_fresh_block += 1
+            return self.next_fresh_block - 1
+        return -1
+
+    cdef void partial_add(self, int64_t block) noexcept nogil:
+        self.block_prev[block] = -1
+        self.block_next[block] = self.partial_head
+        if self.partial_head >= 0:
+            self.block_prev[self.partial_head] = <int32_t>block
+        self.partial_head = <int32_t>block
+
+    cdef void partial_del(self, int64_t block) noexcept nogil:
+        cdef int32_t prev = self.block_prev[block], nxt = self.block_next[block]
+        if prev >= 0:
+            self.block_next[prev] = nxt
+        else:
+            self.partial_head = nxt
+        if nxt >= 0:
+            self.block_prev[nxt] = prev
+
+    cdef int64_t alloc_page(self) noexcept nogil:
+        """One order-0 frame, or -1 when RAM is exhausted."""
+        cdef int64_t block = self.partial_head, w
+        cdef uint64_t word
+        cdef uint64_t *bits
+        if block < 0:
+            block = self.take_free_block()
+            if block < 0:
+                return -1
+            bits = self.free_bitmap + block * 8
+            for w in range(8):
+                bits[w] = ~(<uint64_t>0)
+            self.block_free[block] = HPAGE_PMD_NR
+            self.partial_add(block)
+        bits = self.free_bitmap + block * 8
+        for w in range(8):
+            word = bits[w]
+            if word:
+                bits[w] = word & (word - 1)
+                self.block_free[block] -= 1
+                if self.block_free[block] == 0:
+                    self.partial_del(block)
+                self.nr_free_pages -= 1
+                return block * HPAGE_PMD_NR + w * 64 + __builtin_ctzll(word)
+        return -1   # unreachable: a partial block has a free bit
+
+    cdef void free_page(self, int64_t pfn) noexcept nogil:
+        cdef int64_t block = pfn >> HPAGE_PMD_ORDER
+        cdef int64_t bit = pfn & (HPAGE_PMD_NR - 1)
+        self.refcount[pfn] = 0
+        self.mapcount[pfn] = 0
+        self.flags[pfn] = 0
+        self.order[pfn] = 0
+        self.free_bitmap[block * 8 + (bit >> 6)] |= (<uint64_t>1) << (bit & 63)
+        self.block_free[block] += 1
+        self.nr_free_pages += 1
+        if self.block_free[block] == 1:
+            self.partial_add(block)
+        if self.block_free[block] == HPAGE_PMD_NR:
+            self.partial_del(block)
+            self.free_blocks[self.nr_free_blocks_stacked] = <int32_t>block
+            self.nr_free_blocks_stacked += 1
+
+    cdef int64_t alloc_pmd_folio(self) noexcept nogil:
+        """The head frame of a free, aligned 2 MiB block, or -1 when none is free."""
+        cdef int64_t block = self.take_free_block()
+        if block < 0:
+            return -1
+        self.block_free[block] = 0
+        self.nr_free_pages -= HPAGE_PMD_NR
+        return block * HPAGE_PMD_NR
+
+    cdef void free_pmd_folio(self, int64_t pfn) noexcept nogil:
+        cdef int64_t block = pfn >> HPAGE_PMD_ORDER
+        memset(self.flags + pfn, 0, HPAGE_PMD_NR)
+        memset(self.mapcount + pfn, 0, HPAGE_PMD_NR * sizeof(int32_t))
+        self.refcount[pfn] = 0
+        self.order[pfn] = 0
+        self.entire_mapcount[block] = 0
+        self.block_free[block] = HPAGE_PMD_NR
+        self.nr_free_pages += HPAGE_PMD_NR
+        self.free_blocks[self.nr_free_blocks_stacked] = <int32_t>block
+        self.nr_free_blocks_stacked += 1
+
+    cdef int64_t get_huge_zero_folio(self) noexcept nogil:
+        """The huge zeropage, allocated on first need (mm/huge_memory.c: get_huge_zero_folio)."""
+        cdef int64_t pfn
+        if self.huge_zero_pfn >= 0:
+            return self.huge_zero_pfn
+        pfn = self.alloc_pmd_folio()
+        if pfn < 0:
+            self.vmstat[THP_ZERO_PAGE_ALLOC_FAILED] += 1
+            return -1
+        memset(self.flags + pfn, PG_HUGE_ZERO, HPAGE_PMD_NR)
+        self.flags[pfn] |= PG_HEAD
+        self.order[pfn] = HPAGE_PMD_ORDER
+        self.vmstat[THP_ZERO_PAGE_ALLOC] += 1
+        self.huge_zero_pfn = pfn
+        return pfn
+
+    # ---- views for Python --------------------------------------------------------------------
+
+    def vmstat_values(self):
+        return self._vmstat.copy()
+
+    def mthp_values(self):
+        return self._mthp_stat.copy()
+
+    @property
+    def free_blocks_count(self):
+        """Wholly free 2 MiB blocks (a THP can be had while this is above 0)."""
+        return self.nr_free_blocks_stacked + (self.nr_blocks - self.next_fresh_block)
+
+    def frame_info(self, int64_t pfn):
+        """(refcount, mapcount, flags, order) of one frame, for tests and invariant checks."""
+        if pfn < 0 or pfn >= self.nr_frames:
+            raise IndexError(f"pfn {pfn} out of range")
+        return (self.refcount[pfn], self.mapcount[pfn], self.flags[pfn], self.order[pfn])
+
+
+# =============================================================================================
+# MMCore: one process
+# =============================================================================================
+
+cdef class MMCore:
+    """Page tables, VMAs and counters of one process over a Machine."""
+
+    def __cinit__(self, Machine machine, *, bint thp_always, bint thp_madvise, bint use_zero_page,
+                  bint zero_page, bint huge_zero_write_thp, bint pt_reclaim, bint arm64,
+                  bint atomic_write_fault):
+        cdef int level
+        self.machine = machine
+        self.thp_always = thp_always
+        self.thp_madvise = thp_madvise
+        self.use_zero_page = use_zero_page
+        self.zero_page = zero_page
+        self.huge_zero_write_thp = huge_zero_write_thp
+        self.pt_reclaim = pt_reclaim
+        self.arm64 = arm64
+        self.atomic_write_fault = atomic_write_fault
+        self._pools = [None] * NR_LEVELS
+        self._pool_free = [None] * NR_LEVELS
+        for level in range(NR_LEVELS):
+            self.pool_cap[level] = 0
+            self.pool_used[level] = 0
+            self.pool_nfree[level] = 0
+            self._grow_pool(level, 1 if level == LVL_PGD else 16)
+        self.pool_used[LVL_PGD] = 1        # the PGD itself, never freed, never counted
+        self.vma_cap = 0
+        self._grow_vmas(16)
+        self.nr_vmas = 0
+        self.vma_cache = -1
+        self.next_anon_vma = 1
+        self.tlb_tag = TLB_INVALID
+        self.tlb_mask = 0
+        self.tlb_perm = 0
+
+    # ---- table pools ------------------------------------------------------------------------
+
+    cdef int _grow_pool(self, int level, int64_t new_cap) except -1:
+        cdef cnp.ndarray table = np.zeros(new_cap * PTRS_PER_TABLE, np.uint64)
+        cdef cnp.ndarray free = np.zeros(new_cap, np.int32)
+        if self.pool_cap[level]:
+            memcpy(cnp.PyArray_DATA(table), self.pool[level],
+                   self.pool_cap[level] * PTRS_PER_TABLE * sizeof(uint64_t))
+            memcpy(cnp.PyArray_DATA(free), self.pool_free[level],
+                   self.pool_cap[level] * sizeof(int32_t))
+        self._pools[level] = table
+        self._pool_free[level] = free
+        self.pool[level] = <uint64_t *>cnp.PyArray_DATA(table)
+        self.pool_free[level] = <int32_t *>cnp.PyArray_DATA(free)
+        self.pool_cap[level] = new_cap
+        return 0
+
+    cdef int32_t pool_alloc(self, int level) noexcept nogil:
+        """A zeroed table of ``level``, counted as the kernel counts page-table pages; -1 if the
+        host cannot grow the pool.  Growth moves the pool: callers re-read entry pointers of
+        this level afterwards."""
+        cdef int64_t index
+        cdef int failed = 0
+        if self.pool_nfree[level] > 0:
+            self.pool_nfree[level] -= 1
+            index = self.pool_free[level][self.pool_nfree[level]]
+        else:
+            if self.pool_used[level] == self.pool_cap[level]:
+                with gil:
+                    try:
+                        self._grow_pool(level, self.pool_cap[level] * 2)
+                    except MemoryError:
+                        failed = 1
+                if failed:
+                    return -1
+            index = self.pool_used[level]
+            self.pool_used[level] += 1
+        self.count_table(level, 1)
+        return <int32_t>index
+
+    cdef inline void count_vm(self, int item, int64_t delta) noexcept nogil:
+        cdef int64_t *vmstat = self.machine.vmstat
+        vmstat[item] += delta
+
+    cdef inline void count_mthp(self, int item, int64_t delta) noexcept nogil:
+        cdef int64_t *stat = self.machine.mthp_stat
+        stat[item] += delta
+
+    cdef void count_table(self, int level, int delta) noexcept nogil:
+        if level == LVL_PTE:
+            self.nr_tables_pte += delta
+        elif level == LVL_PMD:
+            self.nr_tables_pmd += delta
+        else:
+            self.nr_tables_pud += delta
+        self.count_vm(NR_PAGETABLE, delta)
+
+    cdef void pool_release(self, int level, int64_t index) noexcept nogil:
+        memset(self.pool[level] + index * PTRS_PER_TABLE, 0, PTRS_PER_TABLE * sizeof(uint64_t))
+        self.pool_free[level][self.pool_nfree[level]] = <int32_t>index
+        self.pool_nfree[level] += 1
+        self.count_table(level, -1)
+
+    cdef void deposit(self, int delta) noexcept nogil:
+        # The PTE table parked behind a PMD mapping (pgtable_trans_huge_deposit): counted,
+        # never looked at until a split makes it the live table.
+        self.nr_deposited += delta
+        self.count_vm(NR_PAGETABLE, delta)
+
+    # ---- the walk ------------------------------------------------------------------------------
+
+    cdef uint64_t *pmd_entry(self, uint64_t addr) noexcept nogil:
+        """The PMD entry for addr, or NULL when an upper table is missing."""
+        cdef uint64_t e = self.pool[LVL_PGD][pgd_index(addr)]
+        if not e:
+            return NULL
+        e = self.pool[LVL_PUD][entry_index(e) * PTRS_PER_TABLE + pud_index(addr)]
+        if not e:
+            return NULL
+        return self.pool[LVL_PMD] + entry_index(e) * PTRS_PER_TABLE + pmd_index(addr)
+
+    cdef uint64_t *pmd_alloc(self, uint64_t addr) noexcept nogil:
+        """The PMD entry for addr, allocating the PUD and PMD tables on the way down (R10)."""
+        cdef uint64_t *pgdp = self.pool[LVL_PGD] + pgd_index(addr)
+        cdef uint64_t *pudp
+        cdef int32_t index
+        if not pgdp[0]:
+            index = self.pool_alloc(LVL_PUD)
+            if index < 0:
+                return NULL
+            pgdp[0] = mk_table_entry(index)
+        pudp = self.pool[LVL_PUD] + entry_index(pgdp[0]) * PTRS_PER_TABLE + pud_index(addr)
+        if not pudp[0]:
+            index = self.pool_alloc(LVL_PMD)
+            if index < 0:
+                return NULL
+            pudp[0] = mk_table_entry(index)
+        return self.pool[LVL_PMD] + entry_index(pudp[0]) * PTRS_PER_TABLE + pmd_index(addr)
+
+    cdef uint64_t skip_hole(self, uint64_t addr) noexcept nogil:
+        """Where a walk that found no PMD table for addr goes on: the next PUD or PGD span."""
+        if not self.pool[LVL_PGD][pgd_index(addr)]:
+            return (addr & ~(PGDIR_SIZE - 1)) + PGDIR_SIZE
+        return (addr & ~(PUD_SIZE - 1)) + PUD_SIZE
+
+    cdef uint64_t *pte_entry(self, uint64_t pmdval, uint64_t addr) noexcept nogil:
+        return self.pool[LVL_PTE] + entry_index(pmdval) * PTRS_PER_TABLE + pte_index(addr)
+
+    cdef uint64_t walk(self, uint64_t addr, uint64_t need) noexcept nogil:
+        """What the MMU does: find the leaf entry for addr; when it allows the access, set the
+        accessed (and, for a write, dirty) bit and load the TLB.  Returns the leaf entry (0 if
+        none)."""
+        cdef uint64_t *pmdp = self.pmd_entry(addr)
+        cdef uint64_t *leaf
+        cdef uint64_t e, span_mask
+        if pmdp == NULL or not pmdp[0]:
+            return 0
+        e = pmdp[0]
+        if e & _PAGE_PSE:
+            leaf = pmdp
+            span_mask = PMD_MASK
+        else:
+            leaf = self.pte_entry(e, addr)
+            e = leaf[0]
+            span_mask = ~(PAGE_SIZE - 1)
+        if (e & need) == need:
+            e |= _PAGE_ACCESSED
+            if need & _PAGE_RW:
+                e |= _PAGE_DIRTY
+            leaf[0] = e
+            self.tlb_tag = addr & span_mask
+            self.tlb_mask = span_mask
+            self.tlb_perm = tlb_perm_of(e)
+        return e
+
+    # ---- VMAs ---------------------------------------------------------------------------------
+
+    cdef int _grow_vmas(self, int64_t new_cap) except -1:
+        arrays = []
+        for old, dtype in ((self._vm_start, np.uint64), (self._vm_end, np.uint64),
+                           (self._vm_flags, np.uint32), (self._vm_anon, np.int32)):
+            new = np.zeros(new_cap, dtype)
+            if old is not None:
+                new[:self.nr_vmas] = old[:self.nr_vmas]
+            arrays.append(new)
+        self._vm_start, self._vm_end, self._vm_flags, self._vm_anon = arrays
+        self.vm_start = <uint64_t *>cnp.PyArray_DATA(self._vm_start)
+        self.vm_end = <uint64_t *>cnp.PyArray_DATA(self._vm_end)
+        self.vm_flags = <uint32_t *>cnp.PyArray_DATA(self._vm_flags)
+        self.vm_anon_vma = <int32_t *>cnp.PyArray_DATA(self._vm_anon)
+        self.vma_cap = new_cap
+        return 0
+
+    cdef int64_t find_vma(self, uint64_t addr) noexcept nogil:
+        """Index of the VMA containing addr, or -1."""
+        cdef int64_t lo = 0, hi = self.nr_vmas, mid
+        cdef int64_t c = self.vma_cache
+        if 0 <= c < self.nr_vmas and self.vm_start[c] <= addr < self.vm_end[c]:
+            return c
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if self.vm_end[mid] <= addr:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < self.nr_vmas and self.vm_start[lo] <= addr:
+            self.vma_cache = lo
+            return lo
+        return -1
+
+    cdef int64_t vma_lower_bound(self, uint64_t addr) noexcept nogil:
+        """Index of the first VMA ending above addr (nr_vmas if none)."""
+        cdef int64_t lo = 0, hi = self.nr_vmas, mid
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if self.vm_end[mid] <= addr:
+                lo = mid + 1
+            else:
+                hi = mid
+        return lo
+
+    cdef bint thp_allowed(self, uint32_t vm_flags) noexcept nogil:
+        """thp_vma_allowable_order(PMD_ORDER) at fault time (R19, R20)."""
+        if vm_flags & VM_NOHUGEPAGE:
+            return False
+        return self.thp_always or (self.thp_madvise and (vm_flags & VM_HUGEPAGE) != 0)
+
+    cdef bint anon_vma_compatible(self, int64_t a, int64_t b) noexcept nogil:
+        # mm/vma.c: anon_vma_compatible; pgoff always continues for mappings never moved
+        return (self.vm_end[a] == self.vm_start[b]
+                and ((self.vm_flags[a] ^ self.vm_flags[b]) & ~(<uint32_t>VM_ACCESS_FLAGS)) == 0)
+
+    cdef void anon_vma_prepare(self, int64_t vma) noexcept nogil:
+        """mm/rmap.c: __anon_vma_prepare, reusing a neighbour's anon_vma where the kernel would
+        (find_mergeable_anon_vma: the next VMA first, then the previous one)."""
+        if self.vm_anon_vma[vma]:
+            return
+        if vma + 1 < self.nr_vmas and self.vm_anon_vma[vma + 1] and self.anon_vma_compatible(vma, vma + 1):
+            self.vm_anon_vma[vma] = self.vm_anon_vma[vma + 1]
+        elif vma > 0 and self.vm_anon_vma[vma - 1] and self.anon_vma_compatible(vma - 1, vma):
+            self.vm_anon_vma[vma] = self.vm_anon_vma[vma - 1]
+        else:
+            self.vm_anon_vma[vma] = self.next_anon_vma
+            self.next_anon_vma += 1
+
+    # ---- frames as the rmap sees them ------------------------------------------------------
+
+    cdef void new_anon_page(self, int64_t pfn) noexcept nogil:
+        # folio_add_new_anon_rmap: a fresh page is mapped once and exclusive (R37)
+        self.machine.refcount[pfn] = 1
+        self.machine.mapcount[pfn] = 1
+        self.machine.flags[pfn] = PG_ANON | PG_ANON_EXCLUSIVE
+        self.machine.order[pfn] = 0
+        self.rss_anon += 1
+        self.count_vm(NR_ANON_MAPPED, 1)
+
+    cdef void remove_anon_pte(self, int64_t pfn) noexcept nogil:
+        """Drop one PTE mapping of an order-0 anonymous page (folio_remove_rmap_pte + put)."""
+        self.machine.mapcount[pfn] = self.machine.mapcount[pfn] - 1
+        self.machine.refcount[pfn] = self.machine.refcount[pfn] - 1
+        self.rss_anon -= 1
+        if self.machine.mapcount[pfn] == 0:
+            self.count_vm(NR_ANON_MAPPED, -1)
+        if self.machine.refcount[pfn] == 0:
+            self.machine.free_page(pfn)
+
+    cdef void map_anon_folio_pmd(self, int64_t vma, uint64_t *pmdp, int64_t pfn) noexcept nogil:
+        """mm/huge_memory.c: map_anon_folio_pmd for a THP just allocated for a fault (R38)."""
+        cdef uint64_t e = (<uint64_t>pfn << PAGE_SHIFT) | _PAGE_PRESENT | _PAGE_USER | _PAGE_PSE \
+            | _PAGE_ACCESSED | _PAGE_DIRTY
+        if self.vm_flags[vma] & VM_WRITE:
+            e |= _PAGE_RW
+        memset(self.machine.flags + pfn + 1, PG_ANON | PG_TAIL, HPAGE_PMD_NR - 1)
+        self.machine.flags[pfn] = PG_ANON | PG_HEAD | PG_ANON_EXCLUSIVE
+        self.machine.order[pfn] = HPAGE_PMD_ORDER
+        self.machine.refcount[pfn] = 1
+        self.machine.entire_mapcount[pfn >> HPAGE_PMD_ORDER] = 1
+        pmdp[0] = e
+        self.rss_anon += HPAGE_PMD_NR
+        self.count_vm(NR_ANON_MAPPED, HPAGE_PMD_NR)
+        self.count_vm(NR_ANON_THPS, 1)
+        self.count_vm(THP_FAULT_ALLOC, 1)
+        self.count_mthp(MTHP_ANON_FAULT_ALLOC, 1)
+        self.count_mthp(MTHP_NR_ANON, 1)
+
+    cdef int64_t alloc_anon_folio_pmd(self) noexcept nogil:
+        """vma_alloc_anon_folio_pmd: a THP, or -1 with the fallback counted (R38)."""
+        cdef int64_t pfn = self.machine.alloc_pmd_folio()
+        if pfn < 0:
+            self.count_vm(THP_FAULT_FALLBACK, 1)
+            self.count_mthp(MTHP_ANON_FAULT_FALLBACK, 1)
+        return pfn
+
+    # ---- the fault path (mm/memory.c) ------------------------------------------------------
+
+    cdef int handle_mm_fault(self, int64_t vma, uint64_t addr, bint write) noexcept nogil:
+        """Handle one fault and account it (mm_account_fault, R1)."""
+        cdef int ret
+        self.tlb_tag = TLB_INVALID
+        self.count_vm(PGFAULT, 1)
+        ret = self._handle_mm_fault(vma, addr, write)
+        if ret & VM_FAULT_NOTIMPL:
+            self.count_vm(PGFAULT, -1)   # nothing happened: do not count it
+        elif not ret:
+            self.min_flt += 1
+        return ret
+
+    cdef int _handle_mm_fault(self, int64_t vma, uint64_t addr, bint write) noexcept nogil:
+        cdef uint64_t *pmdp = self.pmd_alloc(addr)
+        cdef uint64_t pmd
+        cdef int ret
+        if pmdp == NULL:
+            return VM_FAULT_HOSTMEM
+        pmd = pmdp[0]
+        if not pmd:
+            if self.thp_allowed(self.vm_flags[vma]):
+                ret = self.do_huge_pmd_anonymous_page(vma, addr, pmdp, write)
+                if not (ret & VM_FAULT_FALLBACK):
+                    return ret
+        elif pmd & _PAGE_PSE:
+            if write and not (pmd & _PAGE_RW):
+                ret = self.do_huge_pmd_wp_page(vma, addr, pmdp)
+                if not (ret & VM_FAULT_FALLBACK):
+                    return ret
+            else:
+                # huge_pmd_set_accessed: a spurious fault
+                pmdp[0] = pmd | _PAGE_ACCESSED | (_PAGE_DIRTY if write else 0)
+                return VM_FAULT_OK
+        return self.handle_pte_fault(vma, addr, pmdp, write)
+
+    cdef int do_huge_pmd_anonymous_page(self, int64_t vma, uint64_t addr, uint64_t *pmdp,
+                                        bint write) noexcept nogil:
+        """A fault on a none PMD where order 9 is allowed (R33, R34, R38)."""
+        cdef uint64_t haddr = addr & PMD_MASK
+        cdef int64_t pfn
+        if haddr < self.vm_start[vma] or haddr + PMD_SIZE > self.vm_end[vma]:
+            return VM_FAULT_FALLBACK       # thp_vma_suitable_order (R21)
+        self.anon_vma_prepare(vma)         # R17: even for the huge zeropage
+        if not write and self.zero_page and self.use_zero_page:
+            pfn = self.machine.get_huge_zero_folio()
+            if pfn < 0:
+                self.count_vm(THP_FAULT_FALLBACK, 1)
+                return VM_FAULT_FALLBACK
+            if not self.holds_huge_zero:   # mm_get_huge_zero_folio: one reference per mm
+                self.holds_huge_zero = True
+                self.machine.huge_zero_users += 1
+            self.deposit(1)
+            pmdp[0] = (<uint64_t>pfn << PAGE_SHIFT) | _PAGE_PRESENT | _PAGE_USER | _PAGE_PSE \
+                | _PAGE_ACCESSED
+            return VM_FAULT_OK
+        pfn = self.alloc_anon_folio_pmd()
+        if pfn < 0:
+            return VM_FAULT_FALLBACK
+        self.deposit(1)
+        self.map_anon_folio_pmd(vma, pmdp, pfn)
+        return VM_FAULT_OK
+
+    cdef int do_huge_pmd_wp_page(self, int64_t vma, uint64_t addr, uint64_t *pmdp) noexcept nogil:
+        """A write to a read-only PMD mapping (R41-R44)."""
+        cdef uint64_t e = pmdp[0]
+        cdef int64_t pfn = <int64_t>entry_index(e)
+        cdef int ret
+        if pfn == self.machine.huge_zero_pfn:
+            if self.huge_zero_write_thp:
+                ret = self.do_huge_zero_wp_pmd(vma, addr, pmdp)
+                if not (ret & VM_FAULT_FALLBACK):
+                    return ret
+            ret = self.split_huge_zero_pmd(pmdp)       # R42, R43
+            return ret if ret else VM_FAULT_FALLBACK
+        if (self.machine.flags[pfn] & PG_ANON_EXCLUSIVE) or self.machine.refcount[pfn] == 1:
+            self.machine.flags[pfn] = self.machine.flags[pfn] | PG_ANON_EXCLUSIVE    # reuse (R44)
+            pmdp[0] = e | _PAGE_RW | _PAGE_DIRTY | _PAGE_ACCESSED
+            return VM_FAULT_OK
+        return VM_FAULT_NOTIMPL    # COW of a shared THP splits the PMD: issue 4
+
+    cdef int do_huge_zero_wp_pmd(self, int64_t vma, uint64_t addr, uint64_t *pmdp) noexcept nogil:
+        """6.13+: replace the huge zeropage by a new THP, keeping the deposit; no eligibility
+        re-check (R41)."""
+        cdef int64_t pfn = self.alloc_anon_folio_pmd()
+        if pfn < 0:
+            return VM_FAULT_FALLBACK
+        self.map_anon_folio_pmd(vma, pmdp, pfn)
+        return VM_FAULT_OK
+
+    cdef int split_huge_zero_pmd(self, uint64_t *pmdp) noexcept nogil:
+        """__split_huge_zero_page_pmd: the deposit becomes a table of 512 zeropage PTEs (R48)."""
+        cdef uint64_t e = pmdp[0]
+        cdef uint64_t zero = ZERO_PTE & ~(<uint64_t>_PAGE_USER) | (e & _PAGE_USER)
+        cdef int32_t index = self.pool_alloc(LVL_PTE)
+        cdef uint64_t *pte
+        cdef int i
+        if index < 0:
+            return VM_FAULT_HOSTMEM
+        self.deposit(-1)
+        pte = self.pool[LVL_PTE] + <int64_t>index * PTRS_PER_TABLE
+        for i in range(PTRS_PER_TABLE):
+            pte[i] = zero
+        pmdp[0] = mk_table_entry(index)
+        self.count_vm(THP_SPLIT_PMD, 1)
+        self.tlb_tag = TLB_INVALID
+        return VM_FAULT_OK
+
+    cdef int handle_pte_fault(self, int64_t vma, uint64_t addr, uint64_t *pmdp, bint write) noexcept nogil:
+        cdef uint64_t *ptep
+        cdef uint64_t pte
+        if not pmdp[0]:
+            return self.do_anonymous_page(vma, addr, pmdp, write)
+        ptep = self.pte_entry(pmdp[0], addr)
+        pte = ptep[0]
+        if not pte:
+            return self.do_anonymous_page(vma, addr, pmdp, write)
+        if write and not (pte & _PAGE_RW):
+            return self.do_wp_page(vma, addr, ptep)
+        ptep[0] = pte | _PAGE_ACCESSED | (_PAGE_DIRTY if write else 0)
+        return VM_FAULT_OK
+
+    cdef int do_anonymous_page(self, int64_t vma, uint64_t addr, uint64_t *pmdp, bint write) noexcept nogil:
+        """A fault on a none PTE: the zeropage for a read, a new page for a write (R30, R35)."""
+        cdef int32_t index
+        cdef uint64_t *ptep
+        cdef uint64_t e
+        cdef int64_t pfn
+        if not pmdp[0]:                       # pte_alloc, before anything else
+            index = self.pool_alloc(LVL_PTE)
+            if index < 0:
+                return VM_FAULT_HOSTMEM
+            pmdp[0] = mk_table_entry(index)
+        ptep = self.pte_entry(pmdp[0], addr)
+        if not write and self.zero_page:
+            ptep[0] = ZERO_PTE
+            return VM_FAULT_OK
+        self.anon_vma_prepare(vma)
+        pfn = self.machine.alloc_page()
+        if pfn < 0:
+            return VM_FAULT_OOM
+        e = (<uint64_t>pfn << PAGE_SHIFT) | _PAGE_PRESENT | _PAGE_USER | _PAGE_ACCESSED
+        if self.vm_flags[vma] & VM_WRITE:
+            e |= _PAGE_RW | _PAGE_DIRTY
+        self.new_anon_page(pfn)
+        ptep[0] = e
+        return VM_FAULT_OK
+
+    cdef int do_wp_page(self, int64_t vma, uint64_t addr, uint64_t *ptep) noexcept nogil:
+        """A write to a read-only PTE: copy the zeropage, reuse an exclusive page (R39, R40)."""
+        cdef uint64_t pte = ptep[0]
+        cdef int64_t pfn = <int64_t>entry_index(pte)
+        if pte & _PAGE_SPECIAL:
+            return self.wp_page_copy(vma, ptep, -1)
+        if self.machine.flags[pfn] & (PG_HEAD | PG_TAIL):
+            if self.machine.flags[pfn] & PG_ANON_EXCLUSIVE:
+                ptep[0] = pte | _PAGE_RW | _PAGE_DIRTY | _PAGE_ACCESSED
+                return VM_FAULT_OK
+            return VM_FAULT_NOTIMPL     # large folios in PTEs arrive with issues 4 and 5
+        if (self.machine.flags[pfn] & PG_ANON_EXCLUSIVE) or self.machine.refcount[pfn] == 1:
+            self.machine.flags[pfn] = self.machine.flags[pfn] | PG_ANON_EXCLUSIVE   # wp_page_reuse
+            ptep[0] = pte | _PAGE_RW | _PAGE_DIRTY | _PAGE_ACCESSED
+            return VM_FAULT_OK
+        return self.wp_page_copy(vma, ptep, pfn)
+
+    cdef int wp_page_copy(self, int64_t vma, uint64_t *ptep, int64_t old_pfn) noexcept nogil:
+        """A new page replacing the zeropage (zero-filled) or a shared page (copied)."""
+        cdef int64_t pfn
+        self.anon_vma_prepare(vma)
+        pfn = self.machine.alloc_page()
+        if pfn < 0:
+            return VM_FAULT_OOM
+        self.new_anon_page(pfn)
+        ptep[0] = (<uint64_t>pfn << PAGE_SHIFT) | _PAGE_PRESENT | _PAGE_USER | _PAGE_RW \
+            | _PAGE_ACCESSED | _PAGE_DIRTY
+        if old_pfn >= 0:
+            self.remove_anon_pte(old_pfn)
+        return VM_FAULT_OK
+
+    # ---- accesses -------------------------------------------------------------------------------
+
+    cdef int access_slow(self, uint64_t addr, int op, int *faults) noexcept nogil:
+        """An access the TLB could not satisfy: walk, fault as the CPU and the arch code would,
+        retry.  Counts faults taken in faults[0]; returns 0 or a VM_FAULT_* error."""
+        cdef uint64_t need = NEED_READ if op == OP_READ else NEED_WRITE
+        cdef uint64_t e
+        cdef int64_t vma
+        cdef uint32_t flags
+        cdef bint write
+        cdef int ret
+        faults[0] = 0
+        if addr >= TASK_SIZE:
+            return VM_FAULT_SIGSEGV
+        while True:
+            e = self.walk(addr, need)
+            if (e & need) == need:
+                return VM_FAULT_OK
+            if faults[0] >= 3:
+                return VM_FAULT_NOTIMPL     # cannot happen: a fault always makes progress
+            vma = self.find_vma(addr)
+            if vma < 0:
+                return VM_FAULT_SIGSEGV
+            flags = self.vm_flags[vma]
+            write = op != OP_READ
+            if op == OP_ATOMIC and self.arm64 and not (e & _PAGE_PRESENT):
+                # arm64 reports an LSE atomic on an unmapped page as a read (R26), unless the
+                # forced-write patch decodes it in a readable, writable VMA (R83).
+                write = self.atomic_write_fault and (flags & (VM_READ | VM_WRITE)) == (VM_READ | VM_WRITE)
+            if write:
+                if not (flags & VM_WRITE):
+                    return VM_FAULT_SIGSEGV
+            elif not (flags & VM_ACCESS_FLAGS):
+                return VM_FAULT_SIGSEGV
+            ret = self.handle_mm_fault(vma, addr, write)
+            if ret:
+                return ret
+            faults[0] += 1
+
+    cdef int64_t access_trace(self, const uint64_t *addrs, const uint8_t *ops, uint8_t op0,
+                              int64_t n, uint8_t *out, int *err) noexcept nogil:
+        """Replay n accesses; out[i] gets the faults access i took (out must be zeroed).
+        Returns n, or the index of the access that failed with err[0] set."""
+        cdef uint64_t need_of[NR_OPS]
+        cdef uint64_t tag = self.tlb_tag, mask = self.tlb_mask, perm = self.tlb_perm
+        cdef uint64_t addr, need
+        cdef int64_t i
+        cdef int faults, ret
+        cdef uint8_t op = op0
+        need_of[OP_READ] = NEED_READ
+        need_of[OP_WRITE] = NEED_WRITE
+        need_of[OP_ATOMIC] = NEED_WRITE
+        need = need_of[op0]
+        err[0] = 0
+        for i in range(n):
+            addr = addrs[i]
+            if ops != NULL:
+                op = ops[i]
+                need = need_of[op]
+            if (addr & mask) == tag and (perm & need) == need:
+                continue
+            ret = self.access_slow(addr, op, &faults)
+            out[i] = <uint8_t>faults
+            if ret:
+                err[0] = ret
+                self.stop_index = i
+                self.stop_address = addr
+                return i
+            tag = self.tlb_tag
+            mask = self.tlb_mask
+            perm = self.tlb_perm
+        return n
+
+    def access(self, cnp.ndarray addrs, cnp.ndarray ops, int op0, cnp.ndarray out):
+        """Replay a trace (arguments checked by mmemu.MM.access). Returns (stopped_at, err)."""
+        cdef int64_t n = addrs.shape[0]
+        cdef const uint64_t *a = <const uint64_t *>cnp.PyArray_DATA(addrs)
+        cdef const uint8_t *o = NULL
+        cdef uint8_t *r = <uint8_t *>cnp.PyArray_DATA(out)
+        cdef int64_t stopped
+        cdef int err = 0
+        cdef uint8_t op = <uint8_t>op0
+        if (addrs.dtype != np.uint64 or not addrs.flags.c_contiguous or out.dtype != np.uint8
+                or not out.flags.c_contiguous or not out.flags.writeable or out.shape[0] != n
+                or addrs.ndim != 1 or out.ndim != 1):
+            raise ValueError("access: addrs must be a contiguous uint64 vector, out a writable "
+                             "contiguous uint8 vector of the same length")
+        if ops is not None:
+            if ops.dtype != np.uint8 or not ops.flags.c_contiguous or ops.ndim != 1 or ops.shape[0] != n:
+                raise ValueError("access: ops must be a contiguous uint8 vector of the same length")
+            if n and np.max(ops) >= NR_OPS:
+                raise ValueError("access: ops must be READ, WRITE or ATOMIC")
+            o = <const uint8_t *>cnp.PyArray_DATA(ops)
+        elif not 0 <= op0 < NR_OPS:
+            raise ValueError("access: op must be READ, WRITE or ATOMIC")
+        self._check_open()
+        with nogil:
+            stopped = self.access_trace(a, o, op, n, r, &err)
+        return stopped, err
+
+    def access_one(self, uint64_t addr, int op):
+        """One access: (faults, err)."""
+        cdef int faults = 0, err
+        cdef uint8_t out = 0
+        if not 0 <= op < NR_OPS:
+            raise ValueError("op must be READ, WRITE or ATOMIC")
+        self._check_open()
+        err = self.access_slow(addr, op, &faults) if not (
+            (addr & self.tlb_mask) == self.tlb_tag
+            and (self.tlb_perm & (NEED_READ if op == OP_READ else NEED_WRITE))
+            == (NEED_READ if op == OP_READ else NEED_WRITE)) else 0
+        return faults, err
+
+    cdef void _check_open(self) except *:
+        if self.closed:
+            raise ValueError("the MM is closed")
+
+    # ---- population (mm/gup.c: __get_user_pages for MADV_POPULATE_*) ---------------------------
+
+    def populate(self, uint64_t start, uint64_t end, bint write):
+        """Fault in [start, end) as GUP does (R63, R79). Returns (err, address): err 0, a
+        VM_FAULT_* code, POPULATE_HOLE (no VMA: ENOMEM) or POPULATE_BADVMA (EINVAL)."""
+        cdef int err
+        cdef uint64_t addr = start
+        with nogil:
+            err = self._populate(&addr, end, write)
+        return err, addr
+
+    cdef int _populate(self, uint64_t *paddr, uint64_t end, bint write) noexcept nogil:
+        cdef uint64_t need = NEED_WRITE if write else NEED_READ
+        cdef uint64_t addr = paddr[0], vend, e
+        cdef int64_t vma
+        cdef int ret, tries
+        while addr < end:
+            paddr[0] = addr
+            vma = self.find_vma(addr)
+            if vma < 0:
+                return GUP_HOLE
+            if (write and not (self.vm_flags[vma] & VM_WRITE)) or (
+                    not write and not (self.vm_flags[vma] & VM_READ)):
+                return GUP_BADVMA        # check_vma_flags
+            vend = umin(self.vm_end[vma], end)
+            tries = 0
+            while addr < vend:
+                paddr[0] = addr
+                e = self.walk(addr, need)
+                if (e & need) == need:
+                    tries = 0
+                    if e & _PAGE_PSE:
+                        addr = (addr & PMD_MASK) + PMD_SIZE
+                    else:
+                        addr += PAGE_SIZE
+                    continue
+                if tries >= 2:
+                    return VM_FAULT_NOTIMPL   # cannot happen: a fault always makes progress
+                ret = self.handle_mm_fault(vma, addr, write)
+                if ret:
+                    return ret
+                tries += 1
+        paddr[0] = end
+        return 0
+
+    # ---- zapping (mm/memory.c: zap_page_range_single, unmap_page_range) -------------------------
+
+    cdef void zap_huge_pmd(self, uint64_t *pmdp) noexcept nogil:
+        cdef int64_t pfn = <int64_t>entry_index(pmdp[0])
+        cdef int64_t block = pfn >> HPAGE_PMD_ORDER
+        pmdp[0] = 0
+        self.deposit(-1)
+        if pfn == self.machine.huge_zero_pfn:
+            return
+        self.machine.entire_mapcount[block] = self.machine.entire_mapcount[block] - 1
+        self.machine.refcount[pfn] = self.machine.refcount[pfn] - 1
+        self.rss_anon -= HPAGE_PMD_NR
+        if self.machine.entire_mapcount[block] == 0:
+            self.count_vm(NR_ANON_MAPPED, -HPAGE_PMD_NR)
+            self.count_vm(NR_ANON_THPS, -1)
+        if self.machine.refcount[pfn] == 0:
+            self.count_mthp(MTHP_NR_ANON, -1)
+            self.machine.free_pmd_folio(pfn)
+
+    cdef bint zap_pte_range(self, uint64_t *pte, int64_t first, int64_t last) noexcept nogil:
+        """Clear PTEs first..last-1 of a table; True if the whole table is then empty."""
+        cdef int64_t i
+        cdef uint64_t e
+        for i in range(first, last):
+            e = pte[i]
+            if not e:
+                continue
+            pte[i] = 0
+            if not (e & _PAGE_SPECIAL):
+                self.remove_anon_pte(<int64_t>entry_index(e))
+        for i in range(PTRS_PER_TABLE):
+            if pte[i]:
+                return False
+        return True
+
+    cdef int _zap(self, uint64_t start, uint64_t end, bint reclaim) noexcept nogil:
+        """Unmap every page in [start, end). A PMD mapping wholly inside is zapped whole; the
+        huge zeropage partly inside is split first; a THP partly inside cannot be (issue 4).
+        With reclaim (MADV_DONTNEED, R13) a PTE table wholly inside and empty afterwards is
+        freed."""
+        cdef uint64_t addr = start, next_addr, haddr
+        cdef uint64_t *pmdp
+        cdef uint64_t e
+        cdef bint empty
+        cdef int ret
+        while addr < end:
+            haddr = addr & PMD_MASK
+            next_addr = umin(haddr + PMD_SIZE, end)
+            pmdp = self.pmd_entry(addr)
+            if pmdp == NULL:
+                addr = umin(self.skip_hole(addr), end)
+                continue
+            if not pmdp[0]:
+                addr = next_addr
+                continue
+            e = pmdp[0]
+            if e & _PAGE_PSE:
+                if addr == haddr and next_addr == haddr + PMD_SIZE:
+                    self.zap_huge_pmd(pmdp)
+                    addr = next_addr
+                    continue
+                if <int64_t>entry_index(e) != self.machine.huge_zero_pfn:
+                    return VM_FAULT_NOTIMPL
+                ret = self.split_huge_zero_pmd(pmdp)
+                if ret:
+                    return ret
+            empty = self.zap_pte_range(self.pte_entry(pmdp[0], 0),
+                                       pte_index(addr), pte_index(next_addr - 1) + 1)
+            if reclaim and empty and addr == haddr and next_addr == haddr + PMD_SIZE:
+                self.pool_release(LVL_PTE, <int64_t>entry_index(pmdp[0]))
+                pmdp[0] = 0
+            addr = next_addr
+        return 0
+
+    def zap(self, uint64_t start, uint64_t end, bint reclaim):
+        cdef int ret
+        self.tlb_tag = TLB_INVALID
+        with nogil:
+            ret = self._zap(start, end, reclaim and self.pt_reclaim)
+        return ret
+
+    def thp_straddles(self, uint64_t addr):
+        """True if a PMD-mapped THP covers addr but does not start there: cutting at addr would
+        need a THP PMD split (issue 4)."""
+        cdef uint64_t *pmdp
+        if addr & ~PMD_MASK == 0 or addr >= USER_TOP:
+            return False
+        pmdp = self.pmd_entry(addr)
+        return (pmdp != NULL and (pmdp[0] & _PAGE_PSE) != 0
+                and <int64_t>entry_index(pmdp[0]) != self.machine.huge_zero_pfn)
+
+    # ---- freeing page tables (mm/memory.c: free_pgtables, free_pgd_range) ----------------------
+
+    cdef void free_table_tree(self, int level, int64_t index) noexcept nogil:
+        """Free a table and anything still below it."""
+        cdef uint64_t *t
+        cdef int i
+        cdef uint64_t e
+        if level > LVL_PTE:
+            t = self.pool[level] + index * PTRS_PER_TABLE
+            for i in range(PTRS_PER_TABLE):
+                e = t[i]
+                if e and not (e & _PAGE_PSE):
+                    self.free_table_tree(level - 1, <int64_t>entry_index(e))
+        self.pool_release(level, index)
+
+    cdef void _free_pgtables(self, int level, uint64_t *entries, uint64_t base, uint64_t start,
+                             uint64_t end, uint64_t floor, uint64_t ceiling) noexcept nogil:
+        """Free the tables below ``entries`` (a table of ``level``) whose span lies in
+        [floor, ceiling) and overlaps [start, end)."""
+        cdef int shift = PMD_SHIFT + 9 * (level - LVL_PMD)
+        cdef uint64_t span = (<uint64_t>1) << shift
+        cdef uint64_t first = (umax(start, base) - base) >> shift
+        cdef uint64_t last = (umin(end, base + (span << 9)) - 1 - base) >> shift
+        cdef uint64_t i, lo, e
+        cdef int64_t child
+        for i in range(first, last + 1):
+            e = entries[i]
+            if not e or (e & _PAGE_PSE):
+                continue
+            lo = base + (i << shift)
+            child = <int64_t>entry_index(e)
+            if level > LVL_PMD:
+                self._free_pgtables(level - 1, self.pool[level - 1] + child * PTRS_PER_TABLE,
+                                    lo, start, end, floor, ceiling)
+            if lo >= floor and lo + span <= ceiling:
+                self.free_table_tree(level - 1, child)
+                entries[i] = 0
+
+    def free_pgtables(self, uint64_t start, uint64_t end, uint64_t floor, uint64_t ceiling):
+        """After munmap of [start, end): floor is the end of the VMA below (0 if none), ceiling
+        the start of the VMA above (2**47 if none) (R12)."""
+        if start >= end:
+            return
+        self.tlb_tag = TLB_INVALID
+        with nogil:
+            self._free_pgtables(LVL_PGD, self.pool[LVL_PGD], 0, start, end, floor, ceiling)
+
+    # ---- mprotect (mm/mprotect.c: change_protection) ------------------------------------------
+
+    cdef uint64_t change_entry(self, uint64_t e, uint32_t vm_flags) noexcept nogil:
+        cdef int64_t pfn
+        if not (vm_flags & VM_ACCESS_FLAGS):
+            return e & ~(<uint64_t>(_PAGE_USER | _PAGE_RW))    # protnone
+        e |= _PAGE_USER
+        if not (vm_flags & VM_WRITE):
+            return e & ~(<uint64_t>_PAGE_RW)
+        if e & (_PAGE_RW | _PAGE_SPECIAL):
+            return e
+        # can_change_pte_writable: only exclusive anonymous pages become writable without a fault
+        pfn = <int64_t>entry_index(e)
+        if self.machine.flags[pfn] & PG_ANON_EXCLUSIVE:
+            e |= _PAGE_RW
+        return e
+
+    def change_protection(self, uint64_t start, uint64_t end, uint32_t vm_flags):
+        """Apply a VMA's new flags to the entries of [start, end) (PMD mappings inside whole)."""
+        cdef uint64_t addr = start, next_addr
+        cdef uint64_t *pmdp
+        cdef uint64_t *pte
+        cdef int64_t i
+        self.tlb_tag = TLB_INVALID
+        with nogil:
+            while addr < end:
+                next_addr = umin((addr & PMD_MASK) + PMD_SIZE, end)
+                pmdp = self.pmd_entry(addr)
+                if pmdp == NULL:
+                    next_addr = umin(self.skip_hole(addr), end)
+                elif pmdp[0]:
+                    if pmdp[0] & _PAGE_PSE:
+                        pmdp[0] = self.change_entry(pmdp[0], vm_flags)
+                    else:
+                        pte = self.pte_entry(pmdp[0], 0)
+                        for i in range(pte_index(addr), pte_index(next_addr - 1) + 1):
+                            if pte[i]:
+                                pte[i] = self.change_entry(pte[i], vm_flags)
+                addr = next_addr
+
+    # ---- VMA edits (called with the arguments checked by mmemu.mm) ----------------------------
+
+    def vmas(self):
+        """Copies of the VMA arrays: (start, end, flags, anon_vma)."""
+        n = self.nr_vmas
+        return (self._vm_start[:n].copy(), self._vm_end[:n].copy(), self._vm_flags[:n].copy(),
+                self._vm_anon[:n].copy())
+
+    def vma_index(self, uint64_t addr):
+        """Index of the VMA containing addr, or -1."""
+        return self.find_vma(addr)
+
+    def vma_first_after(self, uint64_t addr):
+        """Index of the first VMA that ends above addr (nr_vmas if none)."""
+        return self.vma_lower_bound(addr)
+
+    def vma_insert(self, uint64_t start, uint64_t end, uint32_t flags, int32_t anon_vma=0):
+        cdef int64_t i = self.vma_lower_bound(start)
+        if i < self.nr_vmas and self.vm_start[i] < end:
+            raise ValueError("vma_insert over a mapped range")
+        if self.nr_vmas == self.vma_cap:
+            self._grow_vmas(self.vma_cap * 2)
+        n = self.nr_vmas
+        for arr in (self._vm_start, self._vm_end, self._vm_flags, self._vm_anon):
+            arr[i + 1:n + 1] = arr[i:n]
+        self.vm_start[i] = start
+        self.vm_end[i] = end
+        self.vm_flags[i] = flags
+        self.vm_anon_vma[i] = anon_vma
+        self.nr_vmas += 1
+        self.vma_cache = -1
+        return i
+
+    def vma_delete(self, int64_t first, int64_t last):
+        """Remove VMAs first..last-1."""
+        n = self.nr_vmas
+        if not 0 <= first <= last <= n:
+            raise IndexError("vma_delete")
+        for arr in (self._vm_start, self._vm_end, self._vm_flags, self._vm_anon):
+            arr[first:n - (last - first)] = arr[last:n]
+        self.nr_vmas -= last - first
+        self.vma_cache = -1
+
+    def vma_split(self, uint64_t addr):
+        """Split the VMA containing addr at addr (mm/vma.c: __split_vma). A huge zeropage PMD
+        straddling addr is split first (vma_adjust_trans_huge); a THP must not straddle it
+        (checked by the caller).  Returns True if a split happened."""
+        cdef int64_t i = self.find_vma(addr)
+        cdef uint64_t haddr = addr & PMD_MASK
+        cdef uint64_t *pmdp
+        if i < 0 or self.vm_start[i] == addr:
+            return False
+        if addr & ~PMD_MASK and haddr >= self.vm_start[i] and haddr + PMD_SIZE <= self.vm_end[i]:
+            pmdp = self.pmd_entry(addr)
+            if pmdp != NULL and (pmdp[0] & _PAGE_PSE):
+                if self.thp_straddles(addr):
+                    raise NotImplementedError("splitting the PMD of a THP arrives with issue 4")
+                if self.split_huge_zero_pmd(pmdp):
+                    raise MemoryError("cannot grow the page-table pool")
+        end, flags, anon = self.vm_end[i], self.vm_flags[i], self.vm_anon_vma[i]
+        self.vm_end[i] = addr
+        self.vma_insert(addr, end, flags, anon)
+        self.tlb_tag = TLB_INVALID
+        return True
+
+    def vma_set_flags(self, int64_t i, uint32_t flags):
+        if not 0 <= i < self.nr_vmas:
+            raise IndexError("vma_set_flags")
+        self.vm_flags[i] = flags
+        self.tlb_tag = TLB_INVALID
+
+    def vma_try_merge(self, int64_t i):
+        """Merge VMA i with VMA i+1 if the kernel would (is_mergeable_vma/anon_vma)."""
+        cdef int32_t a, b
+        if not 0 <= i < self.nr_vmas - 1:
+            return False
+        a, b = self.vm_anon_vma[i], self.vm_anon_vma[i + 1]
+        if (self.vm_end[i] != self.vm_start[i + 1] or self.vm_flags[i] != self.vm_flags[i + 1]
+                or (a and b and a != b)):
+            return False
+        self.vm_end[i] = self.vm_end[i + 1]
+        self.vm_anon_vma[i] = a if a else b
+        self.vma_delete(i + 1, i + 2)
+        return True
+
+    def drop_huge_zero(self):
+        """The process exits: release its reference on the huge zeropage (mm_put_huge_zero_folio)."""
+        if self.holds_huge_zero:
+            self.holds_huge_zero = False
+            self.machine.huge_zero_users -= 1
+
+    def set_closed(self):
+        self.closed = True
+
+    # ---- observables ---------------------------------------------------------------------------
+
+    def page_states(self, uint64_t start, uint64_t end):
+        """One PageState code per 4K page of [start, end)."""
+        cdef cnp.ndarray out = np.zeros((end - start) >> PAGE_SHIFT, np.uint8)
+        with nogil:
+            self._page_states(start, end, <uint8_t *>cnp.PyArray_DATA(out))
+        return out
+
+    cdef void _page_states(self, uint64_t start, uint64_t end, uint8_t *out) noexcept nogil:
+        cdef uint64_t addr = start, next_addr, e
+        cdef uint64_t *pmdp
+        cdef uint64_t *pte
+        cdef int64_t i, k = 0, count
+        cdef uint8_t state, f
+        while addr < end:
+            next_addr = umin((addr & PMD_MASK) + PMD_SIZE, end)
+            count = (next_addr - addr) >> PAGE_SHIFT
+            pmdp = self.pmd_entry(addr)
+            if pmdp == NULL:
+                next_addr = umin(self.skip_hole(addr), end)
+                k += (next_addr - addr) >> PAGE_SHIFT     # out is zeroed: PS_NONE
+            elif not pmdp[0]:
+                k += count
+            elif pmdp[0] & _PAGE_PSE:
+                state = PS_HUGE_ZERO if <int64_t>entry_index(pmdp[0]) == self.machine.huge_zero_pfn else PS_THP
+                memset(out + k, state, count)
+                k += count
+            else:
+                pte = self.pte_entry(pmdp[0], 0)
+                for i in range(pte_index(addr), pte_index(addr) + count):
+                    e = pte[i]
+                    if not e:
+                        state = PS_NONE
+                    elif e & _PAGE_SPECIAL:
+                        state = PS_ZERO
+                    else:
+                        f = self.machine.flags[entry_index(e)]
+                        state = PS_LARGE if f & (PG_HEAD | PG_TAIL) else PS_ANON
+                    out[k] = state
+                    k += 1
+            addr = next_addr
+
+    def smaps_counts(self, uint64_t start, uint64_t end):
+        """Pages of [start, end) by smaps category (fs/proc/task_mmu.c: smaps_pte_range)."""
+        cdef smaps_acc acc
+        memset(&acc, 0, sizeof(acc))
+        with nogil:
+            self._smaps(start, end, &acc)
+        return acc
+
+    cdef void account_page(self, smaps_acc *acc, int64_t pfn, uint64_t e, int64_t nr,
+                           bint pmd_mapped) noexcept nogil:
+        cdef int64_t head = pfn
+        cdef int32_t mapcount
+        if pmd_mapped:
+            mapcount = self.machine.entire_mapcount[pfn >> HPAGE_PMD_ORDER]
+        else:
+            mapcount = self.machine.mapcount[pfn]
+        acc.rss += nr
+        acc.anonymous += nr
+        acc.pss += (nr * (PAGE_SIZE << 12)) // (mapcount if mapcount > 0 else 1)
+        if e & _PAGE_DIRTY:
+            acc.pss_dirty += (nr * (PAGE_SIZE << 12)) // (mapcount if mapcount > 0 else 1)
+        if pmd_mapped:
+            acc.anon_huge += nr
+        if e & _PAGE_ACCESSED:
+            acc.referenced += nr
+        if mapcount > 1:
+            if e & _PAGE_DIRTY:
+                acc.shared_dirty += nr
+            else:
+                acc.shared_clean += nr
+        elif e & _PAGE_DIRTY:
+            acc.private_dirty += nr
+        else:
+            acc.private_clean += nr
+
+    cdef void _smaps(self, uint64_t start, uint64_t end, smaps_acc *acc) noexcept nogil:
+        cdef uint64_t addr = start, next_addr, e
+        cdef uint64_t *pmdp
+        cdef uint64_t *pte
+        cdef int64_t i, pfn
+        while addr < end:
+            next_addr = umin((addr & PMD_MASK) + PMD_SIZE, end)
+            pmdp = self.pmd_entry(addr)
+            if pmdp == NULL:
+                next_addr = umin(self.skip_hole(addr), end)
+            elif pmdp[0]:
+                e = pmdp[0]
+                if e & _PAGE_PSE:
+                    pfn = <int64_t>entry_index(e)
+                    if pfn != self.machine.huge_zero_pfn:     # R4: the zeropages never count
+                        self.account_page(acc, pfn, e, (next_addr - addr) >> PAGE_SHIFT, True)
+                else:
+                    pte = self.pte_entry(e, 0)
+                    for i in range(pte_index(addr), pte_index(next_addr - 1) + 1):
+                        e = pte[i]
+                        if e and not (e & _PAGE_SPECIAL):
+                            self.account_page(acc, <int64_t>entry_index(e), e, 1, False)
+            addr = next_addr
+
+    def counters(self):
+        """Per-process counters: rss_anon pages, page-table pages by kind, faults."""
+        return dict(rss_anon=self.rss_anon, pte=self.nr_tables_pte, pmd=self.nr_tables_pmd,
+                    pud=self.nr_tables_pud, deposited=self.nr_deposited, min_flt=self.min_flt,
+                    maj_flt=self.maj_flt)
+
+    @property
+    def pgtables_pages(self):
+        """mm_pgtables_bytes / 4096: PTE, PMD and PUD tables including deposits (VmPTE)."""
+        return self.nr_tables_pte + self.nr_tables_pmd + self.nr_tables_pud + self.nr_deposited
+
+    def entry(self, uint64_t addr):
+        """(level, entry) of the leaf for addr: level 1 for a PMD leaf, 0 for a PTE, -1 if the
+        walk ends at a none entry (entry 0). For tests and invariant checks."""
+        cdef uint64_t *pmdp = self.pmd_entry(addr)
+        if addr >= USER_TOP or pmdp == NULL or not pmdp[0]:
+            return -1, 0
+        if pmdp[0] & _PAGE_PSE:
+            return 1, pmdp[0]
+        return 0, self.pte_entry(pmdp[0], addr)[0]

@@ -1,0 +1,68 @@
+"""Exceptions raised by mmemu.
+
+The system-call methods fail as the kernel's calls fail: with :class:`SyscallError`,
+an :class:`OSError` whose ``errno`` is what the kernel would return.  An access the
+kernel answers with SIGSEGV raises :class:`SegmentationFault`; running out of emulated
+memory is the kernel's OOM and raises :class:`OutOfMemory` (not the host's
+:class:`MemoryError`, so the two cannot be confused).
+"""
+import errno as _errno
+import os as _os
+
+__all__ = ["MMError", "SyscallError", "SegmentationFault", "OutOfMemory", "ClosedError"]
+
+
+class MMError(Exception):
+    """Base class of the errors that describe the emulated process, not bad arguments."""
+
+
+class SyscallError(OSError):
+    """A system call failed as the kernel's would: ``errno`` is the kernel's errno."""
+
+    def __init__(self, err, syscall, detail=""):
+        msg = f"{syscall}: {_os.strerror(err)}"
+        if detail:
+            msg += f" ({detail})"
+        super().__init__(err, msg)
+        self.syscall = syscall
+
+    @property
+    def errname(self):
+        return _errno.errorcode.get(self.errno, str(self.errno))
+
+
+class SegmentationFault(MMError):
+    """The kernel would have sent SIGSEGV for this access.
+
+    ``address`` is the faulting address; ``index`` is the position of the access in
+    the trace given to :meth:`mmemu.MM.access` (None for single accesses).  Every
+    access before it has taken effect and none after it.  The faulting access itself
+    has taken effect as far as the kernel got: on arm64 an atomic on an untouched page
+    of a read-only mapping first maps the zeropage by a read fault, then faults again
+    as a write and gets the signal.
+    """
+
+    def __init__(self, address, index=None, op=None):
+        self.address = int(address)
+        self.index = None if index is None else int(index)
+        self.op = op
+        where = "" if index is None else f" (access {index})"
+        super().__init__(f"SIGSEGV at {self.address:#x}{where}")
+
+
+class OutOfMemory(MMError):
+    """The emulated machine ran out of memory (the kernel's OOM).
+
+    The state is consistent and as the kernel leaves it: the accesses before the
+    failing one took effect; the failing fault counted in ``pgfault`` but mapped nothing.
+    """
+
+    def __init__(self, address, index=None):
+        self.address = int(address)
+        self.index = None if index is None else int(index)
+        where = "" if index is None else f" (access {index})"
+        super().__init__(f"out of emulated memory at {self.address:#x}{where}")
+
+
+class ClosedError(MMError, ValueError):
+    """The MM was closed (its process exited)."""

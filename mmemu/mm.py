@@ -1,0 +1,597 @@
+"""MM: one emulated process, the thin Python layer over the Cython core.
+
+Arguments are checked here, named as the kernel names them, and turned into the core's
+integers; the system calls sequence the core's primitives the way mm/mmap.c, mm/vma.c,
+mm/mprotect.c and mm/madvise.c do, and fail with the kernel's errno.
+"""
+from __future__ import annotations
+
+import errno
+import numbers
+from typing import Optional
+
+import numpy as np
+
+from . import _core
+from .config import Config
+from .constants import (ADVICE, ATOMIC, MTHP_STAT_NAMES, PAGE_SIZE, PMD_SIZE, READ, TASK_SIZE,
+                        VMSTAT_NAMES, WRITE)
+from .errors import ClosedError, OutOfMemory, SegmentationFault, SyscallError
+
+__all__ = ["MM"]
+
+_F = _core.VM_FLAG_VALUES
+VM_READ, VM_WRITE, VM_EXEC = _F["VM_READ"], _F["VM_WRITE"], _F["VM_EXEC"]
+VM_ACCESS = VM_READ | VM_WRITE | VM_EXEC
+VM_MAY = _F["VM_MAYREAD"] | _F["VM_MAYWRITE"] | _F["VM_MAYEXEC"]
+VM_ACCOUNT = _F["VM_ACCOUNT"]
+VM_HUGEPAGE, VM_NOHUGEPAGE = _F["VM_HUGEPAGE"], _F["VM_NOHUGEPAGE"]
+
+MMAP_MIN_ADDR = 65536
+#: TASK_SIZE minus the 128 MiB minimum stack gap, without ASLR (arch/x86/mm/mmap.c)
+MMAP_BASE = TASK_SIZE - (128 << 20)
+#: where the bottom-up fallback search starts (TASK_UNMAPPED_BASE)
+TASK_UNMAPPED_BASE = (TASK_SIZE // 3) & ~(PAGE_SIZE - 1)
+USER_TOP = 1 << 47
+U64_MAX = (1 << 64) - 1
+
+# fs/proc/task_mmu.c: show_smap_vma_flags, in the kernel's order
+_VMFLAG_LETTERS = ((VM_READ, "rd"), (VM_WRITE, "wr"), (VM_EXEC, "ex"), (_F["VM_MAYREAD"], "mr"),
+                   (_F["VM_MAYWRITE"], "mw"), (_F["VM_MAYEXEC"], "me"), (VM_ACCOUNT, "ac"),
+                   (VM_HUGEPAGE, "hg"), (VM_NOHUGEPAGE, "nh"))
+
+_NOOP_ADVICE = {"normal", "willneed"}
+_LATER_ADVICE = {
+    "free": "MADV_FREE arrives with issue 4",
+    "cold": "MADV_COLD arrives with issue 4",
+    "pageout": "MADV_PAGEOUT arrives with issue 4",
+    "collapse": "MADV_COLLAPSE arrives with issue 4",
+}
+
+
+def _page_align(n):
+    return (n + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+
+
+def _uint(value, name):
+    """An unsigned 64-bit argument, as the syscall ABI takes it."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    value = int(value)
+    if not 0 <= value <= U64_MAX:
+        raise ValueError(f"{name} must be between 0 and 2**64-1, not {value}")
+    return value
+
+
+def _prot_bits(prot, syscall):
+    """PROT_* bits of a protection given as letters ('rw', 'r-x', '', 'none') or an int."""
+    if isinstance(prot, str):
+        if prot.lower() in ("", "none", "---"):
+            return 0
+        bits = 0
+        for ch in prot.lower():
+            bit = {"r": VM_READ, "w": VM_WRITE, "x": VM_EXEC, "-": 0}.get(ch)
+            if bit is None:
+                raise ValueError(f"prot must be letters from 'rwx' (or 'none'), not {prot!r}")
+            bits |= bit
+        return bits
+    if isinstance(prot, bool) or not isinstance(prot, numbers.Integral):
+        raise TypeError(f"prot must be a str like 'rw' or an int of PROT_* bits, not {type(prot).__name__}")
+    prot = int(prot)
+    if prot < 0 or prot & ~7:
+        raise SyscallError(errno.EINVAL, syscall, f"unknown PROT bits {prot:#x}")
+    return prot       # PROT_READ/WRITE/EXEC have the VM_* values
+
+
+class MM:
+    """One emulated process: map memory, touch it, advise it, read back what Linux shows.
+
+    ``MM(Config(...))`` starts a process on a new emulated machine.  Addresses are plain ints;
+    lengths are rounded up to 4 KiB as the kernel does.  See the package documentation for the
+    full contract.
+    """
+
+    def __init__(self, config: Optional[Config] = None):
+        if config is None:
+            config = Config()
+        if not isinstance(config, Config):
+            raise TypeError(f"config must be a mmemu.Config, not {type(config).__name__}")
+        enabled = config.mthp_enabled()
+        if enabled:
+            raise NotImplementedError(f"multi-size THP (hugepages {enabled} kB enabled) arrives with issue 5")
+        self._config = config
+        always, madvise = config.pmd_thp_modes()
+        self._machine = _core.Machine(config.memory)
+        self._core = _core.MMCore(
+            self._machine, thp_always=always, thp_madvise=madvise,
+            use_zero_page=config.use_zero_page, zero_page=config.zero_page,
+            huge_zero_write_thp=config.huge_zero_write == "thp", pt_reclaim=config.pt_reclaim,
+            arm64=config.arch == "arm64", atomic_write_fault=config.atomic_write_fault)
+        self._closed = False
+
+    # ---- life ------------------------------------------------------------------------------
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """The process exits: every mapping goes, and its huge-zeropage reference."""
+        if self._closed:
+            return
+        start, end, _, _ = self._core.vmas()
+        for s, e in zip(start.tolist(), end.tolist()):
+            self._check(self._core.zap(s, e, False), "exit")
+        self._core.vma_delete(0, self._core.nr_vmas)
+        self._core.free_pgtables(0, USER_TOP, 0, USER_TOP)
+        self._core.drop_huge_zero()
+        self._core.set_closed()
+        self._closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def fork(self):
+        """A copy-on-write child (mm/memory.c: copy_page_range)."""
+        self._ensure_open()
+        raise NotImplementedError("fork arrives with issue 4")
+
+    def _ensure_open(self):
+        if self._closed:
+            raise ClosedError("this MM is closed (its process exited)")
+
+    def _check(self, ret, what, address=0, index=None):
+        """Turn a core result code into the exception the kernel's outcome calls for."""
+        if not ret:
+            return
+        if ret & _core.FAULT_SIGSEGV:
+            raise SegmentationFault(address, index)
+        if ret & _core.FAULT_OOM:
+            raise OutOfMemory(address, index)
+        if ret & _core.FAULT_HOSTMEM:
+            raise MemoryError(f"{what}: the host cannot grow the page-table pool")
+        if ret & _core.FAULT_NOTIMPL:
+            raise NotImplementedError(f"{what}: needs a PMD split of a THP (issue 4)")
+        raise RuntimeError(f"{what}: unexpected core result {ret}")
+
+    # ---- accesses --------------------------------------------------------------------------
+
+    def read(self, addr) -> int:
+        """One load at addr; returns the faults it took."""
+        return self._access_one(addr, READ)
+
+    def write(self, addr) -> int:
+        """One store at addr; returns the faults it took."""
+        return self._access_one(addr, WRITE)
+
+    def atomic(self, addr) -> int:
+        """One atomic read-modify-write at addr; returns the faults it took (arch-dependent)."""
+        return self._access_one(addr, ATOMIC)
+
+    def _access_one(self, addr, op):
+        addr = _uint(addr, "addr")
+        self._ensure_open()
+        faults, err = self._core.access_one(addr, op)
+        self._check(err, "access", addr)
+        return faults
+
+    def access(self, addrs, ops=READ) -> np.ndarray:
+        """Replay a trace: ``addrs`` (integers), ``ops`` (READ/WRITE/ATOMIC per access, or one
+        for all).  Returns the faults each access took, as uint8.
+
+        On SIGSEGV raises SegmentationFault with ``index``; the accesses before it took effect,
+        none after it; the exception's ``faults`` holds the array up to that point.
+        """
+        self._ensure_open()
+        a = np.asarray(addrs)
+        if a.ndim != 1:
+            raise ValueError(f"addrs must be one-dimensional, not of shape {a.shape}")
+        if a.dtype.kind not in "iu" and not (a.size == 0 and a.dtype.kind == "f"):
+            raise TypeError(f"addrs must be integers, not {a.dtype}")
+        if a.dtype.kind == "i" and a.size and a.min() < 0:
+            raise ValueError("addrs must not be negative")
+        a = np.ascontiguousarray(a, dtype=np.uint64)
+        o, op0 = None, READ
+        if np.ndim(ops) == 0:
+            if isinstance(ops, (bool, np.bool_)) or not isinstance(ops, (numbers.Integral, np.integer)):
+                raise TypeError(f"ops must be READ, WRITE, ATOMIC or an array of them, not {ops!r}")
+            op0 = int(ops)
+            if op0 not in (READ, WRITE, ATOMIC):
+                raise ValueError(f"ops must be READ (0), WRITE (1) or ATOMIC (2), not {op0}")
+        else:
+            o = np.asarray(ops)
+            if o.shape != a.shape:
+                raise ValueError(f"ops must have the shape of addrs {a.shape}, not {o.shape}")
+            if o.dtype.kind not in "iu":
+                raise TypeError(f"ops must be integers, not {o.dtype}")
+            if o.size and (o.min() < 0 or o.max() > ATOMIC):
+                raise ValueError("ops must be READ (0), WRITE (1) or ATOMIC (2)")
+            o = np.ascontiguousarray(o, dtype=np.uint8)
+        out = np.zeros(a.shape[0], np.uint8)
+        stopped, err = self._core.access(a, o, op0, out)
+        if err:
+            try:
+                self._check(err, "access", int(a[stopped]), stopped)
+            except (SegmentationFault, OutOfMemory) as exc:
+                exc.faults = out[:stopped + 1]
+                raise
+        return out
+
+    # ---- mmap and munmap (mm/mmap.c, mm/vma.c) ------------------------------------------------
+
+    def mmap(self, length, prot="rw", addr=None, fixed=False) -> int:
+        """MAP_PRIVATE|MAP_ANONYMOUS mapping of ``length`` bytes; returns its address.
+
+        ``addr`` is a hint, or with ``fixed=True`` the address (MAP_FIXED: whatever was mapped
+        there is unmapped first).
+        """
+        length = _uint(length, "length")
+        bits = _prot_bits(prot, "mmap")
+        if addr is not None:
+            addr = _uint(addr, "addr")
+        if not isinstance(fixed, bool):
+            raise TypeError("fixed must be True or False")
+        self._ensure_open()
+        if length == 0:
+            raise SyscallError(errno.EINVAL, "mmap", "length 0")
+        size = _page_align(length)
+        if size > TASK_SIZE:
+            raise SyscallError(errno.ENOMEM, "mmap", "length beyond the address space")
+        if self._core.nr_vmas > self._config.max_map_count:
+            raise SyscallError(errno.ENOMEM, "mmap", "max_map_count")
+        if fixed:
+            if addr is None:
+                raise ValueError("fixed=True needs addr")
+            if addr % PAGE_SIZE:
+                raise SyscallError(errno.EINVAL, "mmap", "MAP_FIXED address not page aligned")
+            if addr > TASK_SIZE - size:
+                raise SyscallError(errno.ENOMEM, "mmap", "beyond TASK_SIZE")
+            if addr < MMAP_MIN_ADDR:
+                raise SyscallError(errno.EPERM, "mmap", "below mmap_min_addr")
+            self._unmap(addr, addr + size, "mmap")
+            start = addr
+        else:
+            start = self._get_unmapped_area(addr or 0, size)
+        flags = bits | VM_MAY | (VM_ACCOUNT if bits & VM_WRITE else 0)
+        i = self._core.vma_insert(start, start + size, flags)
+        self._merge_around(i, i)
+        return start
+
+    def _gaps_topdown(self, high):
+        """Free gaps [lo, hi) below ``high``, highest first."""
+        starts, ends, _, _ = self._core.vmas()
+        hi = high
+        for s, e in zip(reversed(starts.tolist()), reversed(ends.tolist())):
+            if s >= hi:
+                continue
+            if e < hi:
+                yield max(e, MMAP_MIN_ADDR), hi
+            hi = min(hi, s)
+        if hi > MMAP_MIN_ADDR:
+            yield MMAP_MIN_ADDR, hi
+
+    def _search_topdown(self, size):
+        for lo, hi in self._gaps_topdown(MMAP_BASE):
+            if hi - lo >= size:
+                return hi - size
+        # A failed top-down search falls back to bottom-up from TASK_UNMAPPED_BASE.
+        starts, ends, _, _ = self._core.vmas()
+        lo = TASK_UNMAPPED_BASE
+        for s, e in zip(starts.tolist(), ends.tolist()):
+            if e <= lo:
+                continue
+            if s - lo >= size:
+                return lo
+            lo = max(lo, e)
+        if TASK_SIZE - lo >= size:
+            return lo
+        return None
+
+    def _is_free(self, start, end):
+        i = self._core.vma_first_after(start)
+        return i == self._core.nr_vmas or int(self._core.vmas()[0][i]) >= end
+
+    def _thp_aligned_placement(self, size):
+        mode = self._config.mmap_thp_align
+        return (mode == "pmd_multiple" and size % PMD_SIZE == 0) or (mode == "any" and size >= PMD_SIZE)
+
+    def _get_unmapped_area(self, hint, size):
+        if hint:
+            hint &= ~(PAGE_SIZE - 1)
+            hint = max(hint, MMAP_MIN_ADDR)                      # round_hint_to_min
+            if hint <= TASK_SIZE - size and self._is_free(hint, hint + size):
+                return hint
+        elif self._thp_aligned_placement(size):
+            ret = self._search_topdown(size + PMD_SIZE)          # __thp_get_unmapped_area
+            if ret is not None:
+                off_sub = -ret & (PMD_SIZE - 1)
+                return ret + PMD_SIZE if off_sub == 0 else ret + off_sub
+        ret = self._search_topdown(size)
+        if ret is None:
+            raise SyscallError(errno.ENOMEM, "mmap", "no free address range")
+        return ret
+
+    def munmap(self, addr, length) -> None:
+        """Unmap [addr, addr+length)."""
+        addr = _uint(addr, "addr")
+        length = _uint(length, "length")
+        self._ensure_open()
+        size = _page_align(length)
+        if addr % PAGE_SIZE or length == 0 or size > TASK_SIZE or addr > TASK_SIZE - size:
+            raise SyscallError(errno.EINVAL, "munmap")
+        self._unmap(addr, addr + size, "munmap")
+
+    def _check_cuts(self, cuts, what):
+        for cut in cuts:
+            if self._core.thp_straddles(cut):
+                raise NotImplementedError(f"{what} at {cut:#x} cuts a PMD-mapped THP: "
+                                          "PMD splits of THPs arrive with issue 4")
+
+    def _unmap(self, start, end, syscall):
+        core = self._core
+        first = core.vma_first_after(start)
+        if first == core.nr_vmas or int(core.vmas()[0][first]) >= end:
+            return
+        self._check_cuts((start, end), syscall)
+        i = core.vma_index(start)
+        if i >= 0 and core.vma_index(end) == i and int(core.vmas()[0][i]) < start:
+            if core.nr_vmas >= self._config.max_map_count:
+                raise SyscallError(errno.ENOMEM, syscall, "max_map_count")
+        core.vma_split(start)
+        core.vma_split(end)
+        starts, ends, _, _ = core.vmas()
+        first = core.vma_first_after(start)
+        last = core.vma_first_after(end)
+        floor = int(ends[first - 1]) if first > 0 else 0
+        ceiling = int(starts[last]) if last < core.nr_vmas else USER_TOP
+        for s, e in zip(starts[first:last].tolist(), ends[first:last].tolist()):
+            self._check(core.zap(s, e, False), syscall)
+        core.vma_delete(first, last)
+        core.free_pgtables(start, end, floor, ceiling)
+
+    # ---- VMA flag changes (mm/vma.c: vma_modify_flags) -----------------------------------------
+
+    def _vma_pieces(self, start, end):
+        """(piece_start, piece_end, flags, anon_vma) for each VMA part inside [start, end), and
+        whether the range has a hole."""
+        starts, ends, flags, anon = self._core.vmas()
+        pieces, hole, cursor = [], False, start
+        for i in range(self._core.vma_first_after(start), self._core.nr_vmas):
+            s, e = int(starts[i]), int(ends[i])
+            if s >= end:
+                break
+            if s > cursor:
+                hole = True
+            pieces.append((max(s, start), min(e, end), int(flags[i]), int(anon[i])))
+            cursor = e
+        if cursor < end:
+            hole = True
+        return pieces, hole
+
+    def _modify_flags(self, start, end, new_flags, syscall, split_errno):
+        """Give [start, end) (inside one VMA) new flags: split at the ends, change, merge."""
+        core = self._core
+        i = core.vma_index(start)
+        starts, ends, _, _ = core.vmas()
+        if int(starts[i]) < start:
+            if core.nr_vmas >= self._config.max_map_count:
+                raise SyscallError(split_errno, syscall, "max_map_count")
+            core.vma_split(start)
+            i = core.vma_index(start)
+            ends = core.vmas()[1]
+        if end < int(ends[i]):
+            if core.nr_vmas >= self._config.max_map_count:
+                raise SyscallError(split_errno, syscall, "max_map_count")
+            core.vma_split(end)
+        core.vma_set_flags(i, new_flags)
+        self._merge_around(i, i)
+
+    def _merge_around(self, first, last):
+        """Merge VMAs first..last with their neighbours where compatible (vma_merge)."""
+        core = self._core
+        i = max(first - 1, 0)
+        stop = last + 1
+        while i < stop and i < core.nr_vmas - 1:
+            if core.vma_try_merge(i):
+                stop -= 1
+            else:
+                i += 1
+
+    def mprotect(self, addr, length, prot) -> None:
+        """Change the protection of [addr, addr+length) (mm/mprotect.c)."""
+        addr = _uint(addr, "addr")
+        length = _uint(length, "length")
+        bits = _prot_bits(prot, "mprotect")
+        self._ensure_open()
+        if addr % PAGE_SIZE:
+            raise SyscallError(errno.EINVAL, "mprotect", "address not page aligned")
+        if length == 0:
+            return
+        size = _page_align(length)
+        end = addr + size
+        if size == 0 or end > U64_MAX:
+            raise SyscallError(errno.ENOMEM, "mprotect")
+        pieces, hole = self._vma_pieces(addr, end)
+        if not pieces or pieces[0][0] != addr:
+            raise SyscallError(errno.ENOMEM, "mprotect", "range not mapped")
+        changes = []
+        cursor = addr
+        for s, e, flags, anon in pieces:
+            if s != cursor:
+                break                        # the kernel stops at the first hole
+            new = (flags & ~VM_ACCESS) | bits
+            if bits & VM_WRITE:
+                if not flags & (VM_ACCOUNT | VM_WRITE):
+                    new |= VM_ACCOUNT
+            elif flags & VM_ACCOUNT and not anon:
+                new &= ~VM_ACCOUNT           # a private anon VMA never written: unaccount
+            if new != flags:
+                changes.append((s, e, new))
+            cursor = e
+        self._check_cuts([c for s, e, _ in changes for c in (s, e)], "mprotect")
+        for s, e, new in changes:
+            self._modify_flags(s, e, new, "mprotect", errno.ENOMEM)
+            self._core.change_protection(s, e, new)
+        if hole:
+            raise SyscallError(errno.ENOMEM, "mprotect", "range not fully mapped")
+
+    # ---- madvise (mm/madvise.c) -------------------------------------------------------------
+
+    def madvise(self, addr, length, advice) -> None:
+        """Advise [addr, addr+length): advice as the kernel names it without MADV_
+        (hugepage, nohugepage, dontneed, populate_read, populate_write, ...)."""
+        addr = _uint(addr, "addr")
+        length = _uint(length, "length")
+        if not isinstance(advice, str):
+            raise TypeError(f"advice must be a str such as 'dontneed', not {type(advice).__name__}")
+        name = advice.lower().removeprefix("madv_")
+        if name not in ADVICE:
+            raise ValueError(f"advice must be one of {', '.join(ADVICE)}, not {advice!r}")
+        self._ensure_open()
+        if addr % PAGE_SIZE:
+            raise SyscallError(errno.EINVAL, "madvise", "address not page aligned")
+        size = _page_align(length)
+        if length and not size or addr + size > U64_MAX:
+            raise SyscallError(errno.EINVAL, "madvise")
+        end = addr + size
+        if name in _LATER_ADVICE:
+            raise NotImplementedError(_LATER_ADVICE[name])
+        if name not in _NOOP_ADVICE | {"hugepage", "nohugepage", "dontneed", "populate_read",
+                                       "populate_write"}:
+            raise NotImplementedError(f"MADV_{name.upper()} is not modelled")
+        if end == addr:
+            return
+        if name.startswith("populate"):
+            return self._populate(addr, end, name == "populate_write")
+        pieces, hole = self._vma_pieces(addr, end)
+        if name == "dontneed":
+            self._check_cuts((addr, end), "madvise")
+            for s, e, _, _ in pieces:
+                self._check(self._core.zap(s, e, True), "madvise")
+        elif name in ("hugepage", "nohugepage"):
+            self._hugepage_madvise(pieces, name == "hugepage")
+        if hole:
+            raise SyscallError(errno.ENOMEM, "madvise", "range not fully mapped")
+
+    def _hugepage_madvise(self, pieces, huge):
+        changes = []
+        for s, e, flags, _ in pieces:
+            if huge:
+                new = (flags & ~VM_NOHUGEPAGE) | VM_HUGEPAGE
+            else:
+                new = (flags & ~VM_HUGEPAGE) | VM_NOHUGEPAGE
+            if new != flags:
+                changes.append((s, e, new))
+        self._check_cuts([c for s, e, _ in changes for c in (s, e)], "madvise")
+        for s, e, new in changes:
+            self._modify_flags(s, e, new, "madvise", errno.EAGAIN)
+
+    def _populate(self, start, end, write):
+        err, where = self._core.populate(start, end, write)
+        if err == _core.POPULATE_HOLE:
+            raise SyscallError(errno.ENOMEM, "madvise", f"no mapping at {where:#x}")
+        if err == _core.POPULATE_BADVMA:
+            raise SyscallError(errno.EINVAL, "madvise", f"mapping at {where:#x} does not permit it")
+        if err & _core.FAULT_OOM:
+            raise SyscallError(errno.ENOMEM, "madvise", "out of memory")
+        self._check(err, "madvise", where)
+
+    # ---- what the kernel shows -------------------------------------------------------------
+
+    @property
+    def vmstat(self) -> dict:
+        """/proc/vmstat counters kept by mmemu, for the whole emulated machine."""
+        return dict(zip(VMSTAT_NAMES, self._machine.vmstat_values().tolist()))
+
+    @property
+    def mthp_stats(self) -> dict:
+        """/sys/kernel/mm/transparent_hugepage/hugepages-<kB>kB/stats, by size in kB."""
+        return {2048: dict(zip(MTHP_STAT_NAMES, self._machine.mthp_values().tolist()))}
+
+    @property
+    def rusage(self) -> dict:
+        """This process's fault counters (getrusage ru_minflt, ru_majflt)."""
+        return {"min_flt": self._core.min_flt, "maj_flt": self._core.maj_flt}
+
+    @property
+    def status(self) -> dict:
+        """/proc/pid/status memory fields mmemu keeps, in kB."""
+        rss = self._core.rss_anon * 4
+        return {"VmRSS": rss, "RssAnon": rss, "VmPTE": self._core.pgtables_pages * 4}
+
+    def maps(self) -> list:
+        """The VMAs as (start, end, perms, vm_flags), like /proc/pid/maps."""
+        starts, ends, flags, _ = self._core.vmas()
+        out = []
+        for s, e, f in zip(starts.tolist(), ends.tolist(), flags.tolist()):
+            perms = ("r" if f & VM_READ else "-") + ("w" if f & VM_WRITE else "-") + \
+                    ("x" if f & VM_EXEC else "-") + "p"
+            out.append((s, e, perms, f))
+        return out
+
+    def _thp_eligible(self, start, end, flags):
+        """smaps THPeligible: order 9 allowed and an aligned 2 MiB block inside the VMA (R21)."""
+        always, madvise = self._config.pmd_thp_modes()
+        if flags & VM_NOHUGEPAGE or not (always or (madvise and flags & VM_HUGEPAGE)):
+            return 0
+        return int(((start + PMD_SIZE - 1) & ~(PMD_SIZE - 1)) + PMD_SIZE <= end)
+
+    def smaps(self, addr) -> dict:
+        """/proc/pid/smaps fields of the VMA containing addr (sizes in kB)."""
+        addr = _uint(addr, "addr")
+        self._ensure_open()
+        i = self._core.vma_index(addr)
+        if i < 0:
+            raise ValueError(f"no mapping contains {addr:#x}")
+        starts, ends, flags, _ = self._core.vmas()
+        s, e, f = int(starts[i]), int(ends[i]), int(flags[i])
+        c = self._core.smaps_counts(s, e)
+        kb = 4
+        return {
+            "Size": (e - s) // 1024,
+            "KernelPageSize": 4,
+            "MMUPageSize": 4,
+            "Rss": c["rss"] * kb,
+            "Pss": c["pss"] >> 22,
+            "Pss_Dirty": c["pss_dirty"] >> 22,
+            "Shared_Clean": c["shared_clean"] * kb,
+            "Shared_Dirty": c["shared_dirty"] * kb,
+            "Private_Clean": c["private_clean"] * kb,
+            "Private_Dirty": c["private_dirty"] * kb,
+            "Referenced": c["referenced"] * kb,
+            "Anonymous": c["anonymous"] * kb,
+            "KSM": 0,
+            "LazyFree": 0,
+            "AnonHugePages": c["anon_huge"] * kb,
+            "ShmemPmdMapped": 0,
+            "FilePmdMapped": 0,
+            "Shared_Hugetlb": 0,
+            "Private_Hugetlb": 0,
+            "Swap": 0,
+            "SwapPss": 0,
+            "Locked": 0,
+            "THPeligible": self._thp_eligible(s, e, f),
+            "VmFlags": " ".join(letters for bit, letters in _VMFLAG_LETTERS if f & bit),
+        }
+
+    def page_states(self, addr, length) -> np.ndarray:
+        """One :class:`PageState` code per 4K page of [addr, addr+length), as uint8."""
+        addr = _uint(addr, "addr")
+        length = _uint(length, "length")
+        if addr % PAGE_SIZE or length % PAGE_SIZE:
+            raise ValueError("addr and length must be multiples of 4096")
+        if addr + length > USER_TOP:
+            raise ValueError("the range must lie below 2**47")
+        self._ensure_open()
+        return self._core.page_states(addr, addr + length)
+
+    def __repr__(self):
+        state = "closed" if self._closed else f"{self._core.nr_vmas} VMAs, RssAnon {self._core.rss_anon * 4} kB"
+        return f"<MM {self._config.kernel} {self._config.arch} thp={self._config.thp}: {state}>"

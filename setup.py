@@ -1,0 +1,36 @@
+"""Build the Cython core.
+
+MMEMU_DEBUG=1 builds with Cython bounds checking and C assertions on, for the
+test run that hunts for out-of-bounds access in the core.
+"""
+import os
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+debug = os.environ.get("MMEMU_DEBUG", "") not in ("", "0")
+
+directives = {
+    "language_level": "3",
+    "boundscheck": debug,
+    "wraparound": False,
+    "initializedcheck": debug,
+    "cdivision": True,
+    "embedsignature": True,
+}
+macros = [("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")]
+if not debug:
+    macros.append(("NDEBUG", None))
+
+extensions = [
+    Extension(
+        "mmemu._core",
+        ["mmemu/_core.pyx"],
+        include_dirs=[np.get_include()],
+        define_macros=macros,
+        extra_compile_args=["-O0", "-g"] if debug else ["-O3"],
+    )
+]
+
+setup(ext_modules=cythonize(extensions, compiler_directives=directives))
