@@ -8,6 +8,7 @@ next-level table (upper levels) or a frame number (leaves) in bits 12..51.
 Physical memory (a Machine) is shared by every MM forked from one MM: frames carry a refcount,
 a mapcount, flags and the folio order; a THP is one aligned 2 MiB block of 512 frames.
 """
+cimport cython
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 cimport numpy as cnp
 
@@ -126,6 +127,7 @@ cdef struct smaps_acc:
     int64_t anon_huge
 
 
+@cython.final
 cdef class Machine:
     """Emulated physical memory: frames, their allocator, the zeropages, system-wide counters."""
     cdef readonly int64_t nr_blocks        # 2 MiB blocks of RAM (block 0 is reserved)
@@ -162,6 +164,7 @@ cdef class Machine:
     cdef void partial_del(self, int64_t block) noexcept nogil
 
 
+@cython.final
 cdef class MMCore:
     """One process: its page tables, VMAs and per-process counters."""
     cdef readonly Machine machine
@@ -230,6 +233,7 @@ cdef class MMCore:
     cdef int do_wp_page(self, int64_t vma, uint64_t addr, uint64_t *ptep) noexcept nogil
     cdef int wp_page_copy(self, int64_t vma, uint64_t *ptep, int64_t old_pfn) noexcept nogil
     cdef int access_slow(self, uint64_t addr, int op, int *faults) noexcept nogil
+    cdef void tlb_tags(self, uint64_t *tags) noexcept nogil
     cdef int64_t access_trace(self, const uint64_t *addrs, const uint8_t *ops, uint8_t op0,
                               int64_t n, uint8_t *out, int *err) noexcept nogil
     cdef void _check_open(self) except *
