@@ -133,21 +133,20 @@ cdef class Machine:
     cdef readonly int64_t nr_blocks        # 2 MiB blocks of RAM (block 0 is reserved)
     cdef readonly int64_t nr_frames
     cdef cnp.ndarray _refcount, _mapcount, _flags, _order
-    cdef cnp.ndarray _block_free, _block_next, _block_prev, _free_bitmap
-    cdef cnp.ndarray _entire_mapcount, _free_blocks, _vmstat, _mthp_stat
+    cdef cnp.ndarray _block_free, _free_bitmap, _partial_blocks, _free_blocks
+    cdef cnp.ndarray _entire_mapcount, _vmstat, _mthp_stat
     cdef int32_t *refcount
     cdef int32_t *mapcount          # PTE mappings of each page
     cdef uint8_t *flags
     cdef uint8_t *order             # folio order, on the head page
     cdef uint16_t *block_free       # free frames per block (512: wholly free)
-    cdef int32_t *block_next        # list of partly used blocks
-    cdef int32_t *block_prev
     cdef uint64_t *free_bitmap      # 1 = free, for frames of partly used blocks
+    cdef uint64_t *partial_blocks   # bitmap of partly used blocks
+    cdef uint64_t *free_blocks      # bitmap of wholly free blocks
     cdef int32_t *entire_mapcount   # PMD mappings of the THP in each block
-    cdef int32_t *free_blocks       # stack of wholly free blocks
-    cdef int64_t nr_free_blocks_stacked
-    cdef int64_t next_fresh_block   # blocks from here up were never used
-    cdef int32_t partial_head
+    cdef int64_t block_words
+    cdef int64_t partial_hint, free_hint   # no bit is set in the words below these
+    cdef readonly int64_t nr_free_blocks
     cdef readonly int64_t nr_free_pages
     cdef int64_t *vmstat
     cdef int64_t *mthp_stat
@@ -159,9 +158,11 @@ cdef class Machine:
     cdef void free_page(self, int64_t pfn) noexcept nogil
     cdef void free_pmd_folio(self, int64_t pfn) noexcept nogil
     cdef int64_t get_huge_zero_folio(self) noexcept nogil
+    cdef int64_t first_block(self, uint64_t *bits, int64_t *hint) noexcept nogil
+    cdef void set_block_bit(self, uint64_t *bits, int64_t *hint, int64_t block) noexcept nogil
+    cdef void clear_block_bit(self, uint64_t *bits, int64_t block) noexcept nogil
     cdef int64_t take_free_block(self) noexcept nogil
-    cdef void partial_add(self, int64_t block) noexcept nogil
-    cdef void partial_del(self, int64_t block) noexcept nogil
+    cdef void give_free_block(self, int64_t block) noexcept nogil
 
 
 @cython.final

@@ -104,71 +104,86 @@ cdef class Machine:
     """
 
     def __cinit__(self, int64_t memory_bytes):
+        cdef int64_t words
         if memory_bytes < <int64_t>PMD_SIZE or memory_bytes % <int64_t>PMD_SIZE:
             raise ValueError("memory must be a positive multiple of 2 MiB")
         self.nr_blocks = memory_bytes // <int64_t>PMD_SIZE + 1
         self.nr_frames = self.nr_blocks * HPAGE_PMD_NR
+        words = (self.nr_blocks + 63) // 64
         self._refcount = np.zeros(self.nr_frames, np.int32)
         self._mapcount = np.zeros(self.nr_frames, np.int32)
         self._flags = np.zeros(self.nr_frames, np.uint8)
         self._order = np.zeros(self.nr_frames, np.uint8)
-        self._block_free = np.zeros(self.nr_blocks, np.uint16)
-        self._block_next = np.zeros(self.nr_blocks, np.int32)
-        self._block_prev = np.zeros(self.nr_blocks, np.int32)
+        self._block_free = np.full(self.nr_blocks, HPAGE_PMD_NR, np.uint16)
         self._free_bitmap = np.zeros(self.nr_blocks * 8, np.uint64)
+        self._partial_blocks = np.zeros(words, np.uint64)
+        self._free_blocks = np.zeros(words, np.uint64)
         self._entire_mapcount = np.zeros(self.nr_blocks, np.int32)
-        self._free_blocks = np.zeros(self.nr_blocks, np.int32)
         self._vmstat = np.zeros(NR_VMSTAT, np.int64)
         self._mthp_stat = np.zeros(NR_MTHP_STAT, np.int64)
+        # every block but the reserved block 0 starts wholly free
+        bits = np.ones(words * 64, np.bool_)
+        bits[0] = False
+        bits[self.nr_blocks:] = False
+        self._free_blocks[:] = np.packbits(bits, bitorder="little").view(np.uint64)
+        self._block_free[0] = 0
         self.refcount = <int32_t *>cnp.PyArray_DATA(self._refcount)
         self.mapcount = <int32_t *>cnp.PyArray_DATA(self._mapcount)
         self.flags = <uint8_t *>cnp.PyArray_DATA(self._flags)
         self.order = <uint8_t *>cnp.PyArray_DATA(self._order)
         self.block_free = <uint16_t *>cnp.PyArray_DATA(self._block_free)
-        self.block_next = <int32_t *>cnp.PyArray_DATA(self._block_next)
-        self.block_prev = <int32_t *>cnp.PyArray_DATA(self._block_prev)
         self.free_bitmap = <uint64_t *>cnp.PyArray_DATA(self._free_bitmap)
+        self.partial_blocks = <uint64_t *>cnp.PyArray_DATA(self._partial_blocks)
+        self.free_blocks = <uint64_t *>cnp.PyArray_DATA(self._free_blocks)
         self.entire_mapcount = <int32_t *>cnp.PyArray_DATA(self._entire_mapcount)
-        self.free_blocks = <int32_t *>cnp.PyArray_DATA(self._free_blocks)
         self.vmstat = <int64_t *>cnp.PyArray_DATA(self._vmstat)
         self.mthp_stat = <int64_t *>cnp.PyArray_DATA(self._mthp_stat)
-        self.nr_free_blocks_stacked = 0
-        self.next_fresh_block = 1
-        self.partial_head = -1
+        self.block_words = words
+        self.partial_hint = 0
+        self.free_hint = 0
         self.nr_free_pages = (self.nr_blocks - 1) * HPAGE_PMD_NR
+        self.nr_free_blocks = self.nr_blocks - 1
         self.huge_zero_pfn = -1
         self.huge_zero_users = 0
 
     # ---- the allocator ---------------------------------------------------------------------
+    # Deterministic and simple to state: a 4K page is the lowest free frame of the lowest partly
+    # used block, else of the lowest wholly free block; a 2 MiB folio is the lowest wholly free
+    # block.  Two bitmaps over blocks keep "partly used" and "wholly free"; each has a hint
+    # below which no bit is set.
 
-    cdef int64_t take_free_block(self) noexcept nogil:
-        if self.nr_free_blocks_stacked > 0:
-            self.nr_free_blocks_stacked -= 1
-            return self.free_blocks[self.nr_free_blocks_stacked]
-        if self.next_fresh_block < self.nr_blocks:
-            self.next_fresh_block += 1
-            return self.next_fresh_block - 1
+    cdef int64_t first_block(self, uint64_t *bits, int64_t *hint) noexcept nogil:
+        cdef int64_t w
+        for w in range(hint[0], self.block_words):
+            if bits[w]:
+                hint[0] = w
+                return w * 64 + __builtin_ctzll(bits[w])
+        hint[0] = self.block_words
         return -1
 
-    cdef void partial_add(self, int64_t block) noexcept nogil:
-        self.block_prev[block] = -1
-        self.block_next[block] = self.partial_head
-        if self.partial_head >= 0:
-            self.block_prev[self.partial_head] = <int32_t>block
-        self.partial_head = <int32_t>block
+    cdef inline void set_block_bit(self, uint64_t *bits, int64_t *hint, int64_t block) noexcept nogil:
+        bits[block >> 6] |= (<uint64_t>1) << (block & 63)
+        if (block >> 6) < hint[0]:
+            hint[0] = block >> 6
 
-    cdef void partial_del(self, int64_t block) noexcept nogil:
-        cdef int32_t prev = self.block_prev[block], nxt = self.block_next[block]
-        if prev >= 0:
-            self.block_next[prev] = nxt
-        else:
-            self.partial_head = nxt
-        if nxt >= 0:
-            self.block_prev[nxt] = prev
+    cdef inline void clear_block_bit(self, uint64_t *bits, int64_t block) noexcept nogil:
+        bits[block >> 6] &= ~((<uint64_t>1) << (block & 63))
+
+    cdef int64_t take_free_block(self) noexcept nogil:
+        cdef int64_t block = self.first_block(self.free_blocks, &self.free_hint)
+        if block >= 0:
+            self.clear_block_bit(self.free_blocks, block)
+            self.nr_free_blocks -= 1
+        return block
+
+    cdef void give_free_block(self, int64_t block) noexcept nogil:
+        self.block_free[block] = HPAGE_PMD_NR
+        self.set_block_bit(self.free_blocks, &self.free_hint, block)
+        self.nr_free_blocks += 1
 
     cdef int64_t alloc_page(self) noexcept nogil:
         """One order-0 frame, or -1 when RAM is exhausted."""
-        cdef int64_t block = self.partial_head, w
+        cdef int64_t block = self.first_block(self.partial_blocks, &self.partial_hint), w
         cdef uint64_t word
         cdef uint64_t *bits
         if block < 0:
@@ -179,7 +194,7 @@ cdef class Machine:
             for w in range(8):
                 bits[w] = ~(<uint64_t>0)
             self.block_free[block] = HPAGE_PMD_NR
-            self.partial_add(block)
+            self.set_block_bit(self.partial_blocks, &self.partial_hint, block)
         bits = self.free_bitmap + block * 8
         for w in range(8):
             word = bits[w]
@@ -187,10 +202,10 @@ cdef class Machine:
                 bits[w] = word & (word - 1)
                 self.block_free[block] -= 1
                 if self.block_free[block] == 0:
-                    self.partial_del(block)
+                    self.clear_block_bit(self.partial_blocks, block)
                 self.nr_free_pages -= 1
                 return block * HPAGE_PMD_NR + w * 64 + __builtin_ctzll(word)
-        return -1   # unreachable: a partial block has a free bit
+        return -1   # unreachable: a partly used block has a free frame
 
     cdef void free_page(self, int64_t pfn) noexcept nogil:
         cdef int64_t block = pfn >> HPAGE_PMD_ORDER
@@ -203,11 +218,10 @@ cdef class Machine:
         self.block_free[block] += 1
         self.nr_free_pages += 1
         if self.block_free[block] == 1:
-            self.partial_add(block)
+            self.set_block_bit(self.partial_blocks, &self.partial_hint, block)
         if self.block_free[block] == HPAGE_PMD_NR:
-            self.partial_del(block)
-            self.free_blocks[self.nr_free_blocks_stacked] = <int32_t>block
-            self.nr_free_blocks_stacked += 1
+            self.clear_block_bit(self.partial_blocks, block)
+            self.give_free_block(block)
 
     cdef int64_t alloc_pmd_folio(self) noexcept nogil:
         """The head frame of a free, aligned 2 MiB block, or -1 when none is free."""
@@ -225,10 +239,8 @@ cdef class Machine:
         self.refcount[pfn] = 0
         self.order[pfn] = 0
         self.entire_mapcount[block] = 0
-        self.block_free[block] = HPAGE_PMD_NR
         self.nr_free_pages += HPAGE_PMD_NR
-        self.free_blocks[self.nr_free_blocks_stacked] = <int32_t>block
-        self.nr_free_blocks_stacked += 1
+        self.give_free_block(block)
 
     cdef int64_t get_huge_zero_folio(self) noexcept nogil:
         """The huge zeropage, allocated on first need (mm/huge_memory.c: get_huge_zero_folio)."""
@@ -257,7 +269,7 @@ cdef class Machine:
     @property
     def free_blocks_count(self):
         """Wholly free 2 MiB blocks (a THP can be had while this is above 0)."""
-        return self.nr_free_blocks_stacked + (self.nr_blocks - self.next_fresh_block)
+        return self.nr_free_blocks
 
     def frame_info(self, int64_t pfn):
         """(refcount, mapcount, flags, order) of one frame, for tests and invariant checks."""

@@ -40,6 +40,7 @@ _VMFLAG_LETTERS = ((VM_READ, "rd"), (VM_WRITE, "wr"), (VM_EXEC, "ex"), (_F["VM_M
                    (_F["VM_MAYWRITE"], "mw"), (_F["VM_MAYEXEC"], "me"), (VM_ACCOUNT, "ac"),
                    (VM_HUGEPAGE, "hg"), (VM_NOHUGEPAGE, "nh"))
 
+#: advice that changes nothing for anonymous memory (beyond ENOMEM for holes)
 _NOOP_ADVICE = {"normal", "willneed"}
 _LATER_ADVICE = {
     "free": "MADV_FREE arrives with issue 4",
@@ -71,8 +72,8 @@ def _prot_bits(prot, syscall):
         bits = 0
         for ch in prot.lower():
             bit = {"r": VM_READ, "w": VM_WRITE, "x": VM_EXEC, "-": 0}.get(ch)
-            if bit is None:
-                raise ValueError(f"prot must be letters from 'rwx' (or 'none'), not {prot!r}")
+            if bit is None or bits & bit:
+                raise ValueError(f"prot must be letters from 'rwx', each once (or 'none'), not {prot!r}")
             bits |= bit
         return bits
     if isinstance(prot, bool) or not isinstance(prot, numbers.Integral):
@@ -249,10 +250,10 @@ class MM:
         if fixed:
             if addr is None:
                 raise ValueError("fixed=True needs addr")
+            if addr > TASK_SIZE - size:           # __get_unmapped_area's order of checks
+                raise SyscallError(errno.ENOMEM, "mmap", "beyond TASK_SIZE")
             if addr % PAGE_SIZE:
                 raise SyscallError(errno.EINVAL, "mmap", "MAP_FIXED address not page aligned")
-            if addr > TASK_SIZE - size:
-                raise SyscallError(errno.ENOMEM, "mmap", "beyond TASK_SIZE")
             if addr < MMAP_MIN_ADDR:
                 raise SyscallError(errno.EPERM, "mmap", "below mmap_min_addr")
             self._unmap(addr, addr + size, "mmap")
