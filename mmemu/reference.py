@@ -832,9 +832,16 @@ class ReferenceMM:
         vma = self._find_vma(addr)
         if vma is None or vma.start > addr:
             raise SyscallError(errno.ENOMEM, "mprotect", "not mapped")
+        reached = addr          # the kernel stops at the first hole: cuts beyond it never happen
+        while reached < end:
+            v = self._find_vma(reached)
+            if v is None or v.start > reached:
+                break
+            reached = v.end
         for at in (addr, end):
             v = self._vma_at(at)
-            if v is not None and v.start < at and self._mprotect_flags(v, bits) != v.flags:
+            if (v is not None and v.start < at and at <= reached
+                    and self._mprotect_flags(v, bits) != v.flags):
                 self._check_thp_split(at)
         cur = addr
         while cur < end:
