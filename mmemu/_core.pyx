@@ -50,6 +50,14 @@ POPULATE_HOLE = GUP_HOLE
 POPULATE_BADVMA = GUP_BADVMA
 
 
+cdef int check_range(uint64_t start, uint64_t end) except -1:
+    """The boundary check of every range the Python layer hands the core: page-aligned,
+    ordered, inside the 47-bit user address space (so no walk can index outside a table)."""
+    if start > end or end > USER_TOP or (start | end) & (PAGE_SIZE - 1):
+        raise ValueError(f"bad range [{start:#x}, {end:#x})")
+    return 0
+
+
 cdef inline uint64_t entry_index(uint64_t e) noexcept nogil:
     return (e >> PAGE_SHIFT) & PFN_MASK
 
@@ -894,6 +902,7 @@ cdef class MMCore:
         VM_FAULT_* code, POPULATE_HOLE (no VMA: ENOMEM) or POPULATE_BADVMA (EINVAL)."""
         cdef int err
         cdef uint64_t addr = start
+        check_range(start, end)
         with nogil:
             err = self._populate(&addr, end, write)
         return err, addr
@@ -1008,6 +1017,7 @@ cdef class MMCore:
 
     def zap(self, uint64_t start, uint64_t end, bint reclaim):
         cdef int ret
+        check_range(start, end)
         self.tlb_tag = TLB_INVALID
         with nogil:
             ret = self._zap(start, end, reclaim and self.pt_reclaim)
@@ -1064,7 +1074,10 @@ cdef class MMCore:
     def free_pgtables(self, uint64_t start, uint64_t end, uint64_t floor, uint64_t ceiling):
         """After munmap of [start, end): floor is the end of the VMA below (0 if none), ceiling
         the start of the VMA above (2**47 if none) (R12)."""
-        if start >= end:
+        check_range(start, end)
+        if not floor <= start or not end <= ceiling <= USER_TOP:
+            raise ValueError("free_pgtables: need floor <= start <= end <= ceiling <= 2**47")
+        if start == end:
             return
         self.tlb_tag = TLB_INVALID
         with nogil:
@@ -1093,6 +1106,7 @@ cdef class MMCore:
         cdef uint64_t *pmdp
         cdef uint64_t *pte
         cdef int64_t i
+        check_range(start, end)
         self.tlb_tag = TLB_INVALID
         with nogil:
             while addr < end:
@@ -1128,6 +1142,9 @@ cdef class MMCore:
 
     def vma_insert(self, uint64_t start, uint64_t end, uint32_t flags, int32_t anon_vma=0):
         cdef int64_t i = self.vma_lower_bound(start)
+        check_range(start, end)
+        if start == end:
+            raise ValueError("vma_insert of an empty range")
         if i < self.nr_vmas and self.vm_start[i] < end:
             raise ValueError("vma_insert over a mapped range")
         if self.nr_vmas == self.vma_cap:
@@ -1160,6 +1177,7 @@ cdef class MMCore:
         cdef int64_t i = self.find_vma(addr)
         cdef uint64_t haddr = addr & PMD_MASK
         cdef uint64_t *pmdp
+        check_range(addr, addr)
         if i < 0 or self.vm_start[i] == addr:
             return False
         if addr & ~PMD_MASK and haddr >= self.vm_start[i] and haddr + PMD_SIZE <= self.vm_end[i]:
@@ -1208,6 +1226,7 @@ cdef class MMCore:
 
     def page_states(self, uint64_t start, uint64_t end):
         """One PageState code per 4K page of [start, end)."""
+        check_range(start, end)
         cdef cnp.ndarray out = np.zeros((end - start) >> PAGE_SHIFT, np.uint8)
         with nogil:
             self._page_states(start, end, <uint8_t *>cnp.PyArray_DATA(out))
@@ -1250,6 +1269,7 @@ cdef class MMCore:
     def smaps_counts(self, uint64_t start, uint64_t end):
         """Pages of [start, end) by smaps category (fs/proc/task_mmu.c: smaps_pte_range)."""
         cdef smaps_acc acc
+        check_range(start, end)
         memset(&acc, 0, sizeof(acc))
         with nogil:
             self._smaps(start, end, &acc)
