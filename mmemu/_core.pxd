@@ -77,9 +77,8 @@ cdef enum:
 cdef enum:
     PG_ANON = 1 << 0
     PG_ANON_EXCLUSIVE = 1 << 1   # PageAnonExclusive: may be reused without copy on a write fault
-    PG_HEAD = 1 << 2             # first page of a large folio
-    PG_TAIL = 1 << 3             # another page of a large folio
-    PG_HUGE_ZERO = 1 << 4        # part of the huge zeropage
+    PG_HEAD = 1 << 2             # first page of a large folio (tails carry no flags of their own)
+    PG_HUGE_ZERO = 1 << 4        # the head of the huge zeropage
 
 # ---- fault results (include/linux/mm_types.h: vm_fault_reason) -----------------------------
 cdef enum:
@@ -132,18 +131,20 @@ cdef class Machine:
     """Emulated physical memory: frames, their allocator, the zeropages, system-wide counters."""
     cdef readonly int64_t nr_blocks        # 2 MiB blocks of RAM (block 0 is reserved)
     cdef readonly int64_t nr_frames
-    cdef cnp.ndarray _refcount, _mapcount, _flags, _order
+    cdef cnp.ndarray _refcount, _mapcount, _flags, _block_refcount, _block_flags
     cdef cnp.ndarray _block_free, _free_bitmap, _partial_blocks, _free_blocks
     cdef cnp.ndarray _entire_mapcount, _vmstat, _mthp_stat
     cdef int32_t *refcount
     cdef int32_t *mapcount          # PTE mappings of each page
     cdef uint8_t *flags
-    cdef uint8_t *order             # folio order, on the head page
     cdef uint16_t *block_free       # free frames per block (512: wholly free)
     cdef uint64_t *free_bitmap      # 1 = free, for frames of partly used blocks
     cdef uint64_t *partial_blocks   # bitmap of partly used blocks
     cdef uint64_t *free_blocks      # bitmap of wholly free blocks
-    cdef int32_t *entire_mapcount   # PMD mappings of the THP in each block
+    # A PMD-order folio (a THP, the huge zeropage) fills one block and is described per block
+    cdef int32_t *entire_mapcount   # its PMD mappings
+    cdef int32_t *block_refcount
+    cdef uint8_t *block_flags
     cdef int64_t block_words
     cdef int64_t partial_hint, free_hint   # no bit is set in the words below these
     cdef readonly int64_t nr_free_blocks
@@ -158,6 +159,7 @@ cdef class Machine:
     cdef void free_page(self, int64_t pfn) noexcept nogil
     cdef void free_pmd_folio(self, int64_t pfn) noexcept nogil
     cdef int64_t get_huge_zero_folio(self) noexcept nogil
+    cdef bint in_pmd_folio(self, int64_t pfn) noexcept nogil
     cdef int64_t first_block(self, uint64_t *bits, int64_t *hint) noexcept nogil
     cdef void set_block_bit(self, uint64_t *bits, int64_t *hint, int64_t block) noexcept nogil
     cdef void clear_block_bit(self, uint64_t *bits, int64_t block) noexcept nogil
@@ -197,6 +199,9 @@ cdef class MMCore:
     cdef readonly bint closed
     # one-entry software TLB
     cdef uint64_t tlb_tag, tlb_mask, tlb_perm
+    # the PTE table of the last walk (a paging-structure cache) and the 2 MiB it maps
+    cdef uint64_t pt_tag
+    cdef uint64_t *pt_base
     # where the last bulk access stopped, and why
     cdef readonly int64_t stop_index
     cdef readonly uint64_t stop_address
@@ -212,6 +217,7 @@ cdef class MMCore:
     cdef uint64_t *pmd_alloc(self, uint64_t addr) noexcept nogil
     cdef uint64_t skip_hole(self, uint64_t addr) noexcept nogil
     cdef uint64_t *pte_entry(self, uint64_t pmdval, uint64_t addr) noexcept nogil
+    cdef void tlb_flush(self) noexcept nogil
     cdef uint64_t walk(self, uint64_t addr, uint64_t need) noexcept nogil
     cdef int _grow_vmas(self, int64_t new_cap) except -1
     cdef int64_t find_vma(self, uint64_t addr) noexcept nogil
@@ -245,7 +251,7 @@ cdef class MMCore:
     cdef void free_table_tree(self, int level, int64_t index) noexcept nogil
     cdef void _free_pgtables(self, int level, uint64_t *entries, uint64_t base, uint64_t start,
                              uint64_t end, uint64_t floor, uint64_t ceiling) noexcept nogil
-    cdef uint64_t change_entry(self, uint64_t e, uint32_t vm_flags) noexcept nogil
+    cdef uint64_t change_entry(self, uint64_t e, uint32_t vm_flags, bint pmd) noexcept nogil
     cdef void _page_states(self, uint64_t start, uint64_t end, uint8_t *out) noexcept nogil
     cdef void account_page(self, smaps_acc *acc, int64_t pfn, uint64_t e, int64_t nr,
                            bint pmd_mapped) noexcept nogil

@@ -17,6 +17,33 @@ cnp.import_array()
 cdef extern from *:
     int __builtin_ctzll(unsigned long long) nogil
 
+cdef extern from *:
+    """
+    #include <stddef.h>
+    #if defined(__linux__)
+    #include <sys/mman.h>
+    static int mmemu_advise_huge(void *p, size_t n) { return madvise(p, n, MADV_HUGEPAGE); }
+    #else
+    static int mmemu_advise_huge(void *p, size_t n) { (void)p; (void)n; return 0; }
+    #endif
+    """
+    int mmemu_advise_huge(void *p, size_t n) nogil
+
+
+cdef object huge_zeros(shape, dtype):
+    """np.zeros whose memory the host backs with transparent huge pages where it can: the
+    page tables and frame arrays are walked at random, and 4K host pages would make every
+    emulated walk a host TLB miss.  (An emulator of THP that runs faster on THP.)"""
+    cdef cnp.ndarray a = np.zeros(shape, dtype)
+    cdef size_t start = <size_t>cnp.PyArray_DATA(a)
+    cdef size_t end = start + <size_t>a.nbytes
+    cdef size_t lo = (start + PMD_SIZE - 1) & ~(<size_t>PMD_SIZE - 1)
+    cdef size_t hi = end & ~(<size_t>PMD_SIZE - 1)
+    if hi > lo:
+        mmemu_advise_huge(<void *>lo, hi - lo)
+    return a
+
+
 # ---- geometry helpers ---------------------------------------------------------------------
 cdef uint64_t PAGE_SIZE = 1 << PAGE_SHIFT
 cdef uint64_t PMD_SIZE = 1 << PMD_SHIFT
@@ -56,6 +83,12 @@ cdef int check_range(uint64_t start, uint64_t end) except -1:
     if start > end or end > USER_TOP or (start | end) & (PAGE_SIZE - 1):
         raise ValueError(f"bad range [{start:#x}, {end:#x})")
     return 0
+
+
+cdef inline bint is_vector(cnp.ndarray a, int typenum):
+    """A one-dimensional, C-contiguous, native-endian array of exactly this element type."""
+    return (cnp.PyArray_NDIM(a) == 1 and cnp.PyArray_TYPE(a) == typenum
+            and cnp.PyArray_IS_C_CONTIGUOUS(a) and cnp.PyArray_ISNOTSWAPPED(a))
 
 
 cdef inline uint64_t entry_index(uint64_t e) noexcept nogil:
@@ -118,15 +151,16 @@ cdef class Machine:
         self.nr_blocks = memory_bytes // <int64_t>PMD_SIZE + 1
         self.nr_frames = self.nr_blocks * HPAGE_PMD_NR
         words = (self.nr_blocks + 63) // 64
-        self._refcount = np.zeros(self.nr_frames, np.int32)
-        self._mapcount = np.zeros(self.nr_frames, np.int32)
-        self._flags = np.zeros(self.nr_frames, np.uint8)
-        self._order = np.zeros(self.nr_frames, np.uint8)
+        self._refcount = huge_zeros(self.nr_frames, np.int32)
+        self._mapcount = huge_zeros(self.nr_frames, np.int32)
+        self._flags = huge_zeros(self.nr_frames, np.uint8)
         self._block_free = np.full(self.nr_blocks, HPAGE_PMD_NR, np.uint16)
-        self._free_bitmap = np.zeros(self.nr_blocks * 8, np.uint64)
+        self._free_bitmap = huge_zeros(self.nr_blocks * 8, np.uint64)
         self._partial_blocks = np.zeros(words, np.uint64)
         self._free_blocks = np.zeros(words, np.uint64)
         self._entire_mapcount = np.zeros(self.nr_blocks, np.int32)
+        self._block_refcount = np.zeros(self.nr_blocks, np.int32)
+        self._block_flags = np.zeros(self.nr_blocks, np.uint8)
         self._vmstat = np.zeros(NR_VMSTAT, np.int64)
         self._mthp_stat = np.zeros(NR_MTHP_STAT, np.int64)
         # every block but the reserved block 0 starts wholly free
@@ -138,12 +172,13 @@ cdef class Machine:
         self.refcount = <int32_t *>cnp.PyArray_DATA(self._refcount)
         self.mapcount = <int32_t *>cnp.PyArray_DATA(self._mapcount)
         self.flags = <uint8_t *>cnp.PyArray_DATA(self._flags)
-        self.order = <uint8_t *>cnp.PyArray_DATA(self._order)
         self.block_free = <uint16_t *>cnp.PyArray_DATA(self._block_free)
         self.free_bitmap = <uint64_t *>cnp.PyArray_DATA(self._free_bitmap)
         self.partial_blocks = <uint64_t *>cnp.PyArray_DATA(self._partial_blocks)
         self.free_blocks = <uint64_t *>cnp.PyArray_DATA(self._free_blocks)
         self.entire_mapcount = <int32_t *>cnp.PyArray_DATA(self._entire_mapcount)
+        self.block_refcount = <int32_t *>cnp.PyArray_DATA(self._block_refcount)
+        self.block_flags = <uint8_t *>cnp.PyArray_DATA(self._block_flags)
         self.vmstat = <int64_t *>cnp.PyArray_DATA(self._vmstat)
         self.mthp_stat = <int64_t *>cnp.PyArray_DATA(self._mthp_stat)
         self.block_words = words
@@ -221,7 +256,6 @@ cdef class Machine:
         self.refcount[pfn] = 0
         self.mapcount[pfn] = 0
         self.flags[pfn] = 0
-        self.order[pfn] = 0
         self.free_bitmap[block * 8 + (bit >> 6)] |= (<uint64_t>1) << (bit & 63)
         self.block_free[block] += 1
         self.nr_free_pages += 1
@@ -242,13 +276,15 @@ cdef class Machine:
 
     cdef void free_pmd_folio(self, int64_t pfn) noexcept nogil:
         cdef int64_t block = pfn >> HPAGE_PMD_ORDER
-        memset(self.flags + pfn, 0, HPAGE_PMD_NR)
-        memset(self.mapcount + pfn, 0, HPAGE_PMD_NR * sizeof(int32_t))
-        self.refcount[pfn] = 0
-        self.order[pfn] = 0
+        self.block_flags[block] = 0
+        self.block_refcount[block] = 0
         self.entire_mapcount[block] = 0
         self.nr_free_pages += HPAGE_PMD_NR
         self.give_free_block(block)
+
+    cdef inline bint in_pmd_folio(self, int64_t pfn) noexcept nogil:
+        """Whether pfn is a page of a PMD-order folio: the block's first frame is its head."""
+        return (self.block_flags[pfn >> HPAGE_PMD_ORDER] & PG_HEAD) != 0
 
     cdef int64_t get_huge_zero_folio(self) noexcept nogil:
         """The huge zeropage, allocated on first need (mm/huge_memory.c: get_huge_zero_folio)."""
@@ -259,9 +295,7 @@ cdef class Machine:
         if pfn < 0:
             self.vmstat[THP_ZERO_PAGE_ALLOC_FAILED] += 1
             return -1
-        memset(self.flags + pfn, PG_HUGE_ZERO, HPAGE_PMD_NR)
-        self.flags[pfn] |= PG_HEAD
-        self.order[pfn] = HPAGE_PMD_ORDER
+        self.block_flags[pfn >> HPAGE_PMD_ORDER] = PG_HUGE_ZERO | PG_HEAD
         self.vmstat[THP_ZERO_PAGE_ALLOC] += 1
         self.huge_zero_pfn = pfn
         return pfn
@@ -280,10 +314,16 @@ cdef class Machine:
         return self.nr_free_blocks
 
     def frame_info(self, int64_t pfn):
-        """(refcount, mapcount, flags, order) of one frame, for tests and invariant checks."""
+        """(refcount, mapcount, flags) of one frame, for tests and invariant checks."""
         if pfn < 0 or pfn >= self.nr_frames:
             raise IndexError(f"pfn {pfn} out of range")
-        return (self.refcount[pfn], self.mapcount[pfn], self.flags[pfn], self.order[pfn])
+        return (self.refcount[pfn], self.mapcount[pfn], self.flags[pfn])
+
+    def pmd_folio_info(self, int64_t block):
+        """(refcount, entire_mapcount, flags) of the PMD-order folio filling a block."""
+        if block < 0 or block >= self.nr_blocks:
+            raise IndexError(f"block {block} out of range")
+        return (self.block_refcount[block], self.entire_mapcount[block], self.block_flags[block])
 
 
 # =============================================================================================
@@ -319,14 +359,14 @@ cdef class MMCore:
         self.nr_vmas = 0
         self.vma_cache = -1
         self.next_anon_vma = 1
-        self.tlb_tag = TLB_INVALID
+        self.tlb_flush()
         self.tlb_mask = 0
         self.tlb_perm = 0
 
     # ---- table pools ------------------------------------------------------------------------
 
     cdef int _grow_pool(self, int level, int64_t new_cap) except -1:
-        cdef cnp.ndarray table = np.zeros(new_cap * PTRS_PER_TABLE, np.uint64)
+        cdef cnp.ndarray table = huge_zeros(new_cap * PTRS_PER_TABLE, np.uint64)
         cdef cnp.ndarray free = np.zeros(new_cap, np.int32)
         if self.pool_cap[level]:
             memcpy(cnp.PyArray_DATA(table), self.pool[level],
@@ -335,6 +375,7 @@ cdef class MMCore:
                    self.pool_cap[level] * sizeof(int32_t))
         self._pools[level] = table
         self._pool_free[level] = free
+        self.tlb_flush()
         self.pool[level] = <uint64_t *>cnp.PyArray_DATA(table)
         self.pool_free[level] = <int32_t *>cnp.PyArray_DATA(free)
         self.pool_cap[level] = new_cap
@@ -431,28 +472,40 @@ cdef class MMCore:
     cdef uint64_t *pte_entry(self, uint64_t pmdval, uint64_t addr) noexcept nogil:
         return self.pool[LVL_PTE] + entry_index(pmdval) * PTRS_PER_TABLE + pte_index(addr)
 
+    cdef inline void tlb_flush(self) noexcept nogil:
+        """Forget every cached translation (flush_tlb_mm): the TLB entry and the cached PTE
+        table.  Called whenever page tables change or move."""
+        self.tlb_tag = TLB_INVALID
+        self.pt_tag = TLB_INVALID
+
     cdef uint64_t walk(self, uint64_t addr, uint64_t need) noexcept nogil:
         """What the MMU does: find the leaf entry for addr; when it allows the access, set the
         accessed (and, for a write, dirty) bit and load the TLB.  Returns the leaf entry (0 if
-        none)."""
-        cdef uint64_t *pmdp = self.pmd_entry(addr)
+        none).  Like a CPU's paging-structure cache, the last PTE table walked to is kept, so
+        a walk within the same 2 MiB reads one entry."""
+        cdef uint64_t *pmdp
         cdef uint64_t *leaf
-        cdef uint64_t e, span_mask
-        if pmdp == NULL or not pmdp[0]:
-            return 0
-        e = pmdp[0]
-        if e & _PAGE_PSE:
-            leaf = pmdp
-            span_mask = PMD_MASK
+        cdef uint64_t e, bits, span_mask = ~(PAGE_SIZE - 1)
+        if (addr & PMD_MASK) == self.pt_tag:
+            leaf = self.pt_base + pte_index(addr)
         else:
-            leaf = self.pte_entry(e, addr)
-            e = leaf[0]
-            span_mask = ~(PAGE_SIZE - 1)
+            pmdp = self.pmd_entry(addr)
+            if pmdp == NULL or not pmdp[0]:
+                return 0
+            e = pmdp[0]
+            if e & _PAGE_PSE:
+                leaf = pmdp
+                span_mask = PMD_MASK
+            else:
+                self.pt_base = self.pool[LVL_PTE] + entry_index(e) * PTRS_PER_TABLE
+                self.pt_tag = addr & PMD_MASK
+                leaf = self.pt_base + pte_index(addr)
+        e = leaf[0]
         if (e & need) == need:
-            e |= _PAGE_ACCESSED
-            if need & _PAGE_RW:
-                e |= _PAGE_DIRTY
-            leaf[0] = e
+            bits = _PAGE_ACCESSED | (_PAGE_DIRTY if need & _PAGE_RW else 0)
+            if (e & bits) != bits:
+                e |= bits
+                leaf[0] = e
             self.tlb_tag = addr & span_mask
             self.tlb_mask = span_mask
             self.tlb_perm = tlb_perm_of(e)
@@ -535,7 +588,6 @@ cdef class MMCore:
         self.machine.refcount[pfn] = 1
         self.machine.mapcount[pfn] = 1
         self.machine.flags[pfn] = PG_ANON | PG_ANON_EXCLUSIVE
-        self.machine.order[pfn] = 0
         self.rss_anon += 1
         self.count_vm(NR_ANON_MAPPED, 1)
 
@@ -555,11 +607,12 @@ cdef class MMCore:
             | _PAGE_ACCESSED | _PAGE_DIRTY
         if self.vm_flags[vma] & VM_WRITE:
             e |= _PAGE_RW
-        memset(self.machine.flags + pfn + 1, PG_ANON | PG_TAIL, HPAGE_PMD_NR - 1)
-        self.machine.flags[pfn] = PG_ANON | PG_HEAD | PG_ANON_EXCLUSIVE
-        self.machine.order[pfn] = HPAGE_PMD_ORDER
-        self.machine.refcount[pfn] = 1
-        self.machine.entire_mapcount[pfn >> HPAGE_PMD_ORDER] = 1
+        cdef int64_t block = pfn >> HPAGE_PMD_ORDER
+        # A PMD-order folio is described per block (as the kernel keeps it in the folio, not
+        # in 512 struct pages), so a THP fault touches no per-frame metadata.
+        self.machine.block_flags[block] = PG_ANON | PG_HEAD | PG_ANON_EXCLUSIVE
+        self.machine.block_refcount[block] = 1
+        self.machine.entire_mapcount[block] = 1
         pmdp[0] = e
         self.rss_anon += HPAGE_PMD_NR
         self.count_vm(NR_ANON_MAPPED, HPAGE_PMD_NR)
@@ -581,6 +634,8 @@ cdef class MMCore:
     cdef int handle_mm_fault(self, int64_t vma, uint64_t addr, bint write) noexcept nogil:
         """Handle one fault and account it (mm_account_fault, R1)."""
         cdef int ret
+        # A fault changes entries but frees no table (a pool that grows flushes its own cache),
+        # so only the TLB entry is dropped; the cached PTE table stays valid.
         self.tlb_tag = TLB_INVALID
         self.count_vm(PGFAULT, 1)
         ret = self._handle_mm_fault(vma, addr, write)
@@ -652,8 +707,9 @@ cdef class MMCore:
                     return ret
             ret = self.split_huge_zero_pmd(pmdp)       # R42, R43
             return ret if ret else VM_FAULT_FALLBACK
-        if (self.machine.flags[pfn] & PG_ANON_EXCLUSIVE) or self.machine.refcount[pfn] == 1:
-            self.machine.flags[pfn] = self.machine.flags[pfn] | PG_ANON_EXCLUSIVE    # reuse (R44)
+        cdef int64_t block = pfn >> HPAGE_PMD_ORDER
+        if (self.machine.block_flags[block] & PG_ANON_EXCLUSIVE) or self.machine.block_refcount[block] == 1:
+            self.machine.block_flags[block] = self.machine.block_flags[block] | PG_ANON_EXCLUSIVE  # reuse (R44)
             pmdp[0] = e | _PAGE_RW | _PAGE_DIRTY | _PAGE_ACCESSED
             return VM_FAULT_OK
         return VM_FAULT_NOTIMPL    # COW of a shared THP splits the PMD: issue 4
@@ -682,7 +738,7 @@ cdef class MMCore:
             pte[i] = zero
         pmdp[0] = mk_table_entry(index)
         self.count_vm(THP_SPLIT_PMD, 1)
-        self.tlb_tag = TLB_INVALID
+        self.tlb_flush()
         return VM_FAULT_OK
 
     cdef int handle_pte_fault(self, int64_t vma, uint64_t addr, uint64_t *pmdp, bint write) noexcept nogil:
@@ -731,7 +787,7 @@ cdef class MMCore:
         cdef int64_t pfn = <int64_t>entry_index(pte)
         if pte & _PAGE_SPECIAL:
             return self.wp_page_copy(vma, ptep, -1)
-        if self.machine.flags[pfn] & (PG_HEAD | PG_TAIL):
+        if self.machine.in_pmd_folio(pfn):
             if self.machine.flags[pfn] & PG_ANON_EXCLUSIVE:
                 ptep[0] = pte | _PAGE_RW | _PAGE_DIRTY | _PAGE_ACCESSED
                 return VM_FAULT_OK
@@ -840,7 +896,8 @@ cdef class MMCore:
             if i == n:
                 break
             ret = self.access_slow(addrs[i], op, &faults)
-            out[i] = <uint8_t>faults
+            if faults:                  # out is zeroed: leave untouched what stays 0
+                out[i] = <uint8_t>faults
             if ret:
                 err[0] = ret
                 self.stop_index = i
@@ -851,22 +908,19 @@ cdef class MMCore:
             i += 1
         return n
 
-    def access(self, cnp.ndarray addrs, cnp.ndarray ops, int op0, cnp.ndarray out):
-        """Replay a trace (arguments checked by mmemu.MM.access). Returns (stopped_at, err)."""
-        cdef int64_t n = addrs.shape[0]
-        cdef const uint64_t *a = <const uint64_t *>cnp.PyArray_DATA(addrs)
+    def access(self, cnp.ndarray addrs not None, cnp.ndarray ops, int op0, cnp.ndarray out not None):
+        """Replay a trace (arguments converted by mmemu.MM.access). Returns (stopped_at, err)."""
+        cdef int64_t n
         cdef const uint8_t *o = NULL
-        cdef uint8_t *r = <uint8_t *>cnp.PyArray_DATA(out)
         cdef int64_t stopped
         cdef int err = 0
-        cdef uint8_t op = <uint8_t>op0
-        if (addrs.dtype != np.uint64 or not addrs.flags.c_contiguous or out.dtype != np.uint8
-                or not out.flags.c_contiguous or not out.flags.writeable or out.shape[0] != n
-                or addrs.ndim != 1 or out.ndim != 1):
-            raise ValueError("access: addrs must be a contiguous uint64 vector, out a writable "
+        if not (is_vector(addrs, cnp.NPY_UINT64) and is_vector(out, cnp.NPY_UINT8)
+                and cnp.PyArray_ISWRITEABLE(out) and cnp.PyArray_DIM(out, 0) == cnp.PyArray_DIM(addrs, 0)):
+            raise ValueError("access: addrs must be a contiguous native uint64 vector, out a writable "
                              "contiguous uint8 vector of the same length")
+        n = cnp.PyArray_DIM(addrs, 0)
         if ops is not None:
-            if ops.dtype != np.uint8 or not ops.flags.c_contiguous or ops.ndim != 1 or ops.shape[0] != n:
+            if not (is_vector(ops, cnp.NPY_UINT8) and cnp.PyArray_DIM(ops, 0) == n):
                 raise ValueError("access: ops must be a contiguous uint8 vector of the same length")
             if n and np.max(ops) >= NR_OPS:
                 raise ValueError("access: ops must be READ, WRITE or ATOMIC")
@@ -875,7 +929,8 @@ cdef class MMCore:
             raise ValueError("access: op must be READ, WRITE or ATOMIC")
         self._check_open()
         with nogil:
-            stopped = self.access_trace(a, o, op, n, r, &err)
+            stopped = self.access_trace(<const uint64_t *>cnp.PyArray_DATA(addrs), o, <uint8_t>op0, n,
+                                        <uint8_t *>cnp.PyArray_DATA(out), &err)
         return stopped, err
 
     def access_one(self, uint64_t addr, int op):
@@ -951,12 +1006,12 @@ cdef class MMCore:
         if pfn == self.machine.huge_zero_pfn:
             return
         self.machine.entire_mapcount[block] = self.machine.entire_mapcount[block] - 1
-        self.machine.refcount[pfn] = self.machine.refcount[pfn] - 1
+        self.machine.block_refcount[block] = self.machine.block_refcount[block] - 1
         self.rss_anon -= HPAGE_PMD_NR
         if self.machine.entire_mapcount[block] == 0:
             self.count_vm(NR_ANON_MAPPED, -HPAGE_PMD_NR)
             self.count_vm(NR_ANON_THPS, -1)
-        if self.machine.refcount[pfn] == 0:
+        if self.machine.block_refcount[block] == 0:
             self.count_mthp(MTHP_NR_ANON, -1)
             self.machine.free_pmd_folio(pfn)
 
@@ -1018,7 +1073,7 @@ cdef class MMCore:
     def zap(self, uint64_t start, uint64_t end, bint reclaim):
         cdef int ret
         check_range(start, end)
-        self.tlb_tag = TLB_INVALID
+        self.tlb_flush()
         with nogil:
             ret = self._zap(start, end, reclaim and self.pt_reclaim)
         return ret
@@ -1079,14 +1134,15 @@ cdef class MMCore:
             raise ValueError("free_pgtables: need floor <= start <= end <= ceiling <= 2**47")
         if start == end:
             return
-        self.tlb_tag = TLB_INVALID
+        self.tlb_flush()
         with nogil:
             self._free_pgtables(LVL_PGD, self.pool[LVL_PGD], 0, start, end, floor, ceiling)
 
     # ---- mprotect (mm/mprotect.c: change_protection) ------------------------------------------
 
-    cdef uint64_t change_entry(self, uint64_t e, uint32_t vm_flags) noexcept nogil:
+    cdef uint64_t change_entry(self, uint64_t e, uint32_t vm_flags, bint pmd) noexcept nogil:
         cdef int64_t pfn
+        cdef bint exclusive
         if not (vm_flags & VM_ACCESS_FLAGS):
             return e & ~(<uint64_t>(_PAGE_USER | _PAGE_RW))    # protnone
         e |= _PAGE_USER
@@ -1096,7 +1152,11 @@ cdef class MMCore:
             return e
         # can_change_pte_writable: only exclusive anonymous pages become writable without a fault
         pfn = <int64_t>entry_index(e)
-        if self.machine.flags[pfn] & PG_ANON_EXCLUSIVE:
+        if pmd:
+            exclusive = self.machine.block_flags[pfn >> HPAGE_PMD_ORDER] & PG_ANON_EXCLUSIVE
+        else:
+            exclusive = self.machine.flags[pfn] & PG_ANON_EXCLUSIVE
+        if exclusive:
             e |= _PAGE_RW
         return e
 
@@ -1107,7 +1167,7 @@ cdef class MMCore:
         cdef uint64_t *pte
         cdef int64_t i
         check_range(start, end)
-        self.tlb_tag = TLB_INVALID
+        self.tlb_flush()
         with nogil:
             while addr < end:
                 next_addr = umin((addr & PMD_MASK) + PMD_SIZE, end)
@@ -1116,12 +1176,12 @@ cdef class MMCore:
                     next_addr = umin(self.skip_hole(addr), end)
                 elif pmdp[0]:
                     if pmdp[0] & _PAGE_PSE:
-                        pmdp[0] = self.change_entry(pmdp[0], vm_flags)
+                        pmdp[0] = self.change_entry(pmdp[0], vm_flags, True)
                     else:
                         pte = self.pte_entry(pmdp[0], 0)
                         for i in range(pte_index(addr), pte_index(next_addr - 1) + 1):
                             if pte[i]:
-                                pte[i] = self.change_entry(pte[i], vm_flags)
+                                pte[i] = self.change_entry(pte[i], vm_flags, False)
                 addr = next_addr
 
     # ---- VMA edits (called with the arguments checked by mmemu.mm) ----------------------------
@@ -1190,14 +1250,14 @@ cdef class MMCore:
         end, flags, anon = self.vm_end[i], self.vm_flags[i], self.vm_anon_vma[i]
         self.vm_end[i] = addr
         self.vma_insert(addr, end, flags, anon)
-        self.tlb_tag = TLB_INVALID
+        self.tlb_flush()
         return True
 
     def vma_set_flags(self, int64_t i, uint32_t flags):
         if not 0 <= i < self.nr_vmas:
             raise IndexError("vma_set_flags")
         self.vm_flags[i] = flags
-        self.tlb_tag = TLB_INVALID
+        self.tlb_flush()
 
     def vma_try_merge(self, int64_t i):
         """Merge VMA i with VMA i+1 if the kernel would (is_mergeable_vma/anon_vma)."""
@@ -1237,7 +1297,7 @@ cdef class MMCore:
         cdef uint64_t *pmdp
         cdef uint64_t *pte
         cdef int64_t i, k = 0, count
-        cdef uint8_t state, f
+        cdef uint8_t state
         while addr < end:
             next_addr = umin((addr & PMD_MASK) + PMD_SIZE, end)
             count = (next_addr - addr) >> PAGE_SHIFT
@@ -1260,8 +1320,7 @@ cdef class MMCore:
                     elif e & _PAGE_SPECIAL:
                         state = PS_ZERO
                     else:
-                        f = self.machine.flags[entry_index(e)]
-                        state = PS_LARGE if f & (PG_HEAD | PG_TAIL) else PS_ANON
+                        state = PS_LARGE if self.machine.in_pmd_folio(<int64_t>entry_index(e)) else PS_ANON
                     out[k] = state
                     k += 1
             addr = next_addr

@@ -84,6 +84,42 @@ def _prot_bits(prot, syscall):
     return prot       # PROT_READ/WRITE/EXEC have the VM_* values
 
 
+_U64 = np.dtype(np.uint64)
+_U8 = np.dtype(np.uint8)
+
+
+def _trace_addrs(addrs):
+    """addrs as a contiguous native uint64 vector (no copy when it already is one)."""
+    if type(addrs) is np.ndarray and addrs.dtype == _U64 and addrs.ndim == 1 and addrs.flags.c_contiguous:
+        return addrs
+    a = np.asarray(addrs)
+    if a.ndim != 1:
+        raise ValueError(f"addrs must be one-dimensional, not of shape {a.shape}")
+    if a.dtype.kind not in "iu" and not (a.size == 0 and a.dtype.kind == "f"):
+        raise TypeError(f"addrs must be integers, not {a.dtype}")
+    if a.dtype.kind == "i" and a.size and a.min() < 0:
+        raise ValueError("addrs must not be negative")
+    return np.ascontiguousarray(a, dtype=np.uint64)
+
+
+def _trace_ops(ops, shape):
+    """(ops vector or None, the op for all): the ops of a trace, checked."""
+    if isinstance(ops, (int, np.integer)) and not isinstance(ops, (bool, np.bool_)):
+        if ops not in (READ, WRITE, ATOMIC):
+            raise ValueError(f"ops must be READ (0), WRITE (1) or ATOMIC (2), not {int(ops)}")
+        return None, int(ops)
+    if np.ndim(ops) == 0:
+        raise TypeError(f"ops must be READ, WRITE, ATOMIC or an array of them, not {ops!r}")
+    o = np.asarray(ops)
+    if o.shape != shape:
+        raise ValueError(f"ops must have the shape of addrs {shape}, not {o.shape}")
+    if o.dtype.kind not in "iu":
+        raise TypeError(f"ops must be integers, not {o.dtype}")
+    if o.dtype != _U8 and o.size and (o.min() < 0 or o.max() > ATOMIC):   # before the cast wraps
+        raise ValueError("ops must be READ (0), WRITE (1) or ATOMIC (2)")
+    return np.ascontiguousarray(o, dtype=np.uint8), READ      # the core checks uint8 values
+
+
 class MM:
     """One emulated process: map memory, touch it, advise it, read back what Linux shows.
 
@@ -191,30 +227,8 @@ class MM:
         none after it; the exception's ``faults`` holds the array up to that point.
         """
         self._ensure_open()
-        a = np.asarray(addrs)
-        if a.ndim != 1:
-            raise ValueError(f"addrs must be one-dimensional, not of shape {a.shape}")
-        if a.dtype.kind not in "iu" and not (a.size == 0 and a.dtype.kind == "f"):
-            raise TypeError(f"addrs must be integers, not {a.dtype}")
-        if a.dtype.kind == "i" and a.size and a.min() < 0:
-            raise ValueError("addrs must not be negative")
-        a = np.ascontiguousarray(a, dtype=np.uint64)
-        o, op0 = None, READ
-        if np.ndim(ops) == 0:
-            if isinstance(ops, (bool, np.bool_)) or not isinstance(ops, (numbers.Integral, np.integer)):
-                raise TypeError(f"ops must be READ, WRITE, ATOMIC or an array of them, not {ops!r}")
-            op0 = int(ops)
-            if op0 not in (READ, WRITE, ATOMIC):
-                raise ValueError(f"ops must be READ (0), WRITE (1) or ATOMIC (2), not {op0}")
-        else:
-            o = np.asarray(ops)
-            if o.shape != a.shape:
-                raise ValueError(f"ops must have the shape of addrs {a.shape}, not {o.shape}")
-            if o.dtype.kind not in "iu":
-                raise TypeError(f"ops must be integers, not {o.dtype}")
-            if o.size and (o.min() < 0 or o.max() > ATOMIC):
-                raise ValueError("ops must be READ (0), WRITE (1) or ATOMIC (2)")
-            o = np.ascontiguousarray(o, dtype=np.uint8)
+        a = _trace_addrs(addrs)
+        o, op0 = _trace_ops(ops, a.shape)
         out = np.zeros(a.shape[0], np.uint8)
         stopped, err = self._core.access(a, o, op0, out)
         if err:
