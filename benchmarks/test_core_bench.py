@@ -1,6 +1,8 @@
 """Core workloads, each measured in the same run against two baselines on the same trace:
 
-* ``floor``: numpy reading the trace once (``np.bitwise_or.reduce``), the memory-bandwidth floor;
+* ``floor``: numpy reading the trace once (``np.bitwise_or.reduce``), the memory-bandwidth floor
+  (for the random trace (c): numpy gathering one page-table-sized entry per access, the bound
+  of any walk);
 * ``reference``: the plain-Python reference model (on a prefix of the trace, as it is slow).
 
 Each benchmark records ``accesses`` (or ``faults``) in extra_info so rates can be compared;
@@ -96,6 +98,16 @@ def test_c_random_mixed_mmemu(benchmark):
     record(benchmark, "c: random read/write/atomic over 4 GiB", "mmemu", addrs.size)
     out = benchmark.pedantic(mm.access, (addrs, ops), rounds=5, iterations=1)
     assert out.sum() == 0
+
+
+def test_c_random_mixed_floor(benchmark):
+    """What a random walk cannot beat: numpy gathering one 8-byte entry per access from an
+    array the size of the 4 GiB mapping's PTE tables (8 MiB), at the trace's page numbers."""
+    addrs, _ = random_4g(0)
+    entries = np.ones((4 * GB) // PAGE, np.uint64)
+    pages = (addrs >> np.uint64(12)).astype(np.intp)
+    record(benchmark, "c: random read/write/atomic over 4 GiB", "floor", addrs.size)
+    benchmark.pedantic(np.take, (entries, pages), rounds=5, iterations=1)
 
 
 def test_c_random_mixed_reference(benchmark):
