@@ -100,6 +100,16 @@ def test_c_random_mixed_mmemu(benchmark):
     assert out.sum() == 0
 
 
+def test_c64_random_mixed_mmemu(benchmark):
+    """(c) over 64 MiB: the same random trace when the page tables stay in the CPU cache."""
+    mm, a = populated(64 * MB)
+    rng = np.random.default_rng(1)
+    addrs = a + (rng.integers(0, 64 * MB, 20_000_000, dtype=np.uint64) & ~np.uint64(7))
+    ops = rng.integers(0, 3, addrs.size, dtype=np.uint8)
+    record(benchmark, "c64: random read/write/atomic over 64 MiB", "mmemu", addrs.size)
+    benchmark.pedantic(mm.access, (addrs, ops), rounds=5, iterations=1)
+
+
 def test_c_random_mixed_floor(benchmark):
     """What a random walk cannot beat: numpy gathering one 8-byte entry per access from an
     array the size of the 4 GiB mapping's PTE tables (8 MiB), at the trace's page numbers."""
