@@ -395,7 +395,7 @@ cdef class MMCore:
                 with gil:
                     try:
                         self._grow_pool(level, self.pool_cap[level] * 2)
-                    except MemoryError:
+                    except BaseException:     # never hand out a table that is in use
                         failed = 1
                 if failed:
                     return -1

@@ -7,7 +7,9 @@ mm/mprotect.c and mm/madvise.c do, and fail with the kernel's errno.
 from __future__ import annotations
 
 import errno
+import functools
 import numbers
+import threading
 from typing import Optional
 
 import numpy as np
@@ -64,8 +66,13 @@ def _uint(value, name):
     return value
 
 
-def _prot_bits(prot, syscall):
-    """PROT_* bits of a protection given as letters ('rw', 'r-x', '', 'none') or an int."""
+#: the PROT_* bits mprotect accepts (arch_validate_prot: READ, WRITE, EXEC, SEM)
+PROT_VALID = 0xF
+
+
+def _prot_bits(prot):
+    """PROT_* bits of a protection given as letters ('rw', 'r-x', '', 'none') or an int; an
+    int's unknown bits are kept for the caller to judge as its syscall does."""
     if isinstance(prot, str):
         if prot.lower() in ("", "none", "---"):
             return 0
@@ -79,8 +86,8 @@ def _prot_bits(prot, syscall):
     if isinstance(prot, bool) or not isinstance(prot, numbers.Integral):
         raise TypeError(f"prot must be a str like 'rw' or an int of PROT_* bits, not {type(prot).__name__}")
     prot = int(prot)
-    if prot < 0 or prot & ~7:
-        raise SyscallError(errno.EINVAL, syscall, f"unknown PROT bits {prot:#x}")
+    if not 0 <= prot <= 0xFFFFFFFF:
+        raise ValueError(f"prot must be a 32-bit PROT_* mask, not {prot}")
     return prot       # PROT_READ/WRITE/EXEC have the VM_* values
 
 
@@ -120,6 +127,16 @@ def _trace_ops(ops, shape):
     return np.ascontiguousarray(o, dtype=np.uint8), READ      # the core checks uint8 values
 
 
+def _serialized(method):
+    """Run the method under the MM's lock: calls on one MM from several threads take turns
+    (as numpy.random's generators do), since the core releases the GIL while it works."""
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+    return locked
+
+
 class MM:
     """One emulated process: map memory, touch it, advise it, read back what Linux shows.
 
@@ -145,6 +162,7 @@ class MM:
             huge_zero_write_thp=config.huge_zero_write == "thp", pt_reclaim=config.pt_reclaim,
             arm64=config.arch == "arm64", atomic_write_fault=config.atomic_write_fault)
         self._closed = False
+        self._lock = threading.Lock()
 
     # ---- life ------------------------------------------------------------------------------
 
@@ -156,6 +174,7 @@ class MM:
     def closed(self) -> bool:
         return self._closed
 
+    @_serialized
     def close(self) -> None:
         """The process exits: every mapping goes, and its huge-zeropage reference."""
         if self._closed:
@@ -175,6 +194,7 @@ class MM:
     def __exit__(self, *exc):
         self.close()
 
+    @_serialized
     def fork(self):
         """A copy-on-write child (mm/memory.c: copy_page_range)."""
         self._ensure_open()
@@ -200,14 +220,17 @@ class MM:
 
     # ---- accesses --------------------------------------------------------------------------
 
+    @_serialized
     def read(self, addr) -> int:
         """One load at addr; returns the faults it took."""
         return self._access_one(addr, READ)
 
+    @_serialized
     def write(self, addr) -> int:
         """One store at addr; returns the faults it took."""
         return self._access_one(addr, WRITE)
 
+    @_serialized
     def atomic(self, addr) -> int:
         """One atomic read-modify-write at addr; returns the faults it took (arch-dependent)."""
         return self._access_one(addr, ATOMIC)
@@ -219,6 +242,7 @@ class MM:
         self._check(err, "access", addr)
         return faults
 
+    @_serialized
     def access(self, addrs, ops=READ) -> np.ndarray:
         """Replay a trace: ``addrs`` (integers), ``ops`` (READ/WRITE/ATOMIC per access, or one
         for all).  Returns the faults each access took, as uint8.
@@ -241,6 +265,7 @@ class MM:
 
     # ---- mmap and munmap (mm/mmap.c, mm/vma.c) ------------------------------------------------
 
+    @_serialized
     def mmap(self, length, prot="rw", addr=None, fixed=False) -> int:
         """MAP_PRIVATE|MAP_ANONYMOUS mapping of ``length`` bytes; returns its address.
 
@@ -248,7 +273,7 @@ class MM:
         there is unmapped first).
         """
         length = _uint(length, "length")
-        bits = _prot_bits(prot, "mmap")
+        bits = _prot_bits(prot) & VM_ACCESS       # do_mmap ignores PROT bits it does not know
         if addr is not None:
             addr = _uint(addr, "addr")
         if not isinstance(fixed, bool):
@@ -318,9 +343,9 @@ class MM:
         return (mode == "pmd_multiple" and size % PMD_SIZE == 0) or (mode == "any" and size >= PMD_SIZE)
 
     def _get_unmapped_area(self, hint, size):
-        if hint:
-            hint &= ~(PAGE_SIZE - 1)
-            hint = max(hint, MMAP_MIN_ADDR)                      # round_hint_to_min
+        hint &= ~(PAGE_SIZE - 1)                                 # round_hint_to_min: a hint in
+        if hint:                                                 # the first page is no hint
+            hint = max(hint, MMAP_MIN_ADDR)
             if hint <= TASK_SIZE - size and self._is_free(hint, hint + size):
                 return hint
         elif self._thp_aligned_placement(size):
@@ -333,6 +358,7 @@ class MM:
             raise SyscallError(errno.ENOMEM, "mmap", "no free address range")
         return ret
 
+    @_serialized
     def munmap(self, addr, length) -> None:
         """Unmap [addr, addr+length)."""
         addr = _uint(addr, "addr")
@@ -419,11 +445,12 @@ class MM:
             else:
                 i += 1
 
+    @_serialized
     def mprotect(self, addr, length, prot) -> None:
         """Change the protection of [addr, addr+length) (mm/mprotect.c)."""
         addr = _uint(addr, "addr")
         length = _uint(length, "length")
-        bits = _prot_bits(prot, "mprotect")
+        bits = _prot_bits(prot)
         self._ensure_open()
         if addr % PAGE_SIZE:
             raise SyscallError(errno.EINVAL, "mprotect", "address not page aligned")
@@ -433,6 +460,9 @@ class MM:
         end = addr + size
         if size == 0 or end > U64_MAX:
             raise SyscallError(errno.ENOMEM, "mprotect")
+        if bits & ~PROT_VALID:                       # arch_validate_prot, after the length checks
+            raise SyscallError(errno.EINVAL, "mprotect", f"unknown PROT bits {bits:#x}")
+        bits &= VM_ACCESS                            # PROT_SEM changes nothing here
         pieces, hole = self._vma_pieces(addr, end)
         if not pieces or pieces[0][0] != addr:
             raise SyscallError(errno.ENOMEM, "mprotect", "range not mapped")
@@ -459,6 +489,7 @@ class MM:
 
     # ---- madvise (mm/madvise.c) -------------------------------------------------------------
 
+    @_serialized
     def madvise(self, addr, length, advice) -> None:
         """Advise [addr, addr+length): advice as the kernel names it without MADV_
         (hugepage, nohugepage, dontneed, populate_read, populate_write, ...)."""
@@ -476,13 +507,13 @@ class MM:
         if length and not size or addr + size > U64_MAX:
             raise SyscallError(errno.EINVAL, "madvise")
         end = addr + size
+        if end == addr:
+            return
         if name in _LATER_ADVICE:
             raise NotImplementedError(_LATER_ADVICE[name])
         if name not in _NOOP_ADVICE | {"hugepage", "nohugepage", "dontneed", "populate_read",
                                        "populate_write"}:
             raise NotImplementedError(f"MADV_{name.upper()} is not modelled")
-        if end == addr:
-            return
         if name.startswith("populate"):
             return self._populate(addr, end, name == "populate_write")
         pieces, hole = self._vma_pieces(addr, end)
@@ -509,7 +540,9 @@ class MM:
             self._modify_flags(s, e, new, "madvise", errno.EAGAIN)
 
     def _populate(self, start, end, write):
-        err, where = self._core.populate(start, end, write)
+        err, where = self._core.populate(min(start, USER_TOP), min(end, USER_TOP), write)
+        if not err and end > USER_TOP:
+            err, where = _core.POPULATE_HOLE, max(start, USER_TOP)
         if err == _core.POPULATE_HOLE:
             raise SyscallError(errno.ENOMEM, "madvise", f"no mapping at {where:#x}")
         if err == _core.POPULATE_BADVMA:
@@ -521,26 +554,31 @@ class MM:
     # ---- what the kernel shows -------------------------------------------------------------
 
     @property
+    @_serialized
     def vmstat(self) -> dict:
         """/proc/vmstat counters kept by mmemu, for the whole emulated machine."""
         return dict(zip(VMSTAT_NAMES, self._machine.vmstat_values().tolist()))
 
     @property
+    @_serialized
     def mthp_stats(self) -> dict:
         """/sys/kernel/mm/transparent_hugepage/hugepages-<kB>kB/stats, by size in kB."""
         return {2048: dict(zip(MTHP_STAT_NAMES, self._machine.mthp_values().tolist()))}
 
     @property
+    @_serialized
     def rusage(self) -> dict:
         """This process's fault counters (getrusage ru_minflt, ru_majflt)."""
         return {"min_flt": self._core.min_flt, "maj_flt": self._core.maj_flt}
 
     @property
+    @_serialized
     def status(self) -> dict:
         """/proc/pid/status memory fields mmemu keeps, in kB."""
         rss = self._core.rss_anon * 4
         return {"VmRSS": rss, "RssAnon": rss, "VmPTE": self._core.pgtables_pages * 4}
 
+    @_serialized
     def maps(self) -> list:
         """The VMAs as (start, end, perms, vm_flags), like /proc/pid/maps."""
         starts, ends, flags, _ = self._core.vmas()
@@ -558,6 +596,7 @@ class MM:
             return 0
         return int(((start + PMD_SIZE - 1) & ~(PMD_SIZE - 1)) + PMD_SIZE <= end)
 
+    @_serialized
     def smaps(self, addr) -> dict:
         """/proc/pid/smaps fields of the VMA containing addr (sizes in kB)."""
         addr = _uint(addr, "addr")
@@ -596,6 +635,7 @@ class MM:
             "VmFlags": " ".join(letters for bit, letters in _VMFLAG_LETTERS if f & bit),
         }
 
+    @_serialized
     def page_states(self, addr, length) -> np.ndarray:
         """One :class:`PageState` code per 4K page of [addr, addr+length), as uint8."""
         addr = _uint(addr, "addr")

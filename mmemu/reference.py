@@ -746,9 +746,7 @@ class ReferenceMM:
     def mmap(self, length, prot="rw", addr=None, fixed=False):
         self._check_open()
         length = _int_arg(length, "length")
-        bits = _prot_arg(prot)
-        if bits & ~VM_ACCESS_FLAGS:
-            raise SyscallError(errno.EINVAL, "mmap", f"unknown PROT bits {bits:#x}")
+        bits = _prot_arg(prot) & VM_ACCESS_FLAGS     # do_mmap ignores the PROT bits it does not know
         if addr is not None:
             addr = _int_arg(addr, "addr")
         if not isinstance(fixed, bool):
@@ -781,7 +779,9 @@ class ReferenceMM:
 
     def _get_unmapped_area(self, length, hint):
         if hint is not None:
-            hint = max(hint & ~(PAGE_SIZE - 1), MMAP_MIN_ADDR)      # round_hint_to_min
+            hint &= ~(PAGE_SIZE - 1)
+        if hint:                    # round_hint_to_min: a hint in the first page is no hint
+            hint = max(hint, MMAP_MIN_ADDR)
             if hint + length <= TASK_SIZE and self._is_free(hint, hint + length):
                 return hint
             return self._unmapped_area_topdown(length)
@@ -826,9 +826,12 @@ class ReferenceMM:
             raise SyscallError(errno.EINVAL, "mprotect", "addr not aligned")
         if length == 0:
             return
-        if bits & ~VM_ACCESS_FLAGS:
-            raise SyscallError(errno.EINVAL, "mprotect", "unknown prot bits")
         end = addr + _align_up(length, PAGE_SIZE)
+        if end >= 1 << 64:
+            raise SyscallError(errno.ENOMEM, "mprotect", "wraps")
+        if bits & ~0xF:                              # arch_validate_prot: READ|WRITE|EXEC|SEM
+            raise SyscallError(errno.EINVAL, "mprotect", "unknown prot bits")
+        bits &= VM_ACCESS_FLAGS
         vma = self._find_vma(addr)
         if vma is None or vma.start > addr:
             raise SyscallError(errno.ENOMEM, "mprotect", "not mapped")
@@ -888,9 +891,6 @@ class ReferenceMM:
             raise TypeError(f"advice must be a str, not {type(advice).__name__}")
         if advice not in ADVICE:
             raise ValueError(f"unknown advice {advice!r}")
-        if advice not in NOOP_ADVICE + ("hugepage", "nohugepage", "dontneed", "populate_read",
-                                        "populate_write"):
-            raise NotImplementedError(f"madvise {advice!r} is not implemented yet (issue 4)")
         if addr % PAGE_SIZE:
             raise SyscallError(errno.EINVAL, "madvise", "addr not aligned")
         end = addr + _align_up(length, PAGE_SIZE)
@@ -898,6 +898,9 @@ class ReferenceMM:
             raise SyscallError(errno.EINVAL, "madvise", "end before start")
         if end == addr:
             return
+        if advice not in NOOP_ADVICE + ("hugepage", "nohugepage", "dontneed", "populate_read",
+                                        "populate_write"):
+            raise NotImplementedError(f"madvise {advice!r} is not implemented yet (issue 4)")
         if advice.startswith("populate_"):
             return self._madvise_populate(addr, end, advice == "populate_write")
         if advice == "dontneed":

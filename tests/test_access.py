@@ -111,3 +111,23 @@ def test_a_huge_trace_over_a_thp_counts_one_fault():
     mm.madvise(a, 2 * MB, "hugepage")
     out = mm.access(a + np.arange(0, 2 * MB, 8, dtype=np.uint64), WRITE)
     assert out.sum() == 1 and out[0] == 1
+
+
+def test_threads_sharing_one_mm_take_turns():
+    """The core releases the GIL; calls on one MM from several threads are serialized, so the
+    result is as if they ran one after the other (each page faults exactly once)."""
+    import threading
+    mm = MM()
+    size = 512 << 30
+    a = mm.mmap(size)
+    trace = a + np.arange(0, size, 1 << 30, dtype=np.uint64)     # one page in each 1 GiB
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(mm.access(trace, WRITE).sum()))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [0, 0, 0, 512]
+    puds = len(set((trace >> np.uint64(39)).tolist()))
+    assert mm.status["RssAnon"] == 512 * 4 and mm.status["VmPTE"] == 4 * (puds + 512 + 512)

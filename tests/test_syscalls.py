@@ -101,8 +101,18 @@ def test_mmap_checks_argument_types():
         mm.mmap(PAGE, 1.5)
     with pytest.raises(ValueError, match="addr"):
         mm.mmap(PAGE, fixed=True)
-    assert errno_of(mm.mmap, PAGE, 0x100) == errno.EINVAL
     assert mm.maps() == []
+
+
+def test_mmap_ignores_prot_bits_it_does_not_know_as_do_mmap_does():
+    mm = MM()
+    a = mm.mmap(PAGE, 0x100 | 0x1)
+    assert mm.maps()[0][2] == "r--p" and mm.maps()[0][0] == a
+
+
+def test_mmap_hint_inside_the_first_page_is_no_hint():
+    mm = MM()
+    assert mm.mmap(2 * MB, addr=100) == 0x7ffff7c00000      # placed and aligned as without one
 
 
 # ---- munmap ------------------------------------------------------------------------------
@@ -148,6 +158,8 @@ def test_mprotect_errors():
     assert errno_of(mm.mprotect, X, PAGE, 0x100) == errno.EINVAL
     assert errno_of(mm.mprotect, X - PAGE, 2 * PAGE, "r") == errno.ENOMEM
     mm.mprotect(X, 0, "r")                          # length 0: nothing
+    mm.mprotect(X, 0, 0x100)                        # ... not even the PROT check (arch_validate_prot)
+    mm.mprotect(X, 4 * PAGE, 0xB)                   # PROT_SEM is accepted
     assert len(mm.maps()) == 1
 
 
@@ -253,6 +265,20 @@ def test_populate_skips_pages_already_present_with_enough_permission():
     assert mm.rusage["min_flt"] == 2 + 510
     mm.madvise(a, 2 * MB, "populate_write")        # the 511 zeropages are written
     assert mm.rusage["min_flt"] == 2 + 510 + 511
+
+
+def test_populate_past_the_top_of_user_space_populates_below_then_enomem():
+    mm = MM()
+    a = mm.mmap(2 * PAGE, addr=0x7fffffffd000, fixed=True)
+    assert errno_of(mm.madvise, a, 4 * PAGE, "populate_write") == errno.ENOMEM
+    assert mm.status["RssAnon"] == 8
+    assert errno_of(mm.madvise, 1 << 47, PAGE, "populate_read") == errno.ENOMEM
+
+
+def test_madvise_of_length_0_succeeds_whatever_the_advice():
+    mm = MM()
+    for advice in ("free", "collapse", "dontneed", "populate_write"):
+        mm.madvise(X, 0, advice)
 
 
 def test_advice_planned_for_later_issues_is_refused_without_effect():
