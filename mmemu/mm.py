@@ -578,6 +578,14 @@ class MM:
         rss = self._core.rss_anon * 4
         return {"VmRSS": rss, "RssAnon": rss, "VmPTE": self._core.pgtables_pages * 4}
 
+    @property
+    @_serialized
+    def page_tables(self) -> dict:
+        """Page-table pages of this process by kind: PTE, PMD and PUD tables, and the PTE tables
+        deposited behind PMD mappings (their sum times 4 kB is VmPTE)."""
+        c = self._core.counters()
+        return {"pte": c["pte"], "pmd": c["pmd"], "pud": c["pud"], "deposited": c["deposited"]}
+
     @_serialized
     def maps(self) -> list:
         """The VMAs as (start, end, perms, vm_flags), like /proc/pid/maps."""

@@ -196,6 +196,16 @@ def test_R10_first_fault_in_an_empty_512G_region_costs_pud_pmd_and_pte_tables():
     assert mm.status["VmPTE"] == 16               # new PMD range, same 1 GiB: +4
 
 
+def test_R10_page_tables_by_kind_add_up_to_vmpte():
+    mm = MM()
+    a = hp_mapping(mm, 4 * MB)
+    mm.read(a)
+    mm.madvise(a + 2 * MB, 2 * MB, "nohugepage")
+    mm.read(a + 2 * MB)
+    assert mm.page_tables == {"pte": 1, "pmd": 1, "pud": 1, "deposited": 1}
+    assert sum(mm.page_tables.values()) * 4 == mm.status["VmPTE"]
+
+
 def test_R11_a_pmd_mapping_deposits_a_table_and_the_hzp_write_keeps_it():
     mm = MM()
     a = hp_mapping(mm)
