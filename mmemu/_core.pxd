@@ -202,9 +202,6 @@ cdef class MMCore:
     # the PTE table of the last walk (a paging-structure cache) and the 2 MiB it maps
     cdef uint64_t pt_tag
     cdef uint64_t *pt_base
-    # where the last bulk access stopped, and why
-    cdef readonly int64_t stop_index
-    cdef readonly uint64_t stop_address
 
     cdef int _grow_pool(self, int level, int64_t new_cap) except -1
     cdef int32_t pool_alloc(self, int level) noexcept nogil

@@ -900,8 +900,6 @@ cdef class MMCore:
                 out[i] = <uint8_t>faults
             if ret:
                 err[0] = ret
-                self.stop_index = i
-                self.stop_address = addrs[i]
                 return i
             self.tlb_tags(tags)
             mask = self.tlb_mask
@@ -936,14 +934,10 @@ cdef class MMCore:
     def access_one(self, uint64_t addr, int op):
         """One access: (faults, err)."""
         cdef int faults = 0, err
-        cdef uint8_t out = 0
         if not 0 <= op < NR_OPS:
             raise ValueError("op must be READ, WRITE or ATOMIC")
         self._check_open()
-        err = self.access_slow(addr, op, &faults) if not (
-            (addr & self.tlb_mask) == self.tlb_tag
-            and (self.tlb_perm & (NEED_READ if op == OP_READ else NEED_WRITE))
-            == (NEED_READ if op == OP_READ else NEED_WRITE)) else 0
+        err = self.access_slow(addr, op, &faults)
         return faults, err
 
     cdef void _check_open(self) except *:

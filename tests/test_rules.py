@@ -715,3 +715,52 @@ def test_populate_out_of_memory_is_enomem():
         mm.madvise(a, 4 * MB, "populate_write")
     assert info.value.errno == errno.ENOMEM
     assert mm.status["RssAnon"] == 2048
+
+
+# ---- frames as the rmap sees them (R37, R38, R57) --------------------------------------------
+
+def leaf_pfn(mm, addr):
+    level, entry = mm._core.entry(addr)
+    return level, (entry >> 12) & ((1 << 40) - 1)
+
+
+def test_R37_a_fresh_page_is_mapped_once_exclusive_and_freed_when_unmapped():
+    mm = MM()
+    m = mm._machine
+    free = m.nr_free_pages
+    a = mm.mmap(2 * MB)
+    mm.write(a)
+    level, pfn = leaf_pfn(mm, a)
+    assert level == 0
+    refcount, mapcount, flags = m.frame_info(pfn)
+    assert (refcount, mapcount) == (1, 1) and flags == 0b11          # PG_ANON | PG_ANON_EXCLUSIVE
+    assert m.nr_free_pages == free - 1
+    mm.munmap(a, 2 * MB)
+    assert m.frame_info(pfn) == (0, 0, 0) and m.nr_free_pages == free
+
+
+def test_R38_a_thp_is_one_folio_of_a_whole_block_mapped_once_by_its_pmd():
+    mm = MM(Config(memory=8 * MB))
+    m = mm._machine
+    a = hp_mapping(mm)
+    mm.write(a)
+    level, pfn = leaf_pfn(mm, a)
+    assert level == 1 and pfn % 512 == 0
+    refcount, entire_mapcount, flags = m.pmd_folio_info(pfn // 512)
+    assert (refcount, entire_mapcount) == (1, 1) and flags == 0b111  # ANON | EXCLUSIVE | HEAD
+    assert m.free_blocks_count == 3
+    mm.madvise(a, 2 * MB, "dontneed")
+    assert m.pmd_folio_info(pfn // 512) == (0, 0, 0) and m.free_blocks_count == 4
+
+
+def test_R56_the_huge_zeropage_is_held_by_each_mm_until_it_exits():
+    mm = MM()
+    m = mm._machine
+    a = hp_mapping(mm, 4 * MB)
+    mm.read(a)
+    mm.read(a + 2 * MB)
+    assert m.huge_zero_users == 1 and m.huge_zero_pfn >= 0
+    mm.munmap(a, 4 * MB)
+    assert m.huge_zero_users == 1                  # a flag on the mm, not per mapping
+    mm.close()
+    assert m.huge_zero_users == 0
