@@ -73,6 +73,10 @@ cdef enum:
     VM_NOHUGEPAGE = 0x40000000
     VM_ACCESS_FLAGS = VM_READ | VM_WRITE | VM_EXEC
 
+cdef enum:
+    THP_DISABLE_COMPLETELY = 1
+    THP_DISABLE_EXCEPT_ADVISED = 2
+
 # ---- frame flags ---------------------------------------------------------------------------
 cdef enum:
     PG_ANON = 1 << 0
@@ -174,6 +178,8 @@ cdef class MMCore:
     # settings (from Config)
     cdef bint thp_always, thp_madvise, use_zero_page, zero_page, huge_zero_write_thp
     cdef bint pt_reclaim, arm64, atomic_write_fault
+    # prctl(PR_SET_THP_DISABLE): 0 off, THP_DISABLE_COMPLETELY, THP_DISABLE_EXCEPT_ADVISED
+    cdef readonly int thp_disable
     # table pools, per level
     cdef list _pools
     cdef list _pool_free

@@ -67,6 +67,9 @@ FAULT_OOM = VM_FAULT_OOM
 FAULT_SIGSEGV = VM_FAULT_SIGSEGV
 FAULT_HOSTMEM = VM_FAULT_HOSTMEM
 FAULT_NOTIMPL = VM_FAULT_NOTIMPL
+#: prctl(PR_SET_THP_DISABLE) modes of MMCore.set_thp_disable
+DISABLE_COMPLETELY = THP_DISABLE_COMPLETELY
+DISABLE_EXCEPT_ADVISED = THP_DISABLE_EXCEPT_ADVISED
 
 cdef enum:
     # populate() results besides a fault code
@@ -558,10 +561,24 @@ cdef class MMCore:
         return lo
 
     cdef bint thp_allowed(self, uint32_t vm_flags) noexcept nogil:
-        """thp_vma_allowable_order(PMD_ORDER) at fault time (R19, R20)."""
-        if vm_flags & VM_NOHUGEPAGE:
+        """thp_vma_allowable_order(PMD_ORDER) for a fault or smaps (R19, R20): the sysfs modes,
+        then the vetoes VM_NOHUGEPAGE and prctl(PR_SET_THP_DISABLE)."""
+        if vm_flags & VM_NOHUGEPAGE or self.thp_disable == THP_DISABLE_COMPLETELY:
+            return False
+        if self.thp_disable == THP_DISABLE_EXCEPT_ADVISED and not (vm_flags & VM_HUGEPAGE):
             return False
         return self.thp_always or (self.thp_madvise and (vm_flags & VM_HUGEPAGE) != 0)
+
+    def thp_allowed_for(self, uint32_t vm_flags):
+        """Whether order 9 is allowed for a VMA with these flags (smaps THPeligible)."""
+        return self.thp_allowed(vm_flags)
+
+    def set_thp_disable(self, int mode):
+        """prctl(PR_SET_THP_DISABLE): 0, THP_DISABLE_COMPLETELY or THP_DISABLE_EXCEPT_ADVISED.
+        Takes effect at the next fault; existing mappings stay as they are (R24)."""
+        if mode not in (0, THP_DISABLE_COMPLETELY, THP_DISABLE_EXCEPT_ADVISED):
+            raise ValueError(f"bad THP disable mode {mode}")
+        self.thp_disable = mode
 
     cdef bint anon_vma_compatible(self, int64_t a, int64_t b) noexcept nogil:
         # mm/vma.c: anon_vma_compatible; pgoff always continues for mappings never moved

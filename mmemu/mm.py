@@ -42,6 +42,16 @@ _VMFLAG_LETTERS = ((VM_READ, "rd"), (VM_WRITE, "wr"), (VM_EXEC, "ex"), (_F["VM_M
                    (_F["VM_MAYWRITE"], "mw"), (_F["VM_MAYEXEC"], "me"), (VM_ACCOUNT, "ac"),
                    (VM_HUGEPAGE, "hg"), (VM_NOHUGEPAGE, "nh"))
 
+#: prctl options mmemu models, with the kernel's numbers (include/uapi/linux/prctl.h)
+_PRCTL = {"PR_SET_THP_DISABLE": 41, "PR_GET_THP_DISABLE": 42}
+PR_THP_DISABLE_EXCEPT_ADVISED = 1 << 1
+
+
+def _version(kernel):
+    major, minor = kernel.split(".")[:2]
+    return int(major), int(minor)
+
+
 #: advice that changes nothing for anonymous memory (beyond ENOMEM for holes)
 _NOOP_ADVICE = {"normal", "willneed"}
 _LATER_ADVICE = {
@@ -551,6 +561,39 @@ class MM:
             raise SyscallError(errno.ENOMEM, "madvise", "out of memory")
         self._check(err, "madvise", where)
 
+    # ---- prctl (kernel/sys.c) ------------------------------------------------------------------
+
+    @_serialized
+    def prctl(self, option, arg2=0, arg3=0, arg4=0, arg5=0) -> int:
+        """prctl for the options that change anonymous memory: PR_SET_THP_DISABLE (arg2 1 or 0,
+        arg3 0 or PR_THP_DISABLE_EXCEPT_ADVISED, 6.18+) and PR_GET_THP_DISABLE (returns 0, 1,
+        or 3 for except-advised).  ``option`` is the kernel's name or number."""
+        number = _PRCTL.get(option, option) if isinstance(option, str) else option
+        if isinstance(number, str):
+            raise ValueError(f"option must be one of {', '.join(_PRCTL)} or a number, not {option!r}")
+        number = _uint(number, "option")
+        args = [_uint(v, name) for v, name in ((arg2, "arg2"), (arg3, "arg3"), (arg4, "arg4"), (arg5, "arg5"))]
+        self._ensure_open()
+        if number == _PRCTL["PR_GET_THP_DISABLE"]:
+            if any(args):
+                raise SyscallError(errno.EINVAL, "prctl")
+            mode = self._core.thp_disable
+            return 0 if not mode else (1 if mode == _core.DISABLE_COMPLETELY else 1 | PR_THP_DISABLE_EXCEPT_ADVISED)
+        if number != _PRCTL["PR_SET_THP_DISABLE"]:
+            raise NotImplementedError(f"prctl option {number} is not modelled")
+        disable, flags = args[0], args[1]
+        except_supported = _version(self._config.kernel) >= (6, 18)
+        if (args[2] or args[3] or flags & ~PR_THP_DISABLE_EXCEPT_ADVISED or (flags and not disable)
+                or (flags and not except_supported)):
+            raise SyscallError(errno.EINVAL, "prctl")
+        if not disable:
+            self._core.set_thp_disable(0)
+        elif flags:
+            self._core.set_thp_disable(_core.DISABLE_EXCEPT_ADVISED)
+        else:
+            self._core.set_thp_disable(_core.DISABLE_COMPLETELY)
+        return 0
+
     # ---- what the kernel shows -------------------------------------------------------------
 
     @property
@@ -599,8 +642,7 @@ class MM:
 
     def _thp_eligible(self, start, end, flags):
         """smaps THPeligible: order 9 allowed and an aligned 2 MiB block inside the VMA (R21)."""
-        always, madvise = self._config.pmd_thp_modes()
-        if flags & VM_NOHUGEPAGE or not (always or (madvise and flags & VM_HUGEPAGE)):
+        if not self._core.thp_allowed_for(flags):
             return 0
         return int(((start + PMD_SIZE - 1) & ~(PMD_SIZE - 1)) + PMD_SIZE <= end)
 

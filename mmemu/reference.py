@@ -189,6 +189,7 @@ class ReferenceMM:
         self._rss_anon = 0          # MM_ANONPAGES, in 4K pages
         self._min_flt = 0
         self._has_huge_zero = False  # this mm holds a reference on the huge zeropage
+        self._thp_disable = None     # prctl(PR_SET_THP_DISABLE): "completely" or "except_advised"
         self._closed = False
 
     # ================================================================ observables
@@ -275,6 +276,24 @@ class ReferenceMM:
 
     def fork(self):
         raise NotImplementedError("fork is not implemented yet (issue 4)")
+
+    def prctl(self, option, arg2=0, arg3=0, arg4=0, arg5=0):
+        """PR_SET_THP_DISABLE (41) and PR_GET_THP_DISABLE (42) (kernel/sys.c)."""
+        self._check_open()
+        option = {"PR_SET_THP_DISABLE": 41, "PR_GET_THP_DISABLE": 42}.get(option, option)
+        if option == 42:
+            if arg2 or arg3 or arg4 or arg5:
+                raise SyscallError(errno.EINVAL, "prctl")
+            return {None: 0, "completely": 1, "except_advised": 3}[self._thp_disable]
+        if option != 41:
+            raise NotImplementedError(f"prctl {option}")
+        except_advised = 1 << 1
+        version = tuple(int(x) for x in self.config.kernel.split("."))
+        if (arg4 or arg5 or arg3 & ~except_advised or (arg3 and not arg2)
+                or (arg3 and version < (6, 18))):
+            raise SyscallError(errno.EINVAL, "prctl")
+        self._thp_disable = None if not arg2 else ("except_advised" if arg3 else "completely")
+        return 0
 
     def close(self):
         """The process exits: every mapping goes, every table is freed (exit_mmap)."""
@@ -390,9 +409,12 @@ class ReferenceMM:
     # ================================================================ THP policy
 
     def _thp_enabled(self, vma):
-        """R19/R20: order 9 enabled for this VMA by the sysfs knobs, no VM_NOHUGEPAGE veto."""
+        """R19/R20: order 9 enabled for this VMA by the sysfs knobs, no VM_NOHUGEPAGE or prctl
+        veto (PR_SET_THP_DISABLE: none at all, or only in VM_HUGEPAGE VMAs)."""
         always, madvise = self.config.pmd_thp_modes()
-        if vma.flags & VM_NOHUGEPAGE:
+        if vma.flags & VM_NOHUGEPAGE or self._thp_disable == "completely":
+            return False
+        if self._thp_disable == "except_advised" and not vma.flags & VM_HUGEPAGE:
             return False
         return always or (madvise and bool(vma.flags & VM_HUGEPAGE))
 

@@ -45,8 +45,10 @@ def describe(states):
 class Run:
     """One scenario being played on an MM, with the base counters to take deltas from."""
 
-    def __init__(self, mm, length, hp=False, offset=0):
+    def __init__(self, mm, length, hp=False, offset=0, before=()):
         self.mm = mm
+        for step in before:                        # steps before the mapping is made (prctl)
+            self.step(*step)
         # An anchor page above the scenario mapping, so the upper page tables already exist and
         # VmPTE deltas read as in the spec, measured inside a running process.
         anchor = mm.mmap(PAGE, addr=ANCHOR, fixed=True)
@@ -84,6 +86,8 @@ class Run:
         elif op == "mprotect":
             first, count, prot = args
             mm.mprotect(self.page(first), count * PAGE, prot)
+        elif op == "prctl":
+            mm.prctl("PR_SET_THP_DISABLE", *args)
         elif op == "munmap":
             first, count = args
             mm.munmap(self.page(first), count * PAGE)

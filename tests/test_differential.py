@@ -56,6 +56,7 @@ steps = st.one_of(
     st.tuples(st.just("mmap_fixed"), page_offsets, page_counts, prots),
     st.tuples(st.just("mmap"), st.sampled_from([1, 3, 256, 512, 513, 1024]), prots),
     st.tuples(st.just("munmap"), page_offsets, page_counts),
+    st.tuples(st.just("prctl"), st.integers(0, 1), st.sampled_from([0, 0, 2])),
     st.tuples(st.just("mprotect"), page_offsets, page_counts, prots),
     st.tuples(st.just("madvise"), page_offsets, page_counts, advices),
 )
@@ -85,6 +86,8 @@ def apply(mm, step):
         return outcome(mm.mmap, n * PAGE, prot, WINDOW + off * PAGE, True)
     if kind == "mmap":
         return outcome(mm.mmap, step[1] * PAGE, step[2])
+    if kind == "prctl":
+        return outcome(mm.prctl, "PR_SET_THP_DISABLE", step[1], step[2])
     if kind == "munmap":
         return outcome(mm.munmap, WINDOW + step[1] * PAGE, step[2] * PAGE)
     if kind == "mprotect":

@@ -415,6 +415,42 @@ def test_R20_vm_nohugepage_vetoes_even_thp_always():
     assert mm.smaps(a)["THPeligible"] == 0 and "nh" in mm.smaps(a)["VmFlags"]
 
 
+def test_R20_prctl_thp_disable_vetoes_thp_for_every_vma_and_reads_back():
+    mm = MM(Config(thp="always"))
+    assert mm.prctl("PR_GET_THP_DISABLE") == 0
+    mm.prctl("PR_SET_THP_DISABLE", 1)
+    assert mm.prctl("PR_GET_THP_DISABLE") == 1
+    a = hp_mapping(mm)
+    mm.write(a)
+    assert mm.page_states(a, PAGE)[0] == PS.ANON and mm.smaps(a)["THPeligible"] == 0
+    mm.prctl(41, 0)
+    b = mm.mmap(2 * MB)
+    mm.write(b)
+    assert mm.page_states(b, PAGE)[0] == PS.THP
+
+
+def test_R20_prctl_except_advised_keeps_thp_for_madvised_vmas_only():
+    mm = MM(Config(thp="always"))
+    mm.prctl("PR_SET_THP_DISABLE", 1, 2)
+    assert mm.prctl("PR_GET_THP_DISABLE") == 3
+    plain, advised = mm.mmap(2 * MB), hp_mapping(mm)
+    mm.write(plain)
+    mm.write(advised)
+    assert mm.page_states(plain, PAGE)[0] == PS.ANON and mm.page_states(advised, PAGE)[0] == PS.THP
+
+
+def test_R20_prctl_errors_and_except_advised_before_6_18():
+    mm = MM()
+    for args in ((0, 2), (1, 4), (1, 0, 1)):
+        with pytest.raises(SyscallError) as info:
+            mm.prctl("PR_SET_THP_DISABLE", *args)
+        assert info.value.errno == errno.EINVAL
+    with pytest.raises(SyscallError):
+        MM(Config.for_kernel("6.12")).prctl("PR_SET_THP_DISABLE", 1, 2)
+    with pytest.raises(ValueError, match="option"):
+        mm.prctl("PR_SET_SOMETHING")
+
+
 def test_R21_only_the_aligned_2M_inside_the_vma_gets_a_thp():
     mm = MM()                                       # S50
     x = 0x500000000000 + PAGE

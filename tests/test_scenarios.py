@@ -62,6 +62,10 @@ ROWS = [
     ("S51", {}, 1 * MB, True, [("write", 0)], "a N*255", (4, 0), 1, {"nr_anon_pages": 1}, 4),
     ("S52", {}, 4 * MB, True, [("write", 0), ("nohugepage",), ("write", 512)], "T*512 a N*511",
      (2052, 2048), 2, {**THP_FAULT, "nr_anon_pages": 513}, 8),
+    ("S53", {}, 2 * MB, True, [("write", 0)], "a N*511", (4, 0), 1, {"nr_anon_pages": 1}, 4),
+    ("S54", {}, 2 * MB, True, [("write", 0)], "T*512", (2048, 2048), 1, THP_FAULT, 4),
+    ("S55", {}, 2 * MB, True, [("read", 0), ("prctl", 1, 0), ("write", 1)], "T*512", (2048, 2048), 2,
+     {**HZA, **THP_FAULT}, 4),
     ("S56", {"thp": "always"}, 4 * MB, False, [("read", 0), ("nohugepage",), ("write", 1)], "T*512 N*512",
      (2048, 2048), 2, {**HZA, **THP_FAULT}, 4),
     ("S57", {"use_zero_page": False}, 2 * MB, True, [("read", 0)], "T*512", (2048, 2048), 1, THP_FAULT, 4),
@@ -76,14 +80,18 @@ ROWS = [
 ]
 
 OFFSETS = {"S50": 4096}
+#: steps run before the mapping is made: prctl(PR_SET_THP_DISABLE, arg2, arg3)
+BEFORE = {"S53": [("prctl", 1, 0)], "S54": [("prctl", 1, 2)]}
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r[0] for r in ROWS])
 def test_scenario_table_row(row):
     name, config, length, hp, steps, states, (rss, ahp), faults, deltas, vmpte = row
-    run = Run(MM(Config(**config)), length, hp, offset=OFFSETS.get(name, 0))
+    run = Run(MM(Config(**config)), length, hp, offset=OFFSETS.get(name, 0), before=BEFORE.get(name, ()))
     for step in steps:
         run.step(*step)
+    if name in ("S53", "S54"):
+        assert run.mm.smaps(run.addr)["THPeligible"] == int(name == "S54")
     assert describe(run.states()) == describe(expand(states))
     assert run.rss_ahp() == (rss, ahp)
     assert run.faults() == faults
