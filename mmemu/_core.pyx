@@ -88,6 +88,25 @@ cdef int check_range(uint64_t start, uint64_t end) except -1:
     return 0
 
 
+# /proc/pid/pagemap bits (Documentation/admin-guide/mm/pagemap.rst)
+cdef uint64_t PM_PRESENT = 1ULL << 63
+cdef uint64_t PM_FILE = 1ULL << 61
+cdef uint64_t PM_MMAP_EXCLUSIVE = 1ULL << 56
+# /proc/kpageflags bits (include/uapi/linux/kernel-page-flags.h; 32+ are the kernel-hacking ones)
+cdef uint64_t KPF_REFERENCED = 1ULL << 2
+cdef uint64_t KPF_UPTODATE = 1ULL << 3
+cdef uint64_t KPF_LRU = 1ULL << 5
+cdef uint64_t KPF_MMAP = 1ULL << 11
+cdef uint64_t KPF_ANON = 1ULL << 12
+cdef uint64_t KPF_SWAPBACKED = 1ULL << 14
+cdef uint64_t KPF_COMPOUND_HEAD = 1ULL << 15
+cdef uint64_t KPF_COMPOUND_TAIL = 1ULL << 16
+cdef uint64_t KPF_THP = 1ULL << 22
+cdef uint64_t KPF_ZERO_PAGE = 1ULL << 24
+cdef uint64_t KPF_RESERVED = 1ULL << 32
+cdef uint64_t KPF_MAPPEDTODISK = 1ULL << 34
+
+
 cdef inline bint is_vector(cnp.ndarray a, int typenum):
     """A one-dimensional, C-contiguous, native-endian array of exactly this element type."""
     return (cnp.PyArray_NDIM(a) == 1 and cnp.PyArray_TYPE(a) == typenum
@@ -1335,6 +1354,67 @@ cdef class MMCore:
                     out[k] = state
                     k += 1
             addr = next_addr
+
+    def pageinfo(self, uint64_t start, uint64_t end):
+        """/proc/pid/pagemap entries, /proc/kpagecount and /proc/kpageflags for each 4K page of
+        [start, end), as the kernel shows them for these page states (R9)."""
+        check_range(start, end)
+        cdef int64_t n = (end - start) >> PAGE_SHIFT
+        cdef cnp.ndarray pagemap = np.zeros(n, np.uint64)
+        cdef cnp.ndarray kflags = np.zeros(n, np.uint64)
+        cdef cnp.ndarray kcount = np.zeros(n, np.int32)
+        cdef uint64_t *pm = <uint64_t *>cnp.PyArray_DATA(pagemap)
+        cdef uint64_t *kf = <uint64_t *>cnp.PyArray_DATA(kflags)
+        cdef int32_t *kc = <int32_t *>cnp.PyArray_DATA(kcount)
+        cdef uint64_t addr = start, e
+        cdef uint64_t *pmdp
+        cdef int64_t k = 0, pfn
+        while addr < end:
+            pmdp = self.pmd_entry(addr)
+            if pmdp != NULL and pmdp[0] & _PAGE_PSE:
+                pfn = <int64_t>entry_index(pmdp[0]) + pte_index(addr)
+                self.describe_page(pfn, pmdp[0], True, &pm[k], &kf[k], &kc[k])
+            elif pmdp != NULL and pmdp[0]:
+                e = self.pte_entry(pmdp[0], addr)[0]
+                if e:
+                    self.describe_page(<int64_t>entry_index(e), e, False, &pm[k], &kf[k], &kc[k])
+            addr += PAGE_SIZE
+            k += 1
+        return pagemap, kflags, kcount
+
+    cdef void describe_page(self, int64_t pfn, uint64_t e, bint pmd_mapped, uint64_t *pagemap,
+                            uint64_t *kflags, int32_t *kcount) noexcept nogil:
+        """fs/proc/task_mmu.c: pte_to_pagemap_entry / pagemap_pmd_range; fs/proc/page.c:
+        stable_page_flags, for one present page."""
+        cdef int64_t block = pfn >> HPAGE_PMD_ORDER
+        cdef bint head = (pfn & (HPAGE_PMD_NR - 1)) == 0
+        cdef int32_t mapcount
+        cdef bint exclusive
+        pagemap[0] = PM_PRESENT | <uint64_t>pfn
+        if e & _PAGE_SPECIAL:                         # the 4K zeropage: no struct page behind it
+            kflags[0] = KPF_ZERO_PAGE | KPF_RESERVED | KPF_REFERENCED
+            return
+        if pmd_mapped and pfn - (pfn & (HPAGE_PMD_NR - 1)) == self.machine.huge_zero_pfn:
+            pagemap[0] |= PM_FILE                     # the huge zeropage is not an anon folio
+            kflags[0] = KPF_ZERO_PAGE | KPF_THP | (KPF_COMPOUND_HEAD if head else KPF_COMPOUND_TAIL)
+            return
+        if pmd_mapped:
+            mapcount = self.machine.entire_mapcount[block]
+            exclusive = (self.machine.block_flags[block] & PG_ANON_EXCLUSIVE) != 0
+            # a large folio goes on the LRU at once (folio_batch_add_and_move)
+            kflags[0] = KPF_THP | KPF_LRU | (KPF_COMPOUND_HEAD if head else KPF_COMPOUND_TAIL)
+        else:
+            mapcount = self.machine.mapcount[pfn]
+            exclusive = (self.machine.flags[pfn] & PG_ANON_EXCLUSIVE) != 0
+            # a 4K page waits in the CPU's folio batch before it reaches the LRU; the emulator
+            # shows it as the host shows a page just faulted: not yet on the LRU
+            kflags[0] = 0
+        kcount[0] = mapcount
+        if mapcount == 1:
+            pagemap[0] |= PM_MMAP_EXCLUSIVE
+        kflags[0] |= KPF_ANON | KPF_SWAPBACKED | KPF_MMAP | KPF_UPTODATE
+        if exclusive:
+            kflags[0] |= KPF_MAPPEDTODISK             # PG_anon_exclusive shares its bit
 
     def smaps_counts(self, uint64_t start, uint64_t end):
         """Pages of [start, end) by smaps category (fs/proc/task_mmu.c: smaps_pte_range)."""

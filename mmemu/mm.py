@@ -686,6 +686,25 @@ class MM:
         }
 
     @_serialized
+    def pagemap(self, addr, length):
+        """What /proc/pid/pagemap, /proc/kpagecount and /proc/kpageflags show for each 4K page of
+        [addr, addr+length) (R9): three arrays, ``pagemap`` (uint64: bit 63 present, 61 file or
+        shared-anonymous, 56 exclusively mapped, bits 0-54 the emulated PFN), ``kpagecount``
+        (int32) and ``kpageflags`` (uint64, KPF_* bits), returned in that order, as the host
+        shows them right after the fault: a THP is on the LRU, a 4K page not yet (the kernel
+        batches 4K pages per CPU before adding them to the LRU, so on a real run all but the
+        last few show LRU); ACTIVE, REFERENCED and IDLE, which reclaim moves, are not modelled."""
+        addr = _uint(addr, "addr")
+        length = _uint(length, "length")
+        if addr % PAGE_SIZE or length % PAGE_SIZE:
+            raise ValueError("addr and length must be multiples of 4096")
+        if addr + length > USER_TOP:
+            raise ValueError("the range must lie below 2**47")
+        self._ensure_open()
+        pagemap, kflags, kcount = self._core.pageinfo(addr, addr + length)
+        return pagemap, kcount, kflags
+
+    @_serialized
     def page_states(self, addr, length) -> np.ndarray:
         """One :class:`PageState` code per 4K page of [addr, addr+length), as uint8."""
         addr = _uint(addr, "addr")

@@ -800,3 +800,30 @@ def test_R56_the_huge_zeropage_is_held_by_each_mm_until_it_exits():
     assert m.huge_zero_users == 1                  # a flag on the mm, not per mapping
     mm.close()
     assert m.huge_zero_users == 0
+
+
+# ---- R9: the pagemap / kpageflags view, as measured on the 6.18 host -------------------------
+
+@pytest.mark.parametrize("state,setup,present_file_excl,count,flags", [
+    ("ZP", lambda mm, a: mm.read(a), (1, 0, 0), 0, 0x101000004),
+    ("anon 4K", lambda mm, a: mm.write(a), (1, 0, 1), 1, 0x400005808),
+    ("HZP head", lambda mm, a: (mm.madvise(a, 2 * MB, "hugepage"), mm.read(a)), (1, 1, 0), 0, 0x1408000),
+    ("THP head", lambda mm, a: (mm.madvise(a, 2 * MB, "hugepage"), mm.write(a)), (1, 0, 1), 1, 0x40040D828),
+])
+def test_R9_pagemap_kpagecount_kpageflags_match_the_host(state, setup, present_file_excl, count, flags):
+    mm = MM()
+    a = mm.mmap(2 * MB)
+    setup(mm, a)
+    pagemap, kpagecount, kpageflags = mm.pagemap(a, 2 * PAGE)
+    e = int(pagemap[0])
+    assert (e >> 63, (e >> 61) & 1, (e >> 56) & 1) == present_file_excl
+    assert (kpagecount[0], int(kpageflags[0])) == (count, flags)
+    if state.endswith("head"):                      # the next page is a compound tail
+        assert int(kpageflags[1]) == flags & ~(1 << 15) | (1 << 16)
+
+
+def test_R9_pagemap_shows_nothing_for_unmapped_pages():
+    mm = MM()
+    a = mm.mmap(2 * MB)
+    pagemap, kpagecount, kpageflags = mm.pagemap(a, 4 * PAGE)
+    assert not pagemap.any() and not kpagecount.any() and not kpageflags.any()
