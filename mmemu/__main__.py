@@ -1,5 +1,6 @@
 """``mmemu`` / ``python -m mmemu``: the command line."""
 import argparse
+import os
 import sys
 
 
@@ -8,11 +9,15 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command")
     sub.add_parser("demo", help="show what the kernel does for atomics and huge-zeropage writes")
     args = parser.parse_args(argv)
-    if args.command in (None, "demo"):
-        from .demo import main as demo
-        demo()
-        return 0
-    parser.error(f"unknown command {args.command}")
+    try:
+        if args.command in (None, "demo"):
+            from .demo import main as demo
+            demo()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # the reader went away (mmemu demo | head): not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
 
 
 if __name__ == "__main__":
