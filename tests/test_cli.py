@@ -1,7 +1,9 @@
 """The command line: `mmemu demo` prints the table of the README."""
+import os
 import subprocess
 import sys
 
+import mmemu
 from mmemu.demo import demo_rows
 
 
@@ -16,7 +18,8 @@ def test_demo_rows_answer_the_arm64_atomics_questions():
 
 
 def test_mmemu_demo_runs_from_the_command_line(tmp_path):
-    # from another folder, so that the installed package runs, not the source tree
+    # the same mmemu the tests import (installed, or built in place), whatever the folder
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(mmemu.__file__)))
     out = subprocess.run([sys.executable, "-m", "mmemu", "demo"], capture_output=True, text=True,
-                         check=True, cwd=tmp_path)
+                         check=True, cwd=tmp_path, env=env)
     assert "arm64 + atomic_write_fault" in out.stdout and out.stderr == ""
