@@ -249,7 +249,7 @@ cdef class MMCore:
     cdef void _check_open(self) except *
     cdef int _populate(self, uint64_t *paddr, uint64_t end, bint write) noexcept nogil
     cdef void zap_huge_pmd(self, uint64_t *pmdp) noexcept nogil
-    cdef bint zap_pte_range(self, uint64_t *pte, int64_t first, int64_t last) noexcept nogil
+    cdef void zap_pte_range(self, uint64_t *pte, int64_t first, int64_t last) noexcept nogil
     cdef int _zap(self, uint64_t start, uint64_t end, bint reclaim) noexcept nogil
     cdef void free_table_tree(self, int level, int64_t index) noexcept nogil
     cdef void _free_pgtables(self, int level, uint64_t *entries, uint64_t base, uint64_t start,

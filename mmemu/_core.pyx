@@ -137,6 +137,14 @@ cdef inline int64_t pte_index(uint64_t addr) noexcept nogil:
     return (addr >> PAGE_SHIFT) & 511
 
 
+cdef inline bint table_empty(const uint64_t *table) noexcept nogil:
+    cdef int i
+    for i in range(PTRS_PER_TABLE):
+        if table[i]:
+            return False
+    return True
+
+
 cdef inline uint64_t umin(uint64_t a, uint64_t b) noexcept nogil:
     return a if a < b else b
 
@@ -1045,8 +1053,8 @@ cdef class MMCore:
             self.count_mthp(MTHP_NR_ANON, -1)
             self.machine.free_pmd_folio(pfn)
 
-    cdef bint zap_pte_range(self, uint64_t *pte, int64_t first, int64_t last) noexcept nogil:
-        """Clear PTEs first..last-1 of a table; True if the whole table is then empty."""
+    cdef void zap_pte_range(self, uint64_t *pte, int64_t first, int64_t last) noexcept nogil:
+        """Clear PTEs first..last-1 of a table, dropping the pages they map."""
         cdef int64_t i
         cdef uint64_t e
         for i in range(first, last):
@@ -1056,10 +1064,6 @@ cdef class MMCore:
             pte[i] = 0
             if not (e & _PAGE_SPECIAL):
                 self.remove_anon_pte(<int64_t>entry_index(e))
-        for i in range(PTRS_PER_TABLE):
-            if pte[i]:
-                return False
-        return True
 
     cdef int _zap(self, uint64_t start, uint64_t end, bint reclaim) noexcept nogil:
         """Unmap every page in [start, end). A PMD mapping wholly inside is zapped whole; the
@@ -1069,7 +1073,7 @@ cdef class MMCore:
         cdef uint64_t addr = start, next_addr, haddr
         cdef uint64_t *pmdp
         cdef uint64_t e
-        cdef bint empty
+        cdef uint64_t *pte
         cdef int ret
         while addr < end:
             haddr = addr & PMD_MASK
@@ -1092,9 +1096,9 @@ cdef class MMCore:
                 ret = self.split_huge_zero_pmd(pmdp)
                 if ret:
                     return ret
-            empty = self.zap_pte_range(self.pte_entry(pmdp[0], 0),
-                                       pte_index(addr), pte_index(next_addr - 1) + 1)
-            if reclaim and empty and addr == haddr and next_addr == haddr + PMD_SIZE:
+            pte = self.pte_entry(pmdp[0], 0)
+            self.zap_pte_range(pte, pte_index(addr), pte_index(next_addr - 1) + 1)
+            if reclaim and addr == haddr and next_addr == haddr + PMD_SIZE and table_empty(pte):
                 self.pool_release(LVL_PTE, <int64_t>entry_index(pmdp[0]))
                 pmdp[0] = 0
             addr = next_addr
