@@ -694,19 +694,17 @@ class MM:
         shows them right after the fault: a THP is on the LRU, a 4K page not yet (the kernel
         batches 4K pages per CPU before adding them to the LRU, so on a real run all but the
         last few show LRU); ACTIVE, REFERENCED and IDLE, which reclaim moves, are not modelled."""
-        addr = _uint(addr, "addr")
-        length = _uint(length, "length")
-        if addr % PAGE_SIZE or length % PAGE_SIZE:
-            raise ValueError("addr and length must be multiples of 4096")
-        if addr + length > USER_TOP:
-            raise ValueError("the range must lie below 2**47")
-        self._ensure_open()
-        pagemap, kflags, kcount = self._core.pageinfo(addr, addr + length)
+        start, end = self._page_range(addr, length)
+        pagemap, kflags, kcount = self._core.pageinfo(start, end)
         return pagemap, kcount, kflags
 
     @_serialized
     def page_states(self, addr, length) -> np.ndarray:
         """One :class:`PageState` code per 4K page of [addr, addr+length), as uint8."""
+        return self._core.page_states(*self._page_range(addr, length))
+
+    def _page_range(self, addr, length):
+        """[start, end) of a per-page view: whole pages below 2**47."""
         addr = _uint(addr, "addr")
         length = _uint(length, "length")
         if addr % PAGE_SIZE or length % PAGE_SIZE:
@@ -714,7 +712,7 @@ class MM:
         if addr + length > USER_TOP:
             raise ValueError("the range must lie below 2**47")
         self._ensure_open()
-        return self._core.page_states(addr, addr + length)
+        return addr, addr + length
 
     def __repr__(self):
         state = "closed" if self._closed else f"{self._core.nr_vmas} VMAs, RssAnon {self._core.rss_anon * 4} kB"
