@@ -108,11 +108,12 @@ def _int_arg(value, name):
 def _prot_arg(prot):
     """PROT_* bits from "rwx" letters, "" / "none", or an int (unknown bits kept for the caller)."""
     if isinstance(prot, str):
-        if prot == "none":
+        if prot.lower() == "none":
             return 0
-        if any(c not in "rwx" for c in prot) or len(set(prot)) != len(prot):
+        letters = prot.lower().replace("-", "")     # "r-x" as ls and /proc/pid/maps write it
+        if any(c not in "rwx" for c in letters) or len(set(letters)) != len(letters):
             raise ValueError(f"prot must be letters from 'rwx' (each once), '' or 'none', not {prot!r}")
-        return sum({"r": VM_READ, "w": VM_WRITE, "x": VM_EXEC}[c] for c in prot)
+        return sum({"r": VM_READ, "w": VM_WRITE, "x": VM_EXEC}[c] for c in letters)
     return _int_arg(prot, "prot")
 
 

@@ -45,7 +45,7 @@ page_offsets = st.one_of(
         lambda k: st.sampled_from([512 * k, 512 * k + 1, 512 * k + 255, 512 * k + 256, 512 * k + 511])),
     st.integers(0, WINDOW_PAGES - 1))
 page_counts = st.one_of(st.sampled_from([1, 2, 255, 256, 511, 512, 513, 1024, 1536]), st.integers(1, 2048))
-prots = st.sampled_from(["rw", "r", "none", "w", "rwx"])
+prots = st.sampled_from(["rw", "r", "none", "w", "rwx", "r-x", ""])
 advices = st.sampled_from(["hugepage", "nohugepage", "dontneed", "populate_read", "populate_write",
                            "willneed"])
 
