@@ -25,12 +25,13 @@ if not debug:
 
 extensions = [
     Extension(
-        "mmemu._core",
-        ["mmemu/_core.pyx"],
+        f"mmemu.{name}",
+        [f"mmemu/{name}.pyx"],
         include_dirs=[np.get_include()],
         define_macros=macros,
         extra_compile_args=["-O0", "-g"] if debug else ["-O3"],
     )
+    for name in ("_core", "_host")
 ]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=directives))

@@ -176,6 +176,38 @@ class Config:
         preset.update(overrides)
         return cls(**preset)
 
+    @classmethod
+    def from_host(cls, sysfs: str = "/sys/kernel/mm/transparent_hugepage") -> "Config":
+        """The running kernel's settings: its version and architecture, THP enabled/defrag,
+        use_zero_page, the per-size enabled knobs, RAM size and max_map_count (Linux)."""
+        import os
+        import platform
+
+        def bracketed(path):
+            with open(path) as f:
+                words = f.read().split()
+            return next(w[1:-1] for w in words if w.startswith("["))
+
+        release = platform.release()
+        version = ".".join(release.split(".")[:2])
+        hugepages = {}
+        for kb in HUGEPAGE_SIZES_KB:
+            path = f"{sysfs}/hugepages-{kb}kB/enabled"
+            hugepages[kb] = bracketed(path) if os.path.exists(path) else "never"
+        with open(f"{sysfs}/use_zero_page") as f:
+            use_zero_page = f.read().strip() == "1"
+        with open("/proc/meminfo") as f:
+            mem_kb = int(next(line for line in f if line.startswith("MemTotal")).split()[1])
+        with open("/proc/sys/vm/max_map_count") as f:
+            max_map_count = int(f.read())
+        arch = {"x86_64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine())
+        if arch is None:
+            raise ValueError(f"Config.from_host: architecture {platform.machine()!r} is not modelled")
+        return cls.for_kernel(
+            version, arch=arch, thp=bracketed(f"{sysfs}/enabled"), defrag=bracketed(f"{sysfs}/defrag"),
+            use_zero_page=use_zero_page, hugepages=hugepages,
+            memory=mem_kb * 1024 // (2 * MiB) * (2 * MiB), max_map_count=max_map_count)
+
     # ---- derived views used by the core -------------------------------------------------
 
     def pmd_thp_modes(self):

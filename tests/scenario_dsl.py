@@ -45,15 +45,21 @@ def describe(states):
 class Run:
     """One scenario being played on an MM, with the base counters to take deltas from."""
 
-    def __init__(self, mm, length, hp=False, offset=0, before=()):
+    def __init__(self, mm, length, hp=False, offset=0, before=(), base=None):
+        """``base``: map at this 2 MiB-aligned address (and the anchor 512 MiB above it)
+        instead of where mmap places it, so that a real process and the emulator lay the
+        scenario out alike."""
         self.mm = mm
         for step in before:                        # steps before the mapping is made (prctl)
             self.step(*step)
         # An anchor page above the scenario mapping, so the upper page tables already exist and
         # VmPTE deltas read as in the spec, measured inside a running process.
-        anchor = mm.mmap(PAGE, addr=ANCHOR, fixed=True)
+        anchor = mm.mmap(PAGE, addr=ANCHOR if base is None else base + 512 * MB, fixed=True)
         mm.write(anchor)
-        if offset:
+        if base is not None:
+            self.addr = base + offset
+            mm.mmap(length, addr=self.addr, fixed=True)
+        elif offset:
             reserved = mm.mmap(length + 4 * MB)
             mm.munmap(reserved, length + 4 * MB)
             self.addr = ((reserved + 2 * MB - 1) & ~(2 * MB - 1)) + offset
