@@ -1,104 +1,63 @@
-"""The same scenarios on the emulator and on this machine's real kernel (mmemu.host.HostMM).
+"""The scenario library on the emulator and on this machine's real kernel (mmemu.host.HostMM).
 
 After every step the page states and the faults of that step must be identical; at the end
-smaps Rss / AnonHugePages, the change of VmPTE and of thp_fault_alloc / thp_split_pmd too.
-Rows that need settings other than the host's are left to the sysfs-changing runner (issue 3);
-rows that need a feature planned for a later issue are expected to fail, with the reason.
-
-Skipped where the host cannot show page states (not Linux, not root, no PAGEMAP_SCAN).
+smaps Rss / AnonHugePages and the changes of VmPTE, thp_fault_alloc and thp_split_pmd too
+(mmemu.conformance).  Scenarios that need settings other than the host's are skipped until the
+sysfs-changing runner exists; those that need a feature planned for a later issue are expected
+to fail, with the reason.  Skipped where the host cannot show page states (not Linux, not root,
+no PAGEMAP_SCAN).
 """
-import dataclasses
-
+import numpy as np
 import pytest
 
-from mmemu import MM, Config
+from mmemu import Config, SegmentationFault, _host
+from mmemu.conformance import compare, format_table, run_all
 from mmemu.host import HostMM, host_supported
-from scenario_dsl import MB, Run, describe
-from test_scenarios import BEFORE, OFFSETS, ROWS, SPLIT_ROWS
+from mmemu.scenarios import MB, PMD_SPLIT_ROWS, ROWS
 
 SUPPORTED, WHY = host_supported()
 pytestmark = pytest.mark.skipif(not SUPPORTED, reason=WHY)
 
-#: where both sides lay the scenario out: an empty, 512 GiB-aligned part of the address space
-BASE = 0x500000000000
-#: the knobs a row may set; a row runs only when they equal the host's
-KNOBS = ("thp", "hugepages", "use_zero_page", "zero_page", "huge_zero_write", "pt_reclaim",
-         "mmap_thp_align", "arch")
 
-
+@pytest.fixture(scope="module")
 def host_config():
-    return Config.from_host() if SUPPORTED else Config()
+    return Config.from_host()
 
 
-def runnable(config):
-    want, host = Config(**config), host_config()
-    return all(getattr(want, k) == getattr(host, k) for k in KNOBS)
+@pytest.mark.parametrize("row", ROWS, ids=[r[0] for r in ROWS])
+def test_scenario_agrees_with_the_host(row, host_config):
+    result = compare(*row[:5], host_config)
+    if result.status == "skipped":
+        pytest.skip(result.detail)
+    assert result.status == "agrees", result.detail
 
 
-def play(mm, name, length, hp, steps):
-    run = Run(mm, length, hp, offset=OFFSETS.get(name, 0), before=BEFORE.get(name, ()), base=BASE)
-    trail = []
-    for step in steps:
-        before = run.faults()
-        run.step(*step)
-        trail.append((step, describe(run.states()), run.faults() - before))
-    vm = run.mm.vmstat
-    end = {
-        "rss_ahp": run.rss_ahp(),
-        "VmPTE": run.vmpte_delta(),
-        "thp_fault_alloc": vm["thp_fault_alloc"] - run.base_vmstat["thp_fault_alloc"],
-        "thp_split_pmd": vm["thp_split_pmd"] - run.base_vmstat["thp_split_pmd"],
-    }
-    return trail, end
+@pytest.mark.parametrize("name,steps", PMD_SPLIT_ROWS, ids=[r[0] for r in PMD_SPLIT_ROWS])
+def test_split_scenario_is_expected_to_differ_until_issue_4(name, steps, host_config):
+    result = compare(name, {}, 2 * MB, True, [("write", 0)] + list(steps), host_config,
+                     "THP PMD split arrives with issue 4")
+    assert result.status == "expected to differ" and "issue 4" in result.detail
 
 
-def host_run(name, length, hp, steps):
-    with HostMM() as host:
-        return play(host, name, length, hp, steps)
+def test_the_table_reports_every_scenario():
+    results = run_all()
+    assert len(results) == len(ROWS) + len(PMD_SPLIT_ROWS)
+    assert not [r for r in results if r.status == "differs"]
+    assert format_table(results).splitlines()[-1].startswith(
+        f"{sum(r.status == 'agrees' for r in results)} agrees")
 
 
-CASES = [pytest.param(r, id=r[0], marks=() if runnable(r[1]) else pytest.mark.skip(
-    reason="needs host settings " + ", ".join(f"{k}={v}" for k, v in r[1].items())))
-    for r in ROWS]
-
-
-@pytest.mark.parametrize("row", CASES)
-def test_scenario_agrees_with_the_host(row):
-    name, config, length, hp, steps = row[:5]
-    emulated = play(MM(dataclasses.replace(host_config(), memory=16 << 30)), name, length, hp, steps)
-    real = host_run(name, length, hp, steps)
-    for (step, states, faults), (_, real_states, real_faults) in zip(emulated[0], real[0]):
-        assert (states, faults) == (real_states, real_faults), f"{name} after {step}"
-    assert emulated[1] == real[1], name
-
-
-@pytest.mark.parametrize("name,steps", [pytest.param(
-    n, s, id=n, marks=pytest.mark.xfail(raises=NotImplementedError, strict=True,
-                                        reason="THP PMD split arrives with issue 4"))
-    for n, s in SPLIT_ROWS])
-def test_split_scenario_agrees_with_the_host(name, steps):
-    steps = [("write", 0)] + list(steps)
-    emulated = play(MM(dataclasses.replace(host_config(), memory=16 << 30)), name, 2 * MB, True, steps)
-    assert emulated == host_run(name, 2 * MB, True, steps)
-
-
-def test_hostmm_leaves_the_process_as_it_found_it():
-    before = (host_config(), hostmm_prctl_state())
+def test_hostmm_leaves_the_process_as_it_found_it(host_config):
+    before = _host.prctl(42, 0, 0)
     with HostMM() as host:
         a = host.mmap(2 * MB)
         host.prctl("PR_SET_THP_DISABLE", 1)
         host.write(a)
-    assert (host_config(), hostmm_prctl_state()) == before
-
-
-def hostmm_prctl_state():
-    from mmemu import _host
-    return _host.prctl(42, 0, 0)
+    assert _host.prctl(42, 0, 0) == before
+    assert Config.from_host() == host_config
 
 
 def test_hostmm_never_touches_memory_it_did_not_map():
-    import numpy as np
-    from mmemu import SegmentationFault
     with HostMM() as host:
         foreign = np.zeros(4096, np.uint8)              # the interpreter's memory
         with pytest.raises(SegmentationFault):
@@ -106,3 +65,12 @@ def test_hostmm_never_touches_memory_it_did_not_map():
         with pytest.raises(ValueError):
             host.munmap(foreign.ctypes.data & ~4095, 4096)
         assert not foreign.any()
+
+
+def test_hostmm_counts_the_faults_of_its_accesses_exactly():
+    with HostMM() as host:
+        a = host.mmap(2 * MB)
+        host.madvise(a, 2 * MB, "nohugepage")
+        assert host.access(a + np.arange(0, 2 * MB, 4096, dtype=np.uint64), 1).sum() == 512
+        assert host.rusage["min_flt"] == 512
+        assert host.access(a + np.arange(0, 2 * MB, 4096, dtype=np.uint64), 2).sum() == 0

@@ -1,0 +1,105 @@
+"""Run the scenario library on the emulator and on this machine's kernel, and compare.
+
+``mmemu conformance`` prints one line per scenario: whether the two agree, and for a
+disagreement the first step and field that differ, side by side.  Scenarios that need kernel
+settings other than the host's are listed as skipped (changing them needs the sysfs runner of
+issue 3); those that need a feature planned for a later issue are listed as expected to differ.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from .config import Config
+from .mm import MM
+from .scenarios import BEFORE, MB, OFFSETS, PMD_SPLIT_ROWS, ROWS, Run, describe
+
+#: where both sides lay a scenario out: an empty, 512 GiB-aligned part of the address space
+BASE = 0x500000000000
+#: the knobs a scenario may set; it runs only when they equal the host's
+KNOBS = ("thp", "hugepages", "use_zero_page", "zero_page", "huge_zero_write", "pt_reclaim",
+         "mmap_thp_align", "arch")
+
+
+@dataclasses.dataclass
+class Result:
+    name: str
+    status: str          # "agrees", "differs", "skipped" or "expected to differ"
+    detail: str = ""
+
+
+def play(mm, name, length, hp, steps):
+    """(per step: (step, page states, faults of the step)), end-of-run figures) of one scenario."""
+    run = Run(mm, length, hp, offset=OFFSETS.get(name, 0), before=BEFORE.get(name, ()), base=BASE)
+    trail = []
+    for step in steps:
+        before = run.faults()
+        run.step(*step)
+        trail.append((step, describe(run.states()), run.faults() - before))
+    vm = run.mm.vmstat
+    end = {
+        "Rss/AnonHugePages": run.rss_ahp(),
+        "VmPTE": run.vmpte_delta(),
+        "thp_fault_alloc": vm["thp_fault_alloc"] - run.base_vmstat["thp_fault_alloc"],
+        "thp_split_pmd": vm["thp_split_pmd"] - run.base_vmstat["thp_split_pmd"],
+    }
+    return trail, end
+
+
+def first_difference(emulated, real):
+    """Where two plays part, as text, or "" if they agree."""
+    for (step, states, faults), (_, real_states, real_faults) in zip(emulated[0], real[0]):
+        if states != real_states:
+            return f"after {step}: page states emulator {states} | host {real_states}"
+        if faults != real_faults:
+            return f"after {step}: faults emulator {faults} | host {real_faults}"
+    for key in emulated[1]:
+        if emulated[1][key] != real[1][key]:
+            return f"at the end: {key} emulator {emulated[1][key]} | host {real[1][key]}"
+    return ""
+
+
+def _setting(knob, want, host):
+    if knob == "hugepages":
+        return ", ".join(f"hugepages-{kb}kB={mode}" for kb, mode in want.items() if host[kb] != mode)
+    return f"{knob}={want}"
+
+
+def compare(name, config, length, hp, steps, host_config, expected_to_differ=""):
+    from .host import HostMM
+    want = Config(**config)
+    changed = [k for k in KNOBS if getattr(want, k) != getattr(host_config, k)]
+    if changed:
+        return Result(name, "skipped", "needs host settings " + ", ".join(
+            _setting(k, getattr(want, k), getattr(host_config, k)) for k in changed))
+    try:
+        emulated = play(MM(dataclasses.replace(host_config, memory=16 << 30)), name, length, hp, steps)
+    except NotImplementedError as exc:
+        status = "expected to differ" if expected_to_differ else "differs"
+        return Result(name, status, f"emulator: {exc}")
+    with HostMM() as host:
+        real = play(host, name, length, hp, steps)
+    where = first_difference(emulated, real)
+    return Result(name, "differs" if where else "agrees", where)
+
+
+def run_all(progress=None):
+    """Compare every scenario; ``progress(i, n, name)`` is called before each."""
+    host_config = Config.from_host()
+    cases = [(r[0], r[1], r[2], r[3], r[4], "") for r in ROWS]
+    cases += [(n, {}, 2 * MB, True, [("write", 0)] + list(s), "THP PMD split arrives with issue 4")
+              for n, s in PMD_SPLIT_ROWS]
+    results = []
+    for i, (name, config, length, hp, steps, why) in enumerate(cases):
+        if progress:
+            progress(i, len(cases), name)
+        results.append(compare(name, config, length, hp, steps, host_config, why))
+    return results
+
+
+def format_table(results):
+    width = max(len(r.name) for r in results)
+    lines = [f"{'scenario':<{width}}  {'result':<18}  first difference / reason", "-" * (width + 60)]
+    lines += [f"{r.name:<{width}}  {r.status:<18}  {r.detail}" for r in results]
+    counts = {s: sum(r.status == s for r in results) for s in ("agrees", "differs", "expected to differ", "skipped")}
+    lines.append(", ".join(f"{n} {s}" for s, n in counts.items()))
+    return "\n".join(lines)

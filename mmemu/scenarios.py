@@ -1,0 +1,218 @@
+"""Scenarios: the spec's scenario table (section 19) as data, and the small language that
+plays them on an :class:`mmemu.MM` or an :class:`mmemu.host.HostMM` alike.
+
+A scenario maps ``length`` bytes (2 MiB-aligned by placement, at ``offset`` bytes past a 2 MiB
+boundary, or at a given ``base``), optionally MADV_HUGEPAGE on all of it, then runs steps whose
+arguments are in pages of that mapping.  Expected page states are written run-length:
+"Z N*511" (N none, Z zeropage, H huge zeropage, a 4K anon page, t PTE-mapped large folio,
+T PMD-mapped THP).
+"""
+import re
+
+import numpy as np
+
+from mmemu import MM, Config, PageState
+
+KB = 1024
+MB = 1 << 20
+PAGE = 4096
+#: in the same 1 GiB as the first mappings placed below mmap_base, but 384 MiB away from them
+ANCHOR = 0x7fffe0000000
+LETTER = {"N": PageState.NONE, "Z": PageState.ZERO, "H": PageState.HUGE_ZERO,
+          "a": PageState.ANON, "t": PageState.LARGE, "T": PageState.THP}
+
+
+def expand(spec):
+    """'Z N*511' -> array of PageState codes."""
+    out = []
+    for token in spec.split():
+        m = re.fullmatch(r"([NZHatT])(?:\*(\d+))?", token)
+        if not m:
+            raise ValueError(f"bad page-state token {token!r}")
+        out += [LETTER[m.group(1)]] * int(m.group(2) or 1)
+    return np.array(out, np.uint8)
+
+
+def describe(states):
+    """Run-length text of a PageState array, for readable failures."""
+    names = {v: k for k, v in LETTER.items()}
+    out, i = [], 0
+    while i < len(states):
+        j = i
+        while j < len(states) and states[j] == states[i]:
+            j += 1
+        out.append(names[states[i]] + (f"*{j - i}" if j - i > 1 else ""))
+        i = j
+    return " ".join(out)
+
+
+class Run:
+    """One scenario being played on an MM, with the base counters to take deltas from."""
+
+    def __init__(self, mm, length, hp=False, offset=0, before=(), base=None):
+        """``base``: map at this 2 MiB-aligned address (and the anchor 512 MiB above it)
+        instead of where mmap places it, so that a real process and the emulator lay the
+        scenario out alike."""
+        self.mm = mm
+        for step in before:                        # steps before the mapping is made (prctl)
+            self.step(*step)
+        # An anchor page above the scenario mapping, so the upper page tables already exist and
+        # VmPTE deltas read as in the spec, measured inside a running process.
+        anchor = mm.mmap(PAGE, addr=ANCHOR if base is None else base + 512 * MB, fixed=True)
+        mm.write(anchor)
+        if base is not None:
+            self.addr = base + offset
+            mm.mmap(length, addr=self.addr, fixed=True)
+        elif offset:
+            reserved = mm.mmap(length + 4 * MB)
+            mm.munmap(reserved, length + 4 * MB)
+            self.addr = ((reserved + 2 * MB - 1) & ~(2 * MB - 1)) + offset
+            mm.mmap(length, addr=self.addr, fixed=True)
+        else:
+            self.addr = mm.mmap(length)
+        self.length = length
+        if hp:
+            mm.madvise(self.addr, length, "hugepage")
+        self.base_vmstat = mm.vmstat
+        self.base_mthp = mm.mthp_stats[2048]
+        self.base_flt = mm.rusage["min_flt"]
+        self.base_pte = mm.status["VmPTE"]
+
+    def page(self, i):
+        return self.addr + i * PAGE
+
+    def step(self, op, *args):
+        mm = self.mm
+        if op in ("read", "write", "atomic"):
+            for p in args:
+                getattr(mm, op)(self.page(p))
+        elif op in ("read_all", "write_all"):
+            first, count = args if args else (0, self.length // PAGE)
+            for p in range(first, first + count):
+                getattr(mm, op[:-4])(self.page(p))
+        elif op in ("dontneed", "nohugepage", "hugepage", "populate_read", "populate_write"):
+            first, count = args if args else (0, self.length // PAGE)
+            mm.madvise(self.page(first), count * PAGE, op)
+        elif op == "mprotect":
+            first, count, prot = args
+            mm.mprotect(self.page(first), count * PAGE, prot)
+        elif op == "prctl":
+            mm.prctl("PR_SET_THP_DISABLE", *args)
+        elif op == "munmap":
+            first, count = args
+            mm.munmap(self.page(first), count * PAGE)
+        else:
+            raise ValueError(op)
+
+    def states(self):
+        return self.mm.page_states(self.addr, self.length)
+
+    def deltas(self):
+        now = self.mm.vmstat
+        d = {k: now[k] - self.base_vmstat[k] for k in now if now[k] != self.base_vmstat[k]}
+        d.pop("pgfault", None)
+        mthp = self.mm.mthp_stats[2048]
+        d.update({f"2048kB/{k}": mthp[k] - self.base_mthp[k] for k in mthp if mthp[k] != self.base_mthp[k]})
+        return d
+
+    def faults(self):
+        return self.mm.rusage["min_flt"] - self.base_flt
+
+    def vmpte_delta(self):
+        return self.mm.status["VmPTE"] - self.base_pte
+
+    def rss_ahp(self):
+        total_rss = total_ahp = 0
+        seen = set()
+        for start, end, _, _ in self.mm.maps():
+            if end <= self.addr or start >= self.addr + self.length or start in seen:
+                continue
+            seen.add(start)
+            s = self.mm.smaps(start)
+            total_rss += s["Rss"]
+            total_ahp += s["AnonHugePages"]
+        return total_rss, total_ahp
+
+
+# ---- the scenario table -----------------------------------------------------------------------
+# The table assumes the huge zeropage already exists; on a fresh emulated machine its first use
+# adds thp_zero_page_alloc +1, written here as HZA.  Counter deltas not listed are zero
+# (pgfault is checked through the faults).
+
+HZA = {"thp_zero_page_alloc": 1}
+THP_FAULT = {"thp_fault_alloc": 1, "2048kB/anon_fault_alloc": 1, "2048kB/nr_anon": 1,
+             "nr_anon_transparent_hugepages": 1, "nr_anon_pages": 512}
+
+
+#: id, config kwargs, length, hp, steps, states, (rss, ahp), faults, deltas, vmpte delta
+ROWS = [
+    ("S1", {}, 2 * MB, False, [("read", 0)], "Z N*511", (0, 0), 1, {}, 4),
+    ("S2", {}, 2 * MB, False, [("write", 0)], "a N*511", (4, 0), 1, {"nr_anon_pages": 1}, 4),
+    ("S3", {}, 2 * MB, False, [("read", 0), ("write", 0)], "a N*511", (4, 0), 2, {"nr_anon_pages": 1}, 4),
+    ("S4", {}, 2 * MB, False, [("read_all",)], "Z*512", (0, 0), 512, {}, 4),
+    ("S5", {}, 2 * MB, False, [("atomic", 0)], "a N*511", (4, 0), 1, {"nr_anon_pages": 1}, 4),
+    ("S7", {}, 2 * MB, False, [("populate_read",)], "Z*512", (0, 0), 512, {}, 4),
+    ("S8", {}, 2 * MB, False, [("populate_write",)], "a*512", (2048, 0), 512, {"nr_anon_pages": 512}, 4),
+    ("S9", {}, 4 * MB, False, [("write_all", 0, 512), ("dontneed", 0, 512)], "N*1024", (0, 0), 512, {}, 0),
+    ("S10", {}, 4 * MB, False, [("write_all", 0, 512), ("dontneed", 0, 256)], "N*256 a*256 N*512",
+     (1024, 0), 512, {"nr_anon_pages": 256}, 4),
+    ("S11", {}, 4 * MB, False, [("write_all", 256, 512), ("dontneed", 256, 512)], "N*1024", (0, 0), 512, {}, 8),
+    ("S12", {}, 2 * MB, False, [("read_all",), ("dontneed",)], "N*512", (0, 0), 512, {}, 0),
+    ("S13", {}, 2 * MB, True, [("read", 1)], "H*512", (0, 0), 1, HZA, 4),
+    ("S14", {}, 2 * MB, True, [("write", 0)], "T*512", (2048, 2048), 1, THP_FAULT, 4),
+    ("S15", {}, 2 * MB, True, [("read", 0), ("write", 5)], "T*512", (2048, 2048), 2, {**HZA, **THP_FAULT}, 4),
+    ("S15-6.12", {"huge_zero_write": "split"}, 2 * MB, True, [("read", 0), ("write", 5)], "Z*5 a Z*506",
+     (4, 0), 2, {**HZA, "thp_split_pmd": 1, "nr_anon_pages": 1}, 4),
+    ("S16", {}, 2 * MB, True, [("populate_read",)], "H*512", (0, 0), 1, HZA, 4),
+    ("S17", {}, 2 * MB, True, [("populate_write",)], "T*512", (2048, 2048), 1, THP_FAULT, 4),
+    ("S18", {}, 2 * MB, True, [("populate_read",), ("populate_write",)], "T*512", (2048, 2048), 2,
+     {**HZA, **THP_FAULT}, 4),
+    ("S20", {}, 2 * MB, True, [("write", 0), ("dontneed",)], "N*512", (0, 0), 1,
+     {"thp_fault_alloc": 1, "2048kB/anon_fault_alloc": 1}, 0),
+    ("S23", {}, 4 * MB, True, [("write", 0), ("mprotect", 0, 512, "r")], "T*512 N*512", (2048, 2048), 1,
+     THP_FAULT, 4),
+    ("S24", {}, 4 * MB, True, [("write", 0, 512), ("munmap", 0, 512)], "N*512 T*512", (2048, 2048), 2,
+     {"thp_fault_alloc": 2, "2048kB/anon_fault_alloc": 2, "2048kB/nr_anon": 1,
+      "nr_anon_transparent_hugepages": 1, "nr_anon_pages": 512}, 4),
+    ("S25", {}, 2 * MB, True, [("read", 0), ("mprotect", 256, 1, "r")], "Z*512", (0, 0), 1,
+     {**HZA, "thp_split_pmd": 1}, 4),
+    ("S26", {}, 2 * MB, True, [("read", 0), ("dontneed", 256, 1)], "Z*256 N Z*255", (0, 0), 1,
+     {**HZA, "thp_split_pmd": 1}, 4),
+    ("S27", {}, 2 * MB, True, [("read", 0), ("dontneed",)], "N*512", (0, 0), 1, HZA, 0),
+    ("S28", {}, 2 * MB, True, [("read", 0), ("dontneed", 256, 1), ("write", 0, 256)], "a Z*255 a Z*255",
+     (8, 0), 3, {**HZA, "thp_split_pmd": 1, "nr_anon_pages": 2}, 4),
+    ("S50", {}, 4 * MB, True, [("write_all",)], "a*511 T*512 a", (4096, 2048), 513,
+     {**THP_FAULT, "nr_anon_pages": 1024}, 12),
+    ("S51", {}, 1 * MB, True, [("write", 0)], "a N*255", (4, 0), 1, {"nr_anon_pages": 1}, 4),
+    ("S52", {}, 4 * MB, True, [("write", 0), ("nohugepage",), ("write", 512)], "T*512 a N*511",
+     (2052, 2048), 2, {**THP_FAULT, "nr_anon_pages": 513}, 8),
+    ("S53", {}, 2 * MB, True, [("write", 0)], "a N*511", (4, 0), 1, {"nr_anon_pages": 1}, 4),
+    ("S54", {}, 2 * MB, True, [("write", 0)], "T*512", (2048, 2048), 1, THP_FAULT, 4),
+    ("S55", {}, 2 * MB, True, [("read", 0), ("prctl", 1, 0), ("write", 1)], "T*512", (2048, 2048), 2,
+     {**HZA, **THP_FAULT}, 4),
+    ("S56", {"thp": "always"}, 4 * MB, False, [("read", 0), ("nohugepage",), ("write", 1)], "T*512 N*512",
+     (2048, 2048), 2, {**HZA, **THP_FAULT}, 4),
+    ("S57", {"use_zero_page": False}, 2 * MB, True, [("read", 0)], "T*512", (2048, 2048), 1, THP_FAULT, 4),
+    ("S58", {"thp": "never"}, 2 * MB, True, [("write", 0)], "a N*511", (4, 0), 1, {"nr_anon_pages": 1}, 4),
+    ("S59", {"hugepages": {2048: "never"}}, 2 * MB, True, [("write", 0), ("read", 256)], "a N*255 Z N*255",
+     (4, 0), 2, {"nr_anon_pages": 1}, 4),
+    ("S60", {"hugepages": {2048: "always"}}, 2 * MB, False, [("write", 0)], "T*512", (2048, 2048), 1,
+     THP_FAULT, 4),
+    ("S61", {"thp": "never", "hugepages": {2048: "madvise"}}, 2 * MB, True, [("write", 0)], "T*512",
+     (2048, 2048), 1, THP_FAULT, 4),
+    ("S77", {}, 4 * MB, False, [("populate_write",)], "a*1024", (4096, 0), 1024, {"nr_anon_pages": 1024}, 8),
+]
+
+OFFSETS = {"S50": 4096}
+#: steps run before the mapping is made: prctl(PR_SET_THP_DISABLE, arg2, arg3)
+BEFORE = {"S53": [("prctl", 1, 0)], "S54": [("prctl", 1, 2)]}
+
+
+#: rows that need a PMD split of a THP (issue 4): a 2 MiB HP mapping, write p0, then this step
+PMD_SPLIT_ROWS = [
+    ("S19", [("dontneed", 256, 1)]),
+    ("S21", [("munmap", 256, 1)]),
+    ("S22", [("mprotect", 256, 1, "r")]),
+]
+
+
