@@ -11,7 +11,9 @@ import dataclasses
 
 from .config import Config
 from .mm import MM
-from .scenarios import BEFORE, MB, OFFSETS, PMD_SPLIT_ROWS, ROWS, Run, describe
+from .errors import OutOfMemory, SegmentationFault, SyscallError
+from .scenarios import (BEFORE, COLLAPSE_SCENARIOS, HOST_ORACLE_SCENARIOS, MB, OFFSETS, PAGE, PMD_SPLIT_ROWS, ROWS, Run,
+                        describe)
 
 #: where both sides lay a scenario out: an empty, 512 GiB-aligned part of the address space
 BASE = 0x500000000000
@@ -33,10 +35,22 @@ def play(mm, name, length, hp, steps):
     trail = []
     for step in steps:
         before = run.faults()
-        run.step(*step)
-        trail.append((step, describe(run.states()), run.faults() - before))
+        try:
+            run.step(*step)
+            outcome = "ok"
+        except SyscallError as exc:
+            outcome = f"errno {exc.errname}"
+        except SegmentationFault as exc:
+            outcome = f"SIGSEGV at page {(exc.address - run.addr) // PAGE}"
+        except OutOfMemory:
+            outcome = "OOM"
+        trail.append((step, outcome, describe(run.states()), run.faults() - before))
     vm = run.mm.vmstat
     end = {
+        "VMAs": [(s - run.addr, e - run.addr, perms[:3]) for s, e, perms, _ in run.mm.maps()
+                 if e > run.addr and s < run.addr + length],
+        "smaps": [{k: v for k, v in run.mm.smaps(s).items() if k != "VmFlags"} | {"VmFlags": run.mm.smaps(s)["VmFlags"]}
+                  for s, e, _, _ in run.mm.maps() if e > run.addr and s < run.addr + length],
         "Rss/AnonHugePages": run.rss_ahp(),
         "VmPTE": run.vmpte_delta(),
         "thp_fault_alloc": vm["thp_fault_alloc"] - run.base_vmstat["thp_fault_alloc"],
@@ -47,7 +61,9 @@ def play(mm, name, length, hp, steps):
 
 def first_difference(emulated, real):
     """Where two plays part, as text, or "" if they agree."""
-    for (step, states, faults), (_, real_states, real_faults) in zip(emulated[0], real[0]):
+    for (step, outcome, states, faults), (_, real_outcome, real_states, real_faults) in zip(emulated[0], real[0]):
+        if outcome != real_outcome:
+            return f"after {step}: outcome emulator {outcome} | host {real_outcome}"
         if states != real_states:
             return f"after {step}: page states emulator {states} | host {real_states}"
         if faults != real_faults:
@@ -64,19 +80,28 @@ def _setting(knob, want, host):
     return f"{knob}={want}"
 
 
-def compare(name, config, length, hp, steps, host_config, expected_to_differ=""):
-    from .host import HostMM
+def compare(name, config, length, hp, steps, host_config, expected_to_differ="", change_settings=None):
+    """Play one scenario on both sides.  Settings the host does not have are applied for the
+    scenario and restored (mmemu.host.host_settings) when ``change_settings`` (default: when
+    running as root) and they are sysfs knobs; otherwise the scenario is skipped."""
+    import os
+
+    from .host import SETTABLE, HostMM, host_settings
     want = Config(**config)
     changed = [k for k in KNOBS if getattr(want, k) != getattr(host_config, k)]
-    if changed:
+    if change_settings is None:
+        change_settings = os.geteuid() == 0
+    settable = set(SETTABLE) | {"hugepages"}
+    if changed and not (change_settings and set(changed) <= settable):
         return Result(name, "skipped", "needs host settings " + ", ".join(
             _setting(k, getattr(want, k), getattr(host_config, k)) for k in changed))
+    target = dataclasses.replace(host_config, **{k: getattr(want, k) for k in changed})
     try:
-        emulated = play(MM(dataclasses.replace(host_config, memory=16 << 30)), name, length, hp, steps)
+        emulated = play(MM(dataclasses.replace(target, memory=16 << 30)), name, length, hp, steps)
     except NotImplementedError as exc:
         status = "expected to differ" if expected_to_differ else "differs"
         return Result(name, status, f"emulator: {exc}")
-    with HostMM() as host:
+    with host_settings(target), HostMM() as host:
         real = play(host, name, length, hp, steps)
     where = first_difference(emulated, real)
     return Result(name, "differs" if where else "agrees", where)
@@ -88,6 +113,8 @@ def run_all(progress=None):
     cases = [(r[0], r[1], r[2], r[3], r[4], "") for r in ROWS]
     cases += [(n, {}, 2 * MB, True, [("write", 0)] + list(s), "THP PMD split arrives with issue 4")
               for n, s in PMD_SPLIT_ROWS]
+    cases += [(*s, "") for s in HOST_ORACLE_SCENARIOS]
+    cases += [(*s, "MADV_COLLAPSE arrives with issue 4") for s in COLLAPSE_SCENARIOS]
     results = []
     for i, (name, config, length, hp, steps, why) in enumerate(cases):
         if progress:

@@ -17,6 +17,7 @@ reaches the kernel, so it can never write into the interpreter's memory.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
@@ -30,7 +31,7 @@ from .constants import (ADVICE, ATOMIC, MTHP_STAT_NAMES, PAGE_SIZE, READ, VMSTAT
 from .errors import ClosedError, SegmentationFault, SyscallError
 from .mm import _PRCTL, _prot_bits, _trace_addrs, _trace_ops, _uint
 
-__all__ = ["HostMM", "host_supported"]
+__all__ = ["HostMM", "host_supported", "host_settings", "SETTABLE"]
 
 THP_SYSFS = "/sys/kernel/mm/transparent_hugepage"
 # PAGEMAP_SCAN categories (include/uapi/linux/fs.h)
@@ -61,6 +62,49 @@ def host_supported():
     except OSError as exc:
         return False, f"no PAGEMAP_SCAN ioctl (Linux 6.7+): {exc}"
     return True, ""
+
+
+#: the Config fields host_settings can apply, and their sysfs files (under THP_SYSFS)
+SETTABLE = {"thp": "enabled", "defrag": "defrag", "use_zero_page": "use_zero_page"}
+
+
+def _sysfs_files(config):
+    """{path: value} that give the host these settings of config."""
+    out = {f"{THP_SYSFS}/{name}": getattr(config, field) for field, name in SETTABLE.items()}
+    out[f"{THP_SYSFS}/use_zero_page"] = "1" if config.use_zero_page else "0"
+    for kb, mode in config.hugepages.items():
+        path = f"{THP_SYSFS}/hugepages-{kb}kB/enabled"
+        if os.path.exists(path):
+            out[path] = mode
+    return out
+
+
+def _current(path):
+    with open(path) as f:
+        text = f.read().strip()
+    words = text.split()
+    return next((w[1:-1] for w in words if w.startswith("[")), text)
+
+
+@contextlib.contextmanager
+def host_settings(config):
+    """Give the running kernel the THP settings of ``config`` (root only) for the duration of
+    the block, and put back what was there, whatever happens inside."""
+    if os.geteuid() != 0:
+        raise PermissionError("changing /sys/kernel/mm/transparent_hugepage needs root")
+    wanted = _sysfs_files(config)
+    saved = {path: _current(path) for path in wanted}
+    try:
+        for path, value in wanted.items():
+            if saved[path] != value:
+                with open(path, "w") as f:
+                    f.write(value)
+        yield
+    finally:
+        for path, value in saved.items():
+            if _current(path) != value:
+                with open(path, "w") as f:
+                    f.write(value)
 
 
 def _read_kv(path, sep=None):
@@ -140,6 +184,11 @@ class HostMM:
     def _ensure_open(self):
         if self._closed:
             raise ClosedError("this HostMM is closed")
+
+    def fork(self):
+        """A child process sharing the mappings copy-on-write: not yet (it needs a forked helper
+        that replays steps for the parent; planned with fork in the emulator, issue 4)."""
+        raise NotImplementedError("HostMM.fork arrives with fork in the emulator (issue 4)")
 
     # ---- our own address ranges -------------------------------------------------------------
 

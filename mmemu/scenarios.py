@@ -90,9 +90,12 @@ class Run:
             first, count = args if args else (0, self.length // PAGE)
             for p in range(first, first + count):
                 getattr(mm, op[:-4])(self.page(p))
-        elif op in ("dontneed", "nohugepage", "hugepage", "populate_read", "populate_write"):
+        elif op in ("dontneed", "nohugepage", "hugepage", "populate_read", "populate_write", "collapse"):
             first, count = args if args else (0, self.length // PAGE)
             mm.madvise(self.page(first), count * PAGE, op)
+        elif op == "map":
+            first, count, prot = args                  # another mapping, at a page offset
+            mm.mmap(count * PAGE, prot, self.page(first), True)
         elif op == "mprotect":
             first, count, prot = args
             mm.mprotect(self.page(first), count * PAGE, prot)
@@ -216,3 +219,69 @@ PMD_SPLIT_ROWS = [
 ]
 
 
+
+
+#: Scenarios with no expected values written down: the real kernel is their oracle (mmemu
+#: conformance).  Drawn from the kernel selftests madv_populate.c (errors and population) and
+#: the spec's rules on protections, VMA splits, zapping and the huge zeropage.  Each: id,
+#: config, mapping length, MADV_HUGEPAGE or not, steps.
+HOST_ORACLE_SCENARIOS = [
+    ("P1 populate_write on PROT_READ", {}, 2 * MB, False, [("mprotect", 0, 512, "r"), ("populate_write",)]),
+    ("P2 populate_read on PROT_NONE", {}, 2 * MB, False, [("mprotect", 0, 512, "none"), ("populate_read",)]),
+    ("P3 populate_read on PROT_WRITE", {}, 2 * MB, False, [("mprotect", 0, 512, "w"), ("populate_read",)]),
+    ("P4 populate over a hole", {}, 2 * MB, False, [("munmap", 256, 1), ("populate_write",)]),
+    ("P5 populate_read then write", {}, 2 * MB, False, [("populate_read",), ("write_all", 0, 16)]),
+    ("P6 populate_write twice", {}, 2 * MB, False, [("populate_write",), ("populate_write",)]),
+    ("P7 HP populate_read then populate_write", {}, 4 * MB, True,
+     [("populate_read",), ("populate_write", 0, 512), ("populate_write",)]),
+    ("A1 write-only VMA: read then write", {}, 2 * MB, False, [("mprotect", 0, 512, "w"), ("read", 0), ("write", 0)]),
+    ("A2 read of PROT_NONE", {}, 2 * MB, False, [("mprotect", 0, 512, "none"), ("read", 0)]),
+    ("A3 write to PROT_READ", {}, 2 * MB, False, [("mprotect", 0, 512, "r"), ("write", 0)]),
+    ("A4 atomic on PROT_READ", {}, 2 * MB, False, [("mprotect", 0, 512, "r"), ("atomic", 3)]),
+    ("A5 access in a hole", {}, 2 * MB, False, [("munmap", 0, 1), ("read", 0)]),
+    ("A6 atomics over 64 pages", {}, 2 * MB, False, [("read", 5), ("atomic", *range(64))]),
+    ("M1 THP made read-only and back", {}, 2 * MB, True,
+     [("write", 0), ("mprotect", 0, 512, "r"), ("mprotect", 0, 512, "rw"), ("write", 1)]),
+    ("M2 huge zeropage through PROT_NONE", {}, 2 * MB, True,
+     [("read", 0), ("mprotect", 0, 512, "none"), ("mprotect", 0, 512, "rw"), ("write", 1)]),
+    ("M3 4K page made read-only and back", {}, 2 * MB, False,
+     [("write", 0), ("mprotect", 0, 512, "r"), ("mprotect", 0, 512, "rw"), ("write", 0)]),
+    ("M4 zeropage made read-only and back", {}, 2 * MB, False,
+     [("read", 0), ("mprotect", 0, 512, "r"), ("mprotect", 0, 512, "rw"), ("write", 0)]),
+    ("M5 HP range split by mprotect before the fault", {}, 2 * MB, True,
+     [("mprotect", 256, 256, "r"), ("write", 0), ("read", 300)]),
+    ("M6 HP range split by nohugepage before the fault", {}, 2 * MB, True,
+     [("nohugepage", 256, 256), ("write", 0), ("write", 300)]),
+    ("M7 neighbouring mapping, then merge back", {}, 2 * MB, False,
+     [("write", 0), ("map", 256, 16, "r"), ("read", 256), ("mprotect", 256, 16, "rw"), ("write", 257)]),
+    ("Z1 HP 4M: two THPs, dontneed the first", {}, 4 * MB, True,
+     [("write", 0), ("write", 512), ("dontneed", 0, 512), ("read", 5)]),
+    ("Z2 HP 4M: two huge zeropages, munmap one", {}, 4 * MB, True,
+     [("read", 0), ("read", 512), ("munmap", 512, 512)]),
+    ("Z3 HP: populate_write then dontneed all", {}, 2 * MB, True, [("populate_write",), ("dontneed",), ("read", 9)]),
+    ("Z4 4M: pages in two tables, munmap the middle", {}, 4 * MB, False,
+     [("write", 0), ("write", 600), ("munmap", 256, 512)]),
+    ("Z5 HP: huge zeropage, dontneed a page, write it", {}, 2 * MB, True,
+     [("read", 0), ("dontneed", 0, 1), ("write", 0), ("write", 1)]),
+    ("Z6 zeropages, dontneed some, write them", {}, 2 * MB, False,
+     [("read_all", 0, 64), ("dontneed", 0, 32), ("write_all", 0, 64)]),
+    ("Z7 HP: dontneed all of a huge zeropage, read again", {}, 2 * MB, True,
+     [("read", 0), ("dontneed",), ("read", 100)]),
+    ("T1 prctl except-advised: HP gets a THP", {}, 2 * MB, True, [("prctl", 1, 2), ("write", 0), ("prctl", 0, 0)]),
+    ("T2 prctl disable, then enable, then fault", {}, 4 * MB, True,
+     [("prctl", 1, 0), ("write", 0), ("prctl", 0, 0), ("write", 512)]),
+]
+
+
+#: MADV_COLLAPSE scenarios of the spec's table (S35-S44; the kernel selftest khugepaged.c
+#: exercises the same paths), expected to differ until the emulator has MADV_COLLAPSE (issue 4).
+COLLAPSE_SCENARIOS = [
+    ("S36", {}, 2 * MB, False, [("write", 0), ("collapse",)]),
+    ("S37", {}, 2 * MB, False, [("read_all",), ("collapse",)]),
+    ("S38", {}, 2 * MB, False, [("collapse",)]),
+    ("S39", {}, 4 * MB, False, [("read_all", 0, 512), ("write", 512), ("collapse", 0, 512)]),
+    ("S40", {}, 4 * MB, False, [("write", 512), ("collapse", 0, 512)]),
+    ("S41", {}, 2 * MB, True, [("write", 0), ("collapse",)]),
+    ("S42", {}, 2 * MB, True, [("read", 0), ("collapse",)]),
+    ("S44", {}, 2 * MB, False, [("nohugepage",), ("write", 0), ("collapse",)]),
+]

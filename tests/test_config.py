@@ -68,3 +68,16 @@ def test_config_is_frozen_hashable_picklable_and_replaceable():
 def test_mm_takes_only_a_config():
     with pytest.raises(TypeError, match="Config"):
         MM({"thp": "always"})
+
+
+def test_from_host_reads_the_running_kernel():
+    import platform
+    import sys
+    if not sys.platform.startswith("linux"):
+        pytest.skip("Linux only")
+    c = Config.from_host()
+    assert c.kernel == ".".join(platform.release().split(".")[:2])
+    with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+        assert f"[{c.thp}]" in f.read()
+    with open("/proc/sys/vm/max_map_count") as f:
+        assert c.max_map_count == int(f.read())

@@ -2,9 +2,10 @@
 
 After every step the page states and the faults of that step must be identical; at the end
 smaps Rss / AnonHugePages and the changes of VmPTE, thp_fault_alloc and thp_split_pmd too
-(mmemu.conformance).  Scenarios that need settings other than the host's are skipped until the
-sysfs-changing runner exists; those that need a feature planned for a later issue are expected
-to fail, with the reason.  Skipped where the host cannot show page states (not Linux, not root,
+(mmemu.conformance).  Scenarios that need other THP settings get them for their run (root; restored
+after, checked by the last test); those that need a kernel version's behaviour the host lacks
+are skipped; those that need a feature planned for a later issue are expected to differ, with
+the reason.  Skipped where the host cannot show page states (not Linux, not root,
 no PAGEMAP_SCAN).
 """
 import numpy as np
@@ -12,8 +13,8 @@ import pytest
 
 from mmemu import Config, SegmentationFault, _host
 from mmemu.conformance import compare, format_table, run_all
-from mmemu.host import HostMM, host_supported
-from mmemu.scenarios import MB, PMD_SPLIT_ROWS, ROWS
+from mmemu.host import HostMM, host_settings, host_supported
+from mmemu.scenarios import COLLAPSE_SCENARIOS, HOST_ORACLE_SCENARIOS, MB, PMD_SPLIT_ROWS, ROWS
 
 SUPPORTED, WHY = host_supported()
 pytestmark = pytest.mark.skipif(not SUPPORTED, reason=WHY)
@@ -32,6 +33,12 @@ def test_scenario_agrees_with_the_host(row, host_config):
     assert result.status == "agrees", result.detail
 
 
+@pytest.mark.parametrize("scenario", HOST_ORACLE_SCENARIOS, ids=[s[0].split()[0] for s in HOST_ORACLE_SCENARIOS])
+def test_host_oracle_scenario_agrees(scenario, host_config):
+    result = compare(*scenario, host_config)
+    assert result.status == "agrees", result.detail
+
+
 @pytest.mark.parametrize("name,steps", PMD_SPLIT_ROWS, ids=[r[0] for r in PMD_SPLIT_ROWS])
 def test_split_scenario_is_expected_to_differ_until_issue_4(name, steps, host_config):
     result = compare(name, {}, 2 * MB, True, [("write", 0)] + list(steps), host_config,
@@ -39,9 +46,16 @@ def test_split_scenario_is_expected_to_differ_until_issue_4(name, steps, host_co
     assert result.status == "expected to differ" and "issue 4" in result.detail
 
 
+@pytest.mark.parametrize("scenario", COLLAPSE_SCENARIOS, ids=[s[0] for s in COLLAPSE_SCENARIOS])
+def test_collapse_scenario_is_expected_to_differ_until_issue_4(scenario, host_config):
+    result = compare(*scenario, host_config, "MADV_COLLAPSE arrives with issue 4")
+    assert result.status == "expected to differ" and "issue 4" in result.detail
+
+
 def test_the_table_reports_every_scenario():
     results = run_all()
-    assert len(results) == len(ROWS) + len(PMD_SPLIT_ROWS)
+    assert len(results) == (len(ROWS) + len(PMD_SPLIT_ROWS) + len(HOST_ORACLE_SCENARIOS)
+                            + len(COLLAPSE_SCENARIOS))
     assert not [r for r in results if r.status == "differs"]
     assert format_table(results).splitlines()[-1].startswith(
         f"{sum(r.status == 'agrees' for r in results)} agrees")
@@ -74,3 +88,18 @@ def test_hostmm_counts_the_faults_of_its_accesses_exactly():
         assert host.access(a + np.arange(0, 2 * MB, 4096, dtype=np.uint64), 1).sum() == 512
         assert host.rusage["min_flt"] == 512
         assert host.access(a + np.arange(0, 2 * MB, 4096, dtype=np.uint64), 2).sum() == 0
+
+
+def test_host_settings_are_applied_and_always_restored(host_config):
+    other = "always" if host_config.thp != "always" else "never"
+    with pytest.raises(RuntimeError):
+        with host_settings(host_config.replace(thp=other, use_zero_page=not host_config.use_zero_page)):
+            changed = Config.from_host()
+            assert (changed.thp, changed.use_zero_page) == (other, not host_config.use_zero_page)
+            raise RuntimeError("a step failed")
+    assert Config.from_host() == host_config
+
+
+def test_zz_the_suite_leaves_the_host_settings_as_it_found_them(host_config):
+    # runs last in this file: every scenario above that changed a setting put it back
+    assert Config.from_host() == host_config
