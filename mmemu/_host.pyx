@@ -71,7 +71,13 @@ cdef extern from *:
         sa.sa_flags = SA_NODEFER;
         sigaction(SIGSEGV, &sa, &old_segv);
         sigaction(SIGBUS, &sa, &old_bus);
-        mmemu_host_minflt();                 /* warm up: the first call may fault itself */
+        /* Warm up everything the measured window writes: after a fork these pages are shared
+           copy-on-write, and their first write would fault inside the window. */
+        volatile char stack[16384];
+        memset((char *)stack, 0, sizeof stack);
+        if (sigsetjmp(mmemu_host_jmp, 1) == 0) mmemu_host_armed = 0;
+        errno = 0;
+        mmemu_host_minflt();
         for (i = 0; i < n; i++) {
             int op = ops ? ops[i] : op0;
             before = mmemu_host_minflt();
@@ -93,8 +99,11 @@ cdef extern from *:
 
     /* A system call with the faults it took: returns 0 or errno. */
     static int mmemu_host_madvise(uint64_t addr, uint64_t len, int advice, long *faults) {
-        long before = mmemu_host_minflt();
-        int ret = madvise((void *)(uintptr_t)addr, len, advice);
+        long before;
+        int ret;
+        errno = 0;                           /* written before the window, not inside it */
+        before = mmemu_host_minflt();
+        ret = madvise((void *)(uintptr_t)addr, len, advice);
         int err = ret ? errno : 0;
         *faults = mmemu_host_minflt() - before;
         return err;

@@ -12,7 +12,7 @@ import dataclasses
 from .config import Config
 from .mm import MM
 from .errors import OutOfMemory, SegmentationFault, SyscallError
-from .scenarios import (BEFORE, COLLAPSE_SCENARIOS, HOST_ORACLE_SCENARIOS, MB, OFFSETS, PAGE, PMD_SPLIT_ROWS, ROWS, Run,
+from .scenarios import (BEFORE, COLLAPSE_SCENARIOS, FORK_SCENARIOS, HOST_ORACLE_SCENARIOS, MB, OFFSETS, PAGE, PMD_SPLIT_ROWS, ROWS, Run,
                         describe)
 
 #: where both sides lay a scenario out: an empty, 512 GiB-aligned part of the address space
@@ -115,6 +115,7 @@ def run_all(progress=None):
               for n, s in PMD_SPLIT_ROWS]
     cases += [(*s, "") for s in HOST_ORACLE_SCENARIOS]
     cases += [(*s, "MADV_COLLAPSE arrives with issue 4") for s in COLLAPSE_SCENARIOS]
+    cases += [(*s, "fork arrives with issue 4") for s in FORK_SCENARIOS]
     results = []
     for i, (name, config, length, hp, steps, why) in enumerate(cases):
         if progress:

@@ -25,6 +25,10 @@ class SyscallError(OSError):
             msg += f" ({detail})"
         super().__init__(err, msg)
         self.syscall = syscall
+        self.detail = detail
+
+    def __reduce__(self):
+        return (type(self), (self.errno, self.syscall, self.detail))
 
     @property
     def errname(self):
@@ -49,6 +53,9 @@ class SegmentationFault(MMError):
         where = "" if index is None else f" (access {index})"
         super().__init__(f"SIGSEGV at {self.address:#x}{where}")
 
+    def __reduce__(self):
+        return (type(self), (self.address, self.index, self.op))
+
 
 class OutOfMemory(MMError):
     """The emulated machine ran out of memory (the kernel's OOM).
@@ -62,6 +69,9 @@ class OutOfMemory(MMError):
         self.index = None if index is None else int(index)
         where = "" if index is None else f" (access {index})"
         super().__init__(f"out of emulated memory at {self.address:#x}{where}")
+
+    def __reduce__(self):
+        return (type(self), (self.address, self.index))
 
 
 class ClosedError(MMError, ValueError):

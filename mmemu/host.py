@@ -158,6 +158,13 @@ class HostMM:
             time.sleep(0.1)
             _host.munmap(addr, 2 << 20)
 
+    def _become_child(self):
+        """In a forked child: this object now describes the child process."""
+        self._pagemap = os.open("/proc/self/pagemap", os.O_RDONLY)
+        self._kpageflags = os.open("/proc/kpageflags", os.O_RDONLY)
+        self._min_flt = 0
+        self._base_status = self._status_now()
+
     @property
     def config(self) -> Config:
         """The running kernel's settings (Config.from_host())."""
@@ -185,10 +192,12 @@ class HostMM:
         if self._closed:
             raise ClosedError("this HostMM is closed")
 
-    def fork(self):
-        """A child process sharing the mappings copy-on-write: not yet (it needs a forked helper
-        that replays steps for the parent; planned with fork in the emulator, issue 4)."""
-        raise NotImplementedError("HostMM.fork arrives with fork in the emulator (issue 4)")
+    def fork(self) -> "HostChild":
+        """fork(2): a child process that shares every mapping copy-on-write.  The child runs a
+        small command loop; the returned :class:`HostChild` makes it access memory and report
+        what its kernel view shows.  ``close()`` makes it exit."""
+        self._ensure_open()
+        return HostChild(self)
 
     # ---- our own address ranges -------------------------------------------------------------
 
@@ -417,3 +426,87 @@ class HostMM:
             flags = int.from_bytes(os.pread(self._kpageflags, 8, (entry & PFN_MASK) * 8), "little")
             states[i] = PageState.LARGE if flags & (KPF_COMPOUND_HEAD | KPF_COMPOUND_TAIL) else PageState.ANON
         return states
+
+
+class HostChild:
+    """The child of :meth:`HostMM.fork`, driven over a pipe: read/write/atomic/access,
+    page_states, smaps, rusage and close (the process exits)."""
+
+    _CALLS = ("read", "write", "atomic", "access", "page_states", "smaps", "rusage")
+
+    def __init__(self, parent):
+        import pickle
+        up_r, up_w = os.pipe()
+        down_r, down_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:                                    # the child: serve, then exit
+            os.close(up_r)
+            os.close(down_w)
+            status = 0
+            try:
+                parent._become_child()
+                with os.fdopen(down_r, "rb") as inbox, os.fdopen(up_w, "wb") as outbox:
+                    while True:
+                        try:
+                            request = pickle.load(inbox)
+                        except EOFError:
+                            break
+                        if request is None:
+                            break
+                        name, args = request
+                        try:
+                            value = getattr(parent, name)
+                            reply = ("ok", value(*args) if callable(value) else value)
+                        except Exception as exc:        # sent back to the parent, raised there
+                            reply = ("error", exc)
+                        pickle.dump(reply, outbox)
+                        outbox.flush()
+            except BaseException:
+                status = 1
+            finally:
+                os._exit(status)
+        os.close(up_w)
+        os.close(down_r)
+        self._pid = pid
+        self._inbox = os.fdopen(up_r, "rb")
+        self._outbox = os.fdopen(down_w, "wb")
+        self._pickle = pickle
+
+    def _call(self, name, *args):
+        if self._pid is None:
+            raise ClosedError("this child has exited")
+        self._pickle.dump((name, args), self._outbox)
+        self._outbox.flush()
+        kind, value = self._pickle.load(self._inbox)
+        if kind == "error":
+            raise value
+        return value
+
+    def __getattr__(self, name):
+        if name in self._CALLS:
+            return lambda *args: self._call(name, *args)
+        raise AttributeError(name)
+
+    @property
+    def rusage(self):
+        return self._call("rusage")
+
+    def close(self):
+        """The child exits (its mappings go, as at exit)."""
+        if self._pid is None:
+            return
+        try:
+            self._pickle.dump(None, self._outbox)
+            self._outbox.flush()
+        except OSError:
+            pass
+        self._outbox.close()
+        self._inbox.close()
+        os.waitpid(self._pid, 0)
+        self._pid = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -99,6 +99,13 @@ class Run:
         elif op == "mprotect":
             first, count, prot = args
             mm.mprotect(self.page(first), count * PAGE, prot)
+        elif op == "fork":
+            self.child = mm.fork()
+        elif op == "child":                            # ("child", "write", page): in the child
+            getattr(self.child, args[0])(self.page(args[1]))
+        elif op == "child_exit":
+            self.child.close()
+            self.child = None
         elif op == "prctl":
             mm.prctl("PR_SET_THP_DISABLE", *args)
         elif op == "munmap":
@@ -284,4 +291,19 @@ COLLAPSE_SCENARIOS = [
     ("S41", {}, 2 * MB, True, [("write", 0), ("collapse",)]),
     ("S42", {}, 2 * MB, True, [("read", 0), ("collapse",)]),
     ("S44", {}, 2 * MB, False, [("nohugepage",), ("write", 0), ("collapse",)]),
+]
+
+
+#: Copy-on-write after fork: the spec's rows S29-S34 (section 13), the cases the kernel selftest
+#: cow.c checks for anonymous private memory (a write after fork copies; after the other process
+#: exits the survivor reuses the page or THP).  Expected to differ until the emulator forks
+#: (issue 4).
+FORK_SCENARIOS = [
+    ("S29", {}, 2 * MB, True, [("write", 0), ("fork",), ("write", 1)]),
+    ("S30", {}, 2 * MB, True, [("write", 0), ("fork",), ("child", "write", 1), ("child_exit",), ("write", 1)]),
+    ("S31", {}, 2 * MB, True, [("read", 0), ("fork",), ("write", 1)]),
+    ("S32", {}, 2 * MB, False, [("write", 0, 1), ("fork",), ("write", 0)]),
+    ("S33", {}, 2 * MB, False, [("write", 0), ("fork",), ("child_exit",), ("write", 0)]),
+    ("S34", {}, 2 * MB, True, [("write", 0), ("mprotect", 256, 1, "r"), ("mprotect", 256, 1, "rw"),
+                               ("fork",), ("child_exit",), ("write", 1)]),
 ]

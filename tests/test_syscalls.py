@@ -335,3 +335,12 @@ def test_context_manager_closes():
 def test_fork_is_refused_until_issue_4():
     with pytest.raises(NotImplementedError, match="issue 4"):
         MM().fork()
+
+
+def test_errors_survive_pickling():
+    import pickle
+    from mmemu import OutOfMemory, SegmentationFault
+    for exc in (SyscallError(errno.ENOMEM, "mmap", "no room"), SegmentationFault(0x1000, 3),
+                OutOfMemory(0x2000, 1)):
+        back = pickle.loads(pickle.dumps(exc))
+        assert type(back) is type(exc) and str(back) == str(exc)

@@ -14,7 +14,7 @@ import pytest
 from mmemu import Config, SegmentationFault, _host
 from mmemu.conformance import compare, format_table, run_all
 from mmemu.host import HostMM, host_settings, host_supported
-from mmemu.scenarios import COLLAPSE_SCENARIOS, HOST_ORACLE_SCENARIOS, MB, PMD_SPLIT_ROWS, ROWS
+from mmemu.scenarios import COLLAPSE_SCENARIOS, FORK_SCENARIOS, HOST_ORACLE_SCENARIOS, MB, PMD_SPLIT_ROWS, ROWS
 
 SUPPORTED, WHY = host_supported()
 pytestmark = pytest.mark.skipif(not SUPPORTED, reason=WHY)
@@ -46,16 +46,17 @@ def test_split_scenario_is_expected_to_differ_until_issue_4(name, steps, host_co
     assert result.status == "expected to differ" and "issue 4" in result.detail
 
 
-@pytest.mark.parametrize("scenario", COLLAPSE_SCENARIOS, ids=[s[0] for s in COLLAPSE_SCENARIOS])
-def test_collapse_scenario_is_expected_to_differ_until_issue_4(scenario, host_config):
-    result = compare(*scenario, host_config, "MADV_COLLAPSE arrives with issue 4")
+@pytest.mark.parametrize("scenario", COLLAPSE_SCENARIOS + FORK_SCENARIOS,
+                         ids=[s[0] for s in COLLAPSE_SCENARIOS + FORK_SCENARIOS])
+def test_collapse_and_fork_scenarios_are_expected_to_differ_until_issue_4(scenario, host_config):
+    result = compare(*scenario, host_config, "needs MADV_COLLAPSE or fork (issue 4)")
     assert result.status == "expected to differ" and "issue 4" in result.detail
 
 
 def test_the_table_reports_every_scenario():
     results = run_all()
     assert len(results) == (len(ROWS) + len(PMD_SPLIT_ROWS) + len(HOST_ORACLE_SCENARIOS)
-                            + len(COLLAPSE_SCENARIOS))
+                            + len(COLLAPSE_SCENARIOS) + len(FORK_SCENARIOS))
     assert not [r for r in results if r.status == "differs"]
     assert format_table(results).splitlines()[-1].startswith(
         f"{sum(r.status == 'agrees' for r in results)} agrees")
@@ -103,3 +104,29 @@ def test_host_settings_are_applied_and_always_restored(host_config):
 def test_zz_the_suite_leaves_the_host_settings_as_it_found_them(host_config):
     # runs last in this file: every scenario above that changed a setting put it back
     assert Config.from_host() == host_config
+
+
+def test_hostmm_fork_shares_pages_copy_on_write():
+    # S30 on the real kernel: the child's write copies 4K out of the shared THP; after the child
+    # exits the parent's write reuses the whole THP (one fault, no split)
+    with HostMM() as host:
+        a = host.mmap(2 * MB)
+        host.madvise(a, 2 * MB, "hugepage")
+        host.write(a)
+        with host.fork() as child:
+            assert child.write(a + 4096) == 1
+            assert child.page_states(a, 2 * 4096).tolist() == [4, 3]      # LARGE, ANON
+            assert host.page_states(a, 2 * 4096).tolist() == [5, 5]       # THP
+        assert host.write(a + 4096) == 1
+        assert host.smaps(a)["AnonHugePages"] == 2048
+
+
+def test_hostmm_child_reports_errors_and_exits():
+    with HostMM() as host:
+        a = host.mmap(4096, "r")
+        child = host.fork()
+        with pytest.raises(SegmentationFault):
+            child.write(a)
+        child.close()
+        with pytest.raises(Exception):
+            child.read(a)
