@@ -256,11 +256,12 @@ def scan(int fd, uint64_t start, uint64_t end, uint64_t return_mask):
         raise ValueError("scan: bad range")
     cdef int64_t n = (end - start) >> 12
     cdef cnp.ndarray cats = np.zeros(n, np.uint64)
-    cdef cnp.ndarray vec = np.zeros((max(n, 1), 3), np.uint64)
+    cdef int64_t vec_len = min(max(n, 1), 4096)      # regions merge; the scan loops for more
+    cdef cnp.ndarray vec = np.zeros((vec_len, 3), np.uint64)
     cdef int err
     with nogil:
         err = mmemu_host_scan(fd, start, end, return_mask, <uint64_t *>cnp.PyArray_DATA(cats),
-                              <mmemu_page_region *>cnp.PyArray_DATA(vec), max(n, 1))
+                              <mmemu_page_region *>cnp.PyArray_DATA(vec), vec_len)
     if err:
         raise OSError(err, "PAGEMAP_SCAN failed")
     return cats

@@ -12,7 +12,8 @@ import dataclasses
 from .config import Config
 from .mm import MM
 from .errors import OutOfMemory, SegmentationFault, SyscallError
-from .scenarios import (BEFORE, COLLAPSE_SCENARIOS, FORK_SCENARIOS, HOST_ORACLE_SCENARIOS, MB, OFFSETS, PAGE, PMD_SPLIT_ROWS, ROWS, Run,
+from .scenarios import (BEFORE, COLLAPSE_SCENARIOS, FORK_SCENARIOS, HOST_ORACLE_SCENARIOS, MB, NO_ANCHOR,
+                        OFFSETS, PAGE, PMD_SPLIT_ROWS, ROWS, Run,
                         describe)
 
 #: where both sides lay a scenario out: an empty, 512 GiB-aligned part of the address space
@@ -30,11 +31,14 @@ class Result:
 
 
 def play(mm, name, length, hp, steps):
-    """(per step: (step, page states, faults of the step)), end-of-run figures) of one scenario."""
-    run = Run(mm, length, hp, offset=OFFSETS.get(name, 0), before=BEFORE.get(name, ()), base=BASE)
+    """(per step: (step, outcome, page states, faults and VmPTE change of the step), end-of-run
+    figures) of one scenario."""
+    run = Run(mm, length, hp, offset=OFFSETS.get(name, 0), before=BEFORE.get(name, ()), base=BASE,
+              anchor=name not in NO_ANCHOR)
     trail = []
     for step in steps:
         before = run.faults()
+        pte_before = run.vmpte_delta()
         try:
             run.step(*step)
             outcome = "ok"
@@ -44,7 +48,9 @@ def play(mm, name, length, hp, steps):
             outcome = f"SIGSEGV at page {(exc.address - run.addr) // PAGE}"
         except OutOfMemory:
             outcome = "OOM"
-        trail.append((step, outcome, describe(run.states()), run.faults() - before))
+        # the counters first: reading page states allocates (and may add page tables) on a host
+        faults, pte = run.faults() - before, run.vmpte_delta() - pte_before
+        trail.append((step, outcome, describe(run.states()), faults, pte))
     vm = run.mm.vmstat
     end = {
         "VMAs": [(s - run.addr, e - run.addr, perms[:3]) for s, e, perms, _ in run.mm.maps()
@@ -52,7 +58,6 @@ def play(mm, name, length, hp, steps):
         "smaps": [{k: v for k, v in run.mm.smaps(s).items() if k != "VmFlags"} | {"VmFlags": run.mm.smaps(s)["VmFlags"]}
                   for s, e, _, _ in run.mm.maps() if e > run.addr and s < run.addr + length],
         "Rss/AnonHugePages": run.rss_ahp(),
-        "VmPTE": run.vmpte_delta(),
         "thp_fault_alloc": vm["thp_fault_alloc"] - run.base_vmstat["thp_fault_alloc"],
         "thp_split_pmd": vm["thp_split_pmd"] - run.base_vmstat["thp_split_pmd"],
     }
@@ -61,13 +66,16 @@ def play(mm, name, length, hp, steps):
 
 def first_difference(emulated, real):
     """Where two plays part, as text, or "" if they agree."""
-    for (step, outcome, states, faults), (_, real_outcome, real_states, real_faults) in zip(emulated[0], real[0]):
+    for (step, outcome, states, faults, pte), (_, real_outcome, real_states, real_faults, real_pte) in zip(
+            emulated[0], real[0]):
         if outcome != real_outcome:
             return f"after {step}: outcome emulator {outcome} | host {real_outcome}"
         if states != real_states:
             return f"after {step}: page states emulator {states} | host {real_states}"
         if faults != real_faults:
             return f"after {step}: faults emulator {faults} | host {real_faults}"
+        if pte != real_pte:
+            return f"after {step}: VmPTE change emulator {pte} kB | host {real_pte} kB"
     for key in emulated[1]:
         if emulated[1][key] != real[1][key]:
             return f"at the end: {key} emulator {emulated[1][key]} | host {real[1][key]}"

@@ -145,9 +145,28 @@ class HostMM:
         # prctl(PR_SET_THP_DISABLE) is a property of the whole process: put it back on close
         self._thp_disable_before = _host.prctl(_PRCTL["PR_GET_THP_DISABLE"], 0, 0)[1]
         self._wake_khugepaged()
+        self._warm_up()
         self._base_vmstat = self._vmstat_now()
         self._base_mthp = _mthp_stats()
         self._base_status = self._status_now()
+
+    def _warm_up(self):
+        # VmPTE and RssAnon are per process: let the interpreter make the allocations a step
+        # makes (numpy arrays, /proc readers) before the baseline is taken, not during a step.
+        err, addr = _host.mmap(0, 4 << 20, 3, False)
+        if err:
+            return
+        self._ranges.append((addr, addr + (4 << 20)))
+        for _ in range(2):
+            self.access(np.arange(addr, addr + (4 << 20), 4096, dtype=np.uint64), WRITE)
+            self.page_states(addr, 4 << 20)
+            self.smaps(addr)
+            self.maps()
+            self._status_now()
+            self._vmstat_now()
+        _host.munmap(addr, 4 << 20)
+        self._ranges.remove((addr, addr + (4 << 20)))
+        self._min_flt = 0
 
     def _wake_khugepaged(self):
         # The first MADV_HUGEPAGE of a process wakes khugepaged at once; done here, on a range

@@ -1,8 +1,8 @@
 """The scenario library on the emulator and on this machine's real kernel (mmemu.host.HostMM).
 
-After every step the page states and the faults of that step must be identical; at the end
-smaps Rss / AnonHugePages and the changes of VmPTE, thp_fault_alloc and thp_split_pmd too
-(mmemu.conformance).  Scenarios that need other THP settings get them for their run (root; restored
+After every step the outcome (ok, errno, SIGSEGV), the page states, the faults and the VmPTE
+change of that step must be identical; at the end the VMAs, the smaps of each, and the changes
+of thp_fault_alloc and thp_split_pmd too (mmemu.conformance).  Scenarios that need other THP settings get them for their run (root; restored
 after, checked by the last test); those that need a kernel version's behaviour the host lacks
 are skipped; those that need a feature planned for a later issue are expected to differ, with
 the reason.  Skipped where the host cannot show page states (not Linux, not root,
