@@ -107,11 +107,12 @@ def host_settings(config):
                     f.write(value)
 
 
-def _read_kv(path, sep=None):
+def _read_kv(path):
+    """{name: first value} of a /proc file of "name value" or "name: value" lines."""
     out = {}
     with open(path) as f:
         for line in f:
-            parts = line.split(sep) if sep else line.split()
+            parts = line.split()
             if len(parts) >= 2:
                 out[parts[0].rstrip(":")] = parts[1]
     return out
