@@ -15,7 +15,7 @@ def main(path):
         n = info.get("accesses") or info.get("faults") or info.get("pages")
         best = b["stats"]["min"]
         groups[info["workload"]][info["kind"]] = dict(n=n, best=best, rate=n / best, info=info)
-    print(f"| workload | mmemu | floor (numpy) | reference model | mmemu / floor | mmemu / reference |")
+    print("| workload | mmemu | floor (numpy) | reference model | mmemu / floor | mmemu / reference |")
     print("|---|---|---|---|---|---|")
     for workload, kinds in groups.items():
         m = kinds.get("mmemu")

@@ -11,9 +11,8 @@ Each benchmark records ``accesses`` (or ``faults``) in extra_info so rates can b
 Run:  pytest benchmarks/ --benchmark-only --benchmark-json=bench.json
 """
 import numpy as np
-import pytest
 
-from mmemu import ATOMIC, MM, READ, WRITE, Config
+from mmemu import MM, READ, WRITE, Config
 from mmemu.reference import ReferenceMM
 
 GB, MB, PAGE = 1 << 30, 1 << 20, 4096

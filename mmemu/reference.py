@@ -228,7 +228,7 @@ class ReferenceMM:
         if vma is None:
             raise ValueError(f"no VMA contains address {addr:#x}")
         clean = dirty = ahp = 0                         # kB
-        for pi, entry in self._entries_in(vma.start, vma.end):
+        for _, entry in self._entries_in(vma.start, vma.end):
             if isinstance(entry, HugePmd):
                 if entry.kind == "thp":                 # the huge zeropage never counts (R4)
                     ahp += 2048
@@ -896,7 +896,7 @@ class ReferenceMM:
         """R65: entries follow the new protection; exclusive anonymous pages become writable
         again in a writable VMA (MM_CP_TRY_CHANGE_WRITABLE), zeropages never do."""
         writable = bool(flags & VM_WRITE)
-        for pi, entry in self._entries_in(start, end):
+        for _, entry in self._entries_in(start, end):
             if isinstance(entry, HugePmd):     # whole: the VMA split already split partial ones
                 entry.writable = writable and entry.kind == "thp"
                 continue

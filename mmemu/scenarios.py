@@ -11,7 +11,7 @@ import re
 
 import numpy as np
 
-from mmemu import MM, Config, PageState
+from mmemu import PageState
 
 KB = 1024
 MB = 1 << 20

@@ -2,7 +2,6 @@
 the 6.18 host (docs/model.md records each decision)."""
 import errno
 
-import numpy as np
 import pytest
 
 from mmemu import MM, ClosedError, Config, PageState, SyscallError

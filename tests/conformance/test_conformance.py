@@ -11,7 +11,7 @@ no PAGEMAP_SCAN).
 import numpy as np
 import pytest
 
-from mmemu import Config, SegmentationFault, _host
+from mmemu import ClosedError, Config, SegmentationFault, _host
 from mmemu.conformance import compare, format_table, run_all
 from mmemu.host import HostMM, host_settings, host_supported
 from mmemu.scenarios import COLLAPSE_SCENARIOS, FORK_SCENARIOS, HOST_ORACLE_SCENARIOS, MB, PMD_SPLIT_ROWS, ROWS
@@ -128,5 +128,5 @@ def test_hostmm_child_reports_errors_and_exits():
         with pytest.raises(SegmentationFault):
             child.write(a)
         child.close()
-        with pytest.raises(Exception):
+        with pytest.raises(ClosedError):
             child.read(a)
