@@ -19,6 +19,12 @@ field                  kernel counterpart
 ``arch``               "x86_64" or "arm64" (how atomics fault)
 ``atomic_write_fault`` arm64: the unmerged patch "force write fault for atomic RMW
                        instructions" (one write fault instead of read then write)
+``khugepaged_*``       /sys/kernel/mm/transparent_hugepage/khugepaged/{max_ptes_none,
+                       max_ptes_swap, max_ptes_shared, pages_to_scan}
+``shrink_underused``   /sys/kernel/mm/transparent_hugepage/shrink_underused (6.12+)
+``remap_zero_subpages`` a folio split maps zero-filled subpages to the zeropage (6.12+)
+``reuse_large_folios`` a write fault reuses a PTE-mapped large folio mapped by this process
+                       only (6.15+; before, a non-exclusive subpage is copied)
 ``memory``             bytes of emulated RAM
 ``max_map_count``      /proc/sys/vm/max_map_count
 =====================  =====================================================================
@@ -94,6 +100,13 @@ class Config:
     pt_reclaim: bool = True
     mmap_thp_align: str = "pmd_multiple"
     atomic_write_fault: bool = False
+    khugepaged_max_ptes_none: int = 511
+    khugepaged_max_ptes_swap: int = 64
+    khugepaged_max_ptes_shared: int = 256
+    khugepaged_pages_to_scan: int = 4096
+    shrink_underused: bool = True
+    remap_zero_subpages: bool = True
+    reuse_large_folios: bool = True
     memory: int = 16 * GiB
     max_map_count: int = 65530
 
@@ -104,8 +117,16 @@ class Config:
         _choice("defrag", self.defrag, DEFRAG_MODES)
         _choice("huge_zero_write", self.huge_zero_write, HUGE_ZERO_WRITE)
         _choice("mmap_thp_align", self.mmap_thp_align, MMAP_THP_ALIGN)
-        for name in ("use_zero_page", "zero_page", "pt_reclaim", "atomic_write_fault"):
+        for name in ("use_zero_page", "zero_page", "pt_reclaim", "atomic_write_fault",
+                     "shrink_underused", "remap_zero_subpages", "reuse_large_folios"):
             _boolean(name, getattr(self, name))
+        for name in ("khugepaged_max_ptes_none", "khugepaged_max_ptes_swap", "khugepaged_max_ptes_shared"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 511:
+                raise ValueError(f"Config.{name} must be an int from 0 to 511, not {value!r}")
+        value = self.khugepaged_pages_to_scan
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= (1 << 32) - 1:
+            raise ValueError(f"Config.khugepaged_pages_to_scan must be a positive int, not {value!r}")
         self._check_hugepages()
         for name, lo in (("memory", 2 * MiB), ("max_map_count", 1)):
             value = getattr(self, name)
@@ -172,6 +193,9 @@ class Config:
             huge_zero_write="thp" if v >= (6, 13) else "split",
             pt_reclaim=v >= (6, 14),
             mmap_thp_align="pmd_multiple" if v >= (6, 12) else ("any" if v >= (6, 7) else "none"),
+            shrink_underused=v >= (6, 12),
+            remap_zero_subpages=v >= (6, 12),
+            reuse_large_folios=v >= (6, 15),
         )
         preset.update(overrides)
         return cls(**preset)
@@ -200,13 +224,23 @@ class Config:
             mem_kb = int(next(line for line in f if line.startswith("MemTotal")).split()[1])
         with open("/proc/sys/vm/max_map_count") as f:
             max_map_count = int(f.read())
+        khugepaged = {}
+        for knob in ("max_ptes_none", "max_ptes_swap", "max_ptes_shared", "pages_to_scan"):
+            path = f"{sysfs}/khugepaged/{knob}"
+            if os.path.exists(path):
+                with open(path) as f:
+                    khugepaged[f"khugepaged_{knob}"] = int(f.read())
+        if os.path.exists(f"{sysfs}/shrink_underused"):
+            with open(f"{sysfs}/shrink_underused") as f:
+                khugepaged["shrink_underused"] = f.read().strip() == "1"
+
         arch = {"x86_64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine())
         if arch is None:
             raise ValueError(f"Config.from_host: architecture {platform.machine()!r} is not modelled")
         return cls.for_kernel(
             version, arch=arch, thp=bracketed(f"{sysfs}/enabled"), defrag=bracketed(f"{sysfs}/defrag"),
             use_zero_page=use_zero_page, hugepages=hugepages,
-            memory=mem_kb * 1024 // (2 * MiB) * (2 * MiB), max_map_count=max_map_count)
+            memory=mem_kb * 1024 // (2 * MiB) * (2 * MiB), max_map_count=max_map_count, **khugepaged)
 
     # ---- derived views used by the core -------------------------------------------------
 

@@ -2,7 +2,7 @@
 import enum
 
 __all__ = ["READ", "WRITE", "ATOMIC", "OPS", "PageState", "VMSTAT_NAMES", "MTHP_STAT_NAMES",
-           "ADVICE", "PAGE_SIZE", "PMD_SIZE", "TASK_SIZE"]
+           "KHUGEPAGED_STAT_NAMES", "ADVICE", "PAGE_SIZE", "PMD_SIZE", "TASK_SIZE"]
 
 PAGE_SIZE = 4096
 PMD_SIZE = 2 << 20
@@ -42,6 +42,15 @@ VMSTAT_NAMES = (
     "thp_split_pmd",
     "thp_zero_page_alloc",
     "thp_zero_page_alloc_failed",
+    "thp_collapse_alloc",
+    "thp_collapse_alloc_failed",
+    "thp_split_page",
+    "thp_split_page_failed",
+    "thp_deferred_split_page",
+    "thp_underused_split_page",
+    "thp_scan_exceed_none_pte",
+    "thp_scan_exceed_swap_pte",
+    "thp_scan_exceed_share_pte",
 )
 
 #: files of /sys/kernel/mm/transparent_hugepage/hugepages-<size>kB/stats/ that mmemu keeps
@@ -49,8 +58,15 @@ MTHP_STAT_NAMES = (
     "anon_fault_alloc",
     "anon_fault_fallback",
     "anon_fault_fallback_charge",
+    "split",
+    "split_failed",
+    "split_deferred",
     "nr_anon",
+    "nr_anon_partially_mapped",
 )
+
+#: khugepaged's own statistics (/sys/kernel/mm/transparent_hugepage/khugepaged/)
+KHUGEPAGED_STAT_NAMES = ("pages_collapsed", "full_scans")
 
 #: madvise advice by the kernel's name without MADV_, with the kernel's numbers
 ADVICE = {
