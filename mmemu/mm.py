@@ -632,7 +632,8 @@ class MM:
             return addr
         if not maymove:
             raise SyscallError(errno.ENOMEM, "mremap", "cannot grow in place")
-        dest = self._get_unmapped_area(0, new_len, pgoff=addr)
+        pgoff = int(core.vma_pgoffs()[i]) + (addr - int(starts[i])) // PAGE_SIZE
+        dest = self._get_unmapped_area(0, new_len, pgoff=pgoff * PAGE_SIZE)
         return self._move_vma(addr, old_len, dest, new_len)
 
     def _mremap_to(self, addr, old_len, new_addr, new_len):
@@ -868,14 +869,16 @@ def _khugepaged_scan(machine, config, pages, full_scans):
                 machine.full_scans = target      # nothing to scan: every pass is immediate
             break
         core = next((mm for mm in mms if mm.khugepaged_seq >= machine.khugepaged_cursor_seq), None)
-        if core is None:                          # wrapped past the last mm
-            machine.full_scans += 1
+        if core is None:                          # the mm scanned last has exited
             machine.khugepaged_cursor_seq, machine.khugepaged_cursor_addr = 0, 0
             continue
         if core.khugepaged_seq != machine.khugepaged_cursor_seq:
             machine.khugepaged_cursor_seq, machine.khugepaged_cursor_addr = core.khugepaged_seq, 0
         progress += _scan_mm(machine, core, None if target is not None else pages - progress,
                              max_none, max_shared)
+        if machine.khugepaged_cursor_seq > mms[-1].khugepaged_seq:
+            machine.full_scans += 1               # past the last mm on the list: a full scan
+            machine.khugepaged_cursor_seq, machine.khugepaged_cursor_addr = 0, 0
 
 
 def _scan_mm(machine, core, budget, max_none, max_shared):
