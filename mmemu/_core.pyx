@@ -62,7 +62,9 @@ PAGE_STATE_VALUES = (PS_NONE, PS_ZERO, PS_HUGE_ZERO, PS_ANON, PS_LARGE, PS_THP)
 OP_VALUES = (OP_READ, OP_WRITE, OP_ATOMIC)
 VM_FLAG_VALUES = dict(VM_READ=VM_READ, VM_WRITE=VM_WRITE, VM_EXEC=VM_EXEC, VM_MAYREAD=VM_MAYREAD,
                       VM_MAYWRITE=VM_MAYWRITE, VM_MAYEXEC=VM_MAYEXEC, VM_ACCOUNT=VM_ACCOUNT,
-                      VM_HUGEPAGE=VM_HUGEPAGE, VM_NOHUGEPAGE=VM_NOHUGEPAGE)
+                      VM_HUGEPAGE=VM_HUGEPAGE, VM_NOHUGEPAGE=VM_NOHUGEPAGE, VM_SEQ_READ=VM_SEQ_READ,
+                      VM_RAND_READ=VM_RAND_READ, VM_DONTCOPY=VM_DONTCOPY, VM_WIPEONFORK=VM_WIPEONFORK,
+                      VM_DONTDUMP=VM_DONTDUMP)
 FAULT_OOM = VM_FAULT_OOM
 FAULT_SIGSEGV = VM_FAULT_SIGSEGV
 FAULT_HOSTMEM = VM_FAULT_HOSTMEM
@@ -902,6 +904,8 @@ cdef class MMCore:
         cdef uint64_t *leaf = self.last_leaf
         cdef uint64_t e = leaf[0]
         cdef int64_t pfn = <int64_t>entry_index(e)
+        if e & _PAGE_WRITTEN:          # recorded already (for a PMD: every subpage)
+            return
         if self.last_leaf_pmd:
             pfn += pte_index(addr)
             self.machine.folio_mark_written(pfn)
@@ -1691,19 +1695,25 @@ cdef class MMCore:
     # ---- fork (kernel/fork.c: dup_mmap; mm/memory.c: copy_page_range) --------------------------
 
     def fork_into(self, MMCore child):
-        """Give child this process's VMAs, prctl mode and khugepaged registration, and copy the
-        page tables of every VMA with an anon_vma (R74-R76). Returns 0 or VM_FAULT_HOSTMEM."""
-        cdef int64_t i, n = self.nr_vmas
+        """Give child this process's VMAs (not MADV_DONTFORK ones; MADV_WIPEONFORK ones
+        empty), prctl mode and khugepaged registration, and copy the page tables of every
+        other VMA with an anon_vma (R74-R76). Returns 0 or VM_FAULT_HOSTMEM."""
+        cdef int64_t i, n
         cdef int ret = 0
         self._check_open()
         if child.nr_vmas:
             raise ValueError("fork_into: the child must be new")
+        n = self.nr_vmas
+        keep = (self._vm_flags[:n] & VM_DONTCOPY) == 0
+        n = int(keep.sum())
         if child.vma_cap < n:
             child._grow_vmas(max(16, self.vma_cap))
         for src, dst in ((self._vm_start, child._vm_start), (self._vm_end, child._vm_end),
                          (self._vm_flags, child._vm_flags), (self._vm_anon, child._vm_anon),
                          (self._vm_pgoff, child._vm_pgoff)):
-            dst[:n] = src[:n]
+            dst[:n] = src[:self.nr_vmas][keep]
+        wipe = (child._vm_flags[:n] & VM_WIPEONFORK) != 0
+        child._vm_anon[:n][wipe] = 0          # an empty VMA: no anon_vma, nothing copied
         child.nr_vmas = n
         child.vma_cache = -1
         child.next_anon_vma = self.next_anon_vma
@@ -1713,8 +1723,8 @@ cdef class MMCore:
         self.tlb_flush()
         with nogil:
             for i in range(n):
-                if self.vm_anon_vma[i]:
-                    ret = self.copy_range(child, self.vm_start[i], self.vm_end[i])
+                if child.vm_anon_vma[i]:
+                    ret = self.copy_range(child, child.vm_start[i], child.vm_end[i])
                     if ret:
                         break
         self.tlb_flush()

@@ -39,8 +39,25 @@ U64_MAX = (1 << 64) - 1
 
 # fs/proc/task_mmu.c: show_smap_vma_flags, in the kernel's order
 _VMFLAG_LETTERS = ((VM_READ, "rd"), (VM_WRITE, "wr"), (VM_EXEC, "ex"), (_F["VM_MAYREAD"], "mr"),
-                   (_F["VM_MAYWRITE"], "mw"), (_F["VM_MAYEXEC"], "me"), (VM_ACCOUNT, "ac"),
+                   (_F["VM_MAYWRITE"], "mw"), (_F["VM_MAYEXEC"], "me"), (_F["VM_SEQ_READ"], "sr"),
+                   (_F["VM_RAND_READ"], "rr"), (_F["VM_DONTCOPY"], "dc"), (VM_ACCOUNT, "ac"),
+                   (_F["VM_WIPEONFORK"], "wf"), (_F["VM_DONTDUMP"], "dd"),
                    (VM_HUGEPAGE, "hg"), (VM_NOHUGEPAGE, "nh"))
+
+#: madvise advice that only sets and clears VMA flags: (set, clear) (mm/madvise.c)
+_FLAG_ADVICE = {
+    "normal": (0, _F["VM_SEQ_READ"] | _F["VM_RAND_READ"]),
+    "random": (_F["VM_RAND_READ"], _F["VM_SEQ_READ"]),
+    "sequential": (_F["VM_SEQ_READ"], _F["VM_RAND_READ"]),
+    "dontfork": (_F["VM_DONTCOPY"], 0),
+    "dofork": (0, _F["VM_DONTCOPY"]),
+    "wipeonfork": (_F["VM_WIPEONFORK"], 0),
+    "keeponfork": (0, _F["VM_WIPEONFORK"]),
+    "dontdump": (_F["VM_DONTDUMP"], 0),
+    "dodump": (0, _F["VM_DONTDUMP"]),
+    "hugepage": (VM_HUGEPAGE, VM_NOHUGEPAGE),
+    "nohugepage": (VM_NOHUGEPAGE, VM_HUGEPAGE),
+}
 
 #: prctl options mmemu models, with the kernel's numbers (include/uapi/linux/prctl.h)
 _PRCTL = {"PR_SET_THP_DISABLE": 41, "PR_GET_THP_DISABLE": 42}
@@ -53,10 +70,10 @@ def _version(kernel):
 
 
 #: advice that changes nothing for anonymous memory (beyond ENOMEM for holes)
-_NOOP_ADVICE = {"normal", "willneed"}
+_NOOP_ADVICE = {"willneed"}
 #: advice mmemu models
-_MODELLED_ADVICE = _NOOP_ADVICE | {"hugepage", "nohugepage", "dontneed", "free", "cold", "pageout",
-                                   "populate_read", "populate_write", "collapse"}
+_MODELLED_ADVICE = _NOOP_ADVICE | set(_FLAG_ADVICE) | {
+    "dontneed", "dontneed_locked", "free", "cold", "pageout", "populate_read", "populate_write", "collapse"}
 
 
 def _page_align(n):
@@ -533,7 +550,7 @@ class MM:
             return self._populate(addr, end, name == "populate_write")
         pieces, hole = self._vma_pieces(addr, end)
         zero_remap = self._config.remap_zero_subpages
-        if name == "dontneed":
+        if name in ("dontneed", "dontneed_locked"):     # no mlock here: the same (R59)
             for s, e, _, _ in pieces:
                 self._check(self._core.zap(s, e, True), "madvise")
         elif name == "free":
@@ -544,8 +561,11 @@ class MM:
                 self._core.madvise_cold(s, e, name == "pageout", zero_remap)
         elif name == "collapse":
             self._collapse(addr, end, pieces, hole)
-        elif name in ("hugepage", "nohugepage"):
-            self._hugepage_madvise(pieces, name == "hugepage")
+        elif name in _FLAG_ADVICE:
+            self._flag_madvise(pieces, *_FLAG_ADVICE[name])
+            if name == "hugepage":                 # hugepage_madvise: khugepaged_enter_vma
+                for s, _, _, _ in pieces:
+                    self._core.khugepaged_enter_at(s)
         if hole:
             raise SyscallError(errno.ENOMEM, "madvise", "range not fully mapped")
 
@@ -556,20 +576,15 @@ class MM:
             if ret:
                 raise SyscallError(getattr(errno, ret), "madvise", "MADV_COLLAPSE")
 
-    def _hugepage_madvise(self, pieces, huge):
+    def _flag_madvise(self, pieces, set_bits, clear_bits):
+        """madvise_update_vma: new flags on each piece, splitting and merging VMAs."""
         changes = []
         for s, e, flags, _ in pieces:
-            if huge:
-                new = (flags & ~VM_NOHUGEPAGE) | VM_HUGEPAGE
-            else:
-                new = (flags & ~VM_HUGEPAGE) | VM_NOHUGEPAGE
+            new = (flags & ~clear_bits) | set_bits
             if new != flags:
                 changes.append((s, e, new))
         for s, e, new in changes:
             self._modify_flags(s, e, new, "madvise", errno.EAGAIN)
-        if huge:                                   # hugepage_madvise: khugepaged_enter_vma
-            for s, _, _, _ in pieces:
-                self._core.khugepaged_enter_at(s)
 
     def _populate(self, start, end, write):
         err, where = self._core.populate(min(start, USER_TOP), min(end, USER_TOP), write)

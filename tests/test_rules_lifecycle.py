@@ -747,3 +747,43 @@ def test_R79_populate_write_allocates_without_writing_data():
     mm.madvise(a, 2 * MB, "populate_write")
     mm.madvise(a, MB, "free")                    # a folio split: every page is still zero
     assert (states(mm, a) == PS.ZERO).all()
+
+
+def test_R74_dontfork_vmas_are_absent_in_the_child_and_wipeonfork_ones_empty():
+    mm = MM()
+    keep, gone, wiped = mm.mmap(2 * MB), mm.mmap(2 * MB), mm.mmap(2 * MB)
+    for a in (keep, gone, wiped):
+        mm.write(a)
+    mm.madvise(gone, 2 * MB, "dontfork")
+    mm.madvise(wiped, 2 * MB, "wipeonfork")
+    assert mm.smaps(gone)["VmFlags"].split()[-2:] == ["dc", "ac"]
+    assert mm.smaps(wiped)["VmFlags"].endswith("ac wf")
+    child = mm.fork()
+    starts = [s for s, _, _, _ in child.maps()]
+    assert gone not in starts and keep in starts and wiped in starts
+    assert states(child, keep)[0] == PS.ANON and states(child, wiped)[0] == PS.NONE
+    assert child.read(wiped) == 1 and states(child, wiped)[0] == PS.ZERO
+    assert child.status["RssAnon"] == 4
+
+
+def test_R74_dofork_and_keeponfork_undo_them_and_the_vmas_merge_back():
+    mm = MM()
+    a = mm.mmap(4 * MB)
+    mm.madvise(a + 2 * MB, PAGE, "dontfork")
+    assert len(mm.maps()) == 3
+    mm.madvise(a + 2 * MB, PAGE, "dofork")
+    assert len(mm.maps()) == 1
+    mm.madvise(a, PAGE, "wipeonfork")
+    mm.madvise(a, PAGE, "keeponfork")
+    mm.madvise(a, MB, "random")
+    assert mm.smaps(a)["VmFlags"] == "rd wr mr mw me rr ac"
+    mm.madvise(a, MB, "sequential")
+    assert mm.smaps(a)["VmFlags"] == "rd wr mr mw me sr ac"
+    mm.madvise(a, MB, "normal")
+    assert len(mm.maps()) == 1
+
+
+def test_R59_dontneed_locked_zaps_like_dontneed():
+    mm, a = thp_with_one_written_page()
+    mm.madvise(a, 2 * MB, "dontneed_locked")
+    assert (states(mm, a) == PS.NONE).all()
