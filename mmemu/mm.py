@@ -153,7 +153,8 @@ def _trace_ops(ops, shape):
 
 def _serialized(method):
     """Run the method under the MM's lock: calls on one MM from several threads take turns
-    (as numpy.random's generators do), since the core releases the GIL while it works."""
+    (as numpy.random's generators do), since the core releases the GIL while it works. MMs
+    forked from one another share one machine, and so one lock."""
     @functools.wraps(method)
     def locked(self, *args, **kwargs):
         with self._lock:
@@ -235,7 +236,7 @@ class MM:
         child._machine = self._machine
         child._core = child._new_core()
         child._closed = False
-        child._lock = threading.Lock()
+        child._lock = self._lock      # one machine: its frames and counters are shared
         ret = self._core.fork_into(child._core)
         if ret:
             child.close()

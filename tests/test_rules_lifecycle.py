@@ -787,3 +787,10 @@ def test_R59_dontneed_locked_zaps_like_dontneed():
     mm, a = thp_with_one_written_page()
     mm.madvise(a, 2 * MB, "dontneed_locked")
     assert (states(mm, a) == PS.NONE).all()
+
+
+def test_a_forked_child_shares_its_parents_machine_and_lock():
+    mm = MM()
+    child = mm.fork()
+    assert child._machine is mm._machine and child._lock is mm._lock
+    assert child.config == mm.config
