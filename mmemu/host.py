@@ -223,6 +223,14 @@ class HostMM:
         self._is_child = False
         # prctl(PR_SET_THP_DISABLE) is a property of the whole process: put it back on close
         self._thp_disable_before = _host.prctl(_PRCTL["PR_GET_THP_DISABLE"], 0, 0)[1]
+        # MADV_FREE moves order-0 folios to the lazy-free LRU through a per-CPU batch, and smaps
+        # counts them in LazyFree only once it is drained: stay on one CPU, and drain that CPU's
+        # batches (MADV_COLD on a page of our own calls lru_add_drain) before reading smaps
+        self._affinity = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {min(self._affinity)})
+        err, self._drain_page = _host.mmap(0, PAGE_SIZE, 3, False)
+        if err:
+            self._drain_page = None
         self._wake_khugepaged()
         self._warm_up()
         self._base_vmstat = self._vmstat_now()
@@ -276,6 +284,10 @@ class HostMM:
         for start, end in self._ranges:
             _host.munmap(start, end - start)
         self._ranges = []
+        if self._drain_page is not None:
+            _host.munmap(self._drain_page, PAGE_SIZE)
+        if not self._is_child:
+            os.sched_setaffinity(0, self._affinity)
         before = self._thp_disable_before
         _host.prctl(_PRCTL["PR_SET_THP_DISABLE"], 1 if before else 0, before & ~1)
         os.close(self._pagemap)
@@ -567,6 +579,8 @@ class HostMM:
     def smaps(self, addr) -> dict:
         addr = _uint(addr, "addr")
         self._ensure_open()
+        if self._drain_page is not None:
+            _host.madvise(self._drain_page, PAGE_SIZE, ADVICE["cold"])
         with open("/proc/self/smaps") as f:
             block = None
             for line in f:

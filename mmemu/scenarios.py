@@ -46,6 +46,14 @@ def describe(states):
     return " ".join(out)
 
 
+def _khugepaged(mm):
+    """khugepaged's stats of mm's machine ({} where the MM does not have them yet)."""
+    try:
+        return dict(mm.khugepaged)
+    except AttributeError:
+        return {}
+
+
 class Run:
     """One scenario being played on an MM, with the base counters to take deltas from."""
 
@@ -77,6 +85,8 @@ class Run:
         self.base_mthp = mm.mthp_stats[2048]
         self.base_flt = mm.rusage["min_flt"]
         self.base_pte = mm.status["VmPTE"]
+        self.base_khugepaged = _khugepaged(mm)
+        self.child = None
 
     def page(self, i):
         return self.addr + i * PAGE
@@ -90,7 +100,8 @@ class Run:
             first, count = args if args else (0, self.length // PAGE)
             for p in range(first, first + count):
                 getattr(mm, op[:-4])(self.page(p))
-        elif op in ("dontneed", "nohugepage", "hugepage", "populate_read", "populate_write", "collapse"):
+        elif op in ("dontneed", "nohugepage", "hugepage", "populate_read", "populate_write", "collapse",
+                    "free", "cold", "pageout"):
             first, count = args if args else (0, self.length // PAGE)
             mm.madvise(self.page(first), count * PAGE, op)
         elif op == "map":
@@ -99,10 +110,21 @@ class Run:
         elif op == "mprotect":
             first, count, prot = args
             mm.mprotect(self.page(first), count * PAGE, prot)
+        elif op == "mremap":
+            # ("mremap", old pages, new pages[, maymove[, new address as a page offset]]): the
+            # scenario follows the mapping (its address and length become the new ones)
+            old, new, maymove, to = (args + (False, None))[:4]
+            where = mm.mremap(self.addr, old * PAGE, new * PAGE, maymove,
+                              None if to is None else self.page(to))
+            self.addr, self.length = where, new * PAGE
         elif op == "fork":
             self.child = mm.fork()
-        elif op == "child":                            # ("child", "write", page): in the child
-            getattr(self.child, args[0])(self.page(args[1]))
+        elif op == "child":                            # ("child", step...): a step in the child
+            self.mm = self.child
+            try:
+                self.step(*args)
+            finally:
+                self.mm = mm
         elif op == "child_exit":
             self.child.close()
             self.child = None
@@ -111,6 +133,10 @@ class Run:
         elif op == "munmap":
             first, count = args
             mm.munmap(self.page(first), count * PAGE)
+        elif op == "khugepaged":                       # ("khugepaged", full passes)
+            mm.khugepaged_scan(full_scans=args[0] if args else 1)
+        elif op == "drop_caches":                      # the shrinkers (echo 2 > drop_caches)
+            mm.drop_caches(2)
         else:
             raise ValueError(op)
 
@@ -123,6 +149,8 @@ class Run:
         d.pop("pgfault", None)
         mthp = self.mm.mthp_stats[2048]
         d.update({f"2048kB/{k}": mthp[k] - self.base_mthp[k] for k in mthp if mthp[k] != self.base_mthp[k]})
+        k = _khugepaged(self.mm)
+        d.update({f"khugepaged/{n}": k[n] - self.base_khugepaged[n] for n in k if k[n] != self.base_khugepaged[n]})
         return d
 
     def faults(self):
