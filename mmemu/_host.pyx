@@ -61,6 +61,15 @@ cdef extern from *:
         }
     }
 
+    /* Touch the stack below the caller's frame: a SIGSEGV's signal frame (several kB with the
+       extended FPU state) is written there, and a first touch (or, after fork, a copy-on-write)
+       of those pages inside a measured window would count as a fault of the access. */
+    static __attribute__((noinline)) void mmemu_host_touch_stack(void) {
+        volatile char below[65536];
+        memset((char *)below, 0, sizeof below);
+        __asm__ volatile("" : : "r"(below) : "memory");
+    }
+
     /* Replay n accesses; faults[i] = faults access i took.  Returns n, or the index of the
        access that got SIGSEGV. */
     static int64_t mmemu_host_replay(const uint64_t *addrs, const uint8_t *ops, int op0,
@@ -77,6 +86,7 @@ cdef extern from *:
            copy-on-write, and their first write would fault inside the window. */
         volatile char stack[16384];
         memset((char *)stack, 0, sizeof stack);
+        mmemu_host_touch_stack();
         if (sigsetjmp(mmemu_host_jmp, 1) == 0) mmemu_host_armed = 0;
         errno = 0;
         mmemu_host_minflt();

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import os
 import time
 
@@ -26,7 +27,8 @@ import numpy as np
 
 from . import _host
 from .config import Config
-from .constants import (ADVICE, ATOMIC, KHUGEPAGED_STAT_NAMES, MTHP_STAT_NAMES, PAGE_SIZE, READ, VMSTAT_NAMES, WRITE,
+from .constants import (ADVICE, ATOMIC, KHUGEPAGED_STAT_NAMES, MTHP_STAT_NAMES, PAGE_SIZE, PMD_SIZE, READ,
+                        VMSTAT_NAMES, WRITE,
                         PageState)
 from .errors import ClosedError, SegmentationFault, SyscallError
 from .mm import _PRCTL, _prot_bits, _trace_addrs, _trace_ops, _uint
@@ -185,6 +187,16 @@ def _read_kv(path):
     return out
 
 
+def _numpy_hugepage(enabled):
+    """Whether numpy madvises its large allocations MADV_HUGEPAGE; sets it, returns the old."""
+    try:
+        from numpy._core import multiarray
+    except ImportError:                                   # numpy < 2
+        from numpy.core import multiarray
+    setter = getattr(multiarray, "_set_madvise_hugepage", None)
+    return setter(enabled) if setter else enabled
+
+
 def _khugepaged_stats():
     out = {}
     for name in KHUGEPAGED_STAT_NAMES:
@@ -231,12 +243,47 @@ class HostMM:
         err, self._drain_page = _host.mmap(0, PAGE_SIZE, 3, False)
         if err:
             self._drain_page = None
+        # THPs of the interpreter's own (numpy madvises large arrays MADV_HUGEPAGE) are split
+        # copy-on-write after a fork and queued as partially mapped: none while a HostMM is
+        # open, the old ones freed (gc) and the deferred-split queue emptied before the baseline
+        self._numpy_hugepage = _numpy_hugepage(False)
+        gc.collect()
+        self._tame_interpreter()
+        if os.geteuid() == 0:
+            _write("/proc/sys/vm/drop_caches", "2")
         self._wake_khugepaged()
         self._warm_up()
         self._base_vmstat = self._vmstat_now()
         self._base_mthp = _mthp_stats()
         self._base_status = self._status_now()
         self._base_khugepaged = _khugepaged_stats()
+
+    def _tame_interpreter(self):
+        """No THPs in the interpreter's own memory: MADV_NOHUGEPAGE on its VM_HUGEPAGE VMAs
+        (numpy's large arrays; glibc may have put them in the heap, which then keeps the flag),
+        and its PMD-mapped THPs split (MADV_COLD of their first page splits the folio, contents
+        kept).  Else a fork's copy-on-write splits them, khugepaged collapses them, and the
+        system-wide THP counters of a scenario count them."""
+        vmas, cur = [], None
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                head = line.split()[0]
+                if "-" in head and not head.endswith(":"):
+                    lo, hi = (int(x, 16) for x in head.split("-"))
+                    cur = [lo, hi, 0, False]
+                    vmas.append(cur)
+                elif head == "AnonHugePages:":
+                    cur[2] = int(line.split()[1])
+                elif head == "VmFlags:":
+                    cur[3] = " hg" in line or line.split()[1:2] == ["hg"]
+        for lo, hi, ahp, hg in vmas:
+            if self._owned(lo, hi) or lo >= (1 << 47):
+                continue
+            if hg:
+                _host.madvise(lo, hi - lo, ADVICE["nohugepage"])
+            if ahp:
+                for block in range((lo + PMD_SIZE - 1) & ~(PMD_SIZE - 1), hi - PMD_SIZE + 1, PMD_SIZE):
+                    _host.madvise(block, PAGE_SIZE, ADVICE["cold"])
 
     def _warm_up(self):
         # VmPTE and RssAnon are per process: let the interpreter make the allocations a step
@@ -288,6 +335,7 @@ class HostMM:
             _host.munmap(self._drain_page, PAGE_SIZE)
         if not self._is_child:
             os.sched_setaffinity(0, self._affinity)
+            _numpy_hugepage(self._numpy_hugepage)
         before = self._thp_disable_before
         _host.prctl(_PRCTL["PR_SET_THP_DISABLE"], 1 if before else 0, before & ~1)
         os.close(self._pagemap)
