@@ -286,6 +286,7 @@ cdef class MMCore:
     cdef void lazyfree_pte_range(self, uint64_t *pmdp, uint64_t addr, uint64_t next_addr, bint zero_remap) except *
     cdef void cold_pte_range(self, uint64_t *pmdp, uint64_t addr, uint64_t next_addr, bint pageout, bint zero_remap) except *
     cdef void reclaim_ptes(self, uint64_t *pte, int64_t i, int64_t nr, int64_t pfn) noexcept nogil
+    cdef void pageout_huge_pmd(self, uint64_t *pmdp, int64_t block, bint zero_remap) except *
     cdef int move_pmd_range(self, uint64_t old_addr, uint64_t new_addr, uint64_t extent) noexcept nogil
     cdef void page_dup_pte(self, int64_t pfn) noexcept nogil
     cdef void zap_pmd_mapping(self, int64_t block) noexcept nogil

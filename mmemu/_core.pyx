@@ -1913,12 +1913,8 @@ cdef class MMCore:
                         self.machine.block_flags[block] = self.machine.block_flags[block] | PG_LAZYFREE
                     elif mode == 1:
                         pmdp[0] = e & ~(<uint64_t>_PAGE_ACCESSED)
-                    elif self.machine.block_flags[block] & PG_LAZYFREE:
-                        if e & _PAGE_DIRTY:
-                            # redirtied: keep it
-                            self.machine.block_flags[block] = self.machine.block_flags[block] & (~PG_LAZYFREE)
-                        else:
-                            self.zap_huge_pmd(pmdp)                  # discard the clean THP
+                    else:
+                        self.pageout_huge_pmd(pmdp, block, zero_remap)
                     addr = next_addr
                     continue
                 self.machine.split_folio(block, zero_remap and self.zero_page)
@@ -1992,9 +1988,26 @@ cdef class MMCore:
             if not pageout:
                 for k in range(i, i + nr):
                     pte[k] &= ~(<uint64_t>_PAGE_ACCESSED)
+            elif nr > 1 and not (self.machine.block_flags[block] & PG_LAZYFREE):
+                # no swap: reclaim splits the large folio it cannot swap out (R61)
+                self.machine.split_folio(block, zero_remap and self.zero_page)
+                pte = self.pte_entry(pmdp[0], 0)
             else:
                 self.reclaim_ptes(pte, i, nr, pfn)
             i += nr
+
+    cdef void pageout_huge_pmd(self, uint64_t *pmdp, int64_t block, bint zero_remap) except *:
+        """Reclaim of a PMD-mapped THP mapped by this process only, with no swap (as the 6.18
+        host does it): try_to_unmap splits the PMD of a lazy-free folio, then discards the
+        folio if every PTE is clean (the table stays) or keeps it whole, PTE-mapped, if it was
+        written again; an ordinary THP cannot be swapped out and is split into 4K pages."""
+        cdef int64_t pfn = block * HPAGE_PMD_NR
+        if not (self.machine.block_flags[block] & PG_LAZYFREE):
+            self.machine.split_folio(block, zero_remap and self.zero_page)
+            return
+        if self.split_huge_pmd(pmdp):
+            raise MemoryError("cannot grow the page-table pool")
+        self.reclaim_ptes(self.pte_entry(pmdp[0], 0), 0, HPAGE_PMD_NR, pfn)
 
     cdef void reclaim_ptes(self, uint64_t *pte, int64_t i, int64_t nr, int64_t pfn) noexcept nogil:
         """shrink_folio_list without swap for a folio mapped only by these nr PTEs: a lazy-free

@@ -380,17 +380,35 @@ def test_R61_pageout_discards_clean_lazy_free_pages_and_keeps_others():
     assert mm.read(a) == 1 and states(mm, a, PAGE)[0] == PS.ZERO
 
 
-def test_R61_pageout_without_swap_keeps_ordinary_anonymous_pages():
+def test_R61_pageout_without_swap_keeps_4K_pages_and_splits_a_thp_it_cannot_swap():
     mm, a = thp_with_one_written_page()
+    b = mm.mmap(2 * MB)
+    mm.write(b)
+    before = counters(mm)
     mm.madvise(a, 2 * MB, "pageout")
-    assert (states(mm, a) == PS.THP).all()
+    mm.madvise(b, 2 * MB, "pageout")
+    assert (states(mm, a) == runs((PS.ANON, 1), (PS.ZERO, 511))).all()   # measured on 6.18
+    assert states(mm, b, PAGE)[0] == PS.ANON
+    d = delta(before, counters(mm))
+    assert (d["thp_split_pmd"], d["thp_split_page"], d["2048kB/split"]) == (1, 1, 1)
 
 
-def test_R61_pageout_discards_a_clean_lazy_free_thp_whole():
+def test_R61_pageout_splits_a_clean_lazy_free_thps_pmd_and_discards_it():
     mm, a = thp_with_one_written_page()
     mm.madvise(a, 2 * MB, "free")
+    vmpte = mm.status["VmPTE"]
     mm.madvise(a, 2 * MB, "pageout")
     assert (states(mm, a) == PS.NONE).all() and mm.mthp_stats[2048]["nr_anon"] == 0
+    assert mm.vmstat["thp_split_pmd"] == 1 and mm.vmstat["thp_split_page"] == 0
+    assert mm.status["VmPTE"] == vmpte           # the deposit became the table, and stays
+
+
+def test_R61_pageout_keeps_a_rewritten_lazy_free_thp_whole_but_pte_mapped():
+    mm, a = thp_with_one_written_page()
+    mm.madvise(a, 2 * MB, "free")
+    mm.write(a + PAGE)
+    mm.madvise(a, 2 * MB, "pageout")
+    assert (states(mm, a) == PS.LARGE).all() and mm.smaps(a)["LazyFree"] == 0
 
 
 def test_R62_hugepage_leaves_existing_mappings_and_tables_alone():
