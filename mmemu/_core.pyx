@@ -2097,7 +2097,9 @@ cdef class MMCore:
             i += nr
         self.pool_release(LVL_PTE, <int64_t>entry_index(pmdp[0]))    # the table ...
         self.deposit(1)                                               # ... is the deposit now
-        self.machine.block_flags[block] = PG_ANON | PG_HEAD | PG_ANON_EXCLUSIVE | (PG_WRITTEN if written == HPAGE_PMD_NR else 0)
+        # a new THP, queued for the deferred-split shrinker uncounted (deferred_split_folio)
+        self.machine.block_flags[block] = PG_ANON | PG_HEAD | PG_ANON_EXCLUSIVE | PG_DEFERRED \
+            | (PG_WRITTEN if written == HPAGE_PMD_NR else 0)
         self.machine.block_refcount[block] = 1
         self.machine.entire_mapcount[block] = 1
         self.machine.block_written[block] = <uint16_t>written
@@ -2142,12 +2144,14 @@ cdef class MMCore:
         addr = (start + PMD_SIZE - 1) & PMD_MASK
         while addr + PMD_SIZE <= end:
             pmdp = self.pmd_entry(addr)
-            if pmdp == NULL or not pmdp[0]:
-                last_fail = "EINVAL"             # SCAN_PMD_NULL
+            if pmdp == NULL:
+                last_fail = "EINVAL"             # SCAN_PMD_NULL: go on with the next block
+            elif not pmdp[0]:
+                return "EINVAL"                  # SCAN_PMD_NONE ends the call
             elif not (pmdp[0] & _PAGE_PSE):      # a PMD mapping already: nothing to do
                 ret = self.collapse_huge_page(vma, addr, pmdp, False)
                 if ret:
-                    last_fail = "ENOMEM"         # SCAN_ALLOC_HUGE_PAGE_FAIL
+                    return "ENOMEM"              # SCAN_ALLOC_HUGE_PAGE_FAIL ends the call
             addr += PMD_SIZE
         return 0 if last_fail is None else last_fail
 
@@ -2189,6 +2193,14 @@ cdef class MMCore:
         self.tlb_flush()
         with nogil:
             while done < length:
+                if (((old_addr + done) | (new_addr + done)) & (PUD_SIZE - 1)) == 0 and length - done >= PUD_SIZE:
+                    ret = self.move_normal_pud(old_addr + done, new_addr + done)
+                    if ret < 0:
+                        ret = VM_FAULT_HOSTMEM
+                        break
+                    if self.pud_moved:
+                        done += PUD_SIZE
+                        continue
                 next_old = ((old_addr + done) & PMD_MASK) + PMD_SIZE
                 next_new = ((new_addr + done) & PMD_MASK) + PMD_SIZE
                 extent = umin(umin(next_old - (old_addr + done), next_new - (new_addr + done)), length - done)
@@ -2198,6 +2210,36 @@ cdef class MMCore:
                 done += extent
         self.tlb_flush()
         return ret
+
+    cdef int move_normal_pud(self, uint64_t old_addr, uint64_t new_addr) noexcept nogil:
+        """move_normal_pud: a whole 1 GiB moves as its PMD table when the destination's PUD
+        entry is none (sets pud_moved); -1 if the host cannot grow a pool."""
+        cdef uint64_t *old_pgdp = self.pool[LVL_PGD] + pgd_index(old_addr)
+        cdef uint64_t *new_pgdp = self.pool[LVL_PGD] + pgd_index(new_addr)
+        cdef uint64_t *old_pudp
+        cdef uint64_t *new_pudp
+        cdef int32_t index
+        self.pud_moved = False
+        if not old_pgdp[0]:
+            self.pud_moved = True              # nothing mapped there: nothing to move
+            return 0
+        old_pudp = self.pool[LVL_PUD] + entry_index(old_pgdp[0]) * PTRS_PER_TABLE + pud_index(old_addr)
+        if not old_pudp[0]:
+            self.pud_moved = True
+            return 0
+        if not new_pgdp[0]:
+            index = self.pool_alloc(LVL_PUD)
+            if index < 0:
+                return -1
+            new_pgdp[0] = mk_table_entry(index)
+            old_pudp = self.pool[LVL_PUD] + entry_index(old_pgdp[0]) * PTRS_PER_TABLE + pud_index(old_addr)
+        new_pudp = self.pool[LVL_PUD] + entry_index(new_pgdp[0]) * PTRS_PER_TABLE + pud_index(new_addr)
+        if new_pudp[0]:
+            return 0
+        new_pudp[0] = old_pudp[0]
+        old_pudp[0] = 0
+        self.pud_moved = True
+        return 0
 
     cdef int move_pmd_range(self, uint64_t old_addr, uint64_t new_addr, uint64_t extent) noexcept nogil:
         cdef uint64_t *old_pmdp = self.pmd_entry(old_addr)

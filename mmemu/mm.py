@@ -343,7 +343,6 @@ class MM:
         flags = bits | VM_MAY | (VM_ACCOUNT if bits & VM_WRITE else 0)
         i = self._core.vma_insert(start, start + size, flags)
         self._merge_around(i, i)
-        self._core.khugepaged_enter_at(start)
         return start
 
     def _gaps_topdown(self, high):
@@ -384,9 +383,7 @@ class MM:
         mode = self._config.mmap_thp_align
         return (mode == "pmd_multiple" and size % PMD_SIZE == 0) or (mode == "any" and size >= PMD_SIZE)
 
-    def _get_unmapped_area(self, hint, size, pgoff=0):
-        """``pgoff``: the byte offset THP alignment keeps modulo 2 MiB (mremap passes the old
-        address, mmap of anonymous memory 0)."""
+    def _get_unmapped_area(self, hint, size):
         hint &= ~(PAGE_SIZE - 1)                                 # round_hint_to_min: a hint in
         if hint:                                                 # the first page is no hint
             hint = max(hint, MMAP_MIN_ADDR)
@@ -395,7 +392,7 @@ class MM:
         elif self._thp_aligned_placement(size):
             ret = self._search_topdown(size + PMD_SIZE)          # __thp_get_unmapped_area
             if ret is not None:
-                off_sub = (pgoff - ret) & (PMD_SIZE - 1)
+                off_sub = -ret & (PMD_SIZE - 1)          # pgoff 0: anonymous memory
                 return ret + PMD_SIZE if off_sub == 0 else ret + off_sub
         ret = self._search_topdown(size)
         if ret is None:
@@ -648,8 +645,7 @@ class MM:
             return addr
         if not maymove:
             raise SyscallError(errno.ENOMEM, "mremap", "cannot grow in place")
-        pgoff = int(core.vma_pgoffs()[i]) + (addr - int(starts[i])) // PAGE_SIZE
-        dest = self._get_unmapped_area(0, new_len, pgoff=pgoff * PAGE_SIZE)
+        dest = self._get_unmapped_area(0, new_len)   # pgoff 0 for anonymous memory
         return self._move_vma(addr, old_len, dest, new_len)
 
     def _mremap_to(self, addr, old_len, new_addr, new_len):

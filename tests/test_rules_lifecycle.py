@@ -812,3 +812,41 @@ def test_a_forked_child_shares_its_parents_machine_and_lock():
     child = mm.fork()
     assert child._machine is mm._machine and child._lock is mm._lock
     assert child.config == mm.config
+
+
+def test_R64_collapse_stops_at_a_block_with_a_none_pmd():
+    mm = MM()
+    a = mm.mmap(6 * MB)
+    mm.write(a)
+    mm.write(a + 4 * MB)                          # [2M, 4M) has no PTE table: PMD none
+    with pytest.raises(SyscallError) as info:
+        mm.madvise(a, 6 * MB, "collapse")
+    assert info.value.errno == errno.EINVAL
+    assert states(mm, a, PAGE)[0] == PS.THP and states(mm, a + 4 * MB, PAGE)[0] == PS.ANON
+
+
+def test_R64_a_collapsed_thp_is_queued_for_the_underused_shrinker():
+    mm = MM(Config(khugepaged_max_ptes_none=100))
+    a = mm.mmap(2 * MB)
+    mm.write(a)
+    mm.madvise(a, 2 * MB, "collapse")
+    mm.drop_caches(2)
+    assert mm.vmstat["thp_underused_split_page"] == 1
+    assert (states(mm, a) == runs((PS.ANON, 1), (PS.ZERO, 511))).all()
+
+
+def test_R18_mmap_of_an_anonymous_vma_does_not_register_with_khugepaged():
+    mm = MM(Config(thp="always"))
+    mm.mmap(4 * MB)
+    assert not mm._core.khugepaged_seq
+
+
+def test_R67_mremap_of_a_whole_gigabyte_moves_its_pmd_table():
+    mm = MM()
+    src, dst = 1 << 40, 2 << 40
+    mm.mmap(1 << 30, addr=src, fixed=True)
+    mm.write(src)
+    tables = mm.page_tables
+    assert mm.mremap(src, 1 << 30, 1 << 30, maymove=True, new_addr=dst) == dst
+    assert mm.page_tables == tables and states(mm, dst, PAGE)[0] == PS.ANON
+    assert mm.write(dst) == 0
