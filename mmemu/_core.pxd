@@ -39,6 +39,7 @@ cdef enum:
     _PAGE_DIRTY = 1 << 6
     _PAGE_PSE = 1 << 7         # a PMD leaf: a huge mapping
     _PAGE_SPECIAL = 1 << 9     # no struct page behind it: the zeropage
+    _PAGE_WRITTEN = 1 << 10    # software bit: the page(s) behind this entry hold written data
 
 # what an access needs of an entry
 cdef enum:
@@ -68,7 +69,12 @@ cdef enum:
     VM_MAYREAD = 0x10
     VM_MAYWRITE = 0x20
     VM_MAYEXEC = 0x40
+    VM_SEQ_READ = 0x8000
+    VM_RAND_READ = 0x10000
+    VM_DONTCOPY = 0x20000       # MADV_DONTFORK
     VM_ACCOUNT = 0x100000
+    VM_WIPEONFORK = 0x2000000   # MADV_WIPEONFORK
+    VM_DONTDUMP = 0x4000000
     VM_HUGEPAGE = 0x20000000
     VM_NOHUGEPAGE = 0x40000000
     VM_ACCESS_FLAGS = VM_READ | VM_WRITE | VM_EXEC
@@ -81,8 +87,12 @@ cdef enum:
 cdef enum:
     PG_ANON = 1 << 0
     PG_ANON_EXCLUSIVE = 1 << 1   # PageAnonExclusive: may be reused without copy on a write fault
-    PG_HEAD = 1 << 2             # first page of a large folio (tails carry no flags of their own)
-    PG_HUGE_ZERO = 1 << 4        # the head of the huge zeropage
+    PG_HEAD = 1 << 2             # (block) the block is one PMD-order folio
+    PG_WRITTEN = 1 << 3          # (page) holds written, non-zero data; (block) every subpage does
+    PG_HUGE_ZERO = 1 << 4        # (block) the huge zeropage
+    PG_LAZYFREE = 1 << 5         # MADV_FREE: !PG_swapbacked, may be discarded while clean
+    PG_PARTIAL = 1 << 6          # (block) partially mapped (folio_test_partially_mapped)
+    PG_DEFERRED = 1 << 7         # (block) on the deferred-split queue
 
 # ---- fault results (include/linux/mm_types.h: vm_fault_reason) -----------------------------
 cdef enum:
@@ -141,6 +151,7 @@ cdef struct smaps_acc:
     int64_t referenced
     int64_t anonymous
     int64_t anon_huge
+    int64_t lazyfree
 
 
 @cython.final
@@ -151,6 +162,7 @@ cdef class Machine:
     cdef cnp.ndarray _refcount, _mapcount, _flags, _block_refcount, _block_flags
     cdef cnp.ndarray _block_free, _free_bitmap, _partial_blocks, _free_blocks
     cdef cnp.ndarray _entire_mapcount, _vmstat, _mthp_stat
+    cdef cnp.ndarray _block_mm_id, _block_mm_count, _block_written, _block_index
     cdef int32_t *refcount
     cdef int32_t *mapcount          # PTE mappings of each page
     cdef uint8_t *flags
@@ -162,6 +174,11 @@ cdef class Machine:
     cdef int32_t *entire_mapcount   # its PMD mappings
     cdef int32_t *block_refcount
     cdef uint8_t *block_flags
+    # which processes map the folio, as the kernel's MM_ID keeps it: two (mm id, mappings) slots
+    cdef int32_t *block_mm_id
+    cdef int32_t *block_mm_count
+    cdef uint16_t *block_written      # subpages holding written data
+    cdef int64_t *block_index         # the folio's page offset (folio->index), for the rmap walk
     cdef int64_t block_words
     cdef int64_t partial_hint, free_hint   # no bit is set in the words below these
     cdef readonly int64_t nr_free_blocks
@@ -170,6 +187,13 @@ cdef class Machine:
     cdef int64_t *mthp_stat
     cdef readonly int64_t huge_zero_pfn  # -1: not allocated
     cdef readonly int64_t huge_zero_users
+    # the processes on this machine (the rmap walk's anon_vma tree, in spirit), and khugepaged
+    cdef public list mms
+    cdef int32_t next_mm_id
+    # khugepaged: registration order is a sequence number; the scan resumes at (mm, address)
+    cdef int64_t next_khugepaged_seq
+    cdef public int64_t khugepaged_cursor_seq, pages_collapsed, full_scans
+    cdef public uint64_t khugepaged_cursor_addr
 
     cdef int64_t alloc_page(self) noexcept nogil
     cdef int64_t alloc_pmd_folio(self) noexcept nogil
@@ -182,6 +206,13 @@ cdef class Machine:
     cdef void clear_block_bit(self, uint64_t *bits, int64_t block) noexcept nogil
     cdef int64_t take_free_block(self) noexcept nogil
     cdef void give_free_block(self, int64_t block) noexcept nogil
+    cdef void folio_mm_add(self, int64_t block, int32_t mm_id, int32_t nr) noexcept nogil
+    cdef void folio_mm_sub(self, int64_t block, int32_t mm_id, int32_t nr) noexcept nogil
+    cdef bint folio_maybe_mapped_shared(self, int64_t block) noexcept nogil
+    cdef void free_large_folio(self, int64_t block) noexcept nogil
+    cdef void deferred_split_folio(self, int64_t block, bint partially_mapped) noexcept nogil
+    cdef void folio_mark_written(self, int64_t pfn) noexcept nogil
+    cdef int split_folio(self, int64_t block, bint zero_remap) except -1
 
 
 @cython.final
@@ -190,7 +221,9 @@ cdef class MMCore:
     cdef readonly Machine machine
     # settings (from Config)
     cdef bint thp_always, thp_madvise, use_zero_page, zero_page, huge_zero_write_thp
-    cdef bint pt_reclaim, arm64, atomic_write_fault
+    cdef bint pt_reclaim, arm64, atomic_write_fault, reuse_large_folios
+    cdef readonly int32_t mm_id
+    cdef readonly int64_t khugepaged_seq     # 0: not on khugepaged's list
     # prctl(PR_SET_THP_DISABLE): 0 off, THP_DISABLE_COMPLETELY, THP_DISABLE_EXCEPT_ADVISED
     cdef readonly int thp_disable
     # table pools, per level
@@ -203,9 +236,10 @@ cdef class MMCore:
     cdef int64_t pool_nfree[NR_LEVELS]
     cdef readonly int64_t nr_tables_pte, nr_tables_pmd, nr_tables_pud, nr_deposited
     # VMAs, sorted by start
-    cdef cnp.ndarray _vm_start, _vm_end, _vm_flags, _vm_anon
+    cdef cnp.ndarray _vm_start, _vm_end, _vm_flags, _vm_anon, _vm_pgoff
     cdef uint64_t *vm_start
     cdef uint64_t *vm_end
+    cdef uint64_t *vm_pgoff         # page offset of vm_start: the anon rmap's linear index
     cdef uint32_t *vm_flags
     cdef int32_t *vm_anon_vma
     cdef readonly int64_t nr_vmas
@@ -221,6 +255,9 @@ cdef class MMCore:
     # the PTE table of the last walk (a paging-structure cache) and the 2 MiB it maps
     cdef uint64_t pt_tag
     cdef uint64_t *pt_base
+    # the leaf entry of the last walk (for the access that completes on it)
+    cdef uint64_t *last_leaf
+    cdef bint last_leaf_pmd
 
     cdef int _grow_pool(self, int level, int64_t new_cap) except -1
     cdef int32_t pool_alloc(self, int level) noexcept nogil
@@ -243,7 +280,27 @@ cdef class MMCore:
     cdef void anon_vma_prepare(self, int64_t vma) noexcept nogil
     cdef void new_anon_page(self, int64_t pfn) noexcept nogil
     cdef void remove_anon_pte(self, int64_t pfn) noexcept nogil
-    cdef void map_anon_folio_pmd(self, int64_t vma, uint64_t *pmdp, int64_t pfn) noexcept nogil
+    cdef void remove_anon_ptes(self, int64_t pfn, int64_t nr) noexcept nogil
+    cdef bint khugepaged_allowed(self, int64_t vma) noexcept nogil
+    cdef void khugepaged_enter_vma(self, int64_t vma) noexcept nogil
+    cdef void lazyfree_pte_range(self, uint64_t *pmdp, uint64_t addr, uint64_t next_addr, bint zero_remap) except *
+    cdef void cold_pte_range(self, uint64_t *pmdp, uint64_t addr, uint64_t next_addr, bint pageout, bint zero_remap) except *
+    cdef void reclaim_ptes(self, uint64_t *pte, int64_t i, int64_t nr, int64_t pfn) noexcept nogil
+    cdef int move_pmd_range(self, uint64_t old_addr, uint64_t new_addr, uint64_t extent) noexcept nogil
+    cdef void page_dup_pte(self, int64_t pfn) noexcept nogil
+    cdef void zap_pmd_mapping(self, int64_t block) noexcept nogil
+    cdef void mark_written(self, uint64_t addr) noexcept nogil
+    cdef int split_huge_pmd(self, uint64_t *pmdp) noexcept nogil
+    cdef int split_pmd_at(self, uint64_t addr) noexcept nogil
+    cdef uint64_t *pte_alloc(self, uint64_t *pmdp) noexcept nogil
+    cdef int64_t folio_index_at(self, int64_t vma, uint64_t addr) noexcept nogil
+    cdef bint rmap_vma_range(self, int64_t vma, int64_t block, uint64_t *lo, uint64_t *hi) noexcept nogil
+    cdef void khugepaged_enter(self) noexcept nogil
+    cdef int copy_range(self, MMCore child, uint64_t start, uint64_t end) noexcept nogil
+    cdef int copy_huge_pmd(self, MMCore child, uint64_t *src, uint64_t *dst) noexcept nogil
+    cdef int collapse_huge_page(self, int64_t vma, uint64_t haddr, uint64_t *pmdp, bint khugepaged) noexcept nogil
+    cdef int scan_pmd(self, uint64_t *pte, int64_t max_none, int64_t max_shared) noexcept nogil
+    cdef void map_anon_folio_pmd(self, int64_t vma, uint64_t haddr, uint64_t *pmdp, int64_t pfn) noexcept nogil
     cdef int64_t alloc_anon_folio_pmd(self) noexcept nogil
     cdef int handle_mm_fault(self, int64_t vma, uint64_t addr, bint write) noexcept nogil
     cdef int _handle_mm_fault(self, int64_t vma, uint64_t addr, bint write) noexcept nogil

@@ -62,7 +62,9 @@ PAGE_STATE_VALUES = (PS_NONE, PS_ZERO, PS_HUGE_ZERO, PS_ANON, PS_LARGE, PS_THP)
 OP_VALUES = (OP_READ, OP_WRITE, OP_ATOMIC)
 VM_FLAG_VALUES = dict(VM_READ=VM_READ, VM_WRITE=VM_WRITE, VM_EXEC=VM_EXEC, VM_MAYREAD=VM_MAYREAD,
                       VM_MAYWRITE=VM_MAYWRITE, VM_MAYEXEC=VM_MAYEXEC, VM_ACCOUNT=VM_ACCOUNT,
-                      VM_HUGEPAGE=VM_HUGEPAGE, VM_NOHUGEPAGE=VM_NOHUGEPAGE)
+                      VM_HUGEPAGE=VM_HUGEPAGE, VM_NOHUGEPAGE=VM_NOHUGEPAGE, VM_SEQ_READ=VM_SEQ_READ,
+                      VM_RAND_READ=VM_RAND_READ, VM_DONTCOPY=VM_DONTCOPY, VM_WIPEONFORK=VM_WIPEONFORK,
+                      VM_DONTDUMP=VM_DONTDUMP)
 FAULT_OOM = VM_FAULT_OOM
 FAULT_SIGSEGV = VM_FAULT_SIGSEGV
 FAULT_HOSTMEM = VM_FAULT_HOSTMEM
@@ -145,6 +147,19 @@ cdef inline bint table_empty(const uint64_t *table) noexcept nogil:
     return True
 
 
+cdef inline int64_t folio_pte_batch(const uint64_t *pte, int64_t i, int64_t last, int64_t pfn) noexcept nogil:
+    """How many PTEs from i (below last) map consecutive pages of pfn's PMD-order folio."""
+    cdef int64_t nr = 1
+    cdef int64_t end_pfn = (pfn | (HPAGE_PMD_NR - 1)) + 1
+    cdef uint64_t e
+    while i + nr < last and pfn + nr < end_pfn:
+        e = pte[i + nr]
+        if not e or (e & _PAGE_SPECIAL) or <int64_t>entry_index(e) != pfn + nr:
+            break
+        nr += 1
+    return nr
+
+
 cdef inline uint64_t umin(uint64_t a, uint64_t b) noexcept nogil:
     return a if a < b else b
 
@@ -155,8 +170,9 @@ cdef inline uint64_t umax(uint64_t a, uint64_t b) noexcept nogil:
 
 cdef inline uint64_t tlb_perm_of(uint64_t e) noexcept nogil:
     # A clean writable entry is cached read-only: the first write must set the dirty bit.
+    # So is one whose page has not yet been marked written: the first store must mark it.
     cdef uint64_t perm = e & (_PAGE_PRESENT | _PAGE_USER)
-    if (e & (_PAGE_RW | _PAGE_DIRTY)) == (_PAGE_RW | _PAGE_DIRTY):
+    if (e & (_PAGE_RW | _PAGE_DIRTY | _PAGE_WRITTEN)) == (_PAGE_RW | _PAGE_DIRTY | _PAGE_WRITTEN):
         perm |= _PAGE_RW
     return perm
 
@@ -191,6 +207,10 @@ cdef class Machine:
         self._entire_mapcount = np.zeros(self.nr_blocks, np.int32)
         self._block_refcount = np.zeros(self.nr_blocks, np.int32)
         self._block_flags = np.zeros(self.nr_blocks, np.uint8)
+        self._block_mm_id = np.zeros(self.nr_blocks * 2, np.int32)
+        self._block_mm_count = np.zeros(self.nr_blocks * 2, np.int32)
+        self._block_written = np.zeros(self.nr_blocks, np.uint16)
+        self._block_index = np.zeros(self.nr_blocks, np.int64)
         self._vmstat = np.zeros(NR_VMSTAT, np.int64)
         self._mthp_stat = np.zeros(NR_MTHP_STAT, np.int64)
         # every block but the reserved block 0 starts wholly free
@@ -209,6 +229,10 @@ cdef class Machine:
         self.entire_mapcount = <int32_t *>cnp.PyArray_DATA(self._entire_mapcount)
         self.block_refcount = <int32_t *>cnp.PyArray_DATA(self._block_refcount)
         self.block_flags = <uint8_t *>cnp.PyArray_DATA(self._block_flags)
+        self.block_mm_id = <int32_t *>cnp.PyArray_DATA(self._block_mm_id)
+        self.block_mm_count = <int32_t *>cnp.PyArray_DATA(self._block_mm_count)
+        self.block_written = <uint16_t *>cnp.PyArray_DATA(self._block_written)
+        self.block_index = <int64_t *>cnp.PyArray_DATA(self._block_index)
         self.vmstat = <int64_t *>cnp.PyArray_DATA(self._vmstat)
         self.mthp_stat = <int64_t *>cnp.PyArray_DATA(self._mthp_stat)
         self.block_words = words
@@ -218,6 +242,13 @@ cdef class Machine:
         self.nr_free_blocks = self.nr_blocks - 1
         self.huge_zero_pfn = -1
         self.huge_zero_users = 0
+        self.mms = []
+        self.next_mm_id = 1
+        self.next_khugepaged_seq = 1
+        self.khugepaged_cursor_seq = 0
+        self.khugepaged_cursor_addr = 0
+        self.pages_collapsed = 0
+        self.full_scans = 0
 
     # ---- the allocator ---------------------------------------------------------------------
     # Deterministic and simple to state: a 4K page is the lowest free frame of the lowest partly
@@ -309,6 +340,12 @@ cdef class Machine:
         self.block_flags[block] = 0
         self.block_refcount[block] = 0
         self.entire_mapcount[block] = 0
+        self.block_written[block] = 0
+        self.block_mm_id[2 * block] = self.block_mm_id[2 * block + 1] = 0
+        self.block_mm_count[2 * block] = self.block_mm_count[2 * block + 1] = 0
+        # subpages carry written marks, and PTE mappings once the PMD was split
+        memset(self.flags + pfn, 0, HPAGE_PMD_NR)
+        memset(self.mapcount + pfn, 0, HPAGE_PMD_NR * sizeof(int32_t))
         self.nr_free_pages += HPAGE_PMD_NR
         self.give_free_block(block)
 
@@ -329,6 +366,141 @@ cdef class Machine:
         self.vmstat[THP_ZERO_PAGE_ALLOC] += 1
         self.huge_zero_pfn = pfn
         return pfn
+
+    # ---- large folios as the rmap sees them (mm/rmap.c, mm/huge_memory.c) -----------------------
+
+    cdef void folio_mm_add(self, int64_t block, int32_t mm_id, int32_t nr) noexcept nogil:
+        """Account nr more mappings of the folio to process mm_id (folio_add_return_large_mapcount
+        with MM_ID): a process takes a free slot; a third process finds none."""
+        cdef int64_t s = 2 * block
+        if self.block_mm_count[s] and self.block_mm_id[s] == mm_id:
+            self.block_mm_count[s] += nr
+        elif self.block_mm_count[s + 1] and self.block_mm_id[s + 1] == mm_id:
+            self.block_mm_count[s + 1] += nr
+        elif self.block_mm_count[s] == 0:
+            self.block_mm_id[s] = mm_id
+            self.block_mm_count[s] = nr
+        elif self.block_mm_count[s + 1] == 0:
+            self.block_mm_id[s + 1] = mm_id
+            self.block_mm_count[s + 1] = nr
+
+    cdef void folio_mm_sub(self, int64_t block, int32_t mm_id, int32_t nr) noexcept nogil:
+        cdef int64_t s = 2 * block
+        if self.block_mm_count[s] and self.block_mm_id[s] == mm_id:
+            self.block_mm_count[s] -= nr
+        elif self.block_mm_count[s + 1] and self.block_mm_id[s + 1] == mm_id:
+            self.block_mm_count[s + 1] -= nr
+
+    cdef bint folio_maybe_mapped_shared(self, int64_t block) noexcept nogil:
+        """Unless one process's slot holds every mapping (the refcount: no pins here)."""
+        cdef int64_t s = 2 * block
+        cdef int32_t total = self.block_refcount[block]
+        return not (self.block_mm_count[s] == total or self.block_mm_count[s + 1] == total)
+
+    cdef void free_large_folio(self, int64_t block) noexcept nogil:
+        """The last reference of a PMD-order anonymous folio went (folio_put -> free)."""
+        self.mthp_stat[MTHP_NR_ANON] -= 1
+        if self.block_flags[block] & PG_PARTIAL:
+            self.mthp_stat[MTHP_NR_ANON_PARTIALLY_MAPPED] -= 1
+        self.free_pmd_folio(block * HPAGE_PMD_NR)
+
+    cdef void deferred_split_folio(self, int64_t block, bint partially_mapped) noexcept nogil:
+        """mm/huge_memory.c: deferred_split_folio. A partially mapped folio is flagged and
+        counted the first time (6.12+); a new THP is only queued, uncounted (R50, R55)."""
+        cdef uint8_t f = self.block_flags[block]
+        if partially_mapped:
+            if f & PG_PARTIAL:
+                return
+            self.block_flags[block] = f | PG_PARTIAL | PG_DEFERRED
+            self.vmstat[THP_DEFERRED_SPLIT_PAGE] += 1
+            self.mthp_stat[MTHP_SPLIT_DEFERRED] += 1
+            self.mthp_stat[MTHP_NR_ANON_PARTIALLY_MAPPED] += 1
+        else:
+            self.block_flags[block] = f | PG_DEFERRED
+
+    cdef void folio_mark_written(self, int64_t pfn) noexcept nogil:
+        """A store reached page pfn: its contents are no longer all zero."""
+        cdef int64_t block
+        if self.flags[pfn] & PG_WRITTEN:
+            return
+        self.flags[pfn] |= PG_WRITTEN
+        if self.in_pmd_folio(pfn):
+            block = pfn >> HPAGE_PMD_ORDER
+            self.block_written[block] += 1
+            if self.block_written[block] == HPAGE_PMD_NR:
+                self.block_flags[block] |= PG_WRITTEN
+
+    cdef int split_folio(self, int64_t block, bint zero_remap) except -1:
+        """split_folio to order 0 (R51, R52): split every PMD mapping of the folio in every
+        process (unmap_folio), turn its subpages into order-0 pages, free the unmapped ones
+        and, with zero_remap, map every unwritten subpage to the shared zeropage."""
+        cdef int64_t head = block * HPAGE_PMD_NR, pfn
+        cdef uint8_t folio_flags = self.block_flags[block]
+        cdef MMCore mm
+        cdef int i, w
+        for mm in list(self.mms):
+            mm.rmap_split_pmds(block)
+        self.vmstat[THP_SPLIT_PAGE] += 1
+        self.mthp_stat[MTHP_SPLIT] += 1
+        self.mthp_stat[MTHP_NR_ANON] -= 1
+        if folio_flags & PG_PARTIAL:
+            self.mthp_stat[MTHP_NR_ANON_PARTIALLY_MAPPED] -= 1
+        if zero_remap:
+            for mm in list(self.mms):
+                mm.rmap_remap_zero(block)
+        # the block becomes 512 order-0 frames: all in use, then the unmapped ones are freed
+        self.block_flags[block] = 0
+        self.block_refcount[block] = 0
+        self.entire_mapcount[block] = 0
+        self.block_written[block] = 0
+        self.block_mm_id[2 * block] = self.block_mm_id[2 * block + 1] = 0
+        self.block_mm_count[2 * block] = self.block_mm_count[2 * block + 1] = 0
+        for w in range(8):
+            self.free_bitmap[block * 8 + w] = 0
+        self.block_free[block] = 0
+        for i in range(HPAGE_PMD_NR):
+            pfn = head + i
+            if self.mapcount[pfn] > 0:
+                self.refcount[pfn] = self.mapcount[pfn]
+                self.flags[pfn] = PG_ANON | (self.flags[pfn] & (PG_ANON_EXCLUSIVE | PG_WRITTEN)) \
+                    | (folio_flags & PG_LAZYFREE)
+            else:
+                self.free_page(pfn)
+        return 0
+
+    def shrink_slab(self, bint shrink_underused, int max_ptes_none, bint zero_remap):
+        """echo 2 > /proc/sys/vm/drop_caches: the deferred-split shrinker (R54), then the
+        huge-zeropage shrinker (R56)."""
+        cdef int64_t block, i, zeros
+        cdef uint8_t f
+        for block in range(self.nr_blocks):
+            f = self.block_flags[block]
+            if not (f & PG_DEFERRED):
+                continue
+            if f & PG_PARTIAL:
+                self.split_folio(block, zero_remap)
+                continue
+            if shrink_underused and max_ptes_none < HPAGE_PMD_NR - 1:
+                zeros = HPAGE_PMD_NR - self.block_written[block]
+                if zeros > max_ptes_none:
+                    self.vmstat[THP_UNDERUSED_SPLIT_PAGE] += 1
+                    self.split_folio(block, zero_remap)
+                    continue
+            self.block_flags[block] = f & ~PG_DEFERRED
+        if self.huge_zero_pfn >= 0 and self.huge_zero_users == 0:
+            self.free_pmd_folio(self.huge_zero_pfn)
+            self.huge_zero_pfn = -1
+
+    def register_mm(self, MMCore mm):
+        mm.mm_id = self.next_mm_id
+        self.next_mm_id += 1
+        self.mms.append(mm)
+
+    def unregister_mm(self, MMCore mm):
+        """The process exited: off the rmap and khugepaged's list (khugepaged_exit)."""
+        if mm in self.mms:
+            self.mms.remove(mm)
+        mm.khugepaged_seq = 0
 
     # ---- views for Python --------------------------------------------------------------------
 
@@ -365,7 +537,7 @@ cdef class MMCore:
 
     def __cinit__(self, Machine machine, *, bint thp_always, bint thp_madvise, bint use_zero_page,
                   bint zero_page, bint huge_zero_write_thp, bint pt_reclaim, bint arm64,
-                  bint atomic_write_fault):
+                  bint atomic_write_fault, bint reuse_large_folios=True):
         cdef int level
         self.machine = machine
         self.thp_always = thp_always
@@ -376,6 +548,7 @@ cdef class MMCore:
         self.pt_reclaim = pt_reclaim
         self.arm64 = arm64
         self.atomic_write_fault = atomic_write_fault
+        self.reuse_large_folios = reuse_large_folios
         self._pools = [None] * NR_LEVELS
         self._pool_free = [None] * NR_LEVELS
         for level in range(NR_LEVELS):
@@ -392,6 +565,8 @@ cdef class MMCore:
         self.tlb_flush()
         self.tlb_mask = 0
         self.tlb_perm = 0
+        self.last_leaf = NULL
+        machine.register_mm(self)
 
     # ---- table pools ------------------------------------------------------------------------
 
@@ -516,6 +691,7 @@ cdef class MMCore:
         cdef uint64_t *pmdp
         cdef uint64_t *leaf
         cdef uint64_t e, bits, span_mask = ~(PAGE_SIZE - 1)
+        self.last_leaf_pmd = False
         if (addr & PMD_MASK) == self.pt_tag:
             leaf = self.pt_base + pte_index(addr)
         else:
@@ -526,11 +702,13 @@ cdef class MMCore:
             if e & _PAGE_PSE:
                 leaf = pmdp
                 span_mask = PMD_MASK
+                self.last_leaf_pmd = True
             else:
                 self.pt_base = self.pool[LVL_PTE] + entry_index(e) * PTRS_PER_TABLE
                 self.pt_tag = addr & PMD_MASK
                 leaf = self.pt_base + pte_index(addr)
         e = leaf[0]
+        self.last_leaf = leaf
         if (e & need) == need:
             bits = _PAGE_ACCESSED | (_PAGE_DIRTY if need & _PAGE_RW else 0)
             if (e & bits) != bits:
@@ -546,16 +724,18 @@ cdef class MMCore:
     cdef int _grow_vmas(self, int64_t new_cap) except -1:
         arrays = []
         for old, dtype in ((self._vm_start, np.uint64), (self._vm_end, np.uint64),
-                           (self._vm_flags, np.uint32), (self._vm_anon, np.int32)):
+                           (self._vm_flags, np.uint32), (self._vm_anon, np.int32),
+                           (self._vm_pgoff, np.uint64)):
             new = np.zeros(new_cap, dtype)
             if old is not None:
                 new[:self.nr_vmas] = old[:self.nr_vmas]
             arrays.append(new)
-        self._vm_start, self._vm_end, self._vm_flags, self._vm_anon = arrays
+        self._vm_start, self._vm_end, self._vm_flags, self._vm_anon, self._vm_pgoff = arrays
         self.vm_start = <uint64_t *>cnp.PyArray_DATA(self._vm_start)
         self.vm_end = <uint64_t *>cnp.PyArray_DATA(self._vm_end)
         self.vm_flags = <uint32_t *>cnp.PyArray_DATA(self._vm_flags)
         self.vm_anon_vma = <int32_t *>cnp.PyArray_DATA(self._vm_anon)
+        self.vm_pgoff = <uint64_t *>cnp.PyArray_DATA(self._vm_pgoff)
         self.vma_cap = new_cap
         return 0
 
@@ -608,9 +788,23 @@ cdef class MMCore:
         self.thp_disable = mode
 
     cdef bint anon_vma_compatible(self, int64_t a, int64_t b) noexcept nogil:
-        # mm/vma.c: anon_vma_compatible; pgoff always continues for mappings never moved
+        # mm/vma.c: anon_vma_compatible
         return (self.vm_end[a] == self.vm_start[b]
-                and ((self.vm_flags[a] ^ self.vm_flags[b]) & ~(<uint32_t>VM_ACCESS_FLAGS)) == 0)
+                and ((self.vm_flags[a] ^ self.vm_flags[b]) & ~(<uint32_t>VM_ACCESS_FLAGS)) == 0
+                and self.vm_pgoff[b] == self.vm_pgoff[a] + ((self.vm_end[a] - self.vm_start[a]) >> PAGE_SHIFT))
+
+    cdef void khugepaged_enter(self) noexcept nogil:
+        """__khugepaged_enter: put the mm on khugepaged's list (R18), once."""
+        if not self.khugepaged_seq:
+            self.khugepaged_seq = self.machine.next_khugepaged_seq
+            self.machine.next_khugepaged_seq += 1
+
+    def khugepaged_register(self):
+        self.khugepaged_enter()
+
+    cdef int64_t folio_index_at(self, int64_t vma, uint64_t addr) noexcept nogil:
+        """linear_page_index: the page offset the anon rmap finds addr's page at."""
+        return <int64_t>(self.vm_pgoff[vma] + ((addr - self.vm_start[vma]) >> PAGE_SHIFT))
 
     cdef void anon_vma_prepare(self, int64_t vma) noexcept nogil:
         """mm/rmap.c: __anon_vma_prepare, reusing a neighbour's anon_vma where the kernel would
@@ -636,7 +830,12 @@ cdef class MMCore:
         self.count_vm(NR_ANON_MAPPED, 1)
 
     cdef void remove_anon_pte(self, int64_t pfn) noexcept nogil:
-        """Drop one PTE mapping of an order-0 anonymous page (folio_remove_rmap_pte + put)."""
+        """Drop one PTE mapping of an anonymous page (folio_remove_rmap_pte + folio_put). A
+        large folio that keeps other mappings but has a subpage mapped nowhere now is
+        partially mapped (R50)."""
+        if self.machine.in_pmd_folio(pfn):
+            self.remove_anon_ptes(pfn, 1)
+            return
         self.machine.mapcount[pfn] = self.machine.mapcount[pfn] - 1
         self.machine.refcount[pfn] = self.machine.refcount[pfn] - 1
         self.rss_anon -= 1
@@ -645,8 +844,86 @@ cdef class MMCore:
         if self.machine.refcount[pfn] == 0:
             self.machine.free_page(pfn)
 
-    cdef void map_anon_folio_pmd(self, int64_t vma, uint64_t *pmdp, int64_t pfn) noexcept nogil:
-        """mm/huge_memory.c: map_anon_folio_pmd for a THP just allocated for a fault (R38)."""
+    cdef void remove_anon_ptes(self, int64_t pfn, int64_t nr) noexcept nogil:
+        """folio_remove_rmap_ptes: drop nr PTE mappings of consecutive pages of one large
+        folio at once; the folio is partially mapped if some of them are mapped nowhere now
+        while it keeps other mappings (R50)."""
+        cdef int64_t block = pfn >> HPAGE_PMD_ORDER, k
+        cdef bint unmapped = False
+        for k in range(pfn, pfn + nr):
+            self.machine.mapcount[k] = self.machine.mapcount[k] - 1
+            if self.machine.mapcount[k] == 0 and self.machine.entire_mapcount[block] == 0:
+                self.count_vm(NR_ANON_MAPPED, -1)
+                unmapped = True
+        self.machine.block_refcount[block] = self.machine.block_refcount[block] - nr
+        self.machine.folio_mm_sub(block, self.mm_id, <int32_t>nr)
+        self.rss_anon -= nr
+        if self.machine.block_refcount[block] == 0:
+            self.machine.free_large_folio(block)
+        elif unmapped:
+            self.machine.deferred_split_folio(block, True)
+
+    cdef void page_dup_pte(self, int64_t pfn) noexcept nogil:
+        """One more PTE mapping of a mapped page, in this process (fork's copy): shared now."""
+        cdef int64_t block = pfn >> HPAGE_PMD_ORDER
+        self.machine.mapcount[pfn] = self.machine.mapcount[pfn] + 1
+        self.machine.flags[pfn] = self.machine.flags[pfn] & (~PG_ANON_EXCLUSIVE)
+        if self.machine.in_pmd_folio(pfn):
+            self.machine.block_refcount[block] = self.machine.block_refcount[block] + 1
+            self.machine.folio_mm_add(block, self.mm_id, 1)
+        else:
+            self.machine.refcount[pfn] = self.machine.refcount[pfn] + 1
+        self.rss_anon += 1
+
+    cdef void zap_pmd_mapping(self, int64_t block) noexcept nogil:
+        """Drop this process's PMD mapping of a THP (zap_huge_pmd's rmap side)."""
+        cdef int64_t head = block * HPAGE_PMD_NR, unmapped = 0
+        cdef int i
+        self.machine.entire_mapcount[block] = self.machine.entire_mapcount[block] - 1
+        self.machine.block_refcount[block] = self.machine.block_refcount[block] - 1
+        self.machine.folio_mm_sub(block, self.mm_id, 1)
+        self.rss_anon -= HPAGE_PMD_NR
+        if self.machine.entire_mapcount[block] == 0:
+            self.count_vm(NR_ANON_THPS, -1)
+            if self.machine.block_refcount[block] == 0:
+                unmapped = HPAGE_PMD_NR
+            else:
+                for i in range(HPAGE_PMD_NR):
+                    if self.machine.mapcount[head + i] == 0:
+                        unmapped += 1
+            self.count_vm(NR_ANON_MAPPED, -unmapped)
+            if 0 < unmapped and self.machine.block_refcount[block] > 0:
+                self.machine.deferred_split_folio(block, True)
+        if self.machine.block_refcount[block] == 0:
+            self.machine.free_large_folio(block)
+
+    cdef void mark_written(self, uint64_t addr) noexcept nogil:
+        """The store of an access completed on the leaf of the last walk: mark the page's
+        contents written, and let the TLB cache write permission from now on (a PMD whose
+        subpages are not all written is cached for write 4K at a time)."""
+        cdef uint64_t *leaf = self.last_leaf
+        cdef uint64_t e = leaf[0]
+        cdef int64_t pfn = <int64_t>entry_index(e)
+        if e & _PAGE_WRITTEN:          # recorded already (for a PMD: every subpage)
+            return
+        if self.last_leaf_pmd:
+            pfn += pte_index(addr)
+            self.machine.folio_mark_written(pfn)
+            if self.machine.block_flags[pfn >> HPAGE_PMD_ORDER] & PG_WRITTEN:
+                leaf[0] = e | _PAGE_WRITTEN
+                self.tlb_perm = tlb_perm_of(leaf[0])
+            else:
+                self.tlb_tag = addr & ~(PAGE_SIZE - 1)
+                self.tlb_mask = ~(PAGE_SIZE - 1)
+                self.tlb_perm = NEED_WRITE
+        else:
+            self.machine.folio_mark_written(pfn)
+            leaf[0] = e | _PAGE_WRITTEN
+            self.tlb_perm = tlb_perm_of(leaf[0])
+
+    cdef void map_anon_folio_pmd(self, int64_t vma, uint64_t haddr, uint64_t *pmdp, int64_t pfn) noexcept nogil:
+        """mm/huge_memory.c: map_anon_folio_pmd for a THP just allocated for a fault (R38);
+        it goes on the deferred-split queue uncounted (R55)."""
         cdef uint64_t e = (<uint64_t>pfn << PAGE_SHIFT) | _PAGE_PRESENT | _PAGE_USER | _PAGE_PSE \
             | _PAGE_ACCESSED | _PAGE_DIRTY
         if self.vm_flags[vma] & VM_WRITE:
@@ -654,9 +931,11 @@ cdef class MMCore:
         cdef int64_t block = pfn >> HPAGE_PMD_ORDER
         # A PMD-order folio is described per block (as the kernel keeps it in the folio, not
         # in 512 struct pages), so a THP fault touches no per-frame metadata.
-        self.machine.block_flags[block] = PG_ANON | PG_HEAD | PG_ANON_EXCLUSIVE
+        self.machine.block_flags[block] = PG_ANON | PG_HEAD | PG_ANON_EXCLUSIVE | PG_DEFERRED
         self.machine.block_refcount[block] = 1
         self.machine.entire_mapcount[block] = 1
+        self.machine.block_index[block] = self.folio_index_at(vma, haddr)
+        self.machine.folio_mm_add(block, self.mm_id, 1)
         pmdp[0] = e
         self.rss_anon += HPAGE_PMD_NR
         self.count_vm(NR_ANON_MAPPED, HPAGE_PMD_NR)
@@ -720,6 +999,7 @@ cdef class MMCore:
         if haddr < self.vm_start[vma] or haddr + PMD_SIZE > self.vm_end[vma]:
             return VM_FAULT_FALLBACK       # thp_vma_suitable_order (R21)
         self.anon_vma_prepare(vma)         # R17: even for the huge zeropage
+        self.khugepaged_enter_vma(vma)     # R18
         if not write and self.zero_page and self.use_zero_page:
             pfn = self.machine.get_huge_zero_folio()
             if pfn < 0:
@@ -736,7 +1016,7 @@ cdef class MMCore:
         if pfn < 0:
             return VM_FAULT_FALLBACK
         self.deposit(1)
-        self.map_anon_folio_pmd(vma, pmdp, pfn)
+        self.map_anon_folio_pmd(vma, haddr, pmdp, pfn)
         return VM_FAULT_OK
 
     cdef int do_huge_pmd_wp_page(self, int64_t vma, uint64_t addr, uint64_t *pmdp) noexcept nogil:
@@ -756,7 +1036,9 @@ cdef class MMCore:
             self.machine.block_flags[block] = self.machine.block_flags[block] | PG_ANON_EXCLUSIVE  # reuse (R44)
             pmdp[0] = e | _PAGE_RW | _PAGE_DIRTY | _PAGE_ACCESSED
             return VM_FAULT_OK
-        return VM_FAULT_NOTIMPL    # COW of a shared THP splits the PMD: issue 4
+        # shared: split this process's PMD, then copy the one 4K page at PTE level (R44)
+        ret = self.split_huge_pmd(pmdp)
+        return ret if ret else VM_FAULT_FALLBACK
 
     cdef int do_huge_zero_wp_pmd(self, int64_t vma, uint64_t addr, uint64_t *pmdp) noexcept nogil:
         """6.13+: replace the huge zeropage by a new THP, keeping the deposit; no eligibility
@@ -764,7 +1046,7 @@ cdef class MMCore:
         cdef int64_t pfn = self.alloc_anon_folio_pmd()
         if pfn < 0:
             return VM_FAULT_FALLBACK
-        self.map_anon_folio_pmd(vma, pmdp, pfn)
+        self.map_anon_folio_pmd(vma, addr & PMD_MASK, pmdp, pfn)
         return VM_FAULT_OK
 
     cdef int split_huge_zero_pmd(self, uint64_t *pmdp) noexcept nogil:
@@ -784,6 +1066,60 @@ cdef class MMCore:
         self.count_vm(THP_SPLIT_PMD, 1)
         self.tlb_flush()
         return VM_FAULT_OK
+
+    cdef int split_huge_pmd(self, uint64_t *pmdp) noexcept nogil:
+        """__split_huge_pmd_locked for this process's PMD mapping of a THP or the huge zeropage:
+        the deposit becomes the live table of 512 PTEs with the PMD's bits (R47, R48)."""
+        cdef uint64_t e = pmdp[0]
+        cdef int64_t pfn = <int64_t>entry_index(e), block = pfn >> HPAGE_PMD_ORDER
+        cdef uint64_t bits = e & (_PAGE_PRESENT | _PAGE_RW | _PAGE_USER | _PAGE_ACCESSED
+                                  | _PAGE_DIRTY | _PAGE_WRITTEN)
+        cdef bint exclusive = (self.machine.block_flags[block] & PG_ANON_EXCLUSIVE) != 0
+        cdef int32_t index
+        cdef uint64_t *pte
+        cdef int i
+        if pfn == self.machine.huge_zero_pfn:
+            return self.split_huge_zero_pmd(pmdp)
+        index = self.pool_alloc(LVL_PTE)
+        if index < 0:
+            return VM_FAULT_HOSTMEM
+        self.deposit(-1)
+        pte = self.pool[LVL_PTE] + <int64_t>index * PTRS_PER_TABLE
+        for i in range(PTRS_PER_TABLE):
+            pte[i] = (<uint64_t>(pfn + i) << PAGE_SHIFT) | bits
+            self.machine.mapcount[pfn + i] = self.machine.mapcount[pfn + i] + 1
+            if exclusive:
+                self.machine.flags[pfn + i] = self.machine.flags[pfn + i] | PG_ANON_EXCLUSIVE
+        pmdp[0] = mk_table_entry(index)
+        self.machine.entire_mapcount[block] = self.machine.entire_mapcount[block] - 1
+        self.machine.block_refcount[block] = self.machine.block_refcount[block] + (HPAGE_PMD_NR - 1)
+        self.machine.folio_mm_add(block, self.mm_id, HPAGE_PMD_NR - 1)
+        if self.machine.entire_mapcount[block] == 0:
+            self.count_vm(NR_ANON_THPS, -1)
+            self.machine.block_flags[block] = self.machine.block_flags[block] & (~PG_ANON_EXCLUSIVE)
+        self.count_vm(THP_SPLIT_PMD, 1)
+        self.tlb_flush()
+        return VM_FAULT_OK
+
+    cdef int split_pmd_at(self, uint64_t addr) noexcept nogil:
+        """Split a PMD mapping that covers addr without starting there (a cut at addr)."""
+        cdef uint64_t *pmdp
+        if addr & ~PMD_MASK == 0 or addr >= USER_TOP:
+            return 0
+        pmdp = self.pmd_entry(addr)
+        if pmdp != NULL and pmdp[0] & _PAGE_PSE:
+            return self.split_huge_pmd(pmdp)
+        return 0
+
+    cdef uint64_t *pte_alloc(self, uint64_t *pmdp) noexcept nogil:
+        """The PTE table under a PMD entry, allocated if the entry is none (NULL: host OOM)."""
+        cdef int32_t index
+        if not pmdp[0]:
+            index = self.pool_alloc(LVL_PTE)
+            if index < 0:
+                return NULL
+            pmdp[0] = mk_table_entry(index)
+        return self.pool[LVL_PTE] + entry_index(pmdp[0]) * PTRS_PER_TABLE
 
     cdef int handle_pte_fault(self, int64_t vma, uint64_t addr, uint64_t *pmdp, bint write) noexcept nogil:
         cdef uint64_t *ptep
@@ -829,13 +1165,20 @@ cdef class MMCore:
         """A write to a read-only PTE: copy the zeropage, reuse an exclusive page (R39, R40)."""
         cdef uint64_t pte = ptep[0]
         cdef int64_t pfn = <int64_t>entry_index(pte)
+        cdef int64_t block = pfn >> HPAGE_PMD_ORDER
         if pte & _PAGE_SPECIAL:
             return self.wp_page_copy(vma, ptep, -1)
         if self.machine.in_pmd_folio(pfn):
-            if self.machine.flags[pfn] & PG_ANON_EXCLUSIVE:
+            # R40: exclusive, or (6.15+) a large folio all of whose mappings are this
+            # process's (__wp_can_reuse_large_anon_folio; a folio mapped once is copied to
+            # free it); else a 4K copy
+            if (self.machine.flags[pfn] & PG_ANON_EXCLUSIVE) or (
+                    self.reuse_large_folios and self.machine.block_refcount[block] > 1
+                    and not self.machine.folio_maybe_mapped_shared(block)):
+                self.machine.flags[pfn] = self.machine.flags[pfn] | PG_ANON_EXCLUSIVE
                 ptep[0] = pte | _PAGE_RW | _PAGE_DIRTY | _PAGE_ACCESSED
                 return VM_FAULT_OK
-            return VM_FAULT_NOTIMPL     # large folios in PTEs arrive with issues 4 and 5
+            return self.wp_page_copy(vma, ptep, pfn)
         if (self.machine.flags[pfn] & PG_ANON_EXCLUSIVE) or self.machine.refcount[pfn] == 1:
             self.machine.flags[pfn] = self.machine.flags[pfn] | PG_ANON_EXCLUSIVE   # wp_page_reuse
             ptep[0] = pte | _PAGE_RW | _PAGE_DIRTY | _PAGE_ACCESSED
@@ -853,6 +1196,8 @@ cdef class MMCore:
         ptep[0] = (<uint64_t>pfn << PAGE_SHIFT) | _PAGE_PRESENT | _PAGE_USER | _PAGE_RW \
             | _PAGE_ACCESSED | _PAGE_DIRTY
         if old_pfn >= 0:
+            # the copy holds what the old page held
+            self.machine.flags[pfn] = self.machine.flags[pfn] | (self.machine.flags[old_pfn] & PG_WRITTEN)
             self.remove_anon_pte(old_pfn)
         return VM_FAULT_OK
 
@@ -873,6 +1218,8 @@ cdef class MMCore:
         while True:
             e = self.walk(addr, need)
             if (e & need) == need:
+                if op != OP_READ:
+                    self.mark_written(addr)
                 return VM_FAULT_OK
             if faults[0] >= 3:
                 return VM_FAULT_NOTIMPL     # cannot happen: a fault always makes progress
@@ -1038,38 +1385,41 @@ cdef class MMCore:
 
     cdef void zap_huge_pmd(self, uint64_t *pmdp) noexcept nogil:
         cdef int64_t pfn = <int64_t>entry_index(pmdp[0])
-        cdef int64_t block = pfn >> HPAGE_PMD_ORDER
         pmdp[0] = 0
         self.deposit(-1)
-        if pfn == self.machine.huge_zero_pfn:
-            return
-        self.machine.entire_mapcount[block] = self.machine.entire_mapcount[block] - 1
-        self.machine.block_refcount[block] = self.machine.block_refcount[block] - 1
-        self.rss_anon -= HPAGE_PMD_NR
-        if self.machine.entire_mapcount[block] == 0:
-            self.count_vm(NR_ANON_MAPPED, -HPAGE_PMD_NR)
-            self.count_vm(NR_ANON_THPS, -1)
-        if self.machine.block_refcount[block] == 0:
-            self.count_mthp(MTHP_NR_ANON, -1)
-            self.machine.free_pmd_folio(pfn)
+        if pfn != self.machine.huge_zero_pfn:
+            self.zap_pmd_mapping(pfn >> HPAGE_PMD_ORDER)
 
     cdef void zap_pte_range(self, uint64_t *pte, int64_t first, int64_t last) noexcept nogil:
-        """Clear PTEs first..last-1 of a table, dropping the pages they map."""
-        cdef int64_t i
+        """Clear PTEs first..last-1 of a table, dropping the pages they map; PTEs of one large
+        folio go in one batch (zap_present_ptes)."""
+        cdef int64_t i = first, nr, pfn, k
         cdef uint64_t e
-        for i in range(first, last):
+        while i < last:
             e = pte[i]
             if not e:
+                i += 1
                 continue
-            pte[i] = 0
-            if not (e & _PAGE_SPECIAL):
-                self.remove_anon_pte(<int64_t>entry_index(e))
+            if e & _PAGE_SPECIAL:
+                pte[i] = 0
+                i += 1
+                continue
+            pfn = <int64_t>entry_index(e)
+            nr = 1
+            if self.machine.in_pmd_folio(pfn):
+                nr = folio_pte_batch(pte, i, last, pfn)
+            for k in range(i, i + nr):
+                pte[k] = 0
+            if nr > 1 or self.machine.in_pmd_folio(pfn):
+                self.remove_anon_ptes(pfn, nr)
+            else:
+                self.remove_anon_pte(pfn)
+            i += nr
 
     cdef int _zap(self, uint64_t start, uint64_t end, bint reclaim) noexcept nogil:
-        """Unmap every page in [start, end). A PMD mapping wholly inside is zapped whole; the
-        huge zeropage partly inside is split first; a THP partly inside cannot be (issue 4).
-        With reclaim (MADV_DONTNEED, R13) a PTE table wholly inside and empty afterwards is
-        freed."""
+        """Unmap every page in [start, end). A PMD mapping wholly inside is zapped whole; one
+        partly inside is split first (R57). With reclaim (MADV_DONTNEED, R13) a PTE table
+        wholly inside and empty afterwards is freed."""
         cdef uint64_t addr = start, next_addr, haddr
         cdef uint64_t *pmdp
         cdef uint64_t e
@@ -1091,9 +1441,7 @@ cdef class MMCore:
                     self.zap_huge_pmd(pmdp)
                     addr = next_addr
                     continue
-                if <int64_t>entry_index(e) != self.machine.huge_zero_pfn:
-                    return VM_FAULT_NOTIMPL
-                ret = self.split_huge_zero_pmd(pmdp)
+                ret = self.split_huge_pmd(pmdp)
                 if ret:
                     return ret
             pte = self.pte_entry(pmdp[0], 0)
@@ -1112,15 +1460,11 @@ cdef class MMCore:
             ret = self._zap(start, end, reclaim and self.pt_reclaim)
         return ret
 
-    def thp_straddles(self, uint64_t addr):
-        """True if a PMD-mapped THP covers addr but does not start there: cutting at addr would
-        need a THP PMD split (issue 4)."""
-        cdef uint64_t *pmdp
-        if addr & ~PMD_MASK == 0 or addr >= USER_TOP:
-            return False
-        pmdp = self.pmd_entry(addr)
-        return (pmdp != NULL and (pmdp[0] & _PAGE_PSE) != 0
-                and <int64_t>entry_index(pmdp[0]) != self.machine.huge_zero_pfn)
+    def split_pmd(self, uint64_t addr):
+        """Split the PMD mapping covering addr, if one covers it without starting there (the
+        cut of a munmap, mprotect, madvise or mremap at addr, R16)."""
+        check_range(addr & ~(PAGE_SIZE - 1), addr & ~(PAGE_SIZE - 1))
+        return self.split_pmd_at(addr)
 
     # ---- freeing page tables (mm/memory.c: free_pgtables, free_pgd_range) ----------------------
 
@@ -1226,6 +1570,10 @@ cdef class MMCore:
         return (self._vm_start[:n].copy(), self._vm_end[:n].copy(), self._vm_flags[:n].copy(),
                 self._vm_anon[:n].copy())
 
+    def vma_pgoffs(self):
+        """A copy of the VMAs' vm_pgoff."""
+        return self._vm_pgoff[:self.nr_vmas].copy()
+
     def vma_index(self, uint64_t addr):
         """Index of the VMA containing addr, or -1."""
         return self.find_vma(addr)
@@ -1234,7 +1582,8 @@ cdef class MMCore:
         """Index of the first VMA that ends above addr (nr_vmas if none)."""
         return self.vma_lower_bound(addr)
 
-    def vma_insert(self, uint64_t start, uint64_t end, uint32_t flags, int32_t anon_vma=0):
+    def vma_insert(self, uint64_t start, uint64_t end, uint32_t flags, int32_t anon_vma=0, pgoff=None):
+        """A new VMA; its vm_pgoff is start's page number unless given (a moved or split VMA)."""
         cdef int64_t i = self.vma_lower_bound(start)
         check_range(start, end)
         if start == end:
@@ -1244,12 +1593,13 @@ cdef class MMCore:
         if self.nr_vmas == self.vma_cap:
             self._grow_vmas(self.vma_cap * 2)
         n = self.nr_vmas
-        for arr in (self._vm_start, self._vm_end, self._vm_flags, self._vm_anon):
+        for arr in (self._vm_start, self._vm_end, self._vm_flags, self._vm_anon, self._vm_pgoff):
             arr[i + 1:n + 1] = arr[i:n]
         self.vm_start[i] = start
         self.vm_end[i] = end
         self.vm_flags[i] = flags
         self.vm_anon_vma[i] = anon_vma
+        self.vm_pgoff[i] = (start >> PAGE_SHIFT) if pgoff is None else <uint64_t>pgoff
         self.nr_vmas += 1
         self.vma_cache = -1
         return i
@@ -1259,7 +1609,7 @@ cdef class MMCore:
         n = self.nr_vmas
         if not 0 <= first <= last <= n:
             raise IndexError("vma_delete")
-        for arr in (self._vm_start, self._vm_end, self._vm_flags, self._vm_anon):
+        for arr in (self._vm_start, self._vm_end, self._vm_flags, self._vm_anon, self._vm_pgoff):
             arr[first:n - (last - first)] = arr[last:n]
         self.nr_vmas -= last - first
         self.vma_cache = -1
@@ -1275,17 +1625,23 @@ cdef class MMCore:
         if i < 0 or self.vm_start[i] == addr:
             return False
         if addr & ~PMD_MASK and haddr >= self.vm_start[i] and haddr + PMD_SIZE <= self.vm_end[i]:
-            pmdp = self.pmd_entry(addr)
-            if pmdp != NULL and (pmdp[0] & _PAGE_PSE):
-                if self.thp_straddles(addr):
-                    raise NotImplementedError("splitting the PMD of a THP arrives with issue 4")
-                if self.split_huge_zero_pmd(pmdp):
-                    raise MemoryError("cannot grow the page-table pool")
+            if self.split_pmd_at(addr):
+                raise MemoryError("cannot grow the page-table pool")
         end, flags, anon = self.vm_end[i], self.vm_flags[i], self.vm_anon_vma[i]
+        pgoff = self.vm_pgoff[i] + ((addr - self.vm_start[i]) >> PAGE_SHIFT)
         self.vm_end[i] = addr
-        self.vma_insert(addr, end, flags, anon)
+        self.vma_insert(addr, end, flags, anon, pgoff)
         self.tlb_flush()
         return True
+
+    def vma_set_end(self, int64_t i, uint64_t end):
+        """Grow VMA i in place to end (vma_expand); the range must be free."""
+        if not 0 <= i < self.nr_vmas or end <= self.vm_start[i] or end > USER_TOP or end & (PAGE_SIZE - 1):
+            raise IndexError("vma_set_end")
+        if i + 1 < self.nr_vmas and self.vm_start[i + 1] < end:
+            raise ValueError("vma_set_end over a mapped range")
+        self.vm_end[i] = end
+        self.vma_cache = -1
 
     def vma_set_flags(self, int64_t i, uint32_t flags):
         if not 0 <= i < self.nr_vmas:
@@ -1300,7 +1656,8 @@ cdef class MMCore:
             return False
         a, b = self.vm_anon_vma[i], self.vm_anon_vma[i + 1]
         if (self.vm_end[i] != self.vm_start[i + 1] or self.vm_flags[i] != self.vm_flags[i + 1]
-                or (a and b and a != b)):
+                or (a and b and a != b)
+                or self.vm_pgoff[i + 1] != self.vm_pgoff[i] + ((self.vm_end[i] - self.vm_start[i]) >> PAGE_SHIFT)):
             return False
         self.vm_end[i] = self.vm_end[i + 1]
         self.vm_anon_vma[i] = a if a else b
@@ -1315,6 +1672,556 @@ cdef class MMCore:
 
     def set_closed(self):
         self.closed = True
+
+    # ---- khugepaged's eligibility (R18-R21) --------------------------------------------------
+
+    cdef bint khugepaged_allowed(self, int64_t vma) noexcept nogil:
+        """thp_vma_allowable_order(TVA_KHUGEPAGED, PMD_ORDER): the sysfs mode and vetoes, an
+        anon_vma (not needed by faults or smaps), and an aligned 2 MiB block inside the VMA."""
+        cdef uint64_t hstart = (self.vm_start[vma] + PMD_SIZE - 1) & PMD_MASK
+        return (self.thp_allowed(self.vm_flags[vma]) and self.vm_anon_vma[vma] != 0
+                and hstart + PMD_SIZE <= self.vm_end[vma])
+
+    cdef void khugepaged_enter_vma(self, int64_t vma) noexcept nogil:
+        if not self.khugepaged_seq and self.khugepaged_allowed(vma):
+            self.khugepaged_enter()
+
+    def khugepaged_enter_at(self, uint64_t addr):
+        """khugepaged_enter_vma for the VMA holding addr (MADV_HUGEPAGE, mmap)."""
+        cdef int64_t vma = self.find_vma(addr)
+        if vma >= 0:
+            self.khugepaged_enter_vma(vma)
+
+    # ---- fork (kernel/fork.c: dup_mmap; mm/memory.c: copy_page_range) --------------------------
+
+    def fork_into(self, MMCore child):
+        """Give child this process's VMAs (not MADV_DONTFORK ones; MADV_WIPEONFORK ones
+        empty), prctl mode and khugepaged registration, and copy the page tables of every
+        other VMA with an anon_vma (R74-R76). Returns 0 or VM_FAULT_HOSTMEM."""
+        cdef int64_t i, n
+        cdef int ret = 0
+        self._check_open()
+        if child.nr_vmas:
+            raise ValueError("fork_into: the child must be new")
+        n = self.nr_vmas
+        keep = (self._vm_flags[:n] & VM_DONTCOPY) == 0
+        n = int(keep.sum())
+        if child.vma_cap < n:
+            child._grow_vmas(max(16, self.vma_cap))
+        for src, dst in ((self._vm_start, child._vm_start), (self._vm_end, child._vm_end),
+                         (self._vm_flags, child._vm_flags), (self._vm_anon, child._vm_anon),
+                         (self._vm_pgoff, child._vm_pgoff)):
+            dst[:n] = src[:self.nr_vmas][keep]
+        wipe = (child._vm_flags[:n] & VM_WIPEONFORK) != 0
+        child._vm_anon[:n][wipe] = 0          # an empty VMA: no anon_vma, nothing copied
+        child.nr_vmas = n
+        child.vma_cache = -1
+        child.next_anon_vma = self.next_anon_vma
+        child.thp_disable = self.thp_disable
+        if self.khugepaged_seq:
+            child.khugepaged_enter()          # khugepaged_fork
+        self.tlb_flush()
+        with nogil:
+            for i in range(n):
+                if child.vm_anon_vma[i]:
+                    ret = self.copy_range(child, child.vm_start[i], child.vm_end[i])
+                    if ret:
+                        break
+        self.tlb_flush()
+        child.tlb_flush()
+        return ret
+
+    cdef int copy_range(self, MMCore child, uint64_t start, uint64_t end) noexcept nogil:
+        """copy_p4d_range..copy_pte_range: the child gets an upper table wherever the parent
+        has one over the range, a PTE table wherever the parent has one (even empty)."""
+        cdef uint64_t addr = start, next_addr, sg, su, e
+        cdef uint64_t *dpgdp
+        cdef uint64_t *dpudp
+        cdef uint64_t *spmdp
+        cdef uint64_t *dpmdp
+        cdef uint64_t *spte
+        cdef uint64_t *dpte
+        cdef int32_t index
+        cdef int64_t j
+        cdef int ret
+        while addr < end:
+            sg = self.pool[LVL_PGD][pgd_index(addr)]
+            if not sg:
+                addr = (addr & ~(PGDIR_SIZE - 1)) + PGDIR_SIZE
+                continue
+            dpgdp = child.pool[LVL_PGD] + pgd_index(addr)
+            if not dpgdp[0]:
+                index = child.pool_alloc(LVL_PUD)
+                if index < 0:
+                    return VM_FAULT_HOSTMEM
+                dpgdp[0] = mk_table_entry(index)
+            su = self.pool[LVL_PUD][entry_index(sg) * PTRS_PER_TABLE + pud_index(addr)]
+            if not su:
+                addr = (addr & ~(PUD_SIZE - 1)) + PUD_SIZE
+                continue
+            dpudp = child.pool[LVL_PUD] + entry_index(dpgdp[0]) * PTRS_PER_TABLE + pud_index(addr)
+            if not dpudp[0]:
+                index = child.pool_alloc(LVL_PMD)
+                if index < 0:
+                    return VM_FAULT_HOSTMEM
+                dpudp[0] = mk_table_entry(index)
+            next_addr = umin((addr & PMD_MASK) + PMD_SIZE, end)
+            spmdp = self.pool[LVL_PMD] + entry_index(su) * PTRS_PER_TABLE + pmd_index(addr)
+            if spmdp[0]:
+                dpmdp = child.pool[LVL_PMD] + entry_index(dpudp[0]) * PTRS_PER_TABLE + pmd_index(addr)
+                if spmdp[0] & _PAGE_PSE:
+                    ret = self.copy_huge_pmd(child, spmdp, dpmdp)
+                    if ret:
+                        return ret
+                else:
+                    dpte = child.pte_alloc(dpmdp)
+                    if dpte == NULL:
+                        return VM_FAULT_HOSTMEM
+                    spte = self.pte_entry(spmdp[0], 0)
+                    for j in range(pte_index(addr), pte_index(next_addr - 1) + 1):
+                        e = spte[j]
+                        if not e:
+                            continue
+                        if not (e & _PAGE_SPECIAL):     # copy_present_ptes: share, write-protect
+                            child.page_dup_pte(<int64_t>entry_index(e))
+                            e &= ~(<uint64_t>_PAGE_RW)
+                            spte[j] = e
+                        dpte[j] = e & ~(<uint64_t>_PAGE_ACCESSED)   # the child's copy is old
+            addr = next_addr
+        return 0
+
+    cdef int copy_huge_pmd(self, MMCore child, uint64_t *src, uint64_t *dst) noexcept nogil:
+        cdef uint64_t e = src[0]
+        cdef int64_t pfn = <int64_t>entry_index(e), block = pfn >> HPAGE_PMD_ORDER
+        child.deposit(1)
+        if pfn == self.machine.huge_zero_pfn:
+            if not child.holds_huge_zero:
+                child.holds_huge_zero = True
+                self.machine.huge_zero_users += 1
+            dst[0] = e
+            return 0
+        self.machine.entire_mapcount[block] = self.machine.entire_mapcount[block] + 1
+        self.machine.block_refcount[block] = self.machine.block_refcount[block] + 1
+        self.machine.folio_mm_add(block, child.mm_id, 1)
+        self.machine.block_flags[block] = self.machine.block_flags[block] & (~PG_ANON_EXCLUSIVE)
+        child.rss_anon += HPAGE_PMD_NR
+        e &= ~(<uint64_t>_PAGE_RW)
+        src[0] = e
+        dst[0] = e & ~(<uint64_t>_PAGE_ACCESSED)
+        return 0
+
+    # ---- the rmap walk of a folio split (mm/rmap.c: try_to_migrate, remove_migration_ptes) ------
+
+    cdef bint rmap_vma_range(self, int64_t vma, int64_t block, uint64_t *lo, uint64_t *hi) noexcept nogil:
+        """[lo, hi): where the folio's pages would sit in the VMA (vma_address), if anywhere."""
+        cdef int64_t idx = self.machine.block_index[block]
+        cdef int64_t first = <int64_t>self.vm_pgoff[vma]
+        cdef int64_t npages = <int64_t>((self.vm_end[vma] - self.vm_start[vma]) >> PAGE_SHIFT)
+        cdef int64_t a = idx if idx > first else first
+        cdef int64_t b = idx + HPAGE_PMD_NR
+        if not self.vm_anon_vma[vma]:
+            return False
+        if b > first + npages:
+            b = first + npages
+        if a >= b:
+            return False
+        lo[0] = self.vm_start[vma] + (<uint64_t>(a - first) << PAGE_SHIFT)
+        hi[0] = self.vm_start[vma] + (<uint64_t>(b - first) << PAGE_SHIFT)
+        return True
+
+    def rmap_split_pmds(self, int64_t block):
+        """Split every PMD mapping of the folio in this process."""
+        cdef int64_t vma
+        cdef uint64_t lo, hi, addr
+        cdef uint64_t *pmdp
+        cdef int64_t head = block * HPAGE_PMD_NR
+        for vma in range(self.nr_vmas):
+            if not self.rmap_vma_range(vma, block, &lo, &hi):
+                continue
+            addr = lo & PMD_MASK
+            while addr < hi:
+                pmdp = self.pmd_entry(addr)
+                if pmdp != NULL and (pmdp[0] & _PAGE_PSE) and <int64_t>entry_index(pmdp[0]) == head:
+                    if self.split_huge_pmd(pmdp):
+                        raise MemoryError("cannot grow the page-table pool")
+                addr += PMD_SIZE
+
+    def rmap_remap_zero(self, int64_t block):
+        """try_to_map_unused_to_zeropage: each PTE of this process mapping an unwritten subpage
+        of the folio becomes a zeropage PTE (R52)."""
+        cdef int64_t vma, pfn, head = block * HPAGE_PMD_NR
+        cdef uint64_t lo, hi, addr, e
+        cdef uint64_t *pmdp
+        cdef uint64_t *ptep
+        for vma in range(self.nr_vmas):
+            if not self.rmap_vma_range(vma, block, &lo, &hi):
+                continue
+            addr = lo
+            while addr < hi:
+                pmdp = self.pmd_entry(addr)
+                if pmdp != NULL and pmdp[0] and not (pmdp[0] & _PAGE_PSE):
+                    ptep = self.pte_entry(pmdp[0], addr)
+                    e = ptep[0]
+                    pfn = <int64_t>entry_index(e)
+                    if (e and not (e & _PAGE_SPECIAL) and head <= pfn < head + HPAGE_PMD_NR
+                            and not (self.machine.flags[pfn] & PG_WRITTEN)):
+                        ptep[0] = (ZERO_PTE & ~(<uint64_t>_PAGE_USER)) | (e & _PAGE_USER)
+                        self.machine.mapcount[pfn] = self.machine.mapcount[pfn] - 1
+                        self.rss_anon -= 1
+                        if self.machine.mapcount[pfn] == 0:
+                            self.count_vm(NR_ANON_MAPPED, -1)
+                addr += PAGE_SIZE
+        self.tlb_flush()
+
+    # ---- MADV_FREE, MADV_COLD, MADV_PAGEOUT (mm/madvise.c) ---------------------------------------
+
+    def madvise_free(self, uint64_t start, uint64_t end, bint zero_remap):
+        """madvise_free_pte_range / madvise_free_huge_pmd over [start, end) (R60)."""
+        self._madvise_lazy(start, end, 0, zero_remap)
+
+    def madvise_cold(self, uint64_t start, uint64_t end, bint pageout, bint zero_remap):
+        """madvise_cold_or_pageout_pte_range over [start, end) (R61)."""
+        self._madvise_lazy(start, end, 2 if pageout else 1, zero_remap)
+
+    def _madvise_lazy(self, uint64_t start, uint64_t end, int mode, bint zero_remap):
+        """mode 0: free, 1: cold, 2: pageout. A large folio partly covered and not mapped
+        shared is split first (split_folio), whether PMD- or PTE-mapped."""
+        cdef uint64_t addr = start, next_addr, e
+        cdef uint64_t *pmdp
+        cdef int64_t pfn, block
+        check_range(start, end)
+        self.tlb_flush()
+        while addr < end:
+            next_addr = umin((addr & PMD_MASK) + PMD_SIZE, end)
+            pmdp = self.pmd_entry(addr)
+            if pmdp == NULL:
+                addr = umin(self.skip_hole(addr), end)
+                continue
+            e = pmdp[0]
+            if not e:
+                addr = next_addr
+                continue
+            if e & _PAGE_PSE:
+                pfn = <int64_t>entry_index(e)
+                block = pfn >> HPAGE_PMD_ORDER
+                if pfn == self.machine.huge_zero_pfn or self.machine.folio_maybe_mapped_shared(block):
+                    addr = next_addr
+                    continue
+                if next_addr - addr == PMD_SIZE:
+                    if mode == 0:
+                        pmdp[0] = e & ~(<uint64_t>(_PAGE_DIRTY | _PAGE_ACCESSED))
+                        self.machine.block_flags[block] = self.machine.block_flags[block] | PG_LAZYFREE
+                    elif mode == 1:
+                        pmdp[0] = e & ~(<uint64_t>_PAGE_ACCESSED)
+                    elif self.machine.block_flags[block] & PG_LAZYFREE:
+                        if e & _PAGE_DIRTY:
+                            # redirtied: keep it
+                            self.machine.block_flags[block] = self.machine.block_flags[block] & (~PG_LAZYFREE)
+                        else:
+                            self.zap_huge_pmd(pmdp)                  # discard the clean THP
+                    addr = next_addr
+                    continue
+                self.machine.split_folio(block, zero_remap and self.zero_page)
+                pmdp = self.pmd_entry(addr)
+            if mode == 0:
+                self.lazyfree_pte_range(pmdp, addr, next_addr, zero_remap)
+            else:
+                self.cold_pte_range(pmdp, addr, next_addr, mode == 2, zero_remap)
+            addr = next_addr
+        self.tlb_flush()
+
+    cdef void lazyfree_pte_range(self, uint64_t *pmdp, uint64_t addr, uint64_t next_addr,
+                                 bint zero_remap) except *:
+        cdef uint64_t *pte = self.pte_entry(pmdp[0], 0)
+        cdef int64_t i = pte_index(addr), last = pte_index(next_addr - 1) + 1, nr, k, pfn, block
+        cdef uint64_t e
+        while i < last:
+            e = pte[i]
+            if not e or (e & _PAGE_SPECIAL):
+                i += 1
+                continue
+            pfn = <int64_t>entry_index(e)
+            block = pfn >> HPAGE_PMD_ORDER
+            if self.machine.in_pmd_folio(pfn):
+                nr = folio_pte_batch(pte, i, last, pfn)
+                if nr < HPAGE_PMD_NR:
+                    if self.machine.folio_maybe_mapped_shared(block):
+                        i += nr
+                        continue
+                    self.machine.split_folio(block, zero_remap and self.zero_page)
+                    pte = self.pte_entry(pmdp[0], 0)
+                    continue                          # look at the same PTE again
+                for k in range(i, i + nr):
+                    pte[k] &= ~(<uint64_t>(_PAGE_DIRTY | _PAGE_ACCESSED))
+                self.machine.block_flags[block] = self.machine.block_flags[block] | PG_LAZYFREE
+                i += nr
+                continue
+            pte[i] = e & ~(<uint64_t>(_PAGE_DIRTY | _PAGE_ACCESSED))
+            self.machine.flags[pfn] = self.machine.flags[pfn] | PG_LAZYFREE
+            i += 1
+
+    cdef void cold_pte_range(self, uint64_t *pmdp, uint64_t addr, uint64_t next_addr, bint pageout,
+                             bint zero_remap) except *:
+        cdef uint64_t *pte = self.pte_entry(pmdp[0], 0)
+        cdef int64_t i = pte_index(addr), last = pte_index(next_addr - 1) + 1, nr, k, pfn, block
+        cdef uint64_t e
+        cdef int32_t mapcount
+        while i < last:
+            e = pte[i]
+            if not e or (e & _PAGE_SPECIAL):
+                i += 1
+                continue
+            pfn = <int64_t>entry_index(e)
+            block = pfn >> HPAGE_PMD_ORDER
+            nr = 1
+            if self.machine.in_pmd_folio(pfn):
+                nr = folio_pte_batch(pte, i, last, pfn)
+                if nr < HPAGE_PMD_NR:
+                    if self.machine.folio_maybe_mapped_shared(block):
+                        i += nr
+                        continue
+                    self.machine.split_folio(block, zero_remap and self.zero_page)
+                    pte = self.pte_entry(pmdp[0], 0)
+                    continue
+                mapcount = self.machine.block_refcount[block]
+            else:
+                mapcount = self.machine.mapcount[pfn]
+            if mapcount != nr:             # mapped elsewhere too: leave it alone
+                i += nr
+                continue
+            if not pageout:
+                for k in range(i, i + nr):
+                    pte[k] &= ~(<uint64_t>_PAGE_ACCESSED)
+            else:
+                self.reclaim_ptes(pte, i, nr, pfn)
+            i += nr
+
+    cdef void reclaim_ptes(self, uint64_t *pte, int64_t i, int64_t nr, int64_t pfn) noexcept nogil:
+        """shrink_folio_list without swap for a folio mapped only by these nr PTEs: a lazy-free
+        folio is discarded while every PTE is clean, made ordinary again if one is dirty;
+        any other anonymous folio stays."""
+        cdef bint large = self.machine.in_pmd_folio(pfn)
+        cdef uint8_t *flagp = &self.machine.block_flags[pfn >> HPAGE_PMD_ORDER] if large else &self.machine.flags[pfn]
+        cdef int64_t k
+        if not (flagp[0] & PG_LAZYFREE):
+            return
+        for k in range(i, i + nr):
+            if pte[k] & _PAGE_DIRTY:
+                flagp[0] &= ~PG_LAZYFREE
+                return
+        for k in range(i, i + nr):
+            pte[k] = 0
+        if large:
+            self.remove_anon_ptes(pfn, nr)
+        else:
+            self.remove_anon_pte(pfn)
+
+    # ---- MADV_COLLAPSE and khugepaged (mm/khugepaged.c) ------------------------------------------
+
+    cdef int scan_pmd(self, uint64_t *pte, int64_t max_none, int64_t max_shared) noexcept nogil:
+        """hpage_collapse_scan_pmd's checks for khugepaged (R69): 0 to collapse, else 1."""
+        cdef int64_t none_or_zero = 0, shared = 0, referenced = 0, pfn
+        cdef uint64_t e
+        cdef bint is_shared
+        cdef int i
+        for i in range(PTRS_PER_TABLE):
+            e = pte[i]
+            if not e or (e & _PAGE_SPECIAL):
+                none_or_zero += 1
+                if none_or_zero > max_none:
+                    self.count_vm(THP_SCAN_EXCEED_NONE_PTE, 1)
+                    return 1
+                continue
+            pfn = <int64_t>entry_index(e)
+            if self.machine.in_pmd_folio(pfn):
+                is_shared = self.machine.folio_maybe_mapped_shared(pfn >> HPAGE_PMD_ORDER)
+            else:
+                is_shared = self.machine.mapcount[pfn] > 1
+            if is_shared:
+                shared += 1
+                if shared > max_shared:
+                    self.count_vm(THP_SCAN_EXCEED_SHARE_PTE, 1)
+                    return 1
+            if e & _PAGE_ACCESSED:
+                referenced += 1
+        return 0 if referenced else 1        # SCAN_LACK_REFERENCED_PAGE
+
+    cdef int collapse_huge_page(self, int64_t vma, uint64_t haddr, uint64_t *pmdp, bint khugepaged) noexcept nogil:
+        """collapse_huge_page (R64, R70): a new THP holding a copy of the PTE table's pages
+        (none and zeropage entries read as zero); the old table becomes its deposit."""
+        cdef int64_t pfn = self.machine.alloc_pmd_folio(), block, old, nr, i, written = 0
+        cdef uint64_t *pte
+        cdef uint64_t e, entry
+        cdef uint32_t flags = self.vm_flags[vma]
+        if pfn < 0:
+            self.count_vm(THP_COLLAPSE_ALLOC_FAILED, 1)
+            return VM_FAULT_OOM
+        self.count_vm(THP_COLLAPSE_ALLOC, 1)
+        block = pfn >> HPAGE_PMD_ORDER
+        pte = self.pte_entry(pmdp[0], 0)
+        for i in range(PTRS_PER_TABLE):
+            e = pte[i]
+            if e and not (e & _PAGE_SPECIAL) and (self.machine.flags[entry_index(e)] & PG_WRITTEN):
+                self.machine.flags[pfn + i] = PG_WRITTEN
+                written += 1
+        i = 0
+        while i < PTRS_PER_TABLE:
+            e = pte[i]
+            if not e or (e & _PAGE_SPECIAL):
+                pte[i] = 0
+                i += 1
+                continue
+            old = <int64_t>entry_index(e)
+            if self.machine.in_pmd_folio(old):
+                nr = folio_pte_batch(pte, i, PTRS_PER_TABLE, old)
+                for k in range(i, i + nr):
+                    pte[k] = 0
+                self.remove_anon_ptes(old, nr)
+            else:
+                nr = 1
+                pte[i] = 0
+                self.remove_anon_pte(old)
+            i += nr
+        self.pool_release(LVL_PTE, <int64_t>entry_index(pmdp[0]))    # the table ...
+        self.deposit(1)                                               # ... is the deposit now
+        self.machine.block_flags[block] = PG_ANON | PG_HEAD | PG_ANON_EXCLUSIVE | (PG_WRITTEN if written == HPAGE_PMD_NR else 0)
+        self.machine.block_refcount[block] = 1
+        self.machine.entire_mapcount[block] = 1
+        self.machine.block_written[block] = <uint16_t>written
+        self.machine.block_index[block] = self.folio_index_at(vma, haddr)
+        self.machine.folio_mm_add(block, self.mm_id, 1)
+        entry = (<uint64_t>pfn << PAGE_SHIFT) | _PAGE_PRESENT | _PAGE_PSE | _PAGE_ACCESSED | _PAGE_DIRTY
+        if written == HPAGE_PMD_NR:
+            entry |= _PAGE_WRITTEN
+        if flags & VM_ACCESS_FLAGS:
+            entry |= _PAGE_USER
+            if flags & VM_WRITE:
+                entry |= _PAGE_RW
+        pmdp[0] = entry
+        self.rss_anon += HPAGE_PMD_NR
+        self.count_vm(NR_ANON_MAPPED, HPAGE_PMD_NR)
+        self.count_vm(NR_ANON_THPS, 1)
+        self.count_mthp(MTHP_NR_ANON, 1)
+        if khugepaged:
+            self.machine.pages_collapsed += 1
+        self.tlb_flush()
+        return 0
+
+    def madvise_collapse(self, uint64_t start, uint64_t end):
+        """MADV_COLLAPSE of the aligned 2 MiB blocks of [start, end), which lies in one VMA:
+        returns 0, or the errno name of the last block that failed (R64)."""
+        cdef int64_t vma
+        cdef uint64_t addr
+        cdef uint64_t *pmdp
+        cdef int ret
+        cdef bint ok = True
+        last_fail = None
+        check_range(start, end)
+        if start == end:
+            return 0
+        vma = self.find_vma(start)
+        if vma < 0 or end > self.vm_end[vma]:
+            raise ValueError("madvise_collapse: the range must lie in one VMA")
+        # thp_vma_allowable_order(TVA_FORCED_COLLAPSE): VM_NOHUGEPAGE, prctl, an anon_vma
+        if (self.vm_flags[vma] & VM_NOHUGEPAGE or self.thp_disable == THP_DISABLE_COMPLETELY
+                or not self.vm_anon_vma[vma]):
+            return "EINVAL"
+        addr = (start + PMD_SIZE - 1) & PMD_MASK
+        while addr + PMD_SIZE <= end:
+            pmdp = self.pmd_entry(addr)
+            if pmdp == NULL or not pmdp[0]:
+                last_fail = "EINVAL"             # SCAN_PMD_NULL
+            elif not (pmdp[0] & _PAGE_PSE):      # a PMD mapping already: nothing to do
+                ret = self.collapse_huge_page(vma, addr, pmdp, False)
+                if ret:
+                    last_fail = "ENOMEM"         # SCAN_ALLOC_HUGE_PAGE_FAIL
+            addr += PMD_SIZE
+        return 0 if last_fail is None else last_fail
+
+    def khugepaged_scan_vma(self, int64_t vma, uint64_t from_addr, int64_t budget, int64_t max_none,
+                            int64_t max_shared):
+        """Scan the VMA's aligned blocks from from_addr while budget lasts (khugepaged_scan_mm_slot).
+        Returns (progress, address to resume at or 0 when the VMA is done)."""
+        cdef uint64_t hstart, hend, addr
+        cdef uint64_t *pmdp
+        cdef int64_t progress = 0
+        if not self.khugepaged_allowed(vma):
+            return 1, 0
+        hstart = (self.vm_start[vma] + PMD_SIZE - 1) & PMD_MASK
+        hend = self.vm_end[vma] & PMD_MASK
+        addr = from_addr if from_addr > hstart else hstart
+        if addr > hend:
+            return 1, 0
+        while addr < hend:
+            pmdp = self.pmd_entry(addr)
+            if pmdp != NULL and pmdp[0] and not (pmdp[0] & _PAGE_PSE):
+                if not self.scan_pmd(self.pte_entry(pmdp[0], 0), max_none, max_shared):
+                    self.collapse_huge_page(vma, addr, pmdp, True)
+            addr += PMD_SIZE
+            progress += HPAGE_PMD_NR
+            if progress >= budget:
+                return progress, (addr if addr < hend else 0)
+        return progress, 0
+
+    # ---- mremap (mm/mremap.c: move_page_tables) ------------------------------------------------
+
+    def move_page_tables(self, uint64_t old_addr, uint64_t new_addr, uint64_t length):
+        """Move the entries of [old_addr, old_addr+length) to new_addr (R67): a PMD mapping or
+        a whole PTE table moves as one entry where the 2 MiB moves whole, else entries move one
+        by one into tables allocated at the destination. Returns 0 or VM_FAULT_HOSTMEM."""
+        cdef uint64_t done = 0, extent, next_old, next_new
+        cdef int ret = 0
+        check_range(old_addr, old_addr + length)
+        check_range(new_addr, new_addr + length)
+        self.tlb_flush()
+        with nogil:
+            while done < length:
+                next_old = ((old_addr + done) & PMD_MASK) + PMD_SIZE
+                next_new = ((new_addr + done) & PMD_MASK) + PMD_SIZE
+                extent = umin(umin(next_old - (old_addr + done), next_new - (new_addr + done)), length - done)
+                ret = self.move_pmd_range(old_addr + done, new_addr + done, extent)
+                if ret:
+                    break
+                done += extent
+        self.tlb_flush()
+        return ret
+
+    cdef int move_pmd_range(self, uint64_t old_addr, uint64_t new_addr, uint64_t extent) noexcept nogil:
+        cdef uint64_t *old_pmdp = self.pmd_entry(old_addr)
+        cdef uint64_t *new_pmdp
+        cdef uint64_t *old_pte
+        cdef uint64_t *new_pte
+        cdef int64_t i, n
+        cdef int ret
+        if old_pmdp == NULL or not old_pmdp[0]:
+            return 0
+        new_pmdp = self.pmd_alloc(new_addr)
+        if new_pmdp == NULL:
+            return VM_FAULT_HOSTMEM
+        old_pmdp = self.pmd_entry(old_addr)          # the pools may have moved
+        if old_pmdp[0] & _PAGE_PSE:
+            if extent == PMD_SIZE and not new_pmdp[0]:
+                new_pmdp[0] = old_pmdp[0]            # move_huge_pmd, deposit and all
+                old_pmdp[0] = 0
+                return 0
+            ret = self.split_huge_pmd(old_pmdp)
+            if ret:
+                return ret
+        elif extent == PMD_SIZE and not new_pmdp[0]:
+            new_pmdp[0] = old_pmdp[0]                # move_normal_pmd: the whole table
+            old_pmdp[0] = 0
+            return 0
+        new_pte = self.pte_alloc(new_pmdp)
+        if new_pte == NULL:
+            return VM_FAULT_HOSTMEM
+        new_pte = self.pte_entry(new_pmdp[0], new_addr)
+        old_pte = self.pte_entry(old_pmdp[0], old_addr)
+        n = <int64_t>(extent >> PAGE_SHIFT)
+        for i in range(n):
+            if old_pte[i]:
+                new_pte[i] = old_pte[i]
+                old_pte[i] = 0
+        return 0
 
     # ---- observables ---------------------------------------------------------------------------
 
@@ -1402,21 +2309,31 @@ cdef class MMCore:
             pagemap[0] |= PM_FILE                     # the huge zeropage is not an anon folio
             kflags[0] = KPF_ZERO_PAGE | KPF_THP | (KPF_COMPOUND_HEAD if head else KPF_COMPOUND_TAIL)
             return
-        if pmd_mapped:
-            mapcount = self.machine.entire_mapcount[block]
-            exclusive = (self.machine.block_flags[block] & PG_ANON_EXCLUSIVE) != 0
+        cdef bint large = self.machine.in_pmd_folio(pfn)
+        cdef uint8_t folio_flags
+        if large:
+            # page_mapcount of a subpage: its PTE mappings plus the folio's PMD mappings
+            mapcount = self.machine.entire_mapcount[block] + self.machine.mapcount[pfn]
+            folio_flags = self.machine.block_flags[block]
+            if pmd_mapped:
+                exclusive = (folio_flags & PG_ANON_EXCLUSIVE) != 0
+            else:
+                exclusive = (self.machine.flags[pfn] & PG_ANON_EXCLUSIVE) != 0
             # a large folio goes on the LRU at once (folio_batch_add_and_move)
             kflags[0] = KPF_THP | KPF_LRU | (KPF_COMPOUND_HEAD if head else KPF_COMPOUND_TAIL)
         else:
             mapcount = self.machine.mapcount[pfn]
-            exclusive = (self.machine.flags[pfn] & PG_ANON_EXCLUSIVE) != 0
+            folio_flags = self.machine.flags[pfn]
+            exclusive = (folio_flags & PG_ANON_EXCLUSIVE) != 0
             # a 4K page waits in the CPU's folio batch before it reaches the LRU; the emulator
             # shows it as the host shows a page just faulted: not yet on the LRU
             kflags[0] = 0
         kcount[0] = mapcount
         if mapcount == 1:
             pagemap[0] |= PM_MMAP_EXCLUSIVE
-        kflags[0] |= KPF_ANON | KPF_SWAPBACKED | KPF_MMAP | KPF_UPTODATE
+        kflags[0] |= KPF_ANON | KPF_MMAP | KPF_UPTODATE
+        if not (folio_flags & PG_LAZYFREE):
+            kflags[0] |= KPF_SWAPBACKED
         if exclusive:
             kflags[0] |= KPF_MAPPEDTODISK             # PG_anon_exclusive shares its bit
 
@@ -1431,12 +2348,19 @@ cdef class MMCore:
 
     cdef void account_page(self, smaps_acc *acc, int64_t pfn, uint64_t e, int64_t nr,
                            bint pmd_mapped) noexcept nogil:
-        cdef int64_t head = pfn
         cdef int32_t mapcount
-        if pmd_mapped:
-            mapcount = self.machine.entire_mapcount[pfn >> HPAGE_PMD_ORDER]
+        cdef int64_t block = pfn >> HPAGE_PMD_ORDER
+        cdef uint8_t folio_flags
+        if self.machine.in_pmd_folio(pfn):
+            folio_flags = self.machine.block_flags[block]
+            # the page's mapcount: the folio's PMD mappings and its own PTE mappings (for a
+            # PMD mapping, the head page's stands for all 512)
+            mapcount = self.machine.entire_mapcount[block] + self.machine.mapcount[pfn]
         else:
+            folio_flags = self.machine.flags[pfn]
             mapcount = self.machine.mapcount[pfn]
+        if (folio_flags & PG_LAZYFREE) and not (e & _PAGE_DIRTY):
+            acc.lazyfree += nr
         acc.rss += nr
         acc.anonymous += nr
         acc.pss += (nr * (PAGE_SIZE << 12)) // (mapcount if mapcount > 0 else 1)

@@ -51,12 +51,23 @@ cdef extern from *:
             *p = 1;
         } else {
     #if defined(__x86_64__)
-            char zero = 0;                   /* LOCK XADD of 0, as JVMs pretouch (spec S5) */
-            __asm__ volatile("lock; xaddb %0, %1" : "+q"(zero), "+m"(*p) : : "memory");
+            /* LOCK OR of 1: a locked read-modify-write, reported as a write like the LOCK XADD
+               of 0 JVMs pretouch with (spec S5, R25), but leaving the byte non-zero, as the
+               emulator models a written page (a zero page would matter to folio splits, R52) */
+            __asm__ volatile("lock; orb $1, %0" : "+m"(*p) : : "memory");
     #else
-            __atomic_fetch_add((char *)p, 0, __ATOMIC_SEQ_CST);
+            __atomic_fetch_or((char *)p, 1, __ATOMIC_SEQ_CST);
     #endif
         }
+    }
+
+    /* Touch the stack below the caller's frame: a SIGSEGV's signal frame (several kB with the
+       extended FPU state) is written there, and a first touch (or, after fork, a copy-on-write)
+       of those pages inside a measured window would count as a fault of the access. */
+    static __attribute__((noinline)) void mmemu_host_touch_stack(void) {
+        volatile char below[65536];
+        memset((char *)below, 0, sizeof below);
+        __asm__ volatile("" : : "r"(below) : "memory");
     }
 
     /* Replay n accesses; faults[i] = faults access i took.  Returns n, or the index of the
@@ -75,6 +86,7 @@ cdef extern from *:
            copy-on-write, and their first write would fault inside the window. */
         volatile char stack[16384];
         memset((char *)stack, 0, sizeof stack);
+        mmemu_host_touch_stack();
         if (sigsetjmp(mmemu_host_jmp, 1) == 0) mmemu_host_armed = 0;
         errno = 0;
         mmemu_host_minflt();
@@ -106,6 +118,20 @@ cdef extern from *:
         ret = madvise((void *)(uintptr_t)addr, len, advice);
         int err = ret ? errno : 0;
         *faults = mmemu_host_minflt() - before;
+        return err;
+    }
+
+    /* mremap(2) with the faults it took: returns 0 or errno, the new address in *out. */
+    static int mmemu_host_mremap(uint64_t addr, uint64_t old_len, uint64_t new_len, int flags,
+                                 uint64_t new_addr, uint64_t *out, long *faults) {
+        long before;
+        void *p;
+        errno = 0;
+        before = mmemu_host_minflt();
+        p = mremap((void *)(uintptr_t)addr, old_len, new_len, flags, (void *)(uintptr_t)new_addr);
+        int err = p == MAP_FAILED ? errno : 0;
+        *faults = mmemu_host_minflt() - before;
+        if (!err) *out = (uint64_t)(uintptr_t)p;
         return err;
     }
 
@@ -171,7 +197,22 @@ cdef extern from *:
     struct mmemu_page_region { uint64_t start, end, categories; };
     static int64_t mmemu_host_replay(const uint64_t *a, const uint8_t *o, int op0, int64_t n, uint8_t *f) { return -1; }
     static int mmemu_host_madvise(uint64_t a, uint64_t l, int adv, long *f) { return ENOSYS; }
+    /* mremap(2) with the faults it took: returns 0 or errno, the new address in *out. */
+    static int mmemu_host_mremap(uint64_t addr, uint64_t old_len, uint64_t new_len, int flags,
+                                 uint64_t new_addr, uint64_t *out, long *faults) {
+        long before;
+        void *p;
+        errno = 0;
+        before = mmemu_host_minflt();
+        p = mremap((void *)(uintptr_t)addr, old_len, new_len, flags, (void *)(uintptr_t)new_addr);
+        int err = p == MAP_FAILED ? errno : 0;
+        *faults = mmemu_host_minflt() - before;
+        if (!err) *out = (uint64_t)(uintptr_t)p;
+        return err;
+    }
+
     static int mmemu_host_mmap(uint64_t a, uint64_t l, int p, int fx, uint64_t *o) { return ENOSYS; }
+    static int mmemu_host_mremap(uint64_t a, uint64_t o, uint64_t n, int fl, uint64_t na, uint64_t *out, long *f) { return ENOSYS; }
     static int mmemu_host_munmap(uint64_t a, uint64_t l) { return ENOSYS; }
     static int mmemu_host_mprotect(uint64_t a, uint64_t l, int p) { return ENOSYS; }
     static int mmemu_host_prctl(int o, unsigned long a2, unsigned long a3, long *r) { return ENOSYS; }
@@ -185,6 +226,8 @@ cdef extern from *:
                               uint8_t *faults) nogil
     int mmemu_host_madvise(uint64_t addr, uint64_t length, int advice, long *faults) nogil
     int mmemu_host_mmap(uint64_t addr, uint64_t length, int prot, int fixed, uint64_t *out) nogil
+    int mmemu_host_mremap(uint64_t addr, uint64_t old_len, uint64_t new_len, int flags,
+                          uint64_t new_addr, uint64_t *out, long *faults) nogil
     int mmemu_host_munmap(uint64_t addr, uint64_t length) nogil
     int mmemu_host_mprotect(uint64_t addr, uint64_t length, int prot) nogil
     int mmemu_host_prctl(int option, unsigned long a2, unsigned long a3, long *result) nogil
@@ -233,6 +276,16 @@ def mmap(uint64_t addr, uint64_t length, int prot, bint fixed):
     cdef uint64_t out = 0
     cdef int err = mmemu_host_mmap(addr, length, prot, fixed, &out)
     return err, out
+
+
+def mremap(uint64_t addr, uint64_t old_len, uint64_t new_len, int flags, uint64_t new_addr):
+    """(errno or 0, new address, faults taken); flags: MREMAP_MAYMOVE 1, MREMAP_FIXED 2."""
+    cdef uint64_t out = 0
+    cdef long faults = 0
+    cdef int err
+    with nogil:
+        err = mmemu_host_mremap(addr, old_len, new_len, flags, new_addr, &out, &faults)
+    return err, out, faults
 
 
 def munmap(uint64_t addr, uint64_t length):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import os
 import time
 
@@ -26,12 +27,13 @@ import numpy as np
 
 from . import _host
 from .config import Config
-from .constants import (ADVICE, ATOMIC, MTHP_STAT_NAMES, PAGE_SIZE, READ, VMSTAT_NAMES, WRITE,
+from .constants import (ADVICE, ATOMIC, KHUGEPAGED_STAT_NAMES, MTHP_STAT_NAMES, PAGE_SIZE, PMD_SIZE, READ,
+                        VMSTAT_NAMES, WRITE,
                         PageState)
 from .errors import ClosedError, SegmentationFault, SyscallError
 from .mm import _PRCTL, _prot_bits, _trace_addrs, _trace_ops, _uint
 
-__all__ = ["HostMM", "host_supported", "host_settings", "SETTABLE"]
+__all__ = ["HostMM", "HostChild", "host_supported", "host_settings", "host_lock", "SETTABLE"]
 
 THP_SYSFS = "/sys/kernel/mm/transparent_hugepage"
 # PAGEMAP_SCAN categories (include/uapi/linux/fs.h)
@@ -65,13 +67,38 @@ def host_supported():
 
 
 #: the Config fields host_settings can apply, and their sysfs files (under THP_SYSFS)
-SETTABLE = {"thp": "enabled", "defrag": "defrag", "use_zero_page": "use_zero_page"}
+SETTABLE = {"thp": "enabled", "defrag": "defrag", "use_zero_page": "use_zero_page",
+            "shrink_underused": "shrink_underused",
+            "khugepaged_max_ptes_none": "khugepaged/max_ptes_none",
+            "khugepaged_max_ptes_swap": "khugepaged/max_ptes_swap",
+            "khugepaged_max_ptes_shared": "khugepaged/max_ptes_shared",
+            "khugepaged_pages_to_scan": "khugepaged/pages_to_scan"}
+KHUGEPAGED_SYSFS = f"{THP_SYSFS}/khugepaged"
+#: khugepaged's pause while host_settings holds it off (ms): longer than any scenario, so it
+#: collapses nothing between two steps; khugepaged_scan() shortens it for the scan it waits for
+HOLD_SLEEP_MS = 3_600_000
+#: khugepaged's pause while HostMM.khugepaged_scan waits for full passes (ms)
+SCAN_SLEEP_MS = 1
+#: how long khugepaged_scan waits for its passes before giving up (s)
+SCAN_TIMEOUT = 120.0
+MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2
+#: one process at a time changes THP settings or measures system-wide counters (flock)
+LOCK_PATH = "/tmp/mmemu-host.lock"
+
+
+def _sysfs_value(value):
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return str(value)
 
 
 def _sysfs_files(config):
-    """{path: value} that give the host these settings of config."""
-    out = {f"{THP_SYSFS}/{name}": getattr(config, field) for field, name in SETTABLE.items()}
-    out[f"{THP_SYSFS}/use_zero_page"] = "1" if config.use_zero_page else "0"
+    """{path: value} that give the host these settings of config (files this kernel has)."""
+    out = {}
+    for field, name in SETTABLE.items():
+        path = f"{THP_SYSFS}/{name}"
+        if os.path.exists(path):
+            out[path] = _sysfs_value(getattr(config, field))
     for kb, mode in config.hugepages.items():
         path = f"{THP_SYSFS}/hugepages-{kb}kB/enabled"
         if os.path.exists(path):
@@ -86,25 +113,67 @@ def _current(path):
     return next((w[1:-1] for w in words if w.startswith("[")), text)
 
 
+def _write(path, value):
+    with open(path, "w") as f:
+        f.write(value)
+
+
+_lock_state = {"fd": None, "depth": 0}
+
+
 @contextlib.contextmanager
-def host_settings(config):
+def host_lock(timeout=600.0):
+    """Hold the machine-wide mmemu lock (flock on LOCK_PATH; reentrant within a process), so
+    that two runs do not change THP settings or move system-wide counters under each other."""
+    import fcntl
+    state = _lock_state
+    if state["depth"] == 0:
+        fd = os.open(LOCK_PATH, os.O_RDWR | os.O_CREAT, 0o666)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise TimeoutError(f"another process holds {LOCK_PATH}") from None
+                time.sleep(0.05)
+        state["fd"] = fd
+    state["depth"] += 1
+    try:
+        yield
+    finally:
+        state["depth"] -= 1
+        if state["depth"] == 0:
+            os.close(state["fd"])       # releases the flock
+            state["fd"] = None
+
+
+@contextlib.contextmanager
+def host_settings(config, hold_khugepaged=True):
     """Give the running kernel the THP settings of ``config`` (root only) for the duration of
-    the block, and put back what was there, whatever happens inside."""
+    the block, and put back what was there, whatever happens inside: the THP modes,
+    use_zero_page, shrink_underused and khugepaged's max_ptes_none/_swap/_shared and
+    pages_to_scan.  With ``hold_khugepaged`` khugepaged also sleeps HOLD_SLEEP_MS between
+    scans inside the block (its scan_sleep_millisecs), so that it collapses nothing between two
+    steps of a scenario; :meth:`HostMM.khugepaged_scan` runs it on demand."""
     if os.geteuid() != 0:
         raise PermissionError("changing /sys/kernel/mm/transparent_hugepage needs root")
     wanted = _sysfs_files(config)
-    saved = {path: _current(path) for path in wanted}
-    try:
-        for path, value in wanted.items():
-            if saved[path] != value:
-                with open(path, "w") as f:
-                    f.write(value)
-        yield
-    finally:
-        for path, value in saved.items():
-            if _current(path) != value:
-                with open(path, "w") as f:
-                    f.write(value)
+    if hold_khugepaged:
+        wanted[f"{KHUGEPAGED_SYSFS}/scan_sleep_millisecs"] = str(HOLD_SLEEP_MS)
+    with host_lock():
+        saved = {path: _current(path) for path in wanted}
+        try:
+            for path, value in wanted.items():
+                if saved[path] != value:
+                    _write(path, value)
+            yield
+        finally:
+            for path, value in saved.items():
+                if _current(path) != value:
+                    _write(path, value)
 
 
 def _read_kv(path):
@@ -115,6 +184,24 @@ def _read_kv(path):
             parts = line.split()
             if len(parts) >= 2:
                 out[parts[0].rstrip(":")] = parts[1]
+    return out
+
+
+def _numpy_hugepage(enabled):
+    """Whether numpy madvises its large allocations MADV_HUGEPAGE; sets it, returns the old."""
+    try:
+        from numpy._core import multiarray
+    except ImportError:                                   # numpy < 2
+        from numpy.core import multiarray
+    setter = getattr(multiarray, "_set_madvise_hugepage", None)
+    return setter(enabled) if setter else enabled
+
+
+def _khugepaged_stats():
+    out = {}
+    for name in KHUGEPAGED_STAT_NAMES:
+        with open(f"{KHUGEPAGED_SYSFS}/{name}") as f:
+            out[name] = int(f.read())
     return out
 
 
@@ -137,19 +224,66 @@ class HostMM:
         ok, why = host_supported()
         if not ok:
             raise OSError(errno.ENOSYS, f"HostMM needs Linux with pagemap, root and PAGEMAP_SCAN: {why}")
+        self._lock = host_lock()
+        self._lock.__enter__()
         self._config = Config.from_host()
         self._pagemap = os.open("/proc/self/pagemap", os.O_RDONLY)
         self._kpageflags = os.open("/proc/kpageflags", os.O_RDONLY)
         self._ranges = []                # [start, end) of the mappings this HostMM made
         self._min_flt = 0
         self._closed = False
+        self._is_child = False
         # prctl(PR_SET_THP_DISABLE) is a property of the whole process: put it back on close
         self._thp_disable_before = _host.prctl(_PRCTL["PR_GET_THP_DISABLE"], 0, 0)[1]
+        # MADV_FREE moves order-0 folios to the lazy-free LRU through a per-CPU batch, and smaps
+        # counts them in LazyFree only once it is drained: stay on one CPU, and drain that CPU's
+        # batches (MADV_COLD on a page of our own calls lru_add_drain) before reading smaps
+        self._affinity = os.sched_getaffinity(0)
+        os.sched_setaffinity(0, {min(self._affinity)})
+        err, self._drain_page = _host.mmap(0, PAGE_SIZE, 3, False)
+        if err:
+            self._drain_page = None
+        # THPs of the interpreter's own (numpy madvises large arrays MADV_HUGEPAGE) are split
+        # copy-on-write after a fork and queued as partially mapped: none while a HostMM is
+        # open, the old ones freed (gc) and the deferred-split queue emptied before the baseline
+        self._numpy_hugepage = _numpy_hugepage(False)
+        gc.collect()
+        self._tame_interpreter()
+        if os.geteuid() == 0:
+            _write("/proc/sys/vm/drop_caches", "2")
         self._wake_khugepaged()
         self._warm_up()
         self._base_vmstat = self._vmstat_now()
         self._base_mthp = _mthp_stats()
         self._base_status = self._status_now()
+        self._base_khugepaged = _khugepaged_stats()
+
+    def _tame_interpreter(self):
+        """No THPs in the interpreter's own memory: MADV_NOHUGEPAGE on its VM_HUGEPAGE VMAs
+        (numpy's large arrays; glibc may have put them in the heap, which then keeps the flag),
+        and its PMD-mapped THPs split (MADV_COLD of their first page splits the folio, contents
+        kept).  Else a fork's copy-on-write splits them, khugepaged collapses them, and the
+        system-wide THP counters of a scenario count them."""
+        vmas, cur = [], None
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                head = line.split()[0]
+                if "-" in head and not head.endswith(":"):
+                    lo, hi = (int(x, 16) for x in head.split("-"))
+                    cur = [lo, hi, 0, False]
+                    vmas.append(cur)
+                elif head == "AnonHugePages:":
+                    cur[2] = int(line.split()[1])
+                elif head == "VmFlags:":
+                    cur[3] = " hg" in line or line.split()[1:2] == ["hg"]
+        for lo, hi, ahp, hg in vmas:
+            if self._owned(lo, hi) or lo >= (1 << 47):
+                continue
+            if hg:
+                _host.madvise(lo, hi - lo, ADVICE["nohugepage"])
+            if ahp:
+                for block in range((lo + PMD_SIZE - 1) & ~(PMD_SIZE - 1), hi - PMD_SIZE + 1, PMD_SIZE):
+                    _host.madvise(block, PAGE_SIZE, ADVICE["cold"])
 
     def _warm_up(self):
         # VmPTE and RssAnon are per process: let the interpreter make the allocations a step
@@ -183,6 +317,7 @@ class HostMM:
         self._pagemap = os.open("/proc/self/pagemap", os.O_RDONLY)
         self._kpageflags = os.open("/proc/kpageflags", os.O_RDONLY)
         self._min_flt = 0
+        self._is_child = True
         self._base_status = self._status_now()
 
     @property
@@ -196,11 +331,18 @@ class HostMM:
         for start, end in self._ranges:
             _host.munmap(start, end - start)
         self._ranges = []
+        if self._drain_page is not None:
+            _host.munmap(self._drain_page, PAGE_SIZE)
+        if not self._is_child:
+            os.sched_setaffinity(0, self._affinity)
+            _numpy_hugepage(self._numpy_hugepage)
         before = self._thp_disable_before
         _host.prctl(_PRCTL["PR_SET_THP_DISABLE"], 1 if before else 0, before & ~1)
         os.close(self._pagemap)
         os.close(self._kpageflags)
         self._closed = True
+        if not self._is_child:
+            self._lock.__exit__(None, None, None)
 
     def __enter__(self):
         return self
@@ -289,6 +431,37 @@ class HostMM:
             raise SyscallError(err, "munmap")
         self._remove_range(addr, addr + size)
 
+    def mremap(self, addr, old_size, new_size, maymove=False, new_addr=None) -> int:
+        """mremap(2) of a range inside this HostMM's mappings: MREMAP_MAYMOVE with ``maymove``,
+        MREMAP_FIXED to ``new_addr`` (which needs maymove, as in the kernel: else EINVAL).
+        Returns the new address; the ranges HostMM owns follow the mapping."""
+        addr, old_size, new_size = _uint(addr, "addr"), _uint(old_size, "old_size"), _uint(new_size, "new_size")
+        self._ensure_open()
+        old_end = addr + ((old_size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1))
+        if not self._owned(addr, old_end) or self._foreign_overlap(addr, old_end):
+            raise ValueError("mremap: the old range is not inside this HostMM's mappings")
+        flags = MREMAP_MAYMOVE if maymove else 0
+        target = 0
+        size = (new_size + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
+        if new_addr is not None:
+            target = _uint(new_addr, "new_addr")
+            flags |= MREMAP_FIXED
+            if self._foreign_overlap(target, target + size):
+                raise ValueError("mremap: the new range overlaps memory HostMM did not map")
+        err, new, faults = _host.mremap(addr, old_size, new_size, flags, target)
+        self._min_flt += faults
+        if err:
+            raise SyscallError(err, "mremap")
+        if new == addr:
+            if size < old_end - addr:
+                self._remove_range(addr + size, old_end)
+            else:
+                self._add_range(addr, addr + size)
+        else:
+            self._remove_range(addr, old_end)
+            self._add_range(new, new + size)
+        return new
+
     def mprotect(self, addr, length, prot) -> None:
         addr, length = _uint(addr, "addr"), _uint(length, "length")
         bits = _prot_bits(prot)
@@ -321,6 +494,59 @@ class HostMM:
         if err:
             raise SyscallError(err, "prctl")
         return result
+
+    # ---- the machine: shrinkers and khugepaged ------------------------------------------------
+
+    def drop_caches(self, mode=2) -> None:
+        """``echo mode > /proc/sys/vm/drop_caches`` (root): 2 runs the slab shrinkers, among
+        them the deferred-split shrinker (R54) and the huge-zeropage shrinker (R56)."""
+        if mode not in (1, 2, 3):
+            raise ValueError(f"drop_caches mode must be 1, 2 or 3, not {mode!r}")
+        self._ensure_open()
+        _write("/proc/sys/vm/drop_caches", str(mode))
+
+    def khugepaged_scan(self, pages=None, full_scans=None) -> None:
+        """Wait until khugepaged has made ``full_scans`` complete passes over every registered
+        mm, all of them begun after this call.
+
+        khugepaged is a kernel thread: it cannot be driven a number of pages at a time
+        (``pages`` raises NotImplementedError).  Its ``scan_sleep_millisecs`` is set to
+        SCAN_SLEEP_MS for the wait (a write to it also wakes khugepaged at once) and put back
+        after.  A pass counts in ``khugepaged/full_scans`` when it ends; the pass under way at
+        the call may have gone past this mm already, so the wait is for ``full_scans + 1``
+        increments.  Putting the sleep back wakes khugepaged once more (one more batch of
+        ``pages_to_scan``), so khugepaged may have looked at a range more often than asked:
+        compare states, not the number of thp_scan_exceed_* events."""
+        if pages is not None:
+            raise NotImplementedError("HostMM.khugepaged_scan: the kernel's khugepaged cannot be "
+                                      "run a number of pages at a time; pass full_scans")
+        if full_scans is None:
+            raise NotImplementedError("HostMM.khugepaged_scan needs full_scans (one wake-up cannot "
+                                      "be waited for on the host)")
+        full_scans = _uint(full_scans, "full_scans")
+        self._ensure_open()
+        if full_scans == 0:
+            return
+        path = f"{KHUGEPAGED_SYSFS}/scan_sleep_millisecs"
+        with host_lock():
+            saved = _current(path)
+            target = _khugepaged_stats()["full_scans"] + full_scans + 1
+            _write(path, str(SCAN_SLEEP_MS))
+            try:
+                deadline = time.monotonic() + SCAN_TIMEOUT
+                while _khugepaged_stats()["full_scans"] < target:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"khugepaged did not make {full_scans} full scans in {SCAN_TIMEOUT} s")
+                    time.sleep(0.002)
+            finally:
+                _write(path, saved)
+
+    @property
+    def khugepaged(self) -> dict:
+        """khugepaged's pages_collapsed and full_scans: changes since this HostMM was made
+        (system-wide: every process's collapses count)."""
+        now = _khugepaged_stats()
+        return {k: now[k] - self._base_khugepaged[k] for k in now}
 
     # ---- accesses --------------------------------------------------------------------------
 
@@ -401,6 +627,8 @@ class HostMM:
     def smaps(self, addr) -> dict:
         addr = _uint(addr, "addr")
         self._ensure_open()
+        if self._drain_page is not None:
+            _host.madvise(self._drain_page, PAGE_SIZE, ADVICE["cold"])
         with open("/proc/self/smaps") as f:
             block = None
             for line in f:
@@ -449,10 +677,13 @@ class HostMM:
 
 
 class HostChild:
-    """The child of :meth:`HostMM.fork`, driven over a pipe: read/write/atomic/access,
-    page_states, smaps, rusage and close (the process exits)."""
+    """The child of :meth:`HostMM.fork`, driven over a pipe: the accesses, the system calls
+    (mmap, munmap, mprotect, madvise, mremap, prctl), drop_caches and khugepaged_scan, the
+    views (page_states, smaps, maps, rusage, status, vmstat, mthp_stats, khugepaged) and close
+    (the process exits).  Its ``rusage`` and ``status`` count from the fork."""
 
-    _CALLS = ("read", "write", "atomic", "access", "page_states", "smaps", "rusage")
+    _CALLS = ("read", "write", "atomic", "access", "page_states", "smaps", "maps", "mmap", "munmap",
+              "mprotect", "madvise", "mremap", "prctl", "drop_caches", "khugepaged_scan")
 
     def __init__(self, parent):
         import pickle
@@ -510,6 +741,26 @@ class HostChild:
     @property
     def rusage(self):
         return self._call("rusage")
+
+    @property
+    def status(self):
+        return self._call("status")
+
+    @property
+    def vmstat(self):
+        return self._call("vmstat")
+
+    @property
+    def mthp_stats(self):
+        return self._call("mthp_stats")
+
+    @property
+    def khugepaged(self):
+        return self._call("khugepaged")
+
+    @property
+    def closed(self):
+        return self._pid is None
 
     def close(self):
         """The child exits (its mappings go, as at exit)."""

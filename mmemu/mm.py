@@ -39,8 +39,25 @@ U64_MAX = (1 << 64) - 1
 
 # fs/proc/task_mmu.c: show_smap_vma_flags, in the kernel's order
 _VMFLAG_LETTERS = ((VM_READ, "rd"), (VM_WRITE, "wr"), (VM_EXEC, "ex"), (_F["VM_MAYREAD"], "mr"),
-                   (_F["VM_MAYWRITE"], "mw"), (_F["VM_MAYEXEC"], "me"), (VM_ACCOUNT, "ac"),
+                   (_F["VM_MAYWRITE"], "mw"), (_F["VM_MAYEXEC"], "me"), (_F["VM_SEQ_READ"], "sr"),
+                   (_F["VM_RAND_READ"], "rr"), (_F["VM_DONTCOPY"], "dc"), (VM_ACCOUNT, "ac"),
+                   (_F["VM_WIPEONFORK"], "wf"), (_F["VM_DONTDUMP"], "dd"),
                    (VM_HUGEPAGE, "hg"), (VM_NOHUGEPAGE, "nh"))
+
+#: madvise advice that only sets and clears VMA flags: (set, clear) (mm/madvise.c)
+_FLAG_ADVICE = {
+    "normal": (0, _F["VM_SEQ_READ"] | _F["VM_RAND_READ"]),
+    "random": (_F["VM_RAND_READ"], _F["VM_SEQ_READ"]),
+    "sequential": (_F["VM_SEQ_READ"], _F["VM_RAND_READ"]),
+    "dontfork": (_F["VM_DONTCOPY"], 0),
+    "dofork": (0, _F["VM_DONTCOPY"]),
+    "wipeonfork": (_F["VM_WIPEONFORK"], 0),
+    "keeponfork": (0, _F["VM_WIPEONFORK"]),
+    "dontdump": (_F["VM_DONTDUMP"], 0),
+    "dodump": (0, _F["VM_DONTDUMP"]),
+    "hugepage": (VM_HUGEPAGE, VM_NOHUGEPAGE),
+    "nohugepage": (VM_NOHUGEPAGE, VM_HUGEPAGE),
+}
 
 #: prctl options mmemu models, with the kernel's numbers (include/uapi/linux/prctl.h)
 _PRCTL = {"PR_SET_THP_DISABLE": 41, "PR_GET_THP_DISABLE": 42}
@@ -53,13 +70,10 @@ def _version(kernel):
 
 
 #: advice that changes nothing for anonymous memory (beyond ENOMEM for holes)
-_NOOP_ADVICE = {"normal", "willneed"}
-_LATER_ADVICE = {
-    "free": "MADV_FREE arrives with issue 4",
-    "cold": "MADV_COLD arrives with issue 4",
-    "pageout": "MADV_PAGEOUT arrives with issue 4",
-    "collapse": "MADV_COLLAPSE arrives with issue 4",
-}
+_NOOP_ADVICE = {"willneed"}
+#: advice mmemu models
+_MODELLED_ADVICE = _NOOP_ADVICE | set(_FLAG_ADVICE) | {
+    "dontneed", "dontneed_locked", "free", "cold", "pageout", "populate_read", "populate_write", "collapse"}
 
 
 def _page_align(n):
@@ -139,7 +153,8 @@ def _trace_ops(ops, shape):
 
 def _serialized(method):
     """Run the method under the MM's lock: calls on one MM from several threads take turns
-    (as numpy.random's generators do), since the core releases the GIL while it works."""
+    (as numpy.random's generators do), since the core releases the GIL while it works. MMs
+    forked from one another share one machine, and so one lock."""
     @functools.wraps(method)
     def locked(self, *args, **kwargs):
         with self._lock:
@@ -164,15 +179,20 @@ class MM:
         if enabled:
             raise NotImplementedError(f"multi-size THP (hugepages {enabled} kB enabled) arrives with issue 5")
         self._config = config
-        always, madvise = config.pmd_thp_modes()
         self._machine = _core.Machine(config.memory)
-        self._core = _core.MMCore(
+        self._core = self._new_core()
+        self._closed = False
+        self._lock = threading.Lock()
+
+    def _new_core(self):
+        config = self._config
+        always, madvise = config.pmd_thp_modes()
+        return _core.MMCore(
             self._machine, thp_always=always, thp_madvise=madvise,
             use_zero_page=config.use_zero_page, zero_page=config.zero_page,
             huge_zero_write_thp=config.huge_zero_write == "thp", pt_reclaim=config.pt_reclaim,
-            arm64=config.arch == "arm64", atomic_write_fault=config.atomic_write_fault)
-        self._closed = False
-        self._lock = threading.Lock()
+            arm64=config.arch == "arm64", atomic_write_fault=config.atomic_write_fault,
+            reuse_large_folios=config.reuse_large_folios)
 
     # ---- life ------------------------------------------------------------------------------
 
@@ -196,6 +216,7 @@ class MM:
         self._core.free_pgtables(0, USER_TOP, 0, USER_TOP)
         self._core.drop_huge_zero()
         self._core.set_closed()
+        self._machine.unregister_mm(self._core)
         self._closed = True
 
     def __enter__(self):
@@ -205,10 +226,22 @@ class MM:
         self.close()
 
     @_serialized
-    def fork(self):
-        """A copy-on-write child (mm/memory.c: copy_page_range)."""
+    def fork(self) -> "MM":
+        """fork(): a child process on the same machine, sharing every anonymous page
+        copy-on-write (kernel/fork.c: dup_mmap; R74-R76). Both are independent MMs from then
+        on; close the child when its process exits."""
         self._ensure_open()
-        raise NotImplementedError("fork arrives with issue 4")
+        child = MM.__new__(MM)
+        child._config = self._config
+        child._machine = self._machine
+        child._core = child._new_core()
+        child._closed = False
+        child._lock = self._lock      # one machine: its frames and counters are shared
+        ret = self._core.fork_into(child._core)
+        if ret:
+            child.close()
+            self._check(ret, "fork")
+        return child
 
     def _ensure_open(self):
         if self._closed:
@@ -224,8 +257,6 @@ class MM:
             raise OutOfMemory(address, index)
         if ret & _core.FAULT_HOSTMEM:
             raise MemoryError(f"{what}: the host cannot grow the page-table pool")
-        if ret & _core.FAULT_NOTIMPL:
-            raise NotImplementedError(f"{what}: needs a PMD split of a THP (issue 4)")
         raise RuntimeError(f"{what}: unexpected core result {ret}")
 
     # ---- accesses --------------------------------------------------------------------------
@@ -312,6 +343,7 @@ class MM:
         flags = bits | VM_MAY | (VM_ACCOUNT if bits & VM_WRITE else 0)
         i = self._core.vma_insert(start, start + size, flags)
         self._merge_around(i, i)
+        self._core.khugepaged_enter_at(start)
         return start
 
     def _gaps_topdown(self, high):
@@ -352,7 +384,9 @@ class MM:
         mode = self._config.mmap_thp_align
         return (mode == "pmd_multiple" and size % PMD_SIZE == 0) or (mode == "any" and size >= PMD_SIZE)
 
-    def _get_unmapped_area(self, hint, size):
+    def _get_unmapped_area(self, hint, size, pgoff=0):
+        """``pgoff``: the byte offset THP alignment keeps modulo 2 MiB (mremap passes the old
+        address, mmap of anonymous memory 0)."""
         hint &= ~(PAGE_SIZE - 1)                                 # round_hint_to_min: a hint in
         if hint:                                                 # the first page is no hint
             hint = max(hint, MMAP_MIN_ADDR)
@@ -361,7 +395,7 @@ class MM:
         elif self._thp_aligned_placement(size):
             ret = self._search_topdown(size + PMD_SIZE)          # __thp_get_unmapped_area
             if ret is not None:
-                off_sub = -ret & (PMD_SIZE - 1)
+                off_sub = (pgoff - ret) & (PMD_SIZE - 1)
                 return ret + PMD_SIZE if off_sub == 0 else ret + off_sub
         ret = self._search_topdown(size)
         if ret is None:
@@ -379,18 +413,11 @@ class MM:
             raise SyscallError(errno.EINVAL, "munmap")
         self._unmap(addr, addr + size, "munmap")
 
-    def _check_cuts(self, cuts, what):
-        for cut in cuts:
-            if self._core.thp_straddles(cut):
-                raise NotImplementedError(f"{what} at {cut:#x} cuts a PMD-mapped THP: "
-                                          "PMD splits of THPs arrive with issue 4")
-
     def _unmap(self, start, end, syscall):
         core = self._core
         first = core.vma_first_after(start)
         if first == core.nr_vmas or int(core.vmas()[0][first]) >= end:
             return
-        self._check_cuts((start, end), syscall)
         i = core.vma_index(start)
         if i >= 0 and core.vma_index(end) == i and int(core.vmas()[0][i]) < start:
             if core.nr_vmas >= self._config.max_map_count:
@@ -490,7 +517,6 @@ class MM:
             if new != flags:
                 changes.append((s, e, new))
             cursor = e
-        self._check_cuts([c for s, e, _ in changes for c in (s, e)], "mprotect")
         for s, e, new in changes:
             self._modify_flags(s, e, new, "mprotect", errno.ENOMEM)
             self._core.change_protection(s, e, new)
@@ -519,33 +545,45 @@ class MM:
         end = addr + size
         if end == addr:
             return
-        if name in _LATER_ADVICE:
-            raise NotImplementedError(_LATER_ADVICE[name])
-        if name not in _NOOP_ADVICE | {"hugepage", "nohugepage", "dontneed", "populate_read",
-                                       "populate_write"}:
+        if name not in _MODELLED_ADVICE:
             raise NotImplementedError(f"MADV_{name.upper()} is not modelled")
         if name.startswith("populate"):
             return self._populate(addr, end, name == "populate_write")
         pieces, hole = self._vma_pieces(addr, end)
-        if name == "dontneed":
-            self._check_cuts((addr, end), "madvise")
+        zero_remap = self._config.remap_zero_subpages
+        if name in ("dontneed", "dontneed_locked"):     # no mlock here: the same (R59)
             for s, e, _, _ in pieces:
                 self._check(self._core.zap(s, e, True), "madvise")
-        elif name in ("hugepage", "nohugepage"):
-            self._hugepage_madvise(pieces, name == "hugepage")
+        elif name == "free":
+            for s, e, _, _ in pieces:
+                self._core.madvise_free(s, e, zero_remap)
+        elif name in ("cold", "pageout"):
+            for s, e, _, _ in pieces:
+                self._core.madvise_cold(s, e, name == "pageout", zero_remap)
+        elif name == "collapse":
+            self._collapse(addr, end, pieces, hole)
+        elif name in _FLAG_ADVICE:
+            self._flag_madvise(pieces, *_FLAG_ADVICE[name])
+            if name == "hugepage":                 # hugepage_madvise: khugepaged_enter_vma
+                for s, _, _, _ in pieces:
+                    self._core.khugepaged_enter_at(s)
         if hole:
             raise SyscallError(errno.ENOMEM, "madvise", "range not fully mapped")
 
-    def _hugepage_madvise(self, pieces, huge):
+    def _collapse(self, addr, end, pieces, hole):
+        """MADV_COLLAPSE, VMA by VMA; the first VMA that fails ends the call (R64)."""
+        for s, e, _, _ in pieces:
+            ret = self._core.madvise_collapse(s, e)
+            if ret:
+                raise SyscallError(getattr(errno, ret), "madvise", "MADV_COLLAPSE")
+
+    def _flag_madvise(self, pieces, set_bits, clear_bits):
+        """madvise_update_vma: new flags on each piece, splitting and merging VMAs."""
         changes = []
         for s, e, flags, _ in pieces:
-            if huge:
-                new = (flags & ~VM_NOHUGEPAGE) | VM_HUGEPAGE
-            else:
-                new = (flags & ~VM_HUGEPAGE) | VM_NOHUGEPAGE
+            new = (flags & ~clear_bits) | set_bits
             if new != flags:
                 changes.append((s, e, new))
-        self._check_cuts([c for s, e, _ in changes for c in (s, e)], "madvise")
         for s, e, new in changes:
             self._modify_flags(s, e, new, "madvise", errno.EAGAIN)
 
@@ -560,6 +598,120 @@ class MM:
         if err & _core.FAULT_OOM:
             raise SyscallError(errno.ENOMEM, "madvise", "out of memory")
         self._check(err, "madvise", where)
+
+    # ---- mremap (mm/mremap.c) ------------------------------------------------------------------
+
+    @_serialized
+    def mremap(self, addr, old_size, new_size, maymove=False, new_addr=None) -> int:
+        """Resize (and with ``maymove``, MREMAP_MAYMOVE, possibly move) the mapping at
+        [addr, addr+old_size); ``new_addr`` (with maymove) is MREMAP_FIXED. Returns the address
+        of the mapping afterwards (R67)."""
+        addr = _uint(addr, "addr")
+        old_size = _uint(old_size, "old_size")
+        new_size = _uint(new_size, "new_size")
+        if not isinstance(maymove, bool):
+            raise TypeError("maymove must be True or False")
+        if new_addr is not None:
+            new_addr = _uint(new_addr, "new_addr")
+        self._ensure_open()
+        core = self._core
+        if addr % PAGE_SIZE or (new_addr is not None and not maymove):
+            raise SyscallError(errno.EINVAL, "mremap")
+        old_len, new_len = _page_align(old_size), _page_align(new_size)
+        if not new_len or new_len > TASK_SIZE or old_len > TASK_SIZE:
+            raise SyscallError(errno.EINVAL, "mremap")
+        if new_addr is not None:
+            if new_addr % PAGE_SIZE or new_addr > TASK_SIZE - new_len:
+                raise SyscallError(errno.EINVAL, "mremap")
+            if new_addr < addr + old_len and addr < new_addr + new_len:
+                raise SyscallError(errno.EINVAL, "mremap", "new range overlaps the old")
+        i = core.vma_index(addr)
+        if i < 0:
+            raise SyscallError(errno.EFAULT, "mremap", f"no mapping at {addr:#x}")
+        starts, ends, flags, anon = core.vmas()
+        if old_len == 0:
+            raise SyscallError(errno.EINVAL, "mremap", "old_size 0 needs a shared mapping")
+        if addr + old_len > int(ends[i]):
+            raise SyscallError(errno.EFAULT, "mremap", "the old range spans more than one mapping")
+        if new_addr is not None:
+            return self._mremap_to(addr, old_len, new_addr, new_len)
+        if new_len <= old_len:
+            if new_len < old_len:
+                self._unmap(addr + new_len, addr + old_len, "mremap")
+            return addr
+        end = int(ends[i])
+        nxt = i + 1
+        if addr + old_len == end and (nxt == core.nr_vmas or int(starts[nxt]) >= addr + new_len) \
+                and addr + new_len <= TASK_SIZE:
+            core.vma_set_end(i, addr + new_len)            # vma_expand in place
+            self._merge_around(i, i)
+            return addr
+        if not maymove:
+            raise SyscallError(errno.ENOMEM, "mremap", "cannot grow in place")
+        pgoff = int(core.vma_pgoffs()[i]) + (addr - int(starts[i])) // PAGE_SIZE
+        dest = self._get_unmapped_area(0, new_len, pgoff=pgoff * PAGE_SIZE)
+        return self._move_vma(addr, old_len, dest, new_len)
+
+    def _mremap_to(self, addr, old_len, new_addr, new_len):
+        """MREMAP_FIXED: unmap the target, shrink the source if asked, move."""
+        self._unmap(new_addr, new_addr + new_len, "mremap")
+        if old_len > new_len:
+            self._unmap(addr + new_len, addr + old_len, "mremap")
+            old_len = new_len
+        return self._move_vma(addr, old_len, new_addr, new_len)
+
+    def _move_vma(self, addr, old_len, new_addr, new_len):
+        """move_vma: a VMA at new_addr with the old one's flags, anon_vma and page offset; the
+        entries move; the old range is unmapped; the rest of a grown VMA is empty."""
+        core = self._core
+        if core.nr_vmas + 2 > self._config.max_map_count:
+            raise SyscallError(errno.ENOMEM, "mremap", "max_map_count")
+        core.vma_split(addr)
+        core.vma_split(addr + old_len)
+        i = core.vma_index(addr)
+        _, _, flags, anon = core.vmas()
+        pgoff = int(core.vma_pgoffs()[i])
+        j = core.vma_insert(new_addr, new_addr + new_len, int(flags[i]), int(anon[i]), pgoff)
+        ret = core.move_page_tables(addr, new_addr, old_len)
+        self._check(ret, "mremap")
+        self._unmap(addr, addr + old_len, "mremap")
+        self._merge_around(core.vma_index(new_addr), core.vma_index(new_addr))
+        return new_addr
+
+    # ---- khugepaged and the shrinkers ------------------------------------------------------------
+
+    @_serialized
+    def khugepaged_scan(self, pages=None, full_scans=None) -> None:
+        """Run khugepaged now, for the whole machine (R68-R73): ``pages`` PTE slots (one
+        wake-up scans ``Config.khugepaged_pages_to_scan``), or until ``full_scans`` more full
+        passes over the registered processes have completed. Deterministic; never runs by
+        itself."""
+        if pages is not None and full_scans is not None:
+            raise ValueError("give pages or full_scans, not both")
+        if full_scans is not None:
+            full_scans = _uint(full_scans, "full_scans")
+        pages = self._config.khugepaged_pages_to_scan if pages is None else _uint(pages, "pages")
+        self._ensure_open()
+        _khugepaged_scan(self._machine, self._config, pages, full_scans)
+
+    @property
+    @_serialized
+    def khugepaged(self) -> dict:
+        """/sys/kernel/mm/transparent_hugepage/khugepaged/{pages_collapsed,full_scans}."""
+        return {"pages_collapsed": self._machine.pages_collapsed, "full_scans": self._machine.full_scans}
+
+    @_serialized
+    def drop_caches(self, mode=2) -> None:
+        """echo mode > /proc/sys/vm/drop_caches: 2 (and 3) run the slab shrinkers, among them
+        the deferred-split shrinker (R54) and the huge-zeropage shrinker (R56); 1 drops the page
+        cache, which anonymous memory does not use."""
+        if isinstance(mode, bool) or mode not in (1, 2, 3):
+            raise ValueError(f"mode must be 1, 2 or 3, not {mode!r}")
+        self._ensure_open()
+        if mode & 2:
+            c = self._config
+            self._machine.shrink_slab(c.shrink_underused, c.khugepaged_max_ptes_none,
+                                      c.remap_zero_subpages and c.zero_page)
 
     # ---- prctl (kernel/sys.c) ------------------------------------------------------------------
 
@@ -672,7 +824,7 @@ class MM:
             "Referenced": c["referenced"] * kb,
             "Anonymous": c["anonymous"] * kb,
             "KSM": 0,
-            "LazyFree": 0,
+            "LazyFree": c["lazyfree"] * kb,
             "AnonHugePages": c["anon_huge"] * kb,
             "ShmemPmdMapped": 0,
             "FilePmdMapped": 0,
@@ -717,3 +869,51 @@ class MM:
     def __repr__(self):
         state = "closed" if self._closed else f"{self._core.nr_vmas} VMAs, RssAnon {self._core.rss_anon * 4} kB"
         return f"<MM {self._config.kernel} {self._config.arch} thp={self._config.thp}: {state}>"
+
+
+def _khugepaged_scan(machine, config, pages, full_scans):
+    """khugepaged_do_scan: scan registered processes in registration order from where the last
+    scan stopped, VMA by VMA, until the budget of PTE slots is spent (or ``full_scans`` passes
+    completed)."""
+    max_none, max_shared = config.khugepaged_max_ptes_none, config.khugepaged_max_ptes_shared
+    target = None if full_scans is None else machine.full_scans + full_scans
+    progress = 0
+    while target is not None and machine.full_scans < target or target is None and progress < pages:
+        mms = sorted((mm for mm in machine.mms if mm.khugepaged_seq), key=lambda mm: mm.khugepaged_seq)
+        if not mms:
+            if target is not None:
+                machine.full_scans = target      # nothing to scan: every pass is immediate
+            break
+        core = next((mm for mm in mms if mm.khugepaged_seq >= machine.khugepaged_cursor_seq), None)
+        if core is None:                          # the mm scanned last has exited
+            machine.khugepaged_cursor_seq, machine.khugepaged_cursor_addr = 0, 0
+            continue
+        if core.khugepaged_seq != machine.khugepaged_cursor_seq:
+            machine.khugepaged_cursor_seq, machine.khugepaged_cursor_addr = core.khugepaged_seq, 0
+        progress += _scan_mm(machine, core, None if target is not None else pages - progress,
+                             max_none, max_shared)
+        if machine.khugepaged_cursor_seq > mms[-1].khugepaged_seq:
+            machine.full_scans += 1               # past the last mm on the list: a full scan
+            machine.khugepaged_cursor_seq, machine.khugepaged_cursor_addr = 0, 0
+
+
+def _scan_mm(machine, core, budget, max_none, max_shared):
+    """khugepaged_scan_mm_slot for one process, from the cursor address. Moves the cursor to the
+    next process when this one is done."""
+    progress = 0
+    starts, ends, _, _ = core.vmas()
+    addr = machine.khugepaged_cursor_addr
+    for i in range(core.vma_first_after(addr), core.nr_vmas):
+        left = (1 << 62) if budget is None else budget - progress
+        if left <= 0:
+            machine.khugepaged_cursor_addr = max(addr, int(starts[i]))
+            return progress
+        done, resume = core.khugepaged_scan_vma(i, addr, left, max_none, max_shared)
+        progress += done
+        if resume:
+            machine.khugepaged_cursor_addr = resume
+            return progress
+        addr = int(ends[i])
+    machine.khugepaged_cursor_seq += 1             # on to the next mm
+    machine.khugepaged_cursor_addr = 0
+    return max(progress, 1)

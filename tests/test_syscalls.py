@@ -280,16 +280,6 @@ def test_madvise_of_length_0_succeeds_whatever_the_advice():
         mm.madvise(X, 0, advice)
 
 
-def test_advice_planned_for_later_issues_is_refused_without_effect():
-    mm = MM()
-    a = mm.mmap(2 * MB)
-    mm.write(a)
-    for advice in ("free", "collapse", "cold", "pageout"):
-        with pytest.raises(NotImplementedError, match="issue 4"):
-            mm.madvise(a, 2 * MB, advice)
-    assert mm.status["RssAnon"] == 4
-
-
 # ---- smaps VmFlags, as the host shows them -------------------------------------------------
 
 def test_vmflags_match_the_host():
@@ -329,11 +319,6 @@ def test_context_manager_closes():
     with MM() as mm:
         mm.write(mm.mmap(PAGE))
     assert mm.closed
-
-
-def test_fork_is_refused_until_issue_4():
-    with pytest.raises(NotImplementedError, match="issue 4"):
-        MM().fork()
 
 
 def test_errors_survive_pickling():
