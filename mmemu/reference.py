@@ -45,24 +45,35 @@ PSS_SHIFT = 12
 # vm_flags bits, with the kernel's values
 VM_READ, VM_WRITE, VM_EXEC = 0x1, 0x2, 0x4
 VM_MAYREAD, VM_MAYWRITE, VM_MAYEXEC = 0x10, 0x20, 0x40
+VM_SEQ_READ, VM_RAND_READ, VM_DONTCOPY = 0x8000, 0x10000, 0x20000
 VM_ACCOUNT = 0x00100000
+VM_WIPEONFORK, VM_DONTDUMP = 0x02000000, 0x04000000
 VM_HUGEPAGE = 0x20000000
 VM_NOHUGEPAGE = 0x40000000
 VM_ACCESS_FLAGS = VM_READ | VM_WRITE | VM_EXEC
 VM_MAY = VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC
 # /proc/PID/smaps VmFlags mnemonics, in the kernel's order (only those mmemu can set)
 VMFLAG_NAMES = ((VM_READ, "rd"), (VM_WRITE, "wr"), (VM_EXEC, "ex"), (VM_MAYREAD, "mr"),
-                (VM_MAYWRITE, "mw"), (VM_MAYEXEC, "me"), (VM_ACCOUNT, "ac"),
+                (VM_MAYWRITE, "mw"), (VM_MAYEXEC, "me"), (VM_SEQ_READ, "sr"), (VM_RAND_READ, "rr"),
+                (VM_DONTCOPY, "dc"), (VM_ACCOUNT, "ac"), (VM_WIPEONFORK, "wf"), (VM_DONTDUMP, "dd"),
                 (VM_HUGEPAGE, "hg"), (VM_NOHUGEPAGE, "nh"))
+# advice that only changes VMA flags: (set, clear)
+FLAG_ADVICE = {
+    "hugepage": (VM_HUGEPAGE, VM_NOHUGEPAGE), "nohugepage": (VM_NOHUGEPAGE, VM_HUGEPAGE),
+    "normal": (0, VM_SEQ_READ | VM_RAND_READ), "random": (VM_RAND_READ, VM_SEQ_READ),
+    "sequential": (VM_SEQ_READ, VM_RAND_READ), "dontfork": (VM_DONTCOPY, 0), "dofork": (0, VM_DONTCOPY),
+    "wipeonfork": (VM_WIPEONFORK, 0), "keeponfork": (0, VM_WIPEONFORK),
+    "dontdump": (VM_DONTDUMP, 0), "dodump": (0, VM_DONTDUMP),
+}
 
 SMAPS_KEYS = ("Size", "KernelPageSize", "MMUPageSize", "Rss", "Pss", "Pss_Dirty", "Shared_Clean", "Shared_Dirty", "Private_Clean",
               "Private_Dirty", "Referenced", "Anonymous", "KSM", "LazyFree", "AnonHugePages",
               "ShmemPmdMapped", "FilePmdMapped", "Shared_Hugetlb", "Private_Hugetlb", "Swap",
               "SwapPss", "Locked", "THPeligible")
 
-NOOP_ADVICE = ("normal", "willneed")    # nothing to do for anonymous memory, beyond the hole check
-MODELLED_ADVICE = NOOP_ADVICE + ("hugepage", "nohugepage", "dontneed", "populate_read", "populate_write",
-                                 "free", "cold", "pageout", "collapse")
+NOOP_ADVICE = ("willneed",)            # nothing to do for anonymous memory, beyond the hole check
+MODELLED_ADVICE = NOOP_ADVICE + tuple(FLAG_ADVICE) + ("dontneed", "dontneed_locked", "populate_read",
+                                                     "populate_write", "free", "cold", "pageout", "collapse")
 DONE, FALLBACK = "done", "fallback"     # what a PMD-level handler returns (VM_FAULT_FALLBACK)
 # results of one khugepaged / MADV_COLLAPSE look at a PMD range (enum scan_result)
 SCAN_SUCCEED, SCAN_PMD_NULL, SCAN_PMD_MAPPED, SCAN_EXCEED_NONE, SCAN_EXCEED_SHARED, \
@@ -630,9 +641,11 @@ class ReferenceMM:
         if self in self._m.kh_list and not self._closed:       # __khugepaged_fork
             self._m.khugepaged_register(child)
         for vma in self._vmas:
-            child._vmas.append(Vma(vma.start, vma.end, vma.flags, vma.anon_vma, vma.pgoff))
-        for vma in self._vmas:
-            if vma.anon_vma is not None:                        # vma_needs_copy (R74)
+            if vma.flags & VM_DONTCOPY:                         # MADV_DONTFORK: absent
+                continue
+            wipe = bool(vma.flags & VM_WIPEONFORK)              # MADV_WIPEONFORK: empty
+            child._vmas.append(Vma(vma.start, vma.end, vma.flags, None if wipe else vma.anon_vma, vma.pgoff))
+            if vma.anon_vma is not None and not wipe:           # vma_needs_copy (R74)
                 self._copy_page_range(child, vma)
         return child
 
@@ -1154,7 +1167,7 @@ class ReferenceMM:
         elif isinstance(page, Page):
             reuse = page.mapcount == 1                  # wp_can_reuse_anon_folio: refcount 1
         else:                                           # a PTE-mapped large folio (6.15+)
-            reuse = self.config.reuse_large_folios and not page.maybe_mapped_shared()
+            reuse = self.config.reuse_large_folios and page.large > 1 and not page.shared
         if reuse:
             pte.writable = pte.dirty = pte.young = pte.exclusive = True
             return
@@ -1591,10 +1604,10 @@ class ReferenceMM:
             if vma.start > cur:
                 unmapped, cur = True, vma.start
             stop = min(end, vma.end)
-            if advice == "dontneed":
+            if advice in ("dontneed", "dontneed_locked"):
                 self._zap_range(vma, cur, stop, reclaim_pt=self.config.pt_reclaim)
-            elif advice in ("hugepage", "nohugepage"):
-                flags = self._hugepage_flags(vma, advice)
+            elif advice in FLAG_ADVICE:
+                flags = self._advice_flags(vma, advice)
                 if advice == "hugepage":
                     self._khugepaged_enter(vma, flags)
                 if flags != vma.flags:
@@ -1608,11 +1621,10 @@ class ReferenceMM:
             raise SyscallError(errno.ENOMEM, "madvise", "range not fully mapped")
 
     @staticmethod
-    def _hugepage_flags(vma, advice):
-        """hugepage_madvise (R62)."""
-        if advice == "hugepage":
-            return (vma.flags & ~VM_NOHUGEPAGE) | VM_HUGEPAGE
-        return (vma.flags & ~VM_HUGEPAGE) | VM_NOHUGEPAGE
+    def _advice_flags(vma, advice):
+        """madvise_vma_behavior's new flags (hugepage_madvise for R62)."""
+        set_bits, clear_bits = FLAG_ADVICE[advice]
+        return (vma.flags & ~clear_bits) | set_bits
 
     def _madvise_populate(self, start, end, write):
         """R63, R79: GUP page by page; faults through the normal handler."""
