@@ -10,6 +10,12 @@ Page tables: ``_pud_tables`` holds the PGD indices (addr >> 39) that have a PUD 
 ``_pmd_tables`` the PUD indices (addr >> 30) that have a PMD table, and ``_pmds`` maps a
 PMD index (addr >> 21) to its entry: a dict (a PTE table: page number -> Pte) or a HugePmd
 (a THP or the huge zeropage, mapped by the PMD; its deposited PTE table is implied).
+
+Memory: an order-0 anonymous page is a :class:`Page`, a PMD-order THP a :class:`Folio`
+(per-subpage mapcounts and written marks, the entire mapcount, the MM_ID slots).  Entries
+point at them; what /proc/vmstat counts about them (nr_anon_pages, nr_anon_transparent_hugepages,
+nr_anon, nr_anon_partially_mapped) and each process's RssAnon are computed from the live
+objects when asked, so they cannot drift from the page tables.
 """
 from __future__ import annotations
 
@@ -34,28 +40,44 @@ PTRS = 512                      # entries per table, pages per THP
 MMAP_MIN_ADDR = 65536
 MMAP_BASE = TASK_SIZE - (128 << 20)
 ZERO_FRAME = 0                  # the shared 4K zeropage, outside emulated RAM
+PSS_SHIFT = 12
 
 # vm_flags bits, with the kernel's values
 VM_READ, VM_WRITE, VM_EXEC = 0x1, 0x2, 0x4
 VM_MAYREAD, VM_MAYWRITE, VM_MAYEXEC = 0x10, 0x20, 0x40
+VM_SEQ_READ, VM_RAND_READ, VM_DONTCOPY = 0x8000, 0x10000, 0x20000
 VM_ACCOUNT = 0x00100000
+VM_WIPEONFORK, VM_DONTDUMP = 0x02000000, 0x04000000
 VM_HUGEPAGE = 0x20000000
 VM_NOHUGEPAGE = 0x40000000
 VM_ACCESS_FLAGS = VM_READ | VM_WRITE | VM_EXEC
 VM_MAY = VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC
 # /proc/PID/smaps VmFlags mnemonics, in the kernel's order (only those mmemu can set)
 VMFLAG_NAMES = ((VM_READ, "rd"), (VM_WRITE, "wr"), (VM_EXEC, "ex"), (VM_MAYREAD, "mr"),
-                (VM_MAYWRITE, "mw"), (VM_MAYEXEC, "me"), (VM_ACCOUNT, "ac"),
+                (VM_MAYWRITE, "mw"), (VM_MAYEXEC, "me"), (VM_SEQ_READ, "sr"), (VM_RAND_READ, "rr"),
+                (VM_DONTCOPY, "dc"), (VM_ACCOUNT, "ac"), (VM_WIPEONFORK, "wf"), (VM_DONTDUMP, "dd"),
                 (VM_HUGEPAGE, "hg"), (VM_NOHUGEPAGE, "nh"))
+# advice that only changes VMA flags: (set, clear)
+FLAG_ADVICE = {
+    "hugepage": (VM_HUGEPAGE, VM_NOHUGEPAGE), "nohugepage": (VM_NOHUGEPAGE, VM_HUGEPAGE),
+    "normal": (0, VM_SEQ_READ | VM_RAND_READ), "random": (VM_RAND_READ, VM_SEQ_READ),
+    "sequential": (VM_SEQ_READ, VM_RAND_READ), "dontfork": (VM_DONTCOPY, 0), "dofork": (0, VM_DONTCOPY),
+    "wipeonfork": (VM_WIPEONFORK, 0), "keeponfork": (0, VM_WIPEONFORK),
+    "dontdump": (VM_DONTDUMP, 0), "dodump": (0, VM_DONTDUMP),
+}
 
 SMAPS_KEYS = ("Size", "KernelPageSize", "MMUPageSize", "Rss", "Pss", "Pss_Dirty", "Shared_Clean", "Shared_Dirty", "Private_Clean",
               "Private_Dirty", "Referenced", "Anonymous", "KSM", "LazyFree", "AnonHugePages",
               "ShmemPmdMapped", "FilePmdMapped", "Shared_Hugetlb", "Private_Hugetlb", "Swap",
               "SwapPss", "Locked", "THPeligible")
 
-NOOP_ADVICE = ("normal", "willneed")    # nothing to do for anonymous memory, beyond the hole check
+NOOP_ADVICE = ("willneed",)            # nothing to do for anonymous memory, beyond the hole check
+MODELLED_ADVICE = NOOP_ADVICE + tuple(FLAG_ADVICE) + ("dontneed", "dontneed_locked", "populate_read",
+                                                     "populate_write", "free", "cold", "pageout", "collapse")
 DONE, FALLBACK = "done", "fallback"     # what a PMD-level handler returns (VM_FAULT_FALLBACK)
-ISSUE4_SPLIT = "splitting the PMD of an anonymous THP is not implemented yet (issue 4)"
+# results of one khugepaged / MADV_COLLAPSE look at a PMD range (enum scan_result)
+SCAN_SUCCEED, SCAN_PMD_NULL, SCAN_PMD_MAPPED, SCAN_EXCEED_NONE, SCAN_EXCEED_SHARED, \
+    SCAN_LACK_REFERENCED, SCAN_ALLOC_FAIL = range(7)
 
 
 class _Segv(Exception):
@@ -72,26 +94,106 @@ class Vma:
     end: int
     flags: int
     anon_vma: int | None = None     # an id; None until the first anonymous fault (R17)
+    pgoff: int = 0                  # vm_pgoff: start >> 12 at mmap, kept across mremap
 
 
-@dataclass
-class Pte:
-    kind: str           # "zero" (the shared zeropage) or "anon" (a 4K anonymous page)
+@dataclass(eq=False)
+class Page:
+    """An order-0 anonymous folio (its refcount is its mapcount: no pins are modelled)."""
     frame: int
+    mapcount: int = 1
+    written: bool = False           # a WRITE or ATOMIC completed on it: not a zero page
+    lazyfree: bool = False          # MADV_FREE'd (not swap-backed)
+
+
+class Folio:
+    """A PMD-order anonymous THP: one 2 MiB block of frames."""
+
+    def __init__(self, block, mm_id):
+        self.block = block
+        self.entire = 1                       # PMD mappings (it is born PMD-mapped)
+        self.mapcount = [0] * PTRS            # PTE mappings per subpage
+        self.written = [False] * PTRS
+        self.lazyfree = False
+        self.partially_mapped = False
+        self.queued = False                   # on the deferred-split queue
+        # MM_ID tracking (include/linux/rmap.h: folio_add/sub_return_large_mapcount); the
+        # per-slot counts are "mappings - 1" as the kernel keeps them (-1: slot free)
+        self.large = 1                        # every mapping: PMD + PTE
+        self.ids = [mm_id, None]
+        self.cnt = [0, -1]
+        self.shared = False                   # FOLIO_MM_IDS_SHARED_BIT
+
+    def mm_add(self, mm_id, diff):
+        self.large += diff
+        new_val = self.large - 1
+        if self.ids[0] == mm_id:
+            self.cnt[0] += diff
+        elif self.ids[1] == mm_id:
+            self.cnt[1] += diff
+        elif self.ids[0] is None:
+            self.ids[0], self.cnt[0] = mm_id, diff - 1
+            if new_val != diff - 1:          # we might have other mappings already
+                self.shared = True
+        elif self.ids[1] is None:
+            self.ids[1], self.cnt[1] = mm_id, diff - 1
+            self.shared = True               # slot 0 certainly has mappings as well
+
+    def mm_sub(self, mm_id, diff):
+        self.large -= diff
+        new_val = self.large - 1
+        for i in (0, 1):
+            if self.ids[i] == mm_id:
+                self.cnt[i] -= diff
+                if self.cnt[i] >= 0:
+                    return
+                self.ids[i], self.cnt[i] = None, -1
+                break
+        if new_val in (self.cnt[0], self.cnt[1]):   # one slot owns every mapping
+            self.shared = False
+
+    def maybe_mapped_shared(self):
+        """folio_maybe_mapped_shared (CONFIG_MM_ID)."""
+        return self.large > 1 and self.shared
+
+    def nr_mapped(self):
+        """Subpages mapped at all (by a PMD anywhere, or by a PTE)."""
+        if self.entire:
+            return PTRS
+        return sum(1 for c in self.mapcount if c)
+
+    def page_mapcount(self, i):
+        """folio_precise_page_mapcount."""
+        return self.mapcount[i] + self.entire
+
+
+@dataclass(eq=False)
+class Pte:
+    kind: str           # "zero" (the shared zeropage) or "anon"
+    page: object        # None for the zeropage, a Page, or a Folio (subpage idx)
+    idx: int
     writable: bool
     dirty: bool
+    young: bool
+    exclusive: bool     # the page's anon-exclusive mark (one mapping implies one holder)
 
 
-@dataclass
+@dataclass(eq=False)
 class HugePmd:
     kind: str           # "hzp" (the huge zeropage) or "thp" (a PMD-mapped anonymous THP)
-    block: int
+    folio: Folio | None
     writable: bool
     dirty: bool
+    young: bool
+    exclusive: bool
 
 
 def _align_up(x, a):
     return (x + a - 1) // a * a
+
+
+def _zero_pte():
+    return Pte("zero", None, 0, False, False, True, False)
 
 
 # ---- argument checking ------------------------------------------------------------------
@@ -117,21 +219,35 @@ def _prot_arg(prot):
     return _int_arg(prot, "prot")
 
 
-# ---- the machine: RAM, the huge zeropage, system-wide counters --------------------------
+# ---- the machine: RAM, the huge zeropage, system-wide counters, khugepaged --------------
 
 class _Machine:
-    """Emulated RAM in 2 MiB blocks of 512 frames, and what /proc/vmstat counts."""
+    """Emulated RAM in 2 MiB blocks of 512 frames, what /proc/vmstat counts, the processes,
+    the deferred-split queue and khugepaged's scan list."""
 
     def __init__(self, config):
+        self.config = config
         self.nblocks = config.memory // PMD_SIZE
         self.fresh = 0              # blocks >= fresh have never been used (wholly free)
         self.free_blocks = []       # heap of wholly free blocks below fresh
         self.partial = {}           # block -> heap of its free frame offsets (partly used)
-        self.vmstat = dict.fromkeys(VMSTAT_NAMES, 0)
-        self.mthp = dict.fromkeys(MTHP_STAT_NAMES, 0)
+        self.events = dict.fromkeys(VMSTAT_NAMES, 0)
+        self.mthp_events = dict.fromkeys(MTHP_STAT_NAMES, 0)
         self.huge_zero_block = None
         self.last_anon_vma = 0
+        self.last_mm_id = 0
+        self.mms = []               # open processes, in creation order
+        self.pages = {}             # frame -> Page (mapped order-0 anonymous pages)
+        self.folios = {}            # block -> Folio (existing THPs)
+        self.deferred = []          # the deferred-split queue (folios, in queueing order)
+        # khugepaged (mm/khugepaged.c: khugepaged_scan, khugepaged_mm_slot)
+        self.kh_list = []           # registered mms, in registration order
+        self.kh_slot = None         # the mm being scanned, or None (at the list head)
+        self.kh_address = 0
+        self.pages_collapsed = 0
+        self.full_scans = 0
 
+    # ---- frames
     def take_free_block(self):
         """The lowest-numbered wholly free block, or None."""
         if self.free_blocks:
@@ -169,6 +285,195 @@ class _Machine:
         self.last_anon_vma += 1
         return self.last_anon_vma
 
+    # ---- the counters
+    def vmstat(self):
+        out = dict(self.events)
+        out["nr_anon_pages"] = len(self.pages) + sum(f.nr_mapped() for f in self.folios.values())
+        out["nr_anon_transparent_hugepages"] = sum(1 for f in self.folios.values() if f.entire)
+        out["nr_page_table_pages"] = sum(mm._nr_tables for mm in self.mms)
+        return out
+
+    def mthp(self):
+        out = dict(self.mthp_events)
+        out["nr_anon"] = len(self.folios)
+        out["nr_anon_partially_mapped"] = sum(1 for f in self.folios.values() if f.partially_mapped)
+        return out
+
+    # ---- folios
+    def new_page(self, frame, written=False):
+        page = Page(frame, 1, written)
+        self.pages[frame] = page
+        return page
+
+    def put_page(self, page):
+        """One mapping of an order-0 page went; the last frees it."""
+        page.mapcount -= 1
+        if page.mapcount == 0:
+            del self.pages[page.frame]
+            self.free_page(page.frame)
+
+    def new_folio(self, block, mm):
+        folio = Folio(block, mm._id)
+        self.folios[block] = folio
+        return folio
+
+    def free_folio(self, folio):
+        del self.folios[folio.block]
+        if folio.queued:
+            self.deferred.remove(folio)
+            folio.queued = False
+        self.free_block(folio.block)
+
+    def queue(self, folio):
+        if not folio.queued:
+            folio.queued = True
+            self.deferred.append(folio)
+
+    def after_rmap_removal(self, folio):
+        """__folio_remove_rmap's tail: free a folio whose last mapping went; flag and queue
+        one that is still mapped but has a subpage mapped nowhere (R50)."""
+        if folio.large == 0:
+            self.free_folio(folio)
+        elif not folio.entire and not folio.partially_mapped and 0 in folio.mapcount:
+            folio.partially_mapped = True
+            self.events["thp_deferred_split_page"] += 1
+            self.mthp_events["split_deferred"] += 1
+            self.queue(folio)
+
+    def split_folio(self, folio):
+        """R51, R52: split a PMD-order folio into order-0 pages, in every process."""
+        for mm in self.mms:
+            for pi in [pi for pi, e in mm._pmds.items() if isinstance(e, HugePmd) and e.folio is folio]:
+                mm._split_huge_pmd(pi)
+        pages = [Page(1 + folio.block * PTRS + i, folio.mapcount[i], folio.written[i], folio.lazyfree)
+                 if folio.mapcount[i] else None for i in range(PTRS)]
+        to_zero = self.config.remap_zero_subpages and self.config.zero_page
+        for mm in self.mms:
+            for table in mm._pmds.values():
+                if isinstance(table, HugePmd):
+                    continue
+                for vpn, pte in table.items():
+                    if pte.page is not folio:
+                        continue
+                    page = pages[pte.idx]
+                    if to_zero and not page.written:        # try_to_map_unused_to_zeropage
+                        table[vpn] = Pte("zero", None, 0, False, False, False, False)
+                        page.mapcount -= 1
+                    else:
+                        pte.page, pte.idx = page, 0
+        del self.folios[folio.block]
+        if folio.queued:
+            self.deferred.remove(folio)
+            folio.queued = False
+        kept = [p for p in pages if p is not None and p.mapcount]
+        free = sorted(set(range(PTRS)) - {p.frame - 1 - folio.block * PTRS for p in kept})
+        if len(free) == PTRS:
+            self.free_block(folio.block)
+        elif free:
+            self.partial[folio.block] = free       # a sorted list is a heap
+        for p in kept:
+            self.pages[p.frame] = p
+        self.events["thp_split_page"] += 1
+        self.mthp_events["split"] += 1
+
+    # ---- shrinkers
+    def deferred_split_scan(self):
+        """R54: every queued folio leaves the queue; partially mapped ones are split, fully
+        mapped ones too when underused."""
+        cfg = self.config
+        for folio in list(self.deferred):
+            self.deferred.remove(folio)
+            folio.queued = False
+            if folio.partially_mapped:
+                self.split_folio(folio)
+            elif (cfg.shrink_underused and cfg.khugepaged_max_ptes_none < PTRS - 1
+                  and folio.written.count(False) > cfg.khugepaged_max_ptes_none):
+                self.split_folio(folio)
+                self.events["thp_underused_split_page"] += 1
+
+    def shrink_huge_zero(self):
+        """R56: the huge zeropage goes when no process holds it."""
+        if self.huge_zero_block is not None and not any(mm._has_huge_zero for mm in self.mms):
+            self.free_block(self.huge_zero_block)
+            self.huge_zero_block = None
+
+    # ---- khugepaged
+    def khugepaged_enabled(self):
+        """hugepage_pmd_enabled(): khugepaged runs while order 9 can be enabled at all."""
+        return self.config.pmd_thp_modes()[1]
+
+    def khugepaged_register(self, mm):
+        if mm not in self.kh_list:
+            self.kh_list.append(mm)
+
+    def khugepaged_exit(self, mm):
+        """__khugepaged_exit: the slot goes now unless khugepaged is scanning it (then the scan
+        finds the mm exiting and frees the slot itself)."""
+        if mm in self.kh_list and self.kh_slot is not mm:
+            self.kh_list.remove(mm)
+
+    def khugepaged_do_scan(self, pages):
+        """One wake-up of khugepaged (khugepaged_do_scan)."""
+        progress, pass_through_head, wait = 0, 0, True
+        while True:
+            if self.kh_slot is None:
+                pass_through_head += 1
+            result = None
+            if self.kh_list and self.khugepaged_enabled() and pass_through_head < 2:
+                done, result = self.khugepaged_scan_mm_slot(pages - progress)
+                progress += done
+            else:
+                progress = pages
+            if progress >= pages:
+                return
+            if result == SCAN_ALLOC_FAIL:
+                if not wait:
+                    return
+                wait = False
+
+    def khugepaged_scan_mm_slot(self, pages):
+        """khugepaged_scan_mm_slot: (PTE slots used, last result)."""
+        if self.kh_slot is None:
+            self.kh_slot, self.kh_address = self.kh_list[0], 0
+        mm = self.kh_slot
+        progress, result, finished = 1, None, True
+        if not mm._closed and mm._thp_disable != "completely":
+            for vma in list(mm._vmas):
+                if vma.end <= self.kh_address:
+                    continue
+                if not mm._khugepaged_allowed(vma, vma.flags):
+                    progress += 1
+                    continue
+                hstart = _align_up(vma.start, PMD_SIZE)
+                hend = vma.end & ~(PMD_SIZE - 1)
+                if self.kh_address > hend:
+                    progress += 1
+                    continue
+                self.kh_address = max(self.kh_address, hstart)
+                stop = False
+                while self.kh_address < hend:
+                    result, locked = mm._khugepaged_scan_pmd(vma, self.kh_address)
+                    if result == SCAN_SUCCEED:
+                        self.pages_collapsed += 1
+                    self.kh_address += PMD_SIZE
+                    progress += PTRS
+                    if not locked or progress >= pages:
+                        stop = True
+                        break
+                if stop:
+                    finished = False
+                    break
+        if finished:            # every VMA scanned (or the mm is exiting): the next mm
+            i = self.kh_list.index(mm)
+            if i + 1 < len(self.kh_list):
+                self.kh_slot, self.kh_address = self.kh_list[i + 1], 0
+            else:
+                self.kh_slot = None
+                self.full_scans += 1
+            if mm._closed:
+                self.kh_list.remove(mm)
+        return progress, result
+
 
 class ReferenceMM:
     """One emulated process (see the module docstring); the API of :class:`mmemu.MM`."""
@@ -180,14 +485,19 @@ class ReferenceMM:
             raise TypeError(f"config must be a mmemu.Config, not {type(config).__name__}")
         if config.mthp_enabled():
             raise NotImplementedError("mTHP sizes other than 2048 kB are not implemented yet (issue 5)")
+        self._init_process(config, _Machine(config))
+
+    def _init_process(self, config, machine):
         self.config = config
-        self._m = _Machine(config)
+        self._m = machine
+        machine.last_mm_id += 1
+        self._id = machine.last_mm_id
+        machine.mms.append(self)
         self._vmas: list[Vma] = []
         self._pud_tables: set[int] = set()
         self._pmd_tables: set[int] = set()
         self._pmds: dict[int, dict | HugePmd] = {}
         self._nr_tables = 0         # page-table pages of this MM (PUD, PMD, PTE, deposited)
-        self._rss_anon = 0          # MM_ANONPAGES, in 4K pages
         self._min_flt = 0
         self._has_huge_zero = False  # this mm holds a reference on the huge zeropage
         self._thp_disable = None     # prctl(PR_SET_THP_DISABLE): "completely" or "except_advised"
@@ -196,12 +506,20 @@ class ReferenceMM:
     # ================================================================ observables
 
     @property
+    def closed(self):
+        return self._closed
+
+    @property
     def vmstat(self):
-        return dict(self._m.vmstat)
+        return self._m.vmstat()
 
     @property
     def mthp_stats(self):
-        return {2048: dict(self._m.mthp)}
+        return {2048: self._m.mthp()}
+
+    @property
+    def khugepaged(self):
+        return {"pages_collapsed": self._m.pages_collapsed, "full_scans": self._m.full_scans}
 
     @property
     def rusage(self):
@@ -209,8 +527,18 @@ class ReferenceMM:
 
     @property
     def status(self):
-        rss = self._rss_anon * 4
+        rss = self._rss_anon() * 4
         return {"VmRSS": rss, "RssAnon": rss, "VmPTE": self._nr_tables * 4}
+
+    def _rss_anon(self):
+        """MM_ANONPAGES: the anonymous pages this process maps (shared ones too)."""
+        n = 0
+        for entry in self._pmds.values():
+            if isinstance(entry, HugePmd):
+                n += PTRS if entry.kind == "thp" else 0
+            else:
+                n += sum(1 for pte in entry.values() if pte.kind == "anon")
+        return n
 
     def maps(self):
         self._check_open()
@@ -222,32 +550,59 @@ class ReferenceMM:
         return out
 
     def smaps(self, addr):
+        """fs/proc/task_mmu.c: smaps_pte_entry, smaps_pmd_entry, smaps_account."""
         self._check_open()
         addr = _int_arg(addr, "addr")
         vma = self._vma_at(addr)
         if vma is None:
             raise ValueError(f"no VMA contains address {addr:#x}")
-        clean = dirty = ahp = 0                         # kB
+        acc = dict.fromkeys(("rss", "pss", "pss_dirty", "shared_clean", "shared_dirty", "private_clean",
+                             "private_dirty", "referenced", "anonymous", "lazyfree", "ahp"), 0)
+
+        def page_accumulate(size, pss, dirty, private):
+            acc["pss"] += pss
+            if dirty:
+                acc["pss_dirty"] += pss
+            acc[("private_" if private else "shared_") + ("dirty" if dirty else "clean")] += size
+
+        def account(folio, first, nr, young, dirty):
+            size = nr * PAGE_SIZE
+            lazyfree = folio.lazyfree
+            acc["anonymous"] += size
+            if lazyfree and not dirty:
+                acc["lazyfree"] += size
+            acc["rss"] += size
+            if young:
+                acc["referenced"] += size
+            refcount = folio.mapcount if isinstance(folio, Page) else folio.large
+            if refcount == 1:
+                page_accumulate(size, size << PSS_SHIFT, dirty, True)
+                return
+            for i in range(first, first + nr):
+                mapcount = folio.mapcount if isinstance(folio, Page) else folio.page_mapcount(i)
+                pss = PAGE_SIZE << PSS_SHIFT
+                if mapcount >= 2:
+                    pss //= mapcount
+                page_accumulate(PAGE_SIZE, pss, dirty, mapcount < 2)
+
         for _, entry in self._entries_in(vma.start, vma.end):
             if isinstance(entry, HugePmd):
                 if entry.kind == "thp":                 # the huge zeropage never counts (R4)
-                    ahp += 2048
-                    if entry.dirty:
-                        dirty += 2048
-                    else:
-                        clean += 2048
+                    account(entry.folio, 0, PTRS, entry.young, entry.dirty)
+                    acc["ahp"] += PMD_SIZE
                 continue
-            for vpn, pte in entry.items():
+            for vpn in sorted(entry):
+                pte = entry[vpn]
                 if pte.kind == "anon" and vma.start <= vpn * PAGE_SIZE < vma.end:
-                    if pte.dirty:
-                        dirty += 4
-                    else:
-                        clean += 4
-        rss = clean + dirty
+                    account(pte.page, pte.idx, 1, pte.young, pte.dirty)
         out = dict.fromkeys(SMAPS_KEYS, 0)
-        out.update(Size=(vma.end - vma.start) // 1024, KernelPageSize=4, MMUPageSize=4, Rss=rss,
-                   Pss=rss, Pss_Dirty=dirty, Private_Clean=clean,
-                   Private_Dirty=dirty, Referenced=rss, Anonymous=rss, AnonHugePages=ahp,
+        out.update(Size=(vma.end - vma.start) // 1024, KernelPageSize=4, MMUPageSize=4,
+                   Rss=acc["rss"] >> 10, Pss=acc["pss"] >> (PSS_SHIFT + 10),
+                   Pss_Dirty=acc["pss_dirty"] >> (PSS_SHIFT + 10),
+                   Shared_Clean=acc["shared_clean"] >> 10, Shared_Dirty=acc["shared_dirty"] >> 10,
+                   Private_Clean=acc["private_clean"] >> 10, Private_Dirty=acc["private_dirty"] >> 10,
+                   Referenced=acc["referenced"] >> 10, Anonymous=acc["anonymous"] >> 10,
+                   LazyFree=acc["lazyfree"] >> 10, AnonHugePages=acc["ahp"] >> 10,
                    THPeligible=int(self._thp_eligible_smaps(vma)))
         out["VmFlags"] = " ".join(name for bit, name in VMFLAG_NAMES if vma.flags & bit)
         return out
@@ -271,12 +626,78 @@ class ReferenceMM:
         pte = entry.get(addr >> 12) if entry is not None else None
         if pte is None:
             return PageState.NONE
-        return PageState.ANON if pte.kind == "anon" else PageState.ZERO
+        if pte.kind == "zero":
+            return PageState.ZERO
+        return PageState.LARGE if isinstance(pte.page, Folio) else PageState.ANON
 
     # ================================================================ lifetime
 
     def fork(self):
-        raise NotImplementedError("fork is not implemented yet (issue 4)")
+        """A copy-on-write child on the same machine (kernel/fork.c: dup_mmap; R74-R78)."""
+        self._check_open()
+        child = ReferenceMM.__new__(ReferenceMM)
+        child._init_process(self.config, self._m)
+        child._thp_disable = self._thp_disable
+        if self in self._m.kh_list and not self._closed:       # __khugepaged_fork
+            self._m.khugepaged_register(child)
+        for vma in self._vmas:
+            if vma.flags & VM_DONTCOPY:                         # MADV_DONTFORK: absent
+                continue
+            wipe = bool(vma.flags & VM_WIPEONFORK)              # MADV_WIPEONFORK: empty
+            child._vmas.append(Vma(vma.start, vma.end, vma.flags, None if wipe else vma.anon_vma, vma.pgoff))
+            if vma.anon_vma is not None and not wipe:           # vma_needs_copy (R74)
+                self._copy_page_range(child, vma)
+        return child
+
+    def _copy_page_range(self, child, vma):
+        """copy_page_range: upper tables where this process has them, a PTE table wherever
+        this process has one (even empty), entries write-protected, the child's old."""
+        start, end = vma.start, vma.end
+        for g in sorted(self._pud_tables):
+            if not (g + 1) * PGD_SPAN > start or not g * PGD_SPAN < end:
+                continue
+            if g not in child._pud_tables:
+                child._pud_tables.add(g)
+                child._table_alloc()
+            for u in sorted(self._pmd_tables):
+                if u >> 9 != g or not ((u + 1) * PUD_SPAN > start and u * PUD_SPAN < end):
+                    continue
+                if u not in child._pmd_tables:
+                    child._pmd_tables.add(u)
+                    child._table_alloc()
+                for pi, entry in self._entries_in(max(start, u * PUD_SPAN), min(end, (u + 1) * PUD_SPAN)):
+                    if isinstance(entry, HugePmd):
+                        self._copy_huge_pmd(child, pi, entry)
+                    else:
+                        self._copy_pte_range(child, pi, entry, max(start, pi << 21), min(end, (pi + 1) << 21))
+
+    def _copy_huge_pmd(self, child, pi, entry):
+        child._table_alloc()                                    # the child's own deposit
+        if entry.kind == "hzp":
+            child._mm_get_huge_zero_folio()
+            child._pmds[pi] = HugePmd("hzp", None, False, False, False, False)
+            return
+        folio = entry.folio
+        entry.writable = entry.exclusive = False
+        child._pmds[pi] = HugePmd("thp", folio, False, entry.dirty, False, False)
+        folio.entire += 1
+        folio.mm_add(child._id, 1)
+
+    def _copy_pte_range(self, child, pi, table, start, end):
+        ctable = child._pte_alloc(pi)
+        lo, hi = start >> 12, end >> 12
+        for vpn in sorted(v for v in table if lo <= v < hi):
+            pte = table[vpn]
+            if pte.kind == "zero":
+                ctable[vpn] = Pte("zero", None, 0, False, pte.dirty, False, False)
+                continue
+            pte.writable = pte.exclusive = False
+            ctable[vpn] = Pte("anon", pte.page, pte.idx, False, pte.dirty, False, False)
+            if isinstance(pte.page, Folio):
+                pte.page.mapcount[pte.idx] += 1
+                pte.page.mm_add(child._id, 1)
+            else:
+                pte.page.mapcount += 1
 
     def prctl(self, option, arg2=0, arg3=0, arg4=0, arg5=0):
         """PR_SET_THP_DISABLE (41) and PR_GET_THP_DISABLE (42) (kernel/sys.c)."""
@@ -297,15 +718,18 @@ class ReferenceMM:
         return 0
 
     def close(self):
-        """The process exits: every mapping goes, every table is freed (exit_mmap)."""
+        """The process exits: khugepaged lets go of it, every mapping goes, every table is
+        freed (exit_mmap), and its huge-zeropage reference is dropped."""
         if self._closed:
             return
+        self._m.khugepaged_exit(self)
         for vma in self._vmas:
             self._zap_range(vma, vma.start, vma.end)
         self._vmas = []
         self._free_pgtables([(0, TOP)], 0, TOP)
-        self._has_huge_zero = False     # the huge zeropage itself stays (no shrinker yet)
+        self._has_huge_zero = False
         self._closed = True
+        self._m.mms.remove(self)
 
     def __enter__(self):
         return self
@@ -316,6 +740,18 @@ class ReferenceMM:
     def _check_open(self):
         if self._closed:
             raise ClosedError("this MM was closed (its process exited)")
+
+    def drop_caches(self, mode=2):
+        """echo mode > /proc/sys/vm/drop_caches: 2 and 3 run the slab shrinkers (the deferred
+        split queue, then the huge zeropage); 1 drops the page cache (none here)."""
+        self._check_open()
+        if isinstance(mode, bool) or not isinstance(mode, (int, np.integer)):
+            raise TypeError(f"mode must be an int, not {type(mode).__name__}")
+        if mode not in (1, 2, 3):
+            raise ValueError(f"mode must be 1, 2 or 3, not {mode}")
+        if mode & 2:
+            self._m.deferred_split_scan()
+            self._m.shrink_huge_zero()
 
     # ================================================================ VMAs
 
@@ -339,7 +775,7 @@ class ReferenceMM:
     def _split_vma(self, vma, at):
         """Split vma at `at`; returns the upper piece. A straddling PMD mapping is split first (R16)."""
         self._split_pmd_at(at)
-        upper = Vma(at, vma.end, vma.flags, vma.anon_vma)
+        upper = Vma(at, vma.end, vma.flags, vma.anon_vma, vma.pgoff + ((at - vma.start) >> 12))
         vma.end = at
         self._insert_vma(upper)
         return upper
@@ -350,20 +786,22 @@ class ReferenceMM:
             self._split_huge_pmd(at >> 21)
 
     @staticmethod
-    def _mergeable(vma, flags, anon_vma):
-        return vma.flags == flags and (vma.anon_vma is None or anon_vma is None
-                                       or vma.anon_vma == anon_vma)
+    def _mergeable(lo, hi):
+        """lo immediately below hi: identical flags, compatible anon_vmas, continuous vm_pgoff."""
+        return (lo.end == hi.start and lo.flags == hi.flags
+                and (lo.anon_vma is None or hi.anon_vma is None or lo.anon_vma == hi.anon_vma)
+                and lo.pgoff + ((lo.end - lo.start) >> 12) == hi.pgoff)
 
     def _merge_around(self, vma):
         """Merge vma with the previous, then the next adjacent VMA when compatible."""
         prev = self._prev_vma(vma.start)
-        if prev is not None and prev.end == vma.start and self._mergeable(prev, vma.flags, vma.anon_vma):
+        if prev is not None and self._mergeable(prev, vma):
             prev.end = vma.end
             prev.anon_vma = prev.anon_vma or vma.anon_vma
             self._vmas.remove(vma)
             vma = prev
         nxt = self._find_vma(vma.end)
-        if nxt is not None and nxt.start == vma.end and self._mergeable(nxt, vma.flags, vma.anon_vma):
+        if nxt is not None and self._mergeable(vma, nxt):
             vma.end = nxt.end
             vma.anon_vma = vma.anon_vma or nxt.anon_vma
             self._vmas.remove(nxt)
@@ -373,10 +811,9 @@ class ReferenceMM:
         """vma_modify_flags: give [start, end) of vma the new flags, merging or splitting."""
         prev = self._prev_vma(vma.start)
         nxt = self._find_vma(vma.end)
-        merge_left = (start == vma.start and prev is not None and prev.end == start
-                      and self._mergeable(prev, flags, vma.anon_vma))
-        merge_right = (end == vma.end and nxt is not None and nxt.start == end
-                       and self._mergeable(nxt, flags, vma.anon_vma))
+        piece = Vma(start, end, flags, vma.anon_vma, vma.pgoff + ((start - vma.start) >> 12))
+        merge_left = start == vma.start and prev is not None and self._mergeable(prev, piece)
+        merge_right = end == vma.end and nxt is not None and self._mergeable(piece, nxt)
         if start > vma.start:
             if not merge_right:                  # a real split: it may be refused (split_vma)
                 self._check_split(syscall, err)
@@ -397,41 +834,63 @@ class ReferenceMM:
             vma.anon_vma = self._find_mergeable_anon_vma(vma) or self._m.new_anon_vma()
 
     def _find_mergeable_anon_vma(self, vma):
-        """Share a neighbour's anon_vma if the two differ only in VM_READ/WRITE/EXEC (next first)."""
+        """Share a neighbour's anon_vma if the two differ only in VM_READ/WRITE/EXEC and their
+        vm_pgoff is continuous (anon_vma_compatible; next first)."""
         nxt = self._find_vma(vma.end)
         prev = self._prev_vma(vma.start)
-        for other, touching in ((nxt, nxt is not None and nxt.start == vma.end),
-                                (prev, prev is not None and prev.end == vma.start)):
-            if touching and other.anon_vma is not None \
-                    and not (other.flags ^ vma.flags) & ~VM_ACCESS_FLAGS:
+        for lo, hi, other in ((vma, nxt, nxt), (prev, vma, prev)):
+            if other is None or lo.end != hi.start or other.anon_vma is None:
+                continue
+            if not (lo.flags ^ hi.flags) & ~VM_ACCESS_FLAGS and lo.pgoff + ((lo.end - lo.start) >> 12) == hi.pgoff:
                 return other.anon_vma
         return None
 
     # ================================================================ THP policy
 
-    def _thp_enabled(self, vma):
-        """R19/R20: order 9 enabled for this VMA by the sysfs knobs, no VM_NOHUGEPAGE or prctl
+    def _thp_enabled_flags(self, flags):
+        """R19/R20: order 9 enabled for VMA flags by the sysfs knobs, no VM_NOHUGEPAGE or prctl
         veto (PR_SET_THP_DISABLE: none at all, or only in VM_HUGEPAGE VMAs)."""
         always, madvise = self.config.pmd_thp_modes()
-        if vma.flags & VM_NOHUGEPAGE or self._thp_disable == "completely":
+        if flags & VM_NOHUGEPAGE or self._thp_disable == "completely":
             return False
-        if self._thp_disable == "except_advised" and not vma.flags & VM_HUGEPAGE:
+        if self._thp_disable == "except_advised" and not flags & VM_HUGEPAGE:
             return False
-        return always or (madvise and bool(vma.flags & VM_HUGEPAGE))
+        return always or (madvise and bool(flags & VM_HUGEPAGE))
+
+    def _thp_enabled(self, vma):
+        return self._thp_enabled_flags(vma.flags)
+
+    @staticmethod
+    def _has_aligned_block(vma):
+        last = (vma.end - PMD_SIZE) & ~(PMD_SIZE - 1)   # the last aligned 2 MiB before the end
+        return vma.end >= PMD_SIZE and vma.start <= last
 
     def _thp_eligible_smaps(self, vma):
-        last = (vma.end - PMD_SIZE) & ~(PMD_SIZE - 1)   # the last aligned 2 MiB before the end
-        return self._thp_enabled(vma) and vma.start <= last
+        return self._thp_enabled(vma) and self._has_aligned_block(vma)
+
+    def _khugepaged_allowed(self, vma, flags):
+        """thp_vma_allowable_order(TVA_KHUGEPAGED): the sysfs mode and vetoes, an aligned block
+        inside the VMA, and an anon_vma (R20.4)."""
+        return self._thp_enabled_flags(flags) and self._has_aligned_block(vma) and vma.anon_vma is not None
+
+    def _collapse_allowed(self, vma):
+        """thp_vma_allowable_order(TVA_FORCED_COLLAPSE): sysfs ignored; VM_NOHUGEPAGE and a
+        complete prctl veto; an aligned block inside; an anon_vma."""
+        return (not vma.flags & VM_NOHUGEPAGE and self._thp_disable != "completely"
+                and self._has_aligned_block(vma) and vma.anon_vma is not None)
+
+    def _khugepaged_enter(self, vma, flags):
+        """khugepaged_enter_vma (R18)."""
+        if self._m.khugepaged_enabled() and self._khugepaged_allowed(vma, flags):
+            self._m.khugepaged_register(self)
 
     # ================================================================ page tables
 
     def _table_alloc(self):
         self._nr_tables += 1
-        self._m.vmstat["nr_page_table_pages"] += 1
 
     def _table_free(self, n=1):
         self._nr_tables -= n
-        self._m.vmstat["nr_page_table_pages"] -= n
 
     def _alloc_upper_tables(self, addr):
         """__handle_mm_fault: pud_alloc, pmd_alloc on the way down (R10)."""
@@ -452,10 +911,6 @@ class ReferenceMM:
         """The PMD entries (index, entry) whose 2 MiB overlaps [start, end), in order."""
         lo, hi = start >> 21, (end - 1) >> 21
         return [(pi, self._pmds[pi]) for pi in sorted(self._pmds) if lo <= pi <= hi]
-
-    def _add_anon(self, pages):
-        self._rss_anon += pages
-        self._m.vmstat["nr_anon_pages"] += pages
 
     # ================================================================ accesses
 
@@ -509,21 +964,37 @@ class ReferenceMM:
         return out
 
     def _access_one(self, addr, op):
-        """One load/store/atomic: the faults it takes (0, 1 or 2)."""
+        """One load/store/atomic: the faults it takes (0, 1 or 2). A store or an atomic that
+        completes marks its page written."""
         vma = self._vma_at(addr)
         if vma is None or not vma.flags & VM_ACCESS_FLAGS:
             raise _Segv
         if op == READ:
             return self._touch(vma, addr, write=False)
         if op == WRITE or self.config.arch == "x86_64":        # x86: atomics are writes (R25)
-            return self._touch(vma, addr, write=True)
-        # arm64 (R26, R83)
-        if self.config.atomic_write_fault and vma.flags & VM_READ and vma.flags & VM_WRITE:
-            return self._touch(vma, addr, write=True)
-        faults = 0
-        if self._page_state(addr) == PageState.NONE:            # first reported as a read
-            faults += self._touch(vma, addr, write=False)
-        return faults + self._touch(vma, addr, write=True)
+            faults = self._touch(vma, addr, write=True)
+        elif self.config.atomic_write_fault and vma.flags & VM_READ and vma.flags & VM_WRITE:
+            faults = self._touch(vma, addr, write=True)         # arm64 (R26, R83)
+        else:
+            faults = 0
+            if self._page_state(addr) == PageState.NONE:        # first reported as a read
+                faults += self._touch(vma, addr, write=False)
+            faults += self._touch(vma, addr, write=True)
+        self._mark_written(addr)
+        return faults
+
+    def _mark_written(self, addr):
+        entry = self._pmds.get(addr >> 21)
+        if isinstance(entry, HugePmd):
+            if entry.kind == "thp":
+                entry.folio.written[(addr >> 12) % PTRS] = True
+            return
+        pte = entry.get(addr >> 12) if entry is not None else None
+        if pte is not None and pte.kind == "anon":
+            if isinstance(pte.page, Folio):
+                pte.page.written[pte.idx] = True
+            else:
+                pte.page.written = True
 
     def _touch(self, vma, addr, write):
         if write and not vma.flags & VM_WRITE:
@@ -535,7 +1006,7 @@ class ReferenceMM:
 
     def _follow(self, addr, write):
         """The bytes a present, sufficient entry maps from addr on (0 if it must fault).
-        Like the MMU (and GUP's FOLL_TOUCH), a write marks the entry dirty."""
+        Like the MMU (and GUP's FOLL_TOUCH), an access marks the entry young, a write dirty."""
         entry = self._pmds.get(addr >> 21)
         if isinstance(entry, HugePmd):
             found, size = entry, PMD_SIZE - addr % PMD_SIZE
@@ -544,13 +1015,14 @@ class ReferenceMM:
         if found is None or (write and not found.writable):
             return 0
         found.dirty |= write
+        found.young = True
         return size
 
     # ================================================================ the fault path
 
     def _fault(self, vma, addr, write):
         """handle_mm_fault + mm_account_fault (R1): errors count in pgfault only."""
-        self._m.vmstat["pgfault"] += 1
+        self._m.events["pgfault"] += 1
         self._handle_mm_fault(vma, addr, write)
         self._min_flt += 1
 
@@ -564,6 +1036,7 @@ class ReferenceMM:
         elif isinstance(entry, HugePmd):
             if not (write and not entry.writable):
                 entry.dirty |= write                    # huge_pmd_set_accessed
+                entry.young = True
                 return
             if self._do_huge_pmd_wp_page(vma, addr, entry) == DONE:
                 return
@@ -575,12 +1048,13 @@ class ReferenceMM:
         if haddr < vma.start or haddr + PMD_SIZE > vma.end:    # thp_vma_suitable_order (R21)
             return FALLBACK
         self._anon_vma_prepare(vma)
+        self._khugepaged_enter(vma, vma.flags)
         if not write and self.config.zero_page and self.config.use_zero_page:
             if not self._mm_get_huge_zero_folio():
-                self._m.vmstat["thp_fault_fallback"] += 1
+                self._m.events["thp_fault_fallback"] += 1
                 return FALLBACK
             self._table_alloc()                                 # the deposit (R11)
-            self._pmds[addr >> 21] = HugePmd("hzp", self._m.huge_zero_block, False, False)
+            self._pmds[addr >> 21] = HugePmd("hzp", None, False, False, True, False)
             return DONE
         block = self._vma_alloc_anon_folio_pmd()
         if block is None:
@@ -595,10 +1069,10 @@ class ReferenceMM:
             if self._m.huge_zero_block is None:
                 block = self._m.take_free_block()
                 if block is None:
-                    self._m.vmstat["thp_zero_page_alloc_failed"] += 1
+                    self._m.events["thp_zero_page_alloc_failed"] += 1
                     return False
                 self._m.huge_zero_block = block
-                self._m.vmstat["thp_zero_page_alloc"] += 1
+                self._m.events["thp_zero_page_alloc"] += 1
             self._has_huge_zero = True
         return True
 
@@ -606,18 +1080,17 @@ class ReferenceMM:
         """A wholly free block for a THP, or None after counting the fallback (R38)."""
         block = self._m.take_free_block()
         if block is None:
-            self._m.vmstat["thp_fault_fallback"] += 1
-            self._m.mthp["anon_fault_fallback"] += 1
+            self._m.events["thp_fault_fallback"] += 1
+            self._m.mthp_events["anon_fault_fallback"] += 1
         return block
 
     def _map_anon_folio_pmd(self, vma, pi, block):
-        self._pmds[pi] = HugePmd("thp", block, bool(vma.flags & VM_WRITE), True)
-        self._add_anon(PTRS)
-        m = self._m
-        m.vmstat["thp_fault_alloc"] += 1
-        m.vmstat["nr_anon_transparent_hugepages"] += 1
-        m.mthp["anon_fault_alloc"] += 1
-        m.mthp["nr_anon"] += 1
+        """A new THP by PMD, queued for deferred split uncounted (R55)."""
+        folio = self._m.new_folio(block, self)
+        self._pmds[pi] = HugePmd("thp", folio, bool(vma.flags & VM_WRITE), True, True, True)
+        self._m.queue(folio)
+        self._m.events["thp_fault_alloc"] += 1
+        self._m.mthp_events["anon_fault_alloc"] += 1
 
     def _do_huge_pmd_wp_page(self, vma, addr, entry):
         """R41-R44: a write to a read-only PMD mapping."""
@@ -626,8 +1099,11 @@ class ReferenceMM:
                 return DONE
             self._split_huge_pmd(addr >> 21)        # R42 / R43, then the PTE level
             return FALLBACK
-        entry.writable = entry.dirty = True         # exclusive THP: reuse (no fork yet)
-        return DONE
+        if entry.exclusive or entry.folio.large == 1:   # R44: reuse
+            entry.writable = entry.dirty = entry.young = entry.exclusive = True
+            return DONE
+        self._split_huge_pmd(addr >> 21)            # shared: split this process's PMD, copy 4K
+        return FALLBACK
 
     def _do_huge_zero_wp_pmd(self, vma, addr):
         """R41 (6.13+): replace the huge zeropage by a new THP; the deposit is kept; no
@@ -639,16 +1115,23 @@ class ReferenceMM:
         return DONE
 
     def _split_huge_pmd(self, pi):
+        """R47, R48: the deposit becomes the PTE table."""
         entry = self._pmds[pi]
-        if entry.kind == "thp":
-            raise NotImplementedError(ISSUE4_SPLIT)
-        self._split_huge_zero_pmd(pi)
-
-    def _split_huge_zero_pmd(self, pi):
-        """R48: the deposit becomes a PTE table of 512 read-only zeropage PTEs."""
+        self._m.events["thp_split_pmd"] += 1
         base = pi << 9
-        self._pmds[pi] = {vpn: Pte("zero", ZERO_FRAME, False, False) for vpn in range(base, base + PTRS)}
-        self._m.vmstat["thp_split_pmd"] += 1
+        if entry.kind == "hzp":
+            self._pmds[pi] = {vpn: Pte("zero", None, 0, False, False, entry.young, False)
+                              for vpn in range(base, base + PTRS)}
+            return
+        folio = entry.folio
+        self._pmds[pi] = {base + i: Pte("anon", folio, i, entry.writable, entry.dirty, entry.young,
+                                        entry.exclusive) for i in range(PTRS)}
+        for i in range(PTRS):
+            folio.mapcount[i] += 1
+        folio.mm_add(self._id, PTRS)
+        folio.entire -= 1
+        folio.mm_sub(self._id, 1)
+        self._m.after_rmap_removal(folio)
 
     def _handle_pte_fault(self, vma, addr, write):
         """R29."""
@@ -659,34 +1142,87 @@ class ReferenceMM:
         if write and not pte.writable:
             return self._do_wp_page(vma, addr, pte)
         pte.dirty |= write                          # spurious: already fixed
+        pte.young = True
 
     def _do_anonymous_page(self, vma, addr, write):
         """R30, R35: a none PTE."""
         table = self._pte_alloc(addr >> 21)
         if not write and self.config.zero_page:
-            table[addr >> 12] = Pte("zero", ZERO_FRAME, False, False)
+            table[addr >> 12] = _zero_pte()
             return
         self._anon_vma_prepare(vma)
         frame = self._m.alloc_page()
         if frame is None:
             raise _Oom
         writable = bool(vma.flags & VM_WRITE)
-        table[addr >> 12] = Pte("anon", frame, writable, writable)
-        self._add_anon(1)
+        table[addr >> 12] = Pte("anon", self._m.new_page(frame), 0, writable, writable, True, True)
 
     def _do_wp_page(self, vma, addr, pte):
-        """R39, R40: a write to a read-only PTE."""
+        """R39, R40: a write to a read-only PTE: reuse or copy."""
         if pte.kind == "zero":
-            return self._wp_page_copy(vma, addr)
-        pte.writable = pte.dirty = True             # exclusive anon page: wp_page_reuse
+            return self._wp_page_copy(vma, addr, pte)
+        page = pte.page
+        if pte.exclusive:
+            reuse = True
+        elif isinstance(page, Page):
+            reuse = page.mapcount == 1                  # wp_can_reuse_anon_folio: refcount 1
+        else:                                           # a PTE-mapped large folio (6.15+)
+            reuse = self.config.reuse_large_folios and page.large > 1 and not page.shared
+        if reuse:
+            pte.writable = pte.dirty = pte.young = pte.exclusive = True
+            return
+        self._wp_page_copy(vma, addr, pte)
 
-    def _wp_page_copy(self, vma, addr):
+    def _wp_page_copy(self, vma, addr, old):
+        """A new 4K page: zeroed for the zeropage, else a copy (the written mark with it)."""
         self._anon_vma_prepare(vma)
         frame = self._m.alloc_page()
         if frame is None:
             raise _Oom
-        self._pmds[addr >> 21][addr >> 12] = Pte("anon", frame, True, True)
-        self._add_anon(1)
+        written = False
+        if old.kind == "anon":
+            written = old.page.written[old.idx] if isinstance(old.page, Folio) else old.page.written
+        self._pmds[addr >> 21][addr >> 12] = Pte("anon", self._m.new_page(frame, written), 0,
+                                                 True, True, True, True)
+        if old.kind == "anon":
+            self._remove_rmap_ptes(old.page, old.idx, 1)
+
+    # ================================================================ rmap
+
+    def _remove_rmap_ptes(self, page, idx, nr):
+        """folio_remove_rmap_ptes: nr PTE mappings of consecutive subpages (or one order-0
+        page) went."""
+        if isinstance(page, Page):
+            self._m.put_page(page)
+            return
+        for i in range(idx, idx + nr):
+            page.mapcount[i] -= 1
+        page.mm_sub(self._id, nr)
+        self._m.after_rmap_removal(page)
+
+    @staticmethod
+    def _batch_len(table, vpn, hi):
+        """folio_pte_batch: how many PTEs from vpn (below hi) map consecutive subpages of the
+        large folio that vpn maps (1 for anything else)."""
+        pte = table[vpn]
+        n = 1
+        if pte.kind == "anon" and isinstance(pte.page, Folio):
+            while vpn + n < hi:
+                q = table.get(vpn + n)
+                if q is None or q.page is not pte.page or q.idx != pte.idx + n:
+                    break
+                n += 1
+        return n
+
+    def _batches(self, table, lo, hi):
+        """The entries of table in [lo, hi) as (vpn, pte, nr) batches (_batch_len)."""
+        vpns = sorted(v for v in table if lo <= v < hi)
+        out, i = [], 0
+        while i < len(vpns):
+            nr = self._batch_len(table, vpns[i], hi)
+            out.append((vpns[i], table[vpns[i]], nr))
+            i += nr
+        return out
 
     # ================================================================ unmapping
 
@@ -702,24 +1238,26 @@ class ReferenceMM:
                     continue
                 self._split_huge_pmd(pi)
                 entry = self._pmds[pi]
-            lo, hi = max(start, pstart) >> 12, min(end, pend) >> 12
-            for vpn in [v for v in entry if lo <= v < hi]:
-                pte = entry.pop(vpn)
-                if pte.kind == "anon":
-                    self._m.free_page(pte.frame)
-                    self._add_anon(-1)
+            self._zap_ptes(entry, max(start, pstart) >> 12, min(end, pend) >> 12)
             if reclaim_pt and whole and not entry:
                 del self._pmds[pi]
                 self._table_free()
+
+    def _zap_ptes(self, table, lo, hi):
+        for vpn, pte, nr in self._batches(table, lo, hi):
+            for v in range(vpn, vpn + nr):
+                del table[v]
+            if pte.kind == "anon":
+                self._remove_rmap_ptes(pte.page, pte.idx, nr)
 
     def _zap_huge_pmd(self, pi, entry):
         del self._pmds[pi]
         self._table_free()                          # the deposit
         if entry.kind == "thp":
-            self._m.free_block(entry.block)
-            self._add_anon(-PTRS)
-            self._m.vmstat["nr_anon_transparent_hugepages"] -= 1
-            self._m.mthp["nr_anon"] -= 1
+            folio = entry.folio
+            folio.entire -= 1
+            folio.mm_sub(self._id, 1)
+            self._m.after_rmap_removal(folio)
 
     def _free_pgtables(self, ranges, floor, ceiling):
         """free_pgtables (R12): at every level, free each table that overlaps one of the
@@ -736,13 +1274,6 @@ class ReferenceMM:
                             tables.remove(key)
                         self._table_free()
 
-    def _check_thp_split(self, *boundaries):
-        """A new boundary inside a PMD-mapped THP would split its PMD: not implemented yet."""
-        for at in boundaries:
-            entry = self._pmds.get(at >> 21)
-            if at % PMD_SIZE and isinstance(entry, HugePmd) and entry.kind == "thp":
-                raise NotImplementedError(ISSUE4_SPLIT)
-
     def _do_munmap(self, start, end, syscall):
         """do_vmi_munmap on an aligned [start, end): split, zap, remove, free tables (R66)."""
         vmas = [v for v in self._vmas if v.start < end and v.end > start]
@@ -751,7 +1282,6 @@ class ReferenceMM:
         first = vmas[0]
         if start > first.start and end < first.end and len(self._vmas) >= self.config.max_map_count:
             raise SyscallError(errno.ENOMEM, syscall, "max_map_count")
-        self._check_thp_split(start, end)
         if start > first.start:
             vmas[0] = self._split_vma(first, start)
         if end < vmas[-1].end:
@@ -795,9 +1325,10 @@ class ReferenceMM:
         else:
             start = self._get_unmapped_area(length, addr or None)
         flags = bits | VM_MAY | (VM_ACCOUNT if bits & VM_WRITE else 0)
-        vma = Vma(start, start + length, flags)
+        vma = Vma(start, start + length, flags, None, start >> 12)
         self._insert_vma(vma)
-        self._merge_around(vma)
+        vma = self._merge_around(vma)
+        self._khugepaged_enter(vma, vma.flags)
         return start
 
     def _get_unmapped_area(self, length, hint):
@@ -808,12 +1339,23 @@ class ReferenceMM:
             if hint + length <= TASK_SIZE and self._is_free(hint, hint + length):
                 return hint
             return self._unmapped_area_topdown(length)
+        ret = self._thp_get_unmapped_area(length, 0)
+        return ret if ret is not None else self._unmapped_area_topdown(length)
+
+    def _thp_get_unmapped_area(self, length, off):
+        """__thp_get_unmapped_area for an anonymous mapping whose first page has file offset
+        off (0 for mmap, vm_pgoff << 12 for mremap), or None to search unpadded."""
         mode = self.config.mmap_thp_align
-        if (mode == "pmd_multiple" and length % PMD_SIZE == 0) or (mode == "any" and length >= PMD_SIZE):
-            ret = self._unmapped_area_topdown(length + PMD_SIZE, fail=False)
-            if ret is not None:         # __thp_get_unmapped_area; else retry unpadded
-                return ret + PMD_SIZE if ret % PMD_SIZE == 0 else _align_up(ret, PMD_SIZE)
-        return self._unmapped_area_topdown(length)
+        if not ((mode == "pmd_multiple" and length % PMD_SIZE == 0) or (mode == "any" and length >= PMD_SIZE)):
+            return None
+        off_end, off_align = off + length, _align_up(off, PMD_SIZE)
+        if off_end <= off_align or off_end - off_align < PMD_SIZE:
+            return None
+        ret = self._unmapped_area_topdown(length + PMD_SIZE, fail=False)
+        if ret is None:
+            return None
+        off_sub = (off - ret) & (PMD_SIZE - 1)
+        return ret + PMD_SIZE if off_sub == 0 else ret + off_sub
 
     def _unmapped_area_topdown(self, length, fail=True):
         """The top of the highest gap in [mmap_min_addr, mmap_base) that holds length."""
@@ -839,6 +1381,142 @@ class ReferenceMM:
             raise SyscallError(errno.EINVAL, "munmap", "length 0")
         self._do_munmap(addr, addr + _align_up(length, PAGE_SIZE), "munmap")
 
+    # ================================================================ mremap (R67)
+
+    def mremap(self, addr, old_size, new_size, maymove=False, new_addr=None):
+        """mremap(2): returns the (new) address of the mapping."""
+        self._check_open()
+        addr = _int_arg(addr, "addr")
+        old_size, new_size = _int_arg(old_size, "old_size"), _int_arg(new_size, "new_size")
+        if not isinstance(maymove, bool):
+            raise TypeError(f"maymove must be a bool, not {type(maymove).__name__}")
+        if new_addr is not None:
+            new_addr = _int_arg(new_addr, "new_addr")
+        if addr % PAGE_SIZE:
+            raise SyscallError(errno.EINVAL, "mremap", "addr not aligned")
+        old_len = _align_up(old_size, PAGE_SIZE)
+        new_len = _align_up(new_size, PAGE_SIZE)
+        if new_len == 0 or new_len >= 1 << 64:
+            raise SyscallError(errno.EINVAL, "mremap", "new_size 0")
+        if new_len > TASK_SIZE:
+            raise SyscallError(errno.EINVAL, "mremap", "new_size beyond TASK_SIZE")
+        if new_addr is not None:
+            if new_addr > TASK_SIZE - new_len:
+                raise SyscallError(errno.EINVAL, "mremap", "new range beyond TASK_SIZE")
+            if new_addr % PAGE_SIZE:
+                raise SyscallError(errno.EINVAL, "mremap", "new_addr not aligned")
+            if not maymove:
+                raise SyscallError(errno.EINVAL, "mremap", "new_addr without maymove")
+            if addr + old_len > new_addr and new_addr + new_len > addr:
+                raise SyscallError(errno.EINVAL, "mremap", "new range overlaps the old")
+        vma = self._vma_at(addr)
+        if vma is None:
+            raise SyscallError(errno.EFAULT, "mremap", "addr not mapped")
+        if old_len == 0:
+            raise SyscallError(errno.EINVAL, "mremap", "old_size 0 (duplicating a private mapping)")
+        if addr + old_len > vma.end:
+            raise SyscallError(errno.EFAULT, "mremap", "old range not inside one VMA")
+        if new_addr is not None:
+            if new_addr < MMAP_MIN_ADDR:
+                raise SyscallError(errno.EPERM, "mremap", "below mmap_min_addr")
+            self._do_munmap(new_addr, new_addr + new_len, "mremap")
+            if new_len < old_len:
+                self._do_munmap(addr + new_len, addr + old_len, "mremap")
+                old_len = new_len
+            return self._move_vma(addr, old_len, new_addr, new_len)
+        if new_len == old_len:
+            return addr
+        if new_len < old_len:
+            self._do_munmap(addr + new_len, addr + old_len, "mremap")
+            return addr
+        delta = new_len - old_len
+        if addr + old_len == vma.end and vma.end + delta <= TASK_SIZE and self._is_free(vma.end, vma.end + delta):
+            vma.end += delta                                # expand in place (vma_merge_extend)
+            vma = self._merge_around(vma)
+            self._khugepaged_enter(vma, vma.flags)
+            return addr
+        if not maymove:
+            raise SyscallError(errno.ENOMEM, "mremap", "cannot grow in place")
+        pgoff = vma.pgoff + ((addr - vma.start) >> 12)
+        target = self._thp_get_unmapped_area(new_len, pgoff << 12)
+        if target is None:
+            target = self._unmapped_area_topdown(new_len, fail=False)
+        if target is None:
+            raise SyscallError(errno.ENOMEM, "mremap", "no room")
+        return self._move_vma(addr, old_len, target, new_len)
+
+    def _move_vma(self, old_addr, old_len, new_addr, new_len):
+        """move_vma: a VMA at new_addr (same flags, anon_vma, vm_pgoff), the page tables moved
+        (move_page_tables), the old range unmapped."""
+        vma = self._vma_at(old_addr)
+        if len(self._vmas) >= self.config.max_map_count - 3:
+            raise SyscallError(errno.ENOMEM, "mremap", "max_map_count")
+        if vma.anon_vma is None:        # copy_vma: never faulted, so take the new location's pgoff
+            pgoff = new_addr >> 12
+        else:
+            pgoff = vma.pgoff + ((old_addr - vma.start) >> 12)
+        new_vma = Vma(new_addr, new_addr + new_len, vma.flags, vma.anon_vma, pgoff)
+        self._insert_vma(new_vma)
+        merged = self._merge_around(new_vma)
+        if merged is not new_vma or merged.end != new_addr + new_len:
+            self._khugepaged_enter(merged, merged.flags)
+        self._move_page_tables(old_addr, new_addr, old_len)
+        self._do_munmap(old_addr, old_addr + old_len, "mremap")
+        return new_addr
+
+    def _move_page_tables(self, old_addr, new_addr, length):
+        """move_page_tables: whole PMD tables (1 GiB both aligned), whole PMD mappings and PTE
+        tables (2 MiB both aligned, destination none), else PTE by PTE, splitting a PMD mapping."""
+        old_end = old_addr + length
+
+        def extent(size):
+            ext = min(((old_addr + size) & ~(size - 1)) - old_addr, old_end - old_addr)
+            return min(ext, ((new_addr + size) & ~(size - 1)) - new_addr)
+
+        while old_addr < old_end:
+            ext = extent(PUD_SPAN)
+            if old_addr >> 30 not in self._pmd_tables:          # get_old_pud: none
+                old_addr, new_addr = old_addr + ext, new_addr + ext
+                continue
+            if new_addr >> 39 not in self._pud_tables:          # alloc_new_pud
+                self._pud_tables.add(new_addr >> 39)
+                self._table_alloc()
+            if ext == PUD_SPAN and new_addr >> 30 not in self._pmd_tables:   # move_normal_pud
+                self._pmd_tables.remove(old_addr >> 30)
+                self._pmd_tables.add(new_addr >> 30)
+                shift = (new_addr - old_addr) >> 21
+                for pi in [pi for pi in self._pmds if pi >> 9 == old_addr >> 30]:
+                    self._pmds[pi + shift] = self._rekey(self._pmds.pop(pi), shift << 9)
+                old_addr, new_addr = old_addr + ext, new_addr + ext
+                continue
+            ext = extent(PMD_SIZE)
+            pi, npi = old_addr >> 21, new_addr >> 21
+            entry = self._pmds.get(pi)
+            if entry is None:                                   # get_old_pmd: none
+                old_addr, new_addr = old_addr + ext, new_addr + ext
+                continue
+            if new_addr >> 30 not in self._pmd_tables:          # alloc_new_pmd
+                self._pmd_tables.add(new_addr >> 30)
+                self._table_alloc()
+            if ext == PMD_SIZE and npi not in self._pmds:       # move_huge_pmd / move_normal_pmd
+                self._pmds[npi] = self._rekey(self._pmds.pop(pi), (npi - pi) << 9)
+                old_addr, new_addr = old_addr + ext, new_addr + ext
+                continue
+            if isinstance(entry, HugePmd):
+                self._split_huge_pmd(pi)
+                entry = self._pmds[pi]
+            table = self._pte_alloc(npi)
+            shift = (new_addr - old_addr) >> 12
+            for vpn in [v for v in entry if old_addr >> 12 <= v < (old_addr + ext) >> 12]:
+                table[vpn + shift] = entry.pop(vpn)
+            old_addr, new_addr = old_addr + ext, new_addr + ext
+
+    @staticmethod
+    def _rekey(entry, shift):
+        if isinstance(entry, HugePmd):
+            return entry
+        return {vpn + shift: pte for vpn, pte in entry.items()}
+
     # ================================================================ mprotect
 
     def mprotect(self, addr, length, prot):
@@ -858,17 +1536,6 @@ class ReferenceMM:
         vma = self._find_vma(addr)
         if vma is None or vma.start > addr:
             raise SyscallError(errno.ENOMEM, "mprotect", "not mapped")
-        reached = addr          # the kernel stops at the first hole: cuts beyond it never happen
-        while reached < end:
-            v = self._find_vma(reached)
-            if v is None or v.start > reached:
-                break
-            reached = v.end
-        for at in (addr, end):
-            v = self._vma_at(at)
-            if (v is not None and v.start < at and at <= reached
-                    and self._mprotect_flags(v, bits) != v.flags):
-                self._check_thp_split(at)
         cur = addr
         while cur < end:
             vma = self._find_vma(cur)
@@ -894,16 +1561,16 @@ class ReferenceMM:
 
     def _change_protection(self, start, end, flags):
         """R65: entries follow the new protection; exclusive anonymous pages become writable
-        again in a writable VMA (MM_CP_TRY_CHANGE_WRITABLE), zeropages never do."""
+        again in a writable VMA (MM_CP_TRY_CHANGE_WRITABLE), shared and zero pages never do."""
         writable = bool(flags & VM_WRITE)
         for _, entry in self._entries_in(start, end):
             if isinstance(entry, HugePmd):     # whole: the VMA split already split partial ones
-                entry.writable = writable and entry.kind == "thp"
+                entry.writable = writable and entry.kind == "thp" and entry.exclusive
                 continue
             lo, hi = start >> 12, end >> 12
             for vpn, pte in entry.items():
                 if lo <= vpn < hi:
-                    pte.writable = writable and pte.kind == "anon"
+                    pte.writable = writable and pte.kind == "anon" and pte.exclusive
 
     # ================================================================ madvise
 
@@ -921,18 +1588,12 @@ class ReferenceMM:
             raise SyscallError(errno.EINVAL, "madvise", "end before start")
         if end == addr:
             return
-        if advice not in NOOP_ADVICE + ("hugepage", "nohugepage", "dontneed", "populate_read",
-                                        "populate_write"):
-            raise NotImplementedError(f"madvise {advice!r} is not implemented yet (issue 4)")
+        if advice not in MODELLED_ADVICE:
+            raise NotImplementedError(f"madvise {advice!r} is not modelled")
         if advice.startswith("populate_"):
             return self._madvise_populate(addr, end, advice == "populate_write")
-        if advice == "dontneed":
-            self._check_thp_split(addr, end)
-        elif advice in ("hugepage", "nohugepage"):
-            for at in (addr, end):
-                v = self._vma_at(at)
-                if v is not None and v.start < at and self._hugepage_flags(v, advice) != v.flags:
-                    self._check_thp_split(at)
+        if advice == "collapse":
+            return self._madvise_collapse(addr, end)
         unmapped = False
         cur = addr
         while cur < end:            # madvise_walk_vmas
@@ -943,22 +1604,27 @@ class ReferenceMM:
             if vma.start > cur:
                 unmapped, cur = True, vma.start
             stop = min(end, vma.end)
-            if advice == "dontneed":
+            if advice in ("dontneed", "dontneed_locked"):
                 self._zap_range(vma, cur, stop, reclaim_pt=self.config.pt_reclaim)
-            elif advice in ("hugepage", "nohugepage"):
-                flags = self._hugepage_flags(vma, advice)
+            elif advice in FLAG_ADVICE:
+                flags = self._advice_flags(vma, advice)
+                if advice == "hugepage":
+                    self._khugepaged_enter(vma, flags)
                 if flags != vma.flags:
                     self._vma_modify(vma, cur, stop, flags, "madvise", errno.EAGAIN)
+            elif advice == "free":
+                self._madvise_free(cur, stop)
+            elif advice in ("cold", "pageout"):
+                self._madvise_cold_or_pageout(cur, stop, advice == "pageout")
             cur = stop
         if unmapped:
             raise SyscallError(errno.ENOMEM, "madvise", "range not fully mapped")
 
     @staticmethod
-    def _hugepage_flags(vma, advice):
-        """hugepage_madvise (R62)."""
-        if advice == "hugepage":
-            return (vma.flags & ~VM_NOHUGEPAGE) | VM_HUGEPAGE
-        return (vma.flags & ~VM_HUGEPAGE) | VM_NOHUGEPAGE
+    def _advice_flags(vma, advice):
+        """madvise_vma_behavior's new flags (hugepage_madvise for R62)."""
+        set_bits, clear_bits = FLAG_ADVICE[advice]
+        return (vma.flags & ~clear_bits) | set_bits
 
     def _madvise_populate(self, start, end, write):
         """R63, R79: GUP page by page; faults through the normal handler."""
@@ -979,3 +1645,252 @@ class ReferenceMM:
                     self._fault(vma, cur, write)
                 except _Oom:
                     raise SyscallError(errno.ENOMEM, "madvise", "out of memory") from None
+
+    @staticmethod
+    def _shared(page):
+        return page.mapcount > 1 if isinstance(page, Page) else page.maybe_mapped_shared()
+
+    def _madvise_free(self, start, end):
+        """R60 (madvise_free_huge_pmd, madvise_free_pte_range) over [start, end) of one VMA."""
+        for pi in sorted(self._pmds):
+            pstart, pend = pi << 21, (pi + 1) << 21
+            if pend <= start or pstart >= end:
+                continue
+            lo, hi = max(start, pstart), min(end, pend)
+            entry = self._pmds.get(pi)
+            if isinstance(entry, HugePmd):
+                if entry.kind == "hzp" or entry.folio.maybe_mapped_shared():
+                    continue
+                if hi - lo == PMD_SIZE:
+                    entry.young = entry.dirty = False
+                    entry.folio.lazyfree = True
+                    continue
+                self._m.split_folio(entry.folio)
+                entry = self._pmds[pi]
+            self._walk_small(entry, lo >> 12, hi >> 12, self._free_batch)
+
+    def _free_batch(self, table, vpn, pte, nr):
+        for v in range(vpn, vpn + nr):
+            table[v].young = table[v].dirty = False
+        pte.page.lazyfree = True
+        return True
+
+    def _walk_small(self, table, lo, hi, action):
+        """The PTE walk of MADV_FREE/COLD/PAGEOUT: a large folio not wholly mapped by the batch
+        here is split (unless mapped shared) and the same PTE looked at again; other pages not
+        mapped shared get action(table, vpn, pte, nr)."""
+        vpn = lo
+        while vpn < hi:
+            pte = table.get(vpn)
+            if pte is None or pte.kind != "anon":
+                vpn += 1
+                continue
+            nr = self._batch_len(table, vpn, hi)
+            if isinstance(pte.page, Folio) and nr < PTRS:
+                if not pte.page.maybe_mapped_shared():
+                    self._m.split_folio(pte.page)
+                    continue                            # the same PTE, now an order-0 page
+                vpn += nr
+                continue
+            if not self._shared(pte.page):
+                action(table, vpn, pte, nr)
+            vpn += nr
+
+    def _madvise_cold_or_pageout(self, start, end, pageout):
+        """R61 (madvise_cold_or_pageout_pte_range) over [start, end) of one VMA."""
+        for pi in sorted(self._pmds):
+            pstart, pend = pi << 21, (pi + 1) << 21
+            if pend <= start or pstart >= end:
+                continue
+            lo, hi = max(start, pstart), min(end, pend)
+            entry = self._pmds.get(pi)
+            if isinstance(entry, HugePmd):
+                if entry.kind == "hzp" or entry.folio.maybe_mapped_shared():
+                    continue
+                if hi - lo == PMD_SIZE:
+                    entry.young = False
+                    if pageout:
+                        self._reclaim_huge_pmd(pi, entry)
+                    continue
+                self._m.split_folio(entry.folio)
+                entry = self._pmds[pi]
+            reclaim = []
+
+            def cold(table, vpn, pte, nr, reclaim=reclaim):
+                for v in range(vpn, vpn + nr):
+                    table[v].young = False
+                reclaim.append((vpn, nr))
+
+            self._walk_small(entry, lo >> 12, hi >> 12, cold)
+            if pageout:
+                for vpn, nr in reclaim:
+                    self._reclaim_ptes(entry, vpn, nr)
+
+    def _reclaim_huge_pmd(self, pi, entry):
+        """Reclaim without swap: a clean lazy-free THP is discarded as when zapped; a dirty one
+        is swap-backed again; others stay."""
+        folio = entry.folio
+        if not folio.lazyfree:
+            return
+        if entry.dirty:
+            folio.lazyfree = False
+            return
+        self._zap_huge_pmd(pi, entry)
+
+    def _reclaim_ptes(self, table, vpn, nr):
+        pte = table[vpn]
+        page = pte.page
+        if not page.lazyfree:
+            return
+        if any(table[v].dirty for v in range(vpn, vpn + nr)):
+            page.lazyfree = False
+            return
+        for v in range(vpn, vpn + nr):
+            del table[v]
+        self._remove_rmap_ptes(page, pte.idx, nr)
+
+    # ================================================================ MADV_COLLAPSE, khugepaged
+
+    def _madvise_collapse(self, start, end):
+        """R64 (madvise_collapse per VMA): EINVAL for a VMA THPs are not allowed in; per aligned
+        2 MiB block inside the range and the VMA, collapse; PMD none fails the call (EINVAL,
+        after the VMA's other blocks); an allocation failure stops it (ENOMEM)."""
+        unmapped = False
+        cur = start
+        while cur < end:
+            vma = self._find_vma(cur)
+            if vma is None or vma.start >= end:
+                unmapped = True
+                break
+            if vma.start > cur:
+                unmapped, cur = True, vma.start
+            stop = min(end, vma.end)
+            if not self._collapse_allowed(vma):
+                raise SyscallError(errno.EINVAL, "madvise", "MADV_COLLAPSE not allowed in this VMA")
+            failed = None
+            for haddr in range(_align_up(cur, PMD_SIZE), stop & ~(PMD_SIZE - 1), PMD_SIZE):
+                result = self._collapse_scan_pmd(vma, haddr, khugepaged=False)
+                if result == SCAN_ALLOC_FAIL:
+                    raise SyscallError(errno.ENOMEM, "madvise", "no THP for the collapse")
+                if result == SCAN_PMD_NULL:
+                    failed = result
+            if failed is not None:
+                raise SyscallError(errno.EINVAL, "madvise", "a PMD range has no page table")
+            cur = stop
+        if unmapped:
+            raise SyscallError(errno.ENOMEM, "madvise", "range not fully mapped")
+
+    def _khugepaged_scan_pmd(self, vma, haddr):
+        """One PMD range for khugepaged: (result, mmap lock still held)."""
+        result = self._collapse_scan_pmd(vma, haddr, khugepaged=True)
+        return result, result not in (SCAN_SUCCEED, SCAN_ALLOC_FAIL)
+
+    def _collapse_scan_pmd(self, vma, haddr, khugepaged):
+        """hpage_collapse_scan_pmd (R69) and, when it succeeds, collapse_huge_page (R70)."""
+        cfg = self.config
+        pi = haddr >> 21
+        table = self._pmds.get(pi)
+        if table is None:
+            return SCAN_PMD_NULL
+        if isinstance(table, HugePmd):
+            return SCAN_PMD_MAPPED
+        none_or_zero = shared = referenced = 0
+        for vpn in range(pi << 9, (pi + 1) << 9):
+            pte = table.get(vpn)
+            if pte is None or pte.kind == "zero":
+                none_or_zero += 1
+                if khugepaged and none_or_zero > cfg.khugepaged_max_ptes_none:
+                    self._m.events["thp_scan_exceed_none_pte"] += 1
+                    return SCAN_EXCEED_NONE
+                continue
+            if self._shared(pte.page):
+                shared += 1
+                if khugepaged and shared > cfg.khugepaged_max_ptes_shared:
+                    self._m.events["thp_scan_exceed_share_pte"] += 1
+                    return SCAN_EXCEED_SHARED
+            referenced += pte.young
+        if khugepaged and not referenced:
+            return SCAN_LACK_REFERENCED
+        return self._collapse_huge_page(vma, pi, table)
+
+    def _collapse_huge_page(self, vma, pi, table):
+        """A new THP holding a copy of the range, mapped by a dirty, young PMD; the old PTE
+        table becomes its deposit; the old pages lose this mapping."""
+        block = self._m.take_free_block()
+        if block is None:
+            self._m.events["thp_collapse_alloc_failed"] += 1
+            return SCAN_ALLOC_FAIL
+        self._m.events["thp_collapse_alloc"] += 1
+        folio = self._m.new_folio(block, self)
+        base = pi << 9
+        for vpn, pte in table.items():
+            if pte.kind == "anon":
+                page = pte.page
+                folio.written[vpn - base] = page.written[pte.idx] if isinstance(page, Folio) else page.written
+        self._pmds[pi] = HugePmd("thp", folio, bool(vma.flags & VM_WRITE), True, True, True)
+        for vpn, pte, nr in self._batches(table, base, base + PTRS):
+            if pte.kind == "anon":
+                self._remove_rmap_ptes(pte.page, pte.idx, nr)
+        return SCAN_SUCCEED
+
+    def khugepaged_scan(self, pages=None, full_scans=None):
+        """Run khugepaged synchronously for the whole machine: one wake-up scanning `pages` PTE
+        slots (default Config.khugepaged_pages_to_scan), or, with full_scans, wake-ups until
+        that many more full passes over the registered processes have completed."""
+        self._check_open()
+        if pages is not None:
+            pages = _int_arg(pages, "pages")
+            if pages == 0:
+                raise ValueError("pages must be positive")
+        if full_scans is not None:
+            full_scans = _int_arg(full_scans, "full_scans")
+        m = self._m
+        budget = pages if pages is not None else self.config.khugepaged_pages_to_scan
+        if full_scans is None:
+            m.khugepaged_do_scan(budget)
+            return
+        target = m.full_scans + full_scans
+        while m.full_scans < target and m.kh_list and m.khugepaged_enabled():
+            m.khugepaged_scan_mm_slot(1 << 62)
+
+    # ================================================================ self-check (tests)
+
+    def _check_invariants(self):
+        """Recount every mapping from the page tables of every process and compare with the
+        mapcounts kept in pages and folios."""
+        m = self._m
+        page_maps, sub_maps, entire, per_mm = {}, {}, {}, {}
+        for mm in m.mms:
+            assert mm._nr_tables == (len(mm._pud_tables) + len(mm._pmd_tables) + len(mm._pmds))
+            for pi, e in mm._pmds.items():
+                if isinstance(e, HugePmd):
+                    if e.kind == "thp":
+                        entire[id(e.folio)] = entire.get(id(e.folio), 0) + 1
+                        per_mm[(id(e.folio), mm._id)] = per_mm.get((id(e.folio), mm._id), 0) + 1
+                    continue
+                for vpn, pte in e.items():
+                    assert vpn >> 9 == pi
+                    if pte.kind != "anon":
+                        continue
+                    if isinstance(pte.page, Folio):
+                        key = (id(pte.page), pte.idx)
+                        sub_maps[key] = sub_maps.get(key, 0) + 1
+                        per_mm[(id(pte.page), mm._id)] = per_mm.get((id(pte.page), mm._id), 0) + 1
+                    else:
+                        page_maps[id(pte.page)] = page_maps.get(id(pte.page), 0) + 1
+        for p in m.pages.values():
+            assert page_maps.pop(id(p), 0) == p.mapcount > 0, p
+        assert not page_maps, "a mapped page is not registered"
+        for f in m.folios.values():
+            assert entire.get(id(f), 0) == f.entire
+            for i in range(PTRS):
+                assert sub_maps.pop((id(f), i), 0) == f.mapcount[i]
+            assert f.large == f.entire + sum(f.mapcount) > 0
+            assert f.queued == (f in m.deferred)
+            mms = {k[1] for k in per_mm if k[0] == id(f)}
+            for slot in (0, 1):
+                if f.ids[slot] is not None:
+                    assert per_mm.get((id(f), f.ids[slot]), 0) >= f.cnt[slot] + 1
+            if len(mms) <= 1 and (f.ids[0] in mms or f.ids[1] in mms):
+                assert not f.shared or f.large <= 1 or f.cnt[0] + 1 != f.large and f.cnt[1] + 1 != f.large
+        assert not sub_maps, "a mapped subpage belongs to no live folio"

@@ -333,19 +333,6 @@ def test_s25_mprotect_part_of_hzp_splits_it():
     assert delta(s0, snap(mm)) == {"thp_split_pmd": 1}
 
 
-def test_partial_thp_split_is_not_implemented_and_changes_nothing():
-    mm, a = setup(hp=True)
-    mm.write(a)
-    s0, maps0 = snap(mm), mm.maps()
-    with pytest.raises(NotImplementedError, match="issue 4"):
-        mm.munmap(a + 256 * P, P)
-    with pytest.raises(NotImplementedError, match="issue 4"):
-        mm.madvise(a + 256 * P, P, "dontneed")
-    with pytest.raises(NotImplementedError, match="issue 4"):
-        mm.mprotect(a, P, "r")
-    assert snap(mm) == s0 and mm.maps() == maps0
-
-
 def test_s23_mprotect_whole_thp_in_place():
     mm, a = setup(4 * MiB, hp=True)
     mm.write(a)
@@ -558,13 +545,11 @@ def test_syscall_errors():
     with pytest.raises(ValueError):
         mm.madvise(a, P, "bogus")
     with pytest.raises(NotImplementedError):
-        mm.madvise(a, P, "free")
+        mm.madvise(a, P, "remove")
     with pytest.raises(TypeError):
         mm.read(1.5)
     with pytest.raises(ValueError):
         mm.mmap(P, "rwz")
-    with pytest.raises(NotImplementedError):
-        mm.fork()
 
 
 def test_max_map_count():
@@ -614,3 +599,595 @@ def test_close_frees_everything():
     assert mm.status == {"VmRSS": 0, "RssAnon": 0, "VmPTE": 0}
     with pytest.raises(ValueError):
         mm.read(a)
+
+# ================================================================ issue 4: splits, fork, madvise, khugepaged, mremap
+
+
+def sp(**kw):
+    """Counter deltas by their short names."""
+    names = {"TSP": "thp_split_pmd", "TDSP": "thp_deferred_split_page", "TSPG": "thp_split_page",
+             "TCA": "thp_collapse_alloc", "NT": "nr_anon_transparent_hugepages", "sd": "2048kB/split_deferred",
+             "pm": "2048kB/nr_anon_partially_mapped", "na": "2048kB/nr_anon", "sp": "2048kB/split",
+             "TFA": "thp_fault_alloc", "af": "2048kB/anon_fault_alloc"}
+    return {names[k]: v for k, v in kw.items()}
+
+
+def shared_private(mm, a):
+    sm = mm.smaps(a)
+    return (sm["Private_Clean"] + sm["Private_Dirty"], sm["Shared_Clean"] + sm["Shared_Dirty"])
+
+
+def hp_thp(length=2 * MiB, **config):
+    """An HP mapping whose first 2 MiB is a THP (written at p0)."""
+    mm, a = setup(length, hp=True, **config)
+    mm.write(a)
+    return mm, a
+
+
+L, T, A, Z, N, H = S.LARGE, S.THP, S.ANON, S.ZERO, S.NONE, S.HUGE_ZERO
+
+
+def test_s19_dontneed_one_page_of_thp():
+    mm, a = hp_thp()
+    s0 = snap(mm)
+    mm.madvise(a + 256 * P, P, "dontneed")
+    assert states(mm, a) == [L] * 256 + [N] + [L] * 255
+    assert rss_ahp(mm, a) == (2044, 0)
+    assert delta(s0, snap(mm)) == {**sp(TSP=1, TDSP=1, sd=1, pm=1, NT=-1), **anon(-1)}
+    mm._check_invariants()
+
+
+def test_s20_dontneed_whole_thp():
+    mm, a = hp_thp()
+    s0 = snap(mm)
+    mm.madvise(a, 2 * MiB, "dontneed")
+    assert states(mm, a) == [N] * 512
+    assert delta(s0, snap(mm)) == {**sp(NT=-1, na=-1), **pte(-1), **anon(-512)}
+
+
+def test_s21_munmap_one_page_of_thp():
+    mm, a = hp_thp()
+    s0 = snap(mm)
+    mm.munmap(a + 256 * P, P)
+    assert states(mm, a) == [L] * 256 + [N] + [L] * 255
+    assert len(mm.maps()) == 3                  # the warm page + 2 pieces
+    assert mm.smaps(a)["Rss"] + mm.smaps(a + 257 * P)["Rss"] == 2044
+    assert delta(s0, snap(mm)) == {**sp(TSP=1, TDSP=1, sd=1, pm=1, NT=-1), **anon(-1)}
+
+
+def test_s22_mprotect_one_page_of_thp():
+    mm, a = hp_thp()
+    s0 = snap(mm)
+    mm.mprotect(a + 256 * P, P, "r")
+    assert states(mm, a) == [L] * 512
+    assert len(mm.maps()) == 4
+    assert sum(mm.smaps(x)["Rss"] for x in (a, a + 256 * P, a + 257 * P)) == 2048
+    assert delta(s0, snap(mm)) == sp(TSP=1, NT=-1)
+
+
+def test_s29_cow_of_shared_thp_splits_the_writers_pmd_only():
+    mm, a = hp_thp()
+    child = mm.fork()
+    s0 = snap(mm)
+    assert mm.write(a + P) == 1
+    assert states(mm, a) == [L] + [A] + [L] * 510
+    assert states(child, a) == [T] * 512
+    assert rss_ahp(mm, a) == (2048, 0) and shared_private(mm, a) == (4, 2044)
+    assert mm.smaps(a)["Pss"] == 4 + 511 * 2
+    assert rss_ahp(child, a) == (2048, 2048) and shared_private(child, a) == (4, 2044)
+    assert delta(s0, snap(mm)) == {**fault(), "thp_split_pmd": 1, "nr_anon_pages": 1}
+    mm._check_invariants()
+
+
+def test_s30_child_writes_and_exits_parent_reuses_the_thp():
+    mm, a = hp_thp()
+    child = mm.fork()
+    c0 = snap(child)
+    assert child.write(a + P) == 1
+    assert delta(c0, snap(child))["thp_split_pmd"] == 1
+    child.close()
+    s0 = snap(mm)
+    assert mm.write(a + P) == 1
+    assert states(mm, a) == [T] * 512 and rss_ahp(mm, a) == (2048, 2048)
+    assert delta(s0, snap(mm)) == fault()
+    assert mm.vmstat["nr_anon_transparent_hugepages"] == 1 and mm.mthp_stats[2048]["nr_anon_partially_mapped"] == 0
+    mm._check_invariants()
+
+
+def test_s31_hzp_after_fork_write_gives_thp():
+    mm, a = setup(hp=True)
+    mm.read(a)
+    child = mm.fork()
+    s0 = snap(mm)
+    assert mm.write(a + P) == 1
+    assert states(mm, a) == [T] * 512 and rss_ahp(mm, a) == (2048, 2048)
+    assert states(child, a) == [H] * 512
+    assert delta(s0, snap(mm)) == {**fault(), **THP}
+
+
+def test_s32_cow_of_shared_small_page():
+    mm, a = setup()
+    mm.write(a)
+    mm.write(a + P)
+    child = mm.fork()
+    s0 = snap(mm)
+    assert mm.write(a) == 1
+    assert states(mm, a)[:2] == [A, A]
+    assert rss_ahp(mm, a) == (8, 0) and shared_private(mm, a) == (4, 4)
+    assert delta(s0, snap(mm)) == {**fault(), "nr_anon_pages": 1}
+    assert child.smaps(a)["Pss"] == 4 + 2
+
+
+def test_s33_small_page_reused_after_child_exit():
+    mm, a = setup()
+    mm.write(a)
+    mm.fork().close()
+    s0 = snap(mm)
+    assert mm.write(a) == 1
+    assert rss_ahp(mm, a) == (4, 0) and shared_private(mm, a) == (4, 0)
+    assert delta(s0, snap(mm)) == fault()
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_s34_pte_mapped_thp_after_child_exit(reuse):
+    mm, a = hp_thp(reuse_large_folios=reuse)
+    mm.mprotect(a + 256 * P, P, "r")
+    mm.mprotect(a + 256 * P, P, "rw")
+    assert len(mm.maps()) == 2
+    mm.fork().close()
+    s0 = snap(mm)
+    assert mm.write(a + P) == 1
+    if reuse:                                   # 6.15+: mapped by this process only
+        assert states(mm, a) == [L] * 512 and rss_ahp(mm, a) == (2048, 0)
+        assert delta(s0, snap(mm)) == fault()
+    else:                                       # before: the 4K page is copied
+        assert states(mm, a) == [L, A] + [L] * 510
+        assert delta(s0, snap(mm)) == {**fault(), **sp(TDSP=1, sd=1, pm=1)}   # +1 copy, -1 subpage
+
+
+def test_s35_collapse_of_partially_mapped_thp():
+    mm, a = hp_thp()
+    s0 = snap(mm)
+    mm.madvise(a, P, "dontneed")
+    assert delta(s0, snap(mm)) == {**sp(TSP=1, TDSP=1, sd=1, pm=1, NT=-1), **anon(-1)}
+    s1 = snap(mm)
+    mm.madvise(a, 2 * MiB, "collapse")
+    assert states(mm, a) == [T] * 512 and rss_ahp(mm, a) == (2048, 2048)
+    assert delta(s1, snap(mm)) == {**sp(TCA=1, NT=1, pm=-1), **anon(1)}
+
+
+def test_s36_collapse_without_hugepage():
+    mm, a = setup()
+    mm.write(a)
+    s0 = snap(mm)
+    mm.madvise(a, 2 * MiB, "collapse")
+    assert states(mm, a) == [T] * 512 and rss_ahp(mm, a) == (2048, 2048)
+    assert delta(s0, snap(mm)) == {**sp(TCA=1, NT=1, na=1), **anon(511)}
+    assert mm.smaps(a)["THPeligible"] == 0
+    assert mm.khugepaged == {"pages_collapsed": 0, "full_scans": 0}
+
+
+@pytest.mark.parametrize("touch", ["S37 read all", "S38 nothing"])
+def test_s37_s38_collapse_without_anon_vma(touch):
+    mm, a = setup()
+    if touch.startswith("S37"):
+        mm.madvise(a, 2 * MiB, "populate_read")
+    s0 = snap(mm)
+    with pytest.raises(SyscallError) as e:
+        mm.madvise(a, 2 * MiB, "collapse")
+    assert e.value.errno == errno.EINVAL and delta(s0, snap(mm)) == {}
+
+
+def test_s39_collapse_of_zeropage_table_once_anon_vma_exists():
+    mm, a = setup(4 * MiB)
+    mm.madvise(a, 2 * MiB, "populate_read")
+    mm.write(a + 512 * P)
+    s0 = snap(mm)
+    mm.madvise(a, 2 * MiB, "collapse")
+    assert states(mm, a) == [T] * 512 and rss_ahp(mm, a) == (2052, 2048)
+    assert delta(s0, snap(mm)) == {**sp(TCA=1, NT=1, na=1), **anon(512)}
+
+
+def test_s40_collapse_of_none_pmd():
+    mm, a = setup(4 * MiB)
+    mm.write(a + 512 * P)
+    s0 = snap(mm)
+    with pytest.raises(SyscallError) as e:
+        mm.madvise(a, 2 * MiB, "collapse")
+    assert e.value.errno == errno.EINVAL and delta(s0, snap(mm)) == {}
+    assert rss_ahp(mm, a) == (4, 0)
+
+
+@pytest.mark.parametrize("op", ["S41 write", "S42 read"])
+def test_s41_s42_collapse_of_pmd_mapping_is_a_noop(op):
+    mm, a = setup(hp=True)
+    getattr(mm, op.split()[1])(a)
+    s0 = snap(mm)
+    mm.madvise(a, 2 * MiB, "collapse")
+    assert delta(s0, snap(mm)) == {}
+    assert states(mm, a) == [T if "write" in op else H] * 512
+
+
+def test_s43_collapse_of_pte_mapped_thp_copies():
+    mm, a = hp_thp()
+    mm.mprotect(a + 256 * P, P, "r")
+    mm.mprotect(a + 256 * P, P, "rw")
+    s0 = snap(mm)
+    mm.madvise(a, 2 * MiB, "collapse")
+    assert states(mm, a) == [T] * 512 and rss_ahp(mm, a) == (2048, 2048)
+    assert delta(s0, snap(mm)) == sp(TCA=1, NT=1)       # the old folio freed, no TDSP
+    mm._check_invariants()
+
+
+def test_s44_collapse_in_nohugepage_vma():
+    mm, a = setup()
+    mm.madvise(a, 2 * MiB, "nohugepage")
+    mm.write(a)
+    with pytest.raises(SyscallError) as e:
+        mm.madvise(a, 2 * MiB, "collapse")
+    assert e.value.errno == errno.EINVAL and rss_ahp(mm, a) == (4, 0)
+
+
+def test_s45_khugepaged_collapses_after_madv_hugepage():
+    mm, a = setup()
+    mm.write(a)
+    mm.madvise(a, 2 * MiB, "hugepage")
+    s0 = snap(mm)
+    mm.khugepaged_scan(full_scans=1)
+    assert states(mm, a) == [T] * 512 and rss_ahp(mm, a) == (2048, 2048)
+    assert delta(s0, snap(mm)) == {**sp(TCA=1, NT=1, na=1), **anon(511)}
+    assert mm.khugepaged == {"pages_collapsed": 1, "full_scans": 1}
+
+
+def test_s46_zeropage_only_vma_never_scanned():
+    mm, a = setup()
+    mm.madvise(a, 2 * MiB, "populate_read")
+    mm.madvise(a, 2 * MiB, "hugepage")          # no anon_vma: not registered
+    mm.khugepaged_scan(full_scans=1)
+    assert mm.khugepaged == {"pages_collapsed": 0, "full_scans": 0}
+    b = mm.mmap(2 * MiB, addr=HP_BASE, fixed=True)  # register through another VMA (not adjacent)
+    mm.madvise(b, 2 * MiB, "hugepage")
+    mm.write(b)
+    s0 = snap(mm)
+    mm.khugepaged_scan(full_scans=2)
+    assert delta(s0, snap(mm)) == {} and states(mm, a) == [Z] * 512
+    assert mm.khugepaged == {"pages_collapsed": 0, "full_scans": 2}
+
+
+def test_s47_khugepaged_exceeds_max_ptes_none_each_pass():
+    mm, a = setup(hp=True)
+    mm.read(a)
+    mm.madvise(a + 256 * P, P, "dontneed")
+    s0 = snap(mm)
+    mm.khugepaged_scan(full_scans=1)
+    assert delta(s0, snap(mm)) == {"thp_scan_exceed_none_pte": 1}
+    mm.khugepaged_scan(full_scans=1)
+    assert delta(s0, snap(mm)) == {"thp_scan_exceed_none_pte": 2}
+    assert states(mm, a) == [Z] * 256 + [N] + [Z] * 255
+
+
+def test_s48_khugepaged_collapses_once_a_page_is_written():
+    mm, a = setup(hp=True)
+    mm.read(a)
+    mm.madvise(a + 256 * P, P, "dontneed")
+    s0 = snap(mm)
+    assert mm.write(a) == 1
+    mm.khugepaged_scan(full_scans=1)
+    assert states(mm, a) == [T] * 512 and rss_ahp(mm, a) == (2048, 2048)
+    assert delta(s0, snap(mm)) == {**fault(), **sp(TCA=1, NT=1, na=1), **anon(512)}
+
+
+def test_s49_khugepaged_collapses_half_written_range():
+    mm, a = setup()
+    mm.access(np.arange(a, a + MiB, P), 1)
+    mm.madvise(a, 2 * MiB, "hugepage")
+    s0 = snap(mm)
+    mm.khugepaged_scan()                        # one wake-up: 4096 slots
+    assert states(mm, a) == [T] * 512
+    assert delta(s0, snap(mm)) == {**sp(TCA=1, NT=1, na=1), **anon(256)}
+
+
+def test_s70_madv_free_whole_thp():
+    mm, a = hp_thp()
+    s0 = snap(mm)
+    mm.madvise(a, 2 * MiB, "free")
+    assert states(mm, a) == [T] * 512 and rss_ahp(mm, a) == (2048, 2048)
+    sm = mm.smaps(a)
+    assert sm["Private_Clean"] == sm["LazyFree"] == 2048 and sm["Private_Dirty"] == 0
+    assert sm["Referenced"] == 0
+    assert delta(s0, snap(mm)) == {}
+    mm.write(a + P)                             # a write dirties the PMD again: no fault
+    assert mm.smaps(a)["LazyFree"] == 0 and mm.rusage["min_flt"] == s0["min_flt"]
+
+
+@pytest.mark.parametrize("remap", [True, False])
+def test_s71_madv_free_half_thp_splits_the_folio(remap):
+    mm, a = hp_thp(remap_zero_subpages=remap)
+    s0 = snap(mm)
+    mm.madvise(a, MiB, "free")
+    if remap:
+        assert states(mm, a) == [A] + [Z] * 511 and rss_ahp(mm, a) == (4, 0)
+        assert delta(s0, snap(mm)) == {**sp(TSP=1, TSPG=1, sp=1, na=-1, NT=-1), **anon(-511)}
+        assert mm.smaps(a)["LazyFree"] == 4
+    else:
+        assert states(mm, a) == [A] * 512 and rss_ahp(mm, a) == (2048, 0)
+        assert delta(s0, snap(mm)) == sp(TSP=1, TSPG=1, sp=1, na=-1, NT=-1)
+        assert mm.smaps(a)["LazyFree"] == 1024
+    mm._check_invariants()
+
+
+def test_s72_shrinker_splits_partially_mapped_thp():
+    mm, a = hp_thp()
+    mm.madvise(a + 256 * P, P, "dontneed")
+    s0 = snap(mm)
+    mm.drop_caches(2)
+    assert states(mm, a) == [A] + [Z] * 255 + [N] + [Z] * 255
+    assert rss_ahp(mm, a) == (4, 0)
+    assert delta(s0, snap(mm)) == {**sp(TSPG=1, sp=1, pm=-1, na=-1), **anon(-510)}
+
+
+def test_s73_shrinker_split_keeps_written_pages():
+    mm, a = setup(hp=True)
+    mm.access(np.arange(a, a + 2 * MiB, P), 1)
+    mm.madvise(a + 256 * P, P, "dontneed")
+    s0 = snap(mm)
+    mm.drop_caches(2)
+    assert states(mm, a) == [A] * 256 + [N] + [A] * 255 and rss_ahp(mm, a) == (2044, 0)
+    assert delta(s0, snap(mm)) == sp(TSPG=1, sp=1, pm=-1, na=-1)
+
+
+def test_s74_shrinker_leaves_fully_mapped_thp():
+    mm, a = hp_thp()
+    s0 = snap(mm)
+    mm.drop_caches(2)
+    assert states(mm, a) == [T] * 512 and delta(s0, snap(mm)) == {}
+
+
+def test_underused_thp_split_with_lower_max_ptes_none():
+    mm, a = hp_thp(khugepaged_max_ptes_none=256)
+    s0 = snap(mm)
+    mm.drop_caches(3)
+    assert states(mm, a) == [A] + [Z] * 511
+    assert delta(s0, snap(mm)) == {**sp(TSP=1, TSPG=1, sp=1, na=-1, NT=-1), "thp_underused_split_page": 1,
+                                   **anon(-511)}
+    mm2, b = hp_thp(khugepaged_max_ptes_none=256, shrink_underused=False)
+    mm2.drop_caches(2)
+    assert states(mm2, b) == [T] * 512
+    mm3, c = setup(hp=True, khugepaged_max_ptes_none=256)
+    mm3.access(np.arange(c, c + 256 * P, P), 1)    # 256 unwritten: not more than 256
+    mm3.drop_caches(2)
+    assert states(mm3, c) == [T] * 512
+    mm3.drop_caches(2)                              # it left the queue: never looked at again
+    mm3.madvise(c + 511 * P, P, "dontneed")          # partially mapped now: queued again
+    mm3.drop_caches(2)
+    assert states(mm3, c) == [A] * 256 + [Z] * 255 + [N]
+
+
+def test_s75_mremap_grow_moves_the_thp_whole():
+    mm, a = hp_thp()
+    s0 = snap(mm)
+    b = mm.mremap(a, 2 * MiB, 4 * MiB, maymove=True)
+    assert b != a and b % (2 * MiB) == 0
+    assert states(mm, b, 4 * MiB) == [T] * 512 + [N] * 512
+    assert rss_ahp(mm, b) == (2048, 2048)
+    assert delta(s0, snap(mm)) == {}
+    with pytest.raises(ValueError):
+        mm.smaps(a)
+
+
+def test_s76_mremap_shrink_splits_the_pmd():
+    mm, a = hp_thp()
+    s0 = snap(mm)
+    assert mm.mremap(a, 2 * MiB, MiB) == a
+    assert states(mm, a, MiB) == [L] * 256
+    assert rss_ahp(mm, a) == (1024, 0)
+    assert delta(s0, snap(mm)) == {**sp(TSP=1, TDSP=1, sd=1, pm=1, NT=-1), **anon(-256)}
+
+# ---------------------------------------------------------------- rules
+
+
+def test_fork_copies_tables_and_shares_pages():
+    mm, a = hp_thp(4 * MiB)
+    mm.write(a + 512 * P + 3 * P)       # a PTE table in [2M, 4M)? no: a second THP
+    b = mm.mmap(2 * MiB)                # not HP
+    mm.write(b)
+    mm.madvise(b + P, P, "populate_read")
+    c = mm.mmap(2 * MiB, "r")           # zeropages only, no anon_vma: not copied (R74)
+    mm.read(c)
+    s0 = snap(mm)
+    child = mm.fork()
+    assert delta(s0, snap(mm)) == {"nr_page_table_pages": child.status["VmPTE"] // 4}
+    # the child: PUD + PMD tables, 2 deposits, b's PTE table (c has none copied), the warm page's PTE table
+    assert child.status["VmPTE"] == 4 * 6
+    assert child.status["RssAnon"] == mm.status["RssAnon"] == 2 * 2048 + 4 + 4
+    assert child.maps() == mm.maps()
+    assert child.page_states(c, P).tolist() == [N] and mm.page_states(c, P).tolist() == [Z]
+    assert child.page_states(b, 2 * P).tolist() == [A, Z]
+    assert child.rusage == {"min_flt": 0, "maj_flt": 0}
+    sm = child.smaps(b)
+    assert sm["Referenced"] == 0 and sm["Shared_Dirty"] == 4 and sm["Pss"] == 2
+    assert mm.smaps(b)["Referenced"] == 4
+    # write-protected in both: each side's write faults
+    assert child.write(b) == 1 and mm.write(b) == 1      # the parent's page: now refcount 1 → reuse
+    assert mm.vmstat["nr_anon_pages"] == 1 + 2 * 512 + 2
+    child.close()
+    mm._check_invariants()
+
+
+def test_written_mark_follows_cow_copy_and_populate_does_not_write():
+    mm, a = setup(hp=True, khugepaged_max_ptes_none=0)
+    mm.madvise(a, 2 * MiB, "populate_write")            # a THP, nothing written
+    mm.write(a + 5 * P)
+    child = mm.fork()
+    child.read(a + 7 * P)
+    assert child.write(a + 7 * P) == 1                  # COW copy of an unwritten page
+    mm.madvise(a, 2 * MiB, "dontneed")                  # parent lets go
+    child.drop_caches(2)                                # the folio is partially mapped: split
+    st = child.page_states(a, 2 * MiB).tolist()
+    assert st[5] == A and st[7] == A and st.count(Z) == 510
+
+
+def test_mm_id_sharing_three_processes():
+    mm, a = hp_thp()
+    mm.mprotect(a + 256 * P, P, "r")
+    mm.mprotect(a + 256 * P, P, "rw")                   # PTE-mapped
+    c1 = mm.fork()
+    c2 = mm.fork()                                      # both slots taken: the third is unattributed
+    folio = mm._pmds[a >> 21][a >> 12].page
+    assert folio.maybe_mapped_shared() and folio.large == 3 * 512
+    c1.close()
+    assert folio.maybe_mapped_shared()
+    mm.close()
+    assert folio.maybe_mapped_shared()                  # only c2 maps it, but no slot holds it
+    assert c2.write(a) == 1 and c2.page_states(a, P).tolist() == [A]     # so it is copied
+    c2._check_invariants()
+
+
+def test_madv_cold_and_pageout():
+    mm, a = setup()
+    mm.write(a)
+    mm.write(a + P)
+    mm.madvise(a, P, "free")
+    mm.write(a + P)
+    mm.madvise(a + P, P, "free")
+    mm.write(a + P)                                     # dirtied again after MADV_FREE
+    mm.madvise(a, 2 * P, "cold")
+    assert mm.smaps(a)["Referenced"] == 0 and mm.smaps(a)["LazyFree"] == 4
+    s0 = snap(mm)
+    mm.madvise(a, 2 * P, "pageout")
+    assert mm.page_states(a, 2 * P).tolist() == [N, A]  # the clean lazy-free page is discarded
+    assert delta(s0, snap(mm)) == anon(-1)
+    assert mm.smaps(a)["LazyFree"] == 0
+    mm.madvise(a + P, P, "pageout")                     # swap-backed again: stays (no swap)
+    assert mm.page_states(a, 2 * P).tolist() == [N, A]
+    mm2, b = hp_thp()
+    mm2.madvise(b, 2 * MiB, "free")
+    s0 = snap(mm2)
+    mm2.madvise(b, 2 * MiB, "pageout")                  # a clean lazy-free THP goes whole
+    assert delta(s0, snap(mm2)) == {**sp(NT=-1, na=-1), **pte(-1), **anon(-512)}
+
+
+def test_madv_free_skips_shared_and_cold_half_thp_splits():
+    mm, a = hp_thp()
+    child = mm.fork()
+    s0 = snap(mm)
+    mm.madvise(a, MiB, "free")
+    mm.madvise(a, MiB, "cold")
+    assert delta(s0, snap(mm)) == {} and mm.smaps(a)["LazyFree"] == 0
+    child.close()
+    mm.madvise(a, MiB, "cold")
+    assert states(mm, a) == [A] + [Z] * 511
+    assert mm.smaps(a)["Referenced"] == 0
+
+
+def test_drop_caches_frees_unused_huge_zero_page():
+    mm, a = setup(hp=True)
+    child = mm.fork()
+    child.read(a)                                       # the child maps the huge zeropage
+    mm.drop_caches(2)
+    assert mm.vmstat["thp_zero_page_alloc"] == 1
+    child.close()
+    mm.drop_caches(1)
+    mm.read(a)                                          # still there
+    assert mm.vmstat["thp_zero_page_alloc"] == 1
+    mm.madvise(a, 2 * MiB, "dontneed")
+    mm.drop_caches(2)                                   # mm still holds it until it exits
+    mm.read(a)
+    assert mm.vmstat["thp_zero_page_alloc"] == 1
+    mm.madvise(a, 2 * MiB, "dontneed")
+    other = mm.fork()                                   # nothing to copy: no reference
+    mm.close()
+    other.drop_caches(2)                                # other never mapped it: freed
+    b = other.mmap(2 * MiB)
+    other.madvise(b, 2 * MiB, "hugepage")
+    other.read(b)
+    assert other.vmstat["thp_zero_page_alloc"] == 2
+    with pytest.raises(ValueError):
+        other.drop_caches(4)
+
+
+def test_khugepaged_limits_and_young():
+    mm, a = setup(hp=True, khugepaged_max_ptes_shared=10)
+    mm.madvise(a, 2 * MiB, "nohugepage")
+    mm.access(np.arange(a, a + 20 * P, P), 1)
+    mm.madvise(a, 2 * MiB, "hugepage")                  # registers (anon_vma, HP)
+    child = mm.fork()
+    s0 = snap(mm)
+    child.khugepaged_scan(full_scans=1)                 # both processes: 11 shared pages > 10
+    assert delta(s0, snap(mm)) == {"thp_scan_exceed_share_pte": 2}
+    mm.close()                                          # the child's pages are now not shared,
+    s1 = snap(child)                                    # but old (fork): no collapse, no counter
+    child.khugepaged_scan(full_scans=1)
+    assert delta(s1, snap(child)) == {}
+    child.read(a + 3 * P)                               # young again
+    child.khugepaged_scan(full_scans=1)
+    assert child.page_states(a, P).tolist() == [T]
+    assert child.khugepaged["pages_collapsed"] == 1
+
+
+def test_khugepaged_budget_resumes_where_it_stopped():
+    mm = ReferenceMM()
+    a = mm.mmap(8 * MiB, addr=HP_BASE, fixed=True)
+    for i in range(4):
+        mm.write(a + i * 2 * MiB)                       # 4 PTE tables (not HP at fault time)
+    mm.madvise(a, 8 * MiB, "hugepage")
+    mm.khugepaged_scan(pages=513)                       # 1 + 512, a collapse: stops there
+    assert mm.khugepaged == {"pages_collapsed": 1, "full_scans": 0}
+    assert mm.page_states(a, 8 * MiB).tolist()[::512] == [T, A, A, A]
+    mm.khugepaged_scan(pages=514)                       # a collapse drops the lock: the scan goes on
+    assert mm.khugepaged == {"pages_collapsed": 3, "full_scans": 0}
+    # one wake-up of 4096: the last block (513), the end of the list (1, a wrap), a whole pass
+    # from the head (1 + 4 * 512, a second wrap), and no third pass in one wake-up
+    mm.khugepaged_scan()
+    assert mm.khugepaged == {"pages_collapsed": 4, "full_scans": 2}
+
+
+def test_khugepaged_off_with_thp_never():
+    mm, a = setup(thp="never")
+    mm.write(a)
+    mm.madvise(a, 2 * MiB, "hugepage")
+    mm.khugepaged_scan(full_scans=3)
+    assert mm.khugepaged == {"pages_collapsed": 0, "full_scans": 0}
+
+
+def test_collapse_alloc_failure():
+    mm = ReferenceMM(Config(memory=4 * MiB))
+    a = mm.mmap(4 * MiB, addr=HP_BASE, fixed=True)
+    mm.write(a)
+    mm.write(a + 2 * MiB)                               # both blocks partly used
+    with pytest.raises(SyscallError) as e:
+        mm.madvise(a, 4 * MiB, "collapse")
+    assert e.value.errno == errno.ENOMEM and mm.vmstat["thp_collapse_alloc_failed"] == 1
+
+
+def test_mremap_errors_and_in_place():
+    mm, a = setup(4 * MiB)
+    for args, err in [((a + 1, P, P), errno.EINVAL), ((a, P, 0), errno.EINVAL),
+                      ((a, P, P, False, a + 8 * MiB), errno.EINVAL), ((a, 2 * P, 2 * P, True, a + P), errno.EINVAL),
+                      ((a - 64 * MiB, P, P), errno.EFAULT), ((a, 8 * MiB, 8 * MiB), errno.EFAULT),
+                      ((a, 0, P), errno.EINVAL)]:
+        with pytest.raises(SyscallError) as e:
+            mm.mremap(*args)
+        assert e.value.errno == err, args
+    mm.write(a)
+    assert mm.mremap(a, 4 * MiB, 4 * MiB + P) == a      # room above? only under the warm page
+    assert mm.maps()[0][:2] == (a, a + 4 * MiB + P)
+    with pytest.raises(SyscallError) as e:
+        mm.mremap(a, 4 * MiB + P, 8 * MiB)
+    assert e.value.errno == errno.ENOMEM
+
+
+def test_mremap_to_unaligned_address_splits_and_keeps_pgoff():
+    mm, a = hp_thp()
+    dest = HP_BASE + P
+    s0 = snap(mm)
+    assert mm.mremap(a, 2 * MiB, 2 * MiB, True, dest) == dest
+    assert mm.page_states(dest, 2 * MiB).tolist() == [L] * 512
+    # new PUD + PMD tables and two PTE tables at the destination, the old PTE table freed
+    assert delta(s0, snap(mm)) == {**sp(TSP=1, NT=-1), **pte(3)}
+    mm._check_invariants()
+    mm.madvise(dest, 2 * MiB, "dontneed")               # two tables: two batches
+    assert mm.mthp_stats[2048]["nr_anon"] == 0
+    assert mm.vmstat["thp_deferred_split_page"] == 1
+    b = mm.mmap(P, addr=dest + 2 * MiB, fixed=True)      # vm_pgoff differs: no merge
+    assert len([m for m in mm.maps() if m[0] in (dest, b)]) == 2
