@@ -189,6 +189,7 @@ cdef class Machine:
     cdef readonly int64_t huge_zero_users
     # the processes on this machine (the rmap walk's anon_vma tree, in spirit), and khugepaged
     cdef public list mms
+    cdef public list khugepaged_exited   # exited while khugepaged was positioned on them
     cdef int32_t next_mm_id
     # khugepaged: registration order is a sequence number; the scan resumes at (mm, address)
     cdef int64_t next_khugepaged_seq
@@ -258,7 +259,6 @@ cdef class MMCore:
     # the leaf entry of the last walk (for the access that completes on it)
     cdef uint64_t *last_leaf
     cdef bint last_leaf_pmd
-    cdef bint pud_moved
 
     cdef int _grow_pool(self, int level, int64_t new_cap) except -1
     cdef int32_t pool_alloc(self, int level) noexcept nogil
@@ -289,7 +289,7 @@ cdef class MMCore:
     cdef void reclaim_ptes(self, uint64_t *pte, int64_t i, int64_t nr, int64_t pfn) noexcept nogil
     cdef void pageout_huge_pmd(self, uint64_t *pmdp, int64_t block, bint zero_remap) except *
     cdef int move_pmd_range(self, uint64_t old_addr, uint64_t new_addr, uint64_t extent) noexcept nogil
-    cdef int move_normal_pud(self, uint64_t old_addr, uint64_t new_addr) noexcept nogil
+    cdef int move_extent(self, uint64_t old_addr, uint64_t new_addr, uint64_t left, uint64_t *extent) noexcept nogil
     cdef void page_dup_pte(self, int64_t pfn) noexcept nogil
     cdef void zap_pmd_mapping(self, int64_t block) noexcept nogil
     cdef void mark_written(self, uint64_t addr) noexcept nogil

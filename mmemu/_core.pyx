@@ -243,6 +243,7 @@ cdef class Machine:
         self.huge_zero_pfn = -1
         self.huge_zero_users = 0
         self.mms = []
+        self.khugepaged_exited = []
         self.next_mm_id = 1
         self.next_khugepaged_seq = 1
         self.khugepaged_cursor_seq = 0
@@ -497,10 +498,14 @@ cdef class Machine:
         self.mms.append(mm)
 
     def unregister_mm(self, MMCore mm):
-        """The process exited: off the rmap and khugepaged's list (khugepaged_exit)."""
+        """The process exited: off the rmap, and off khugepaged's list (__khugepaged_exit)
+        unless khugepaged is positioned on it: then the scan drops it when it gets there."""
         if mm in self.mms:
             self.mms.remove(mm)
-        mm.khugepaged_seq = 0
+        if mm.khugepaged_seq and mm.khugepaged_seq == self.khugepaged_cursor_seq:
+            self.khugepaged_exited.append(mm)
+        else:
+            mm.khugepaged_seq = 0
 
     # ---- views for Python --------------------------------------------------------------------
 
@@ -801,6 +806,9 @@ cdef class MMCore:
 
     def khugepaged_register(self):
         self.khugepaged_enter()
+
+    def khugepaged_forget(self):
+        self.khugepaged_seq = 0
 
     cdef int64_t folio_index_at(self, int64_t vma, uint64_t addr) noexcept nogil:
         """linear_page_index: the page offset the anon rmap finds addr's page at."""
@@ -1686,6 +1694,17 @@ cdef class MMCore:
         if not self.khugepaged_seq and self.khugepaged_allowed(vma):
             self.khugepaged_enter()
 
+    def khugepaged_enter_flags(self, uint64_t addr, uint32_t flags):
+        """khugepaged_enter_vma(vma, flags) for the VMA holding addr with flags it is about to
+        get (hugepage_madvise checks the whole VMA before madvise splits it)."""
+        cdef int64_t vma = self.find_vma(addr)
+        cdef uint64_t hstart
+        if vma < 0 or self.khugepaged_seq:
+            return
+        hstart = (self.vm_start[vma] + PMD_SIZE - 1) & PMD_MASK
+        if self.thp_allowed(flags) and self.vm_anon_vma[vma] and hstart + PMD_SIZE <= self.vm_end[vma]:
+            self.khugepaged_enter()
+
     def khugepaged_enter_at(self, uint64_t addr):
         """khugepaged_enter_vma for the VMA holding addr (MADV_HUGEPAGE, mmap)."""
         cdef int64_t vma = self.find_vma(addr)
@@ -1714,9 +1733,12 @@ cdef class MMCore:
             dst[:n] = src[:self.nr_vmas][keep]
         wipe = (child._vm_flags[:n] & VM_WIPEONFORK) != 0
         child._vm_anon[:n][wipe] = 0          # an empty VMA: no anon_vma, nothing copied
+        # anon_vma_fork: each child VMA gets an anon_vma of its own
+        has = child._vm_anon[:n] != 0
+        child._vm_anon[:n][has] = self.next_anon_vma + np.arange(int(has.sum()), dtype=np.int32)
         child.nr_vmas = n
         child.vma_cache = -1
-        child.next_anon_vma = self.next_anon_vma
+        child.next_anon_vma = self.next_anon_vma + n
         child.thp_disable = self.thp_disable
         if self.khugepaged_seq:
             child.khugepaged_enter()          # khugepaged_fork
@@ -2139,7 +2161,8 @@ cdef class MMCore:
             raise ValueError("madvise_collapse: the range must lie in one VMA")
         # thp_vma_allowable_order(TVA_FORCED_COLLAPSE): VM_NOHUGEPAGE, prctl, an anon_vma
         if (self.vm_flags[vma] & VM_NOHUGEPAGE or self.thp_disable == THP_DISABLE_COMPLETELY
-                or not self.vm_anon_vma[vma]):
+                or not self.vm_anon_vma[vma]
+                or ((self.vm_start[vma] + PMD_SIZE - 1) & PMD_MASK) + PMD_SIZE > self.vm_end[vma]):
             return "EINVAL"
         addr = (start + PMD_SIZE - 1) & PMD_MASK
         while addr + PMD_SIZE <= end:
@@ -2155,93 +2178,79 @@ cdef class MMCore:
             addr += PMD_SIZE
         return 0 if last_fail is None else last_fail
 
-    def khugepaged_scan_vma(self, int64_t vma, uint64_t from_addr, int64_t budget, int64_t max_none,
-                            int64_t max_shared):
-        """Scan the VMA's aligned blocks from from_addr while budget lasts (khugepaged_scan_mm_slot).
-        Returns (progress, address to resume at or 0 when the VMA is done)."""
-        cdef uint64_t hstart, hend, addr
-        cdef uint64_t *pmdp
-        cdef int64_t progress = 0
+    def khugepaged_vma_range(self, int64_t vma):
+        """(hstart, hend) of the VMA's aligned 2 MiB blocks, or None if khugepaged may not
+        collapse in it (thp_vma_allowable_order(TVA_KHUGEPAGED))."""
         if not self.khugepaged_allowed(vma):
-            return 1, 0
-        hstart = (self.vm_start[vma] + PMD_SIZE - 1) & PMD_MASK
-        hend = self.vm_end[vma] & PMD_MASK
-        addr = from_addr if from_addr > hstart else hstart
-        if addr > hend:
-            return 1, 0
-        while addr < hend:
-            pmdp = self.pmd_entry(addr)
-            if pmdp != NULL and pmdp[0] and not (pmdp[0] & _PAGE_PSE):
-                if not self.scan_pmd(self.pte_entry(pmdp[0], 0), max_none, max_shared):
-                    self.collapse_huge_page(vma, addr, pmdp, True)
-            addr += PMD_SIZE
-            progress += HPAGE_PMD_NR
-            if progress >= budget:
-                return progress, (addr if addr < hend else 0)
-        return progress, 0
+            return None
+        return ((self.vm_start[vma] + PMD_SIZE - 1) & PMD_MASK, self.vm_end[vma] & PMD_MASK)
+
+    def khugepaged_scan_pmd(self, int64_t vma, uint64_t haddr, int64_t max_none, int64_t max_shared):
+        """hpage_collapse_scan_pmd, then collapse_huge_page: 0 if the block was left alone, 1 if
+        a collapse was attempted and made a THP, 2 if its allocation failed."""
+        cdef uint64_t *pmdp = self.pmd_entry(haddr)
+        if pmdp == NULL or not pmdp[0] or (pmdp[0] & _PAGE_PSE):
+            return 0                              # SCAN_PMD_NULL, SCAN_PMD_NONE, SCAN_PMD_MAPPED
+        if self.scan_pmd(self.pte_entry(pmdp[0], 0), max_none, max_shared):
+            return 0
+        return 2 if self.collapse_huge_page(vma, haddr, pmdp, True) else 1
 
     # ---- mremap (mm/mremap.c: move_page_tables) ------------------------------------------------
 
     def move_page_tables(self, uint64_t old_addr, uint64_t new_addr, uint64_t length):
-        """Move the entries of [old_addr, old_addr+length) to new_addr (R67): a PMD mapping or
-        a whole PTE table moves as one entry where the 2 MiB moves whole, else entries move one
-        by one into tables allocated at the destination. Returns 0 or VM_FAULT_HOSTMEM."""
-        cdef uint64_t done = 0, extent, next_old, next_new
+        """Move the entries of [old_addr, old_addr+length) to new_addr as move_page_tables does
+        (R67): per 1 GiB where the source has a PMD table, the destination gets its PUD table
+        and, for a whole aligned 1 GiB, the PMD table itself (move_normal_pud); per 2 MiB where
+        the source has an entry, the destination gets its PMD table and a PMD mapping or a
+        whole PTE table moves as one entry when the 2 MiB moves whole; else a PMD mapping is
+        split and the PTEs move one by one. Returns 0 or VM_FAULT_HOSTMEM."""
+        cdef uint64_t done = 0, extent
         cdef int ret = 0
         check_range(old_addr, old_addr + length)
         check_range(new_addr, new_addr + length)
         self.tlb_flush()
         with nogil:
             while done < length:
-                if (((old_addr + done) | (new_addr + done)) & (PUD_SIZE - 1)) == 0 and length - done >= PUD_SIZE:
-                    ret = self.move_normal_pud(old_addr + done, new_addr + done)
-                    if ret < 0:
-                        ret = VM_FAULT_HOSTMEM
-                        break
-                    if self.pud_moved:
-                        done += PUD_SIZE
-                        continue
-                next_old = ((old_addr + done) & PMD_MASK) + PMD_SIZE
-                next_new = ((new_addr + done) & PMD_MASK) + PMD_SIZE
-                extent = umin(umin(next_old - (old_addr + done), next_new - (new_addr + done)), length - done)
-                ret = self.move_pmd_range(old_addr + done, new_addr + done, extent)
+                ret = self.move_extent(old_addr + done, new_addr + done, length - done, &extent)
                 if ret:
                     break
                 done += extent
         self.tlb_flush()
         return ret
 
-    cdef int move_normal_pud(self, uint64_t old_addr, uint64_t new_addr) noexcept nogil:
-        """move_normal_pud: a whole 1 GiB moves as its PMD table when the destination's PUD
-        entry is none (sets pud_moved); -1 if the host cannot grow a pool."""
+    cdef int move_extent(self, uint64_t old_addr, uint64_t new_addr, uint64_t left,
+                         uint64_t *extent) noexcept nogil:
+        """One step of move_page_tables; extent[0] gets how far it went."""
         cdef uint64_t *old_pgdp = self.pool[LVL_PGD] + pgd_index(old_addr)
         cdef uint64_t *new_pgdp = self.pool[LVL_PGD] + pgd_index(new_addr)
         cdef uint64_t *old_pudp
         cdef uint64_t *new_pudp
         cdef int32_t index
-        self.pud_moved = False
+        extent[0] = umin(umin((old_addr | (PUD_SIZE - 1)) + 1 - old_addr,
+                              (new_addr | (PUD_SIZE - 1)) + 1 - new_addr), left)
         if not old_pgdp[0]:
-            self.pud_moved = True              # nothing mapped there: nothing to move
-            return 0
+            return 0                                     # get_old_pud: none
         old_pudp = self.pool[LVL_PUD] + entry_index(old_pgdp[0]) * PTRS_PER_TABLE + pud_index(old_addr)
         if not old_pudp[0]:
-            self.pud_moved = True
             return 0
-        if not new_pgdp[0]:
+        if not new_pgdp[0]:                              # alloc_new_pud
             index = self.pool_alloc(LVL_PUD)
             if index < 0:
-                return -1
+                return VM_FAULT_HOSTMEM
             new_pgdp[0] = mk_table_entry(index)
             old_pudp = self.pool[LVL_PUD] + entry_index(old_pgdp[0]) * PTRS_PER_TABLE + pud_index(old_addr)
         new_pudp = self.pool[LVL_PUD] + entry_index(new_pgdp[0]) * PTRS_PER_TABLE + pud_index(new_addr)
-        if new_pudp[0]:
+        if extent[0] == PUD_SIZE and not new_pudp[0]:   # move_normal_pud
+            new_pudp[0] = old_pudp[0]
+            old_pudp[0] = 0
             return 0
-        new_pudp[0] = old_pudp[0]
-        old_pudp[0] = 0
-        self.pud_moved = True
-        return 0
+        extent[0] = umin(umin((old_addr | (PMD_SIZE - 1)) + 1 - old_addr,
+                              (new_addr | (PMD_SIZE - 1)) + 1 - new_addr), left)
+        return self.move_pmd_range(old_addr, new_addr, extent[0])
 
     cdef int move_pmd_range(self, uint64_t old_addr, uint64_t new_addr, uint64_t extent) noexcept nogil:
+        """The 2 MiB step: get_old_pmd, alloc_new_pmd, then move_huge_pmd / move_normal_pmd
+        for a whole 2 MiB into a none entry, else split and move_ptes."""
         cdef uint64_t *old_pmdp = self.pmd_entry(old_addr)
         cdef uint64_t *new_pmdp
         cdef uint64_t *old_pte
@@ -2254,18 +2263,14 @@ cdef class MMCore:
         if new_pmdp == NULL:
             return VM_FAULT_HOSTMEM
         old_pmdp = self.pmd_entry(old_addr)          # the pools may have moved
+        if extent == PMD_SIZE and not new_pmdp[0]:
+            new_pmdp[0] = old_pmdp[0]                # the PMD mapping (and its deposit) or table
+            old_pmdp[0] = 0
+            return 0
         if old_pmdp[0] & _PAGE_PSE:
-            if extent == PMD_SIZE and not new_pmdp[0]:
-                new_pmdp[0] = old_pmdp[0]            # move_huge_pmd, deposit and all
-                old_pmdp[0] = 0
-                return 0
             ret = self.split_huge_pmd(old_pmdp)
             if ret:
                 return ret
-        elif extent == PMD_SIZE and not new_pmdp[0]:
-            new_pmdp[0] = old_pmdp[0]                # move_normal_pmd: the whole table
-            old_pmdp[0] = 0
-            return 0
         new_pte = self.pte_alloc(new_pmdp)
         if new_pte == NULL:
             return VM_FAULT_HOSTMEM
@@ -2439,7 +2444,7 @@ cdef class MMCore:
         cdef uint64_t addr = start, next_addr, e
         cdef uint64_t *pmdp
         cdef uint64_t *pte
-        cdef int64_t i, pfn
+        cdef int64_t i, pfn, block
         while addr < end:
             next_addr = umin((addr & PMD_MASK) + PMD_SIZE, end)
             pmdp = self.pmd_entry(addr)
@@ -2449,8 +2454,16 @@ cdef class MMCore:
                 e = pmdp[0]
                 if e & _PAGE_PSE:
                     pfn = <int64_t>entry_index(e)
-                    if pfn != self.machine.huge_zero_pfn:     # R4: the zeropages never count
+                    block = pfn >> HPAGE_PMD_ORDER
+                    if pfn == self.machine.huge_zero_pfn:     # R4: the zeropages never count
+                        pass
+                    elif self.machine.block_refcount[block] == self.machine.entire_mapcount[block]:
                         self.account_page(acc, pfn, e, (next_addr - addr) >> PAGE_SHIFT, True)
+                    else:
+                        # PTE mappings too (another process split its PMD): page by page, each
+                        # with its own mapcount (smaps_account)
+                        for i in range(HPAGE_PMD_NR):
+                            self.account_page(acc, pfn + i, e, 1, True)
                 else:
                     pte = self.pte_entry(e, 0)
                     for i in range(pte_index(addr), pte_index(next_addr - 1) + 1):

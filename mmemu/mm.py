@@ -343,6 +343,7 @@ class MM:
         flags = bits | VM_MAY | (VM_ACCOUNT if bits & VM_WRITE else 0)
         i = self._core.vma_insert(start, start + size, flags)
         self._merge_around(i, i)
+        self._core.khugepaged_enter_at(start)    # a merge into a VMA with an anon_vma can register
         return start
 
     def _gaps_topdown(self, high):
@@ -560,10 +561,10 @@ class MM:
         elif name == "collapse":
             self._collapse(addr, end, pieces, hole)
         elif name in _FLAG_ADVICE:
-            self._flag_madvise(pieces, *_FLAG_ADVICE[name])
             if name == "hugepage":                 # hugepage_madvise: khugepaged_enter_vma
-                for s, _, _, _ in pieces:
-                    self._core.khugepaged_enter_at(s)
+                for s, _, flags, _ in pieces:
+                    self._core.khugepaged_enter_flags(s, (flags & ~VM_NOHUGEPAGE) | VM_HUGEPAGE)
+            self._flag_madvise(pieces, *_FLAG_ADVICE[name])
         if hole:
             raise SyscallError(errno.ENOMEM, "madvise", "range not fully mapped")
 
@@ -622,6 +623,8 @@ class MM:
                 raise SyscallError(errno.EINVAL, "mremap")
             if new_addr < addr + old_len and addr < new_addr + new_len:
                 raise SyscallError(errno.EINVAL, "mremap", "new range overlaps the old")
+            if new_addr < MMAP_MIN_ADDR:
+                raise SyscallError(errno.EPERM, "mremap", "below mmap_min_addr")
         i = core.vma_index(addr)
         if i < 0:
             raise SyscallError(errno.EFAULT, "mremap", f"no mapping at {addr:#x}")
@@ -642,6 +645,7 @@ class MM:
                 and addr + new_len <= TASK_SIZE:
             core.vma_set_end(i, addr + new_len)            # vma_expand in place
             self._merge_around(i, i)
+            core.khugepaged_enter_at(addr)
             return addr
         if not maymove:
             raise SyscallError(errno.ENOMEM, "mremap", "cannot grow in place")
@@ -660,18 +664,20 @@ class MM:
         """move_vma: a VMA at new_addr with the old one's flags, anon_vma and page offset; the
         entries move; the old range is unmapped; the rest of a grown VMA is empty."""
         core = self._core
-        if core.nr_vmas + 2 > self._config.max_map_count:
+        if core.nr_vmas >= self._config.max_map_count - 3:
             raise SyscallError(errno.ENOMEM, "mremap", "max_map_count")
         core.vma_split(addr)
         core.vma_split(addr + old_len)
         i = core.vma_index(addr)
         _, _, flags, anon = core.vmas()
-        pgoff = int(core.vma_pgoffs()[i])
-        j = core.vma_insert(new_addr, new_addr + new_len, int(flags[i]), int(anon[i]), pgoff)
+        # copy_vma: a VMA never faulted takes its new address as page offset
+        pgoff = int(core.vma_pgoffs()[i]) if anon[i] else new_addr // PAGE_SIZE
+        core.vma_insert(new_addr, new_addr + new_len, int(flags[i]), int(anon[i]), pgoff)
         ret = core.move_page_tables(addr, new_addr, old_len)
         self._check(ret, "mremap")
         self._unmap(addr, addr + old_len, "mremap")
         self._merge_around(core.vma_index(new_addr), core.vma_index(new_addr))
+        core.khugepaged_enter_at(new_addr)
         return new_addr
 
     # ---- khugepaged and the shrinkers ------------------------------------------------------------
@@ -867,49 +873,100 @@ class MM:
         return f"<MM {self._config.kernel} {self._config.arch} thp={self._config.thp}: {state}>"
 
 
+# ---- khugepaged (mm/khugepaged.c), driven synchronously ---------------------------------------
+
+SCAN_LEFT_ALONE, SCAN_COLLAPSED, SCAN_ALLOC_FAILED = 0, 1, 2
+
+
 def _khugepaged_scan(machine, config, pages, full_scans):
-    """khugepaged_do_scan: scan registered processes in registration order from where the last
-    scan stopped, VMA by VMA, until the budget of PTE slots is spent (or ``full_scans`` passes
-    completed)."""
-    max_none, max_shared = config.khugepaged_max_ptes_none, config.khugepaged_max_ptes_shared
-    target = None if full_scans is None else machine.full_scans + full_scans
-    progress = 0
-    while target is not None and machine.full_scans < target or target is None and progress < pages:
-        mms = sorted((mm for mm in machine.mms if mm.khugepaged_seq), key=lambda mm: mm.khugepaged_seq)
-        if not mms:
-            if target is not None:
-                machine.full_scans = target      # nothing to scan: every pass is immediate
+    """Wake khugepaged once (khugepaged_do_scan with ``pages`` slots), or until ``full_scans``
+    more full passes have completed. khugepaged has no work while no process is registered or
+    order 9 is disabled in sysfs (khugepaged_has_work)."""
+    if full_scans is None:
+        _khugepaged_do_scan(machine, config, pages)
+        return
+    target = machine.full_scans + full_scans
+    while machine.full_scans < target and _khugepaged_has_work(machine, config):
+        _khugepaged_do_scan(machine, config, config.khugepaged_pages_to_scan, target)
+
+
+def _khugepaged_slots(machine):
+    """The mm slots on khugepaged's list, in registration order."""
+    mms = [mm for mm in machine.mms if mm.khugepaged_seq] + machine.khugepaged_exited
+    return sorted(mms, key=lambda mm: mm.khugepaged_seq)
+
+
+def _khugepaged_has_work(machine, config):
+    return config.hugepages[2048] != "never" and (config.hugepages[2048] != "inherit"
+                                                   or config.thp != "never") \
+        and bool(_khugepaged_slots(machine))
+
+
+def _khugepaged_do_scan(machine, config, pages, full_scans_target=None):
+    """One wake-up: scan mm slots until ``pages`` slots are spent, the scan has passed the
+    head of the list twice, or a second THP allocation failed (or, when asked, the moment
+    khugepaged's full_scans reaches a target)."""
+    progress, pass_through_head, alloc_failed = 0, 0, False
+    while True:
+        if not machine.khugepaged_cursor_seq:
+            pass_through_head += 1
+        if _khugepaged_has_work(machine, config) and pass_through_head < 2:
+            done, result = _khugepaged_scan_mm_slot(machine, config, pages - progress)
+            progress += done
+        else:
+            progress, result = pages, SCAN_LEFT_ALONE
+        if progress >= pages:
             break
-        core = next((mm for mm in mms if mm.khugepaged_seq >= machine.khugepaged_cursor_seq), None)
-        if core is None:                          # the mm scanned last has exited
-            machine.khugepaged_cursor_seq, machine.khugepaged_cursor_addr = 0, 0
-            continue
-        if core.khugepaged_seq != machine.khugepaged_cursor_seq:
-            machine.khugepaged_cursor_seq, machine.khugepaged_cursor_addr = core.khugepaged_seq, 0
-        progress += _scan_mm(machine, core, None if target is not None else pages - progress,
-                             max_none, max_shared)
-        if machine.khugepaged_cursor_seq > mms[-1].khugepaged_seq:
-            machine.full_scans += 1               # past the last mm on the list: a full scan
-            machine.khugepaged_cursor_seq, machine.khugepaged_cursor_addr = 0, 0
+        if full_scans_target is not None and machine.full_scans >= full_scans_target:
+            break
+        if result == SCAN_ALLOC_FAILED:
+            if alloc_failed:
+                break
+            alloc_failed = True                   # khugepaged_alloc_sleep, then one more try
 
 
-def _scan_mm(machine, core, budget, max_none, max_shared):
-    """khugepaged_scan_mm_slot for one process, from the cursor address. Moves the cursor to the
-    next process when this one is done."""
-    progress = 0
-    starts, ends, _, _ = core.vmas()
-    addr = machine.khugepaged_cursor_addr
-    for i in range(core.vma_first_after(addr), core.nr_vmas):
-        left = (1 << 62) if budget is None else budget - progress
-        if left <= 0:
-            machine.khugepaged_cursor_addr = max(addr, int(starts[i]))
-            return progress
-        done, resume = core.khugepaged_scan_vma(i, addr, left, max_none, max_shared)
-        progress += done
-        if resume:
-            machine.khugepaged_cursor_addr = resume
-            return progress
-        addr = int(ends[i])
-    machine.khugepaged_cursor_seq += 1             # on to the next mm
-    machine.khugepaged_cursor_addr = 0
-    return max(progress, 1)
+def _khugepaged_scan_mm_slot(machine, config, pages):
+    """khugepaged_scan_mm_slot: scan the positioned mm (the first one if none) from the
+    remembered address. Returns (slots spent, the last block's result)."""
+    slots = _khugepaged_slots(machine)
+    core = next((mm for mm in slots if mm.khugepaged_seq == machine.khugepaged_cursor_seq), None)
+    if core is None:
+        core = slots[0]
+        machine.khugepaged_cursor_seq, machine.khugepaged_cursor_addr = core.khugepaged_seq, 0
+    progress, result = 1, SCAN_LEFT_ALONE
+    exited = core in machine.khugepaged_exited
+    finished = True
+    if not exited:
+        max_none, max_shared = config.khugepaged_max_ptes_none, config.khugepaged_max_ptes_shared
+        starts, ends, _, _ = core.vmas()
+        addr = machine.khugepaged_cursor_addr
+        for i in range(core.vma_first_after(addr), core.nr_vmas):
+            blocks = core.khugepaged_vma_range(i)
+            if blocks is None or addr > blocks[1]:
+                progress += 1
+                continue
+            addr = max(addr, blocks[0])
+            while addr < blocks[1]:
+                result = core.khugepaged_scan_pmd(i, addr, max_none, max_shared)
+                addr += PMD_SIZE
+                progress += 512
+                machine.khugepaged_cursor_addr = addr
+                if result != SCAN_LEFT_ALONE:     # collapse_huge_page dropped the mmap lock
+                    return progress, result
+                if progress >= pages:
+                    finished = False
+                    break
+            if not finished:
+                break
+        machine.khugepaged_cursor_addr = addr
+    if finished:                                  # the mm is done (or exited): on to the next
+        later = [mm for mm in slots if mm.khugepaged_seq > core.khugepaged_seq]
+        if later:
+            machine.khugepaged_cursor_seq, machine.khugepaged_cursor_addr = later[0].khugepaged_seq, 0
+        else:
+            machine.khugepaged_cursor_seq, machine.khugepaged_cursor_addr = 0, 0
+            machine.full_scans += 1
+        if exited:                                # collect_mm_slot
+            machine.khugepaged_exited.remove(core)
+            core.khugepaged_forget()
+    return progress, result

@@ -644,7 +644,9 @@ class ReferenceMM:
             if vma.flags & VM_DONTCOPY:                         # MADV_DONTFORK: absent
                 continue
             wipe = bool(vma.flags & VM_WIPEONFORK)              # MADV_WIPEONFORK: empty
-            child._vmas.append(Vma(vma.start, vma.end, vma.flags, None if wipe else vma.anon_vma, vma.pgoff))
+            # anon_vma_fork: each copied VMA gets an anon_vma of its own
+            anon_vma = None if wipe or vma.anon_vma is None else self._m.new_anon_vma()
+            child._vmas.append(Vma(vma.start, vma.end, vma.flags, anon_vma, vma.pgoff))
             if vma.anon_vma is not None and not wipe:           # vma_needs_copy (R74)
                 self._copy_page_range(child, vma)
         return child
@@ -1437,8 +1439,8 @@ class ReferenceMM:
             return addr
         if not maymove:
             raise SyscallError(errno.ENOMEM, "mremap", "cannot grow in place")
-        pgoff = vma.pgoff + ((addr - vma.start) >> 12)
-        target = self._thp_get_unmapped_area(new_len, pgoff << 12)
+        # __get_unmapped_area passes pgoff 0 for anonymous memory
+        target = self._thp_get_unmapped_area(new_len, 0)
         if target is None:
             target = self._unmapped_area_topdown(new_len, fail=False)
         if target is None:
@@ -1667,7 +1669,7 @@ class ReferenceMM:
                     continue
                 self._m.split_folio(entry.folio)
                 entry = self._pmds[pi]
-            self._walk_small(entry, lo >> 12, hi >> 12, self._free_batch)
+            self._walk_small(entry, lo >> 12, hi >> 12, self._free_batch, skip_shared=False)
 
     def _free_batch(self, table, vpn, pte, nr):
         for v in range(vpn, vpn + nr):
@@ -1675,10 +1677,12 @@ class ReferenceMM:
         pte.page.lazyfree = True
         return True
 
-    def _walk_small(self, table, lo, hi, action):
+    def _walk_small(self, table, lo, hi, action, skip_shared=True):
         """The PTE walk of MADV_FREE/COLD/PAGEOUT: a large folio not wholly mapped by the batch
-        here is split (unless mapped shared) and the same PTE looked at again; other pages not
-        mapped shared get action(table, vpn, pte, nr)."""
+        here is split (unless mapped shared) and the same PTE looked at again; other pages get
+        action(table, vpn, pte, nr) -- MADV_FREE marks them whatever maps them (a fresh anon
+        folio is not PG_dirty, so madvise_free_pte_range asks no more), COLD and PAGEOUT only
+        those mapped by exactly these entries (folio_mapcount == folio_nr_pages)."""
         vpn = lo
         while vpn < hi:
             pte = table.get(vpn)
@@ -1692,9 +1696,16 @@ class ReferenceMM:
                     continue                            # the same PTE, now an order-0 page
                 vpn += nr
                 continue
-            if not self._shared(pte.page):
+            if not skip_shared or self._mapcount(pte.page) == nr:
                 action(table, vpn, pte, nr)
             vpn += nr
+
+    @staticmethod
+    def _mapcount(page):
+        """folio_mapcount: every PTE and PMD mapping of the folio."""
+        if isinstance(page, Page):
+            return page.mapcount
+        return page.large
 
     def _madvise_cold_or_pageout(self, start, end, pageout):
         """R61 (madvise_cold_or_pageout_pte_range) over [start, end) of one VMA."""
@@ -1708,17 +1719,19 @@ class ReferenceMM:
                 if entry.kind == "hzp" or entry.folio.maybe_mapped_shared():
                     continue
                 if hi - lo == PMD_SIZE:
-                    entry.young = False
                     if pageout:
                         self._reclaim_huge_pmd(pi, entry)
+                    else:
+                        entry.young = False
                     continue
                 self._m.split_folio(entry.folio)
                 entry = self._pmds[pi]
             reclaim = []
 
             def cold(table, vpn, pte, nr, reclaim=reclaim):
-                for v in range(vpn, vpn + nr):
-                    table[v].young = False
+                if not pageout:                  # PAGEOUT leaves the young bits (since 6.9)
+                    for v in range(vpn, vpn + nr):
+                        table[v].young = False
                 reclaim.append((vpn, nr))
 
             self._walk_small(entry, lo >> 12, hi >> 12, cold)
@@ -1727,20 +1740,23 @@ class ReferenceMM:
                     self._reclaim_ptes(entry, vpn, nr)
 
     def _reclaim_huge_pmd(self, pi, entry):
-        """Reclaim without swap: a clean lazy-free THP is discarded as when zapped; a dirty one
-        is swap-backed again; others stay."""
+        """Reclaim without swap, as the 6.18 host showed it (scenarios C4, L4, L5): a THP that
+        is not lazy-free cannot be swapped out and is split (folio split); a lazy-free one has
+        its PMD split, then is discarded if clean (the table stays) or made swap-backed again,
+        still whole, if it was written again."""
         folio = entry.folio
         if not folio.lazyfree:
+            self._m.split_folio(folio)
             return
-        if entry.dirty:
-            folio.lazyfree = False
-            return
-        self._zap_huge_pmd(pi, entry)
+        self._split_huge_pmd(pi)
+        self._reclaim_ptes(self._pmds[pi], pi << 9, PTRS)
 
     def _reclaim_ptes(self, table, vpn, nr):
         pte = table[vpn]
         page = pte.page
         if not page.lazyfree:
+            if isinstance(page, Folio) and nr > 1:
+                self._m.split_folio(page)       # a large folio it cannot swap out
             return
         if any(table[v].dirty for v in range(vpn, vpn + nr)):
             page.lazyfree = False
