@@ -284,8 +284,9 @@ cdef class MMCore:
     cdef void remove_anon_ptes(self, int64_t pfn, int64_t nr) noexcept nogil
     cdef bint khugepaged_allowed(self, int64_t vma) noexcept nogil
     cdef void khugepaged_enter_vma(self, int64_t vma) noexcept nogil
-    cdef void lazyfree_pte_range(self, uint64_t *pmdp, uint64_t addr, uint64_t next_addr, bint zero_remap) except *
-    cdef void cold_pte_range(self, uint64_t *pmdp, uint64_t addr, uint64_t next_addr, bint pageout, bint zero_remap) except *
+    cdef void madvise_pte_range(self, uint64_t *pmdp, uint64_t addr, uint64_t next_addr, int mode, bint zero_remap) except *
+    cdef void lazyfree_ptes(self, uint64_t *pte, int64_t i, int64_t nr, int64_t pfn) noexcept nogil
+    cdef void clear_young(self, uint64_t *pte, int64_t i, int64_t nr) noexcept nogil
     cdef void reclaim_ptes(self, uint64_t *pte, int64_t i, int64_t nr, int64_t pfn) noexcept nogil
     cdef void pageout_huge_pmd(self, uint64_t *pmdp, int64_t block, bint zero_remap) except *
     cdef int move_pmd_range(self, uint64_t old_addr, uint64_t new_addr, uint64_t extent) noexcept nogil

@@ -1941,18 +1941,19 @@ cdef class MMCore:
                     continue
                 self.machine.split_folio(block, zero_remap and self.zero_page)
                 pmdp = self.pmd_entry(addr)
-            if mode == 0:
-                self.lazyfree_pte_range(pmdp, addr, next_addr, zero_remap)
-            else:
-                self.cold_pte_range(pmdp, addr, next_addr, mode == 2, zero_remap)
+            self.madvise_pte_range(pmdp, addr, next_addr, mode, zero_remap)
             addr = next_addr
         self.tlb_flush()
 
-    cdef void lazyfree_pte_range(self, uint64_t *pmdp, uint64_t addr, uint64_t next_addr,
-                                 bint zero_remap) except *:
+    cdef void madvise_pte_range(self, uint64_t *pmdp, uint64_t addr, uint64_t next_addr, int mode,
+                                bint zero_remap) except *:
+        """The PTE walk of madvise_free_pte_range (mode 0) and madvise_cold_or_pageout_pte_range
+        (1: cold, 2: pageout). A large folio only partly mapped by the batch of PTEs here is
+        split unless mapped shared, and the same PTE looked at again."""
         cdef uint64_t *pte = self.pte_entry(pmdp[0], 0)
-        cdef int64_t i = pte_index(addr), last = pte_index(next_addr - 1) + 1, nr, k, pfn, block
+        cdef int64_t i = pte_index(addr), last = pte_index(next_addr - 1) + 1, nr, pfn, block
         cdef uint64_t e
+        cdef bint large
         while i < last:
             e = pte[i]
             if not e or (e & _PAGE_SPECIAL):
@@ -1960,63 +1961,43 @@ cdef class MMCore:
                 continue
             pfn = <int64_t>entry_index(e)
             block = pfn >> HPAGE_PMD_ORDER
-            if self.machine.in_pmd_folio(pfn):
-                nr = folio_pte_batch(pte, i, last, pfn)
-                if nr < HPAGE_PMD_NR:
-                    if self.machine.folio_maybe_mapped_shared(block):
-                        i += nr
-                        continue
+            large = self.machine.in_pmd_folio(pfn)
+            nr = folio_pte_batch(pte, i, last, pfn) if large else 1
+            if large and nr < HPAGE_PMD_NR:
+                if not self.machine.folio_maybe_mapped_shared(block):
                     self.machine.split_folio(block, zero_remap and self.zero_page)
                     pte = self.pte_entry(pmdp[0], 0)
-                    continue                          # look at the same PTE again
-                for k in range(i, i + nr):
-                    pte[k] &= ~(<uint64_t>(_PAGE_DIRTY | _PAGE_ACCESSED))
-                self.machine.block_flags[block] = self.machine.block_flags[block] | PG_LAZYFREE
-                i += nr
-                continue
-            pte[i] = e & ~(<uint64_t>(_PAGE_DIRTY | _PAGE_ACCESSED))
-            self.machine.flags[pfn] = self.machine.flags[pfn] | PG_LAZYFREE
-            i += 1
-
-    cdef void cold_pte_range(self, uint64_t *pmdp, uint64_t addr, uint64_t next_addr, bint pageout,
-                             bint zero_remap) except *:
-        cdef uint64_t *pte = self.pte_entry(pmdp[0], 0)
-        cdef int64_t i = pte_index(addr), last = pte_index(next_addr - 1) + 1, nr, k, pfn, block
-        cdef uint64_t e
-        cdef int32_t mapcount
-        while i < last:
-            e = pte[i]
-            if not e or (e & _PAGE_SPECIAL):
-                i += 1
-                continue
-            pfn = <int64_t>entry_index(e)
-            block = pfn >> HPAGE_PMD_ORDER
-            nr = 1
-            if self.machine.in_pmd_folio(pfn):
-                nr = folio_pte_batch(pte, i, last, pfn)
-                if nr < HPAGE_PMD_NR:
-                    if self.machine.folio_maybe_mapped_shared(block):
-                        i += nr
-                        continue
-                    self.machine.split_folio(block, zero_remap and self.zero_page)
-                    pte = self.pte_entry(pmdp[0], 0)
-                    continue
-                mapcount = self.machine.block_refcount[block]
-            else:
-                mapcount = self.machine.mapcount[pfn]
-            if mapcount != nr:             # mapped elsewhere too: leave it alone
-                i += nr
-                continue
-            if not pageout:
-                for k in range(i, i + nr):
-                    pte[k] &= ~(<uint64_t>_PAGE_ACCESSED)
-            elif nr > 1 and not (self.machine.block_flags[block] & PG_LAZYFREE):
+                    continue                          # the same PTE, now an order-0 page
+            elif mode == 0:
+                self.lazyfree_ptes(pte, i, nr, pfn)
+            elif (self.machine.block_refcount[block] if large else self.machine.mapcount[pfn]) != nr:
+                pass                                  # mapped elsewhere too: leave it alone
+            elif mode == 1:
+                self.clear_young(pte, i, nr)
+            elif large and not (self.machine.block_flags[block] & PG_LAZYFREE):
                 # no swap: reclaim splits the large folio it cannot swap out (R61)
                 self.machine.split_folio(block, zero_remap and self.zero_page)
                 pte = self.pte_entry(pmdp[0], 0)
             else:
                 self.reclaim_ptes(pte, i, nr, pfn)
             i += nr
+
+    cdef void lazyfree_ptes(self, uint64_t *pte, int64_t i, int64_t nr, int64_t pfn) noexcept nogil:
+        """MADV_FREE of one folio mapped by these nr PTEs (whoever else maps it: a fresh
+        anonymous folio is not PG_dirty): clean and old entries, the folio lazy-free."""
+        cdef int64_t k
+        for k in range(i, i + nr):
+            pte[k] = pte[k] & ~(<uint64_t>(_PAGE_DIRTY | _PAGE_ACCESSED))
+        if self.machine.in_pmd_folio(pfn):
+            self.machine.block_flags[pfn >> HPAGE_PMD_ORDER] = \
+                self.machine.block_flags[pfn >> HPAGE_PMD_ORDER] | PG_LAZYFREE
+        else:
+            self.machine.flags[pfn] = self.machine.flags[pfn] | PG_LAZYFREE
+
+    cdef void clear_young(self, uint64_t *pte, int64_t i, int64_t nr) noexcept nogil:
+        cdef int64_t k
+        for k in range(i, i + nr):
+            pte[k] = pte[k] & ~(<uint64_t>_PAGE_ACCESSED)
 
     cdef void pageout_huge_pmd(self, uint64_t *pmdp, int64_t block, bint zero_remap) except *:
         """Reclaim of a PMD-mapped THP mapped by this process only, with no swap (as the 6.18

@@ -1844,6 +1844,7 @@ class ReferenceMM:
                 page = pte.page
                 folio.written[vpn - base] = page.written[pte.idx] if isinstance(page, Folio) else page.written
         self._pmds[pi] = HugePmd("thp", folio, bool(vma.flags & VM_WRITE), True, True, True)
+        self._m.queue(folio)               # deferred_split_folio(folio, false): uncounted
         for vpn, pte, nr in self._batches(table, base, base + PTRS):
             if pte.kind == "anon":
                 self._remove_rmap_ptes(pte.page, pte.idx, nr)
