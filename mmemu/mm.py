@@ -628,7 +628,7 @@ class MM:
         i = core.vma_index(addr)
         if i < 0:
             raise SyscallError(errno.EFAULT, "mremap", f"no mapping at {addr:#x}")
-        starts, ends, flags, anon = core.vmas()
+        starts, ends, _, _ = core.vmas()
         if old_len == 0:
             raise SyscallError(errno.EINVAL, "mremap", "old_size 0 needs a shared mapping")
         if addr + old_len > int(ends[i]):
@@ -938,7 +938,6 @@ def _khugepaged_scan_mm_slot(machine, config, pages):
     finished = True
     if not exited:
         max_none, max_shared = config.khugepaged_max_ptes_none, config.khugepaged_max_ptes_shared
-        starts, ends, _, _ = core.vmas()
         addr = machine.khugepaged_cursor_addr
         for i in range(core.vma_first_after(addr), core.nr_vmas):
             blocks = core.khugepaged_vma_range(i)

@@ -3,22 +3,23 @@ import errno
 
 import numpy as np
 import pytest
+from helpers import hp_mapping
 
-from mmemu import ATOMIC, MM, READ, WRITE, Config, OutOfMemory, PageState, SegmentationFault, SyscallError
+from mmemu import (
+    ATOMIC,
+    MM,
+    READ,
+    WRITE,
+    Config,
+    OutOfMemory,
+    PageState,
+    SegmentationFault,
+    SyscallError,
+)
 
 KB, MB, GB = 1 << 10, 1 << 20, 1 << 30
 PAGE = 4096
 PS = PageState
-
-
-def hp_mapping(mm, length=2 * MB):
-    a = mm.mmap(length)
-    mm.madvise(a, length, "hugepage")
-    return a
-
-
-def delta(before, after):
-    return {k: after[k] - before[k] for k in after if after[k] != before[k]}
 
 
 # ---- section 1: counters -------------------------------------------------------------------

@@ -5,22 +5,13 @@ import errno
 
 import numpy as np
 import pytest
+from helpers import delta, hp_mapping
 
-from mmemu import MM, Config, PageState, SyscallError
+from mmemu import MM, Config, PageState, SegmentationFault, SyscallError
 
 MB = 1 << 20
 PAGE = 4096
 PS = PageState
-
-
-def hp_mapping(mm, length=2 * MB):
-    a = mm.mmap(length)
-    mm.madvise(a, length, "hugepage")
-    return a
-
-
-def delta(before, after):
-    return {k: after[k] - before[k] for k in after if after[k] != before[k]}
 
 
 def counters(mm):
@@ -66,7 +57,7 @@ def test_R11_a_collapse_turns_the_old_table_into_the_deposit():
 
 
 def test_R11_fork_gives_the_child_its_own_deposit():
-    mm, a = thp_with_one_written_page()
+    mm, _ = thp_with_one_written_page()
     child = mm.fork()
     assert child.page_tables["deposited"] == 1
     assert child.status["VmPTE"] == mm.status["VmPTE"]
@@ -496,7 +487,7 @@ def test_R65_mprotect_of_part_of_a_thp_splits_its_pmd():
     mm, a = thp_with_one_written_page()
     mm.mprotect(a, MB, "r")
     assert (states(mm, a) == PS.LARGE).all() and mm.vmstat["thp_split_pmd"] == 1
-    with pytest.raises(Exception):
+    with pytest.raises(SegmentationFault):
         mm.write(a)
     assert mm.write(a + MB) == 0
 

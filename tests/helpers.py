@@ -1,0 +1,14 @@
+"""Small helpers the rule tests share."""
+MB = 1 << 20
+
+
+def hp_mapping(mm, length=2 * MB):
+    """A fresh mapping of ``length`` bytes advised MADV_HUGEPAGE; its address."""
+    a = mm.mmap(length)
+    mm.madvise(a, length, "hugepage")
+    return a
+
+
+def delta(before, after):
+    """The counters that changed, and by how much."""
+    return {k: after[k] - before[k] for k in after if after[k] != before[k]}
