@@ -34,7 +34,7 @@ def build_base(ref, workdir):
 
 def run_suite(tree, bench_dir, out):
     env = dict(os.environ, PYTHONPATH=tree, OPENBLAS_NUM_THREADS="1")
-    subprocess.run([sys.executable, "-m", "pytest", bench_dir, "-q", "-k", "mmemu",
+    subprocess.run([sys.executable, "-m", "pytest", bench_dir, "-q", "-k", "mmemu or state_bytes",
                     "--benchmark-only", f"--benchmark-json={out}", "-p", "no:cacheprovider"],
                    env=env, check=True, stdout=subprocess.DEVNULL)
     rates = {}
