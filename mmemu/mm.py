@@ -693,6 +693,8 @@ class MM:
         if full_scans is not None:
             full_scans = _uint(full_scans, "full_scans")
         pages = self._config.khugepaged_pages_to_scan if pages is None else _uint(pages, "pages")
+        if not pages:
+            raise ValueError("pages must be at least 1 (as khugepaged/pages_to_scan)")
         self._ensure_open()
         _khugepaged_scan(self._machine, self._config, pages, full_scans)
 
