@@ -214,6 +214,7 @@ cdef class Machine:
     cdef void deferred_split_folio(self, int64_t block, bint partially_mapped) noexcept nogil
     cdef void folio_mark_written(self, int64_t pfn) noexcept nogil
     cdef int split_folio(self, int64_t block, bint zero_remap) except -1
+    cdef void register_mm(self, MMCore mm)
 
 
 @cython.final
@@ -299,6 +300,7 @@ cdef class MMCore:
     cdef uint64_t *pte_alloc(self, uint64_t *pmdp) noexcept nogil
     cdef int64_t folio_index_at(self, int64_t vma, uint64_t addr) noexcept nogil
     cdef bint rmap_vma_range(self, int64_t vma, int64_t block, uint64_t *lo, uint64_t *hi) noexcept nogil
+    cdef int check_large_folio(self, int64_t block) except -1
     cdef void khugepaged_enter(self) noexcept nogil
     cdef int copy_range(self, MMCore child, uint64_t start, uint64_t end) noexcept nogil
     cdef int copy_huge_pmd(self, MMCore child, uint64_t *src, uint64_t *dst) noexcept nogil

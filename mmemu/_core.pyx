@@ -492,7 +492,7 @@ cdef class Machine:
             self.free_pmd_folio(self.huge_zero_pfn)
             self.huge_zero_pfn = -1
 
-    def register_mm(self, MMCore mm):
+    cdef void register_mm(self, MMCore mm):
         mm.mm_id = self.next_mm_id
         self.next_mm_id += 1
         self.mms.append(mm)
@@ -1720,7 +1720,9 @@ cdef class MMCore:
         cdef int64_t i, n
         cdef int ret = 0
         self._check_open()
-        if child.nr_vmas:
+        if child is None or child.machine is not self.machine or child is self:
+            raise ValueError("fork_into: the child must be another process on this machine")
+        if child.nr_vmas or child.closed or child.pgtables_pages:
             raise ValueError("fork_into: the child must be new")
         n = self.nr_vmas
         keep = (self._vm_flags[:n] & VM_DONTCOPY) == 0
@@ -1851,12 +1853,19 @@ cdef class MMCore:
         hi[0] = self.vm_start[vma] + (<uint64_t>(b - first) << PAGE_SHIFT)
         return True
 
+    cdef int check_large_folio(self, int64_t block) except -1:
+        if not 0 <= block < self.machine.nr_blocks or not (self.machine.block_flags[block] & PG_HEAD) \
+                or (self.machine.block_flags[block] & PG_HUGE_ZERO):
+            raise ValueError(f"block {block} holds no anonymous THP")
+        return 0
+
     def rmap_split_pmds(self, int64_t block):
         """Split every PMD mapping of the folio in this process."""
         cdef int64_t vma
         cdef uint64_t lo, hi, addr
         cdef uint64_t *pmdp
         cdef int64_t head = block * HPAGE_PMD_NR
+        self.check_large_folio(block)
         for vma in range(self.nr_vmas):
             if not self.rmap_vma_range(vma, block, &lo, &hi):
                 continue
@@ -1875,6 +1884,7 @@ cdef class MMCore:
         cdef uint64_t lo, hi, addr, e
         cdef uint64_t *pmdp
         cdef uint64_t *ptep
+        self.check_large_folio(block)
         for vma in range(self.nr_vmas):
             if not self.rmap_vma_range(vma, block, &lo, &hi):
                 continue
@@ -2162,6 +2172,8 @@ cdef class MMCore:
     def khugepaged_vma_range(self, int64_t vma):
         """(hstart, hend) of the VMA's aligned 2 MiB blocks, or None if khugepaged may not
         collapse in it (thp_vma_allowable_order(TVA_KHUGEPAGED))."""
+        if not 0 <= vma < self.nr_vmas:
+            raise IndexError(f"no VMA {vma}")
         if not self.khugepaged_allowed(vma):
             return None
         return ((self.vm_start[vma] + PMD_SIZE - 1) & PMD_MASK, self.vm_end[vma] & PMD_MASK)
@@ -2169,7 +2181,13 @@ cdef class MMCore:
     def khugepaged_scan_pmd(self, int64_t vma, uint64_t haddr, int64_t max_none, int64_t max_shared):
         """hpage_collapse_scan_pmd, then collapse_huge_page: 0 if the block was left alone, 1 if
         a collapse was attempted and made a THP, 2 if its allocation failed."""
-        cdef uint64_t *pmdp = self.pmd_entry(haddr)
+        cdef uint64_t *pmdp
+        self._check_open()
+        if not 0 <= vma < self.nr_vmas:
+            raise IndexError(f"no VMA {vma}")
+        if haddr & ~PMD_MASK or haddr < self.vm_start[vma] or haddr + PMD_SIZE > self.vm_end[vma]:
+            raise ValueError(f"{haddr:#x} is not an aligned 2 MiB block inside VMA {vma}")
+        pmdp = self.pmd_entry(haddr)
         if pmdp == NULL or not pmdp[0] or (pmdp[0] & _PAGE_PSE):
             return 0                              # SCAN_PMD_NULL, SCAN_PMD_NONE, SCAN_PMD_MAPPED
         if self.scan_pmd(self.pte_entry(pmdp[0], 0), max_none, max_shared):

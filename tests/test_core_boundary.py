@@ -22,7 +22,12 @@ def test_every_range_method_refuses_a_bad_range(core, start, end):
                  lambda: core.zap(start, end, False), lambda: core.populate(start, end, False),
                  lambda: core.change_protection(start, end, 3),
                  lambda: core.free_pgtables(start, end, 0, TOP),
-                 lambda: core.vma_insert(start, end, 3)):
+                 lambda: core.vma_insert(start, end, 3),
+                 lambda: core.madvise_free(start, end, True),
+                 lambda: core.madvise_cold(start, end, True, True),
+                 lambda: core.madvise_collapse(start, end),
+                 lambda: core.move_page_tables(start, 1 << 40, (end - start) % (1 << 64)),
+                 lambda: core.move_page_tables(1 << 40, start, (end - start) % (1 << 64))):
         with pytest.raises(ValueError):
             call()
 
@@ -58,3 +63,24 @@ def test_core_constants_match_the_public_ones():
     from mmemu import ATOMIC, READ, WRITE
     assert _core.OP_VALUES == (READ, WRITE, ATOMIC)
     assert _core.PAGE_STATE_VALUES == tuple(PageState)
+
+
+def test_issue4_entry_points_check_indices_blocks_and_processes(core):
+    with pytest.raises(IndexError):
+        core.khugepaged_vma_range(5)
+    with pytest.raises(IndexError):
+        core.khugepaged_scan_pmd(-1, 0, 511, 256)
+    with pytest.raises(ValueError):
+        core.khugepaged_scan_pmd(0, 4096, 511, 256)          # not an aligned block of the VMA
+    for block in (-1, 0, 1 << 40):                           # 0: reserved, no THP
+        with pytest.raises(ValueError):
+            core.rmap_split_pmds(block)
+        with pytest.raises(ValueError):
+            core.rmap_remap_zero(block)
+    stranger = MM()
+    with pytest.raises(ValueError):
+        core.fork_into(stranger._core)                        # another machine
+    with pytest.raises(ValueError):
+        core.fork_into(core)
+    with pytest.raises(AttributeError):
+        core.machine.register_mm(core)                        # C-level only
