@@ -69,6 +69,7 @@ cdef enum:
     VM_MAYREAD = 0x10
     VM_MAYWRITE = 0x20
     VM_MAYEXEC = 0x40
+    VM_LOCKED = 0x2000          # mlock
     VM_SEQ_READ = 0x8000
     VM_RAND_READ = 0x10000
     VM_DONTCOPY = 0x20000       # MADV_DONTFORK
@@ -323,7 +324,7 @@ cdef class MMCore:
     cdef int64_t access_trace(self, const uint64_t *addrs, const uint8_t *ops, uint8_t op0,
                               int64_t n, uint8_t *out, int *err) noexcept nogil
     cdef void _check_open(self) except *
-    cdef int _populate(self, uint64_t *paddr, uint64_t end, bint write) noexcept nogil
+    cdef int _populate(self, uint64_t *paddr, uint64_t end, bint write, bint force) noexcept nogil
     cdef void zap_huge_pmd(self, uint64_t *pmdp) noexcept nogil
     cdef void zap_pte_range(self, uint64_t *pte, int64_t first, int64_t last) noexcept nogil
     cdef int _zap(self, uint64_t start, uint64_t end, bint reclaim) noexcept nogil

@@ -62,7 +62,7 @@ PAGE_STATE_VALUES = (PS_NONE, PS_ZERO, PS_HUGE_ZERO, PS_ANON, PS_LARGE, PS_THP)
 OP_VALUES = (OP_READ, OP_WRITE, OP_ATOMIC)
 VM_FLAG_VALUES = dict(VM_READ=VM_READ, VM_WRITE=VM_WRITE, VM_EXEC=VM_EXEC, VM_MAYREAD=VM_MAYREAD,
                       VM_MAYWRITE=VM_MAYWRITE, VM_MAYEXEC=VM_MAYEXEC, VM_ACCOUNT=VM_ACCOUNT,
-                      VM_HUGEPAGE=VM_HUGEPAGE, VM_NOHUGEPAGE=VM_NOHUGEPAGE, VM_SEQ_READ=VM_SEQ_READ,
+                      VM_HUGEPAGE=VM_HUGEPAGE, VM_NOHUGEPAGE=VM_NOHUGEPAGE, VM_LOCKED=VM_LOCKED, VM_SEQ_READ=VM_SEQ_READ,
                       VM_RAND_READ=VM_RAND_READ, VM_DONTCOPY=VM_DONTCOPY, VM_WIPEONFORK=VM_WIPEONFORK,
                       VM_DONTDUMP=VM_DONTDUMP)
 FAULT_OOM = VM_FAULT_OOM
@@ -1345,17 +1345,18 @@ cdef class MMCore:
 
     # ---- population (mm/gup.c: __get_user_pages for MADV_POPULATE_*) ---------------------------
 
-    def populate(self, uint64_t start, uint64_t end, bint write):
+    def populate(self, uint64_t start, uint64_t end, bint write, bint force=False):
         """Fault in [start, end) as GUP does (R63, R79). Returns (err, address): err 0, a
-        VM_FAULT_* code, POPULATE_HOLE (no VMA: ENOMEM) or POPULATE_BADVMA (EINVAL)."""
+        VM_FAULT_* code, POPULATE_HOLE (no VMA: ENOMEM) or POPULATE_BADVMA (EINVAL). With
+        force (FOLL_FORCE, as mlock populates), a read needs only an accessible VMA."""
         cdef int err
         cdef uint64_t addr = start
         check_range(start, end)
         with nogil:
-            err = self._populate(&addr, end, write)
+            err = self._populate(&addr, end, write, force)
         return err, addr
 
-    cdef int _populate(self, uint64_t *paddr, uint64_t end, bint write) noexcept nogil:
+    cdef int _populate(self, uint64_t *paddr, uint64_t end, bint write, bint force) noexcept nogil:
         cdef uint64_t need = NEED_WRITE if write else NEED_READ
         cdef uint64_t addr = paddr[0], vend, e
         cdef int64_t vma
@@ -1366,7 +1367,7 @@ cdef class MMCore:
             if vma < 0:
                 return GUP_HOLE
             if (write and not (self.vm_flags[vma] & VM_WRITE)) or (
-                    not write and not (self.vm_flags[vma] & VM_READ)):
+                    not write and not (self.vm_flags[vma] & (VM_ACCESS_FLAGS if force else VM_READ))):
                 return GUP_BADVMA        # check_vma_flags
             vend = umin(self.vm_end[vma], end)
             tries = 0
@@ -1733,6 +1734,7 @@ cdef class MMCore:
                          (self._vm_flags, child._vm_flags), (self._vm_anon, child._vm_anon),
                          (self._vm_pgoff, child._vm_pgoff)):
             dst[:n] = src[:self.nr_vmas][keep]
+        child._vm_flags[:n] &= ~np.uint32(VM_LOCKED)   # dup_mmap: mlock is not inherited
         wipe = (child._vm_flags[:n] & VM_WIPEONFORK) != 0
         child._vm_anon[:n][wipe] = 0          # an empty VMA: no anon_vma, nothing copied
         # anon_vma_fork: each child VMA gets an anon_vma of its own

@@ -121,6 +121,18 @@ cdef extern from *:
         return err;
     }
 
+    /* mlock(2) or munlock(2) with the faults it took: returns 0 or errno. */
+    static int mmemu_host_mlock(uint64_t addr, uint64_t len, int lock, long *faults) {
+        long before;
+        int ret;
+        errno = 0;
+        before = mmemu_host_minflt();
+        ret = lock ? mlock((void *)(uintptr_t)addr, len) : munlock((void *)(uintptr_t)addr, len);
+        int err = ret ? errno : 0;
+        *faults = mmemu_host_minflt() - before;
+        return err;
+    }
+
     /* mremap(2) with the faults it took: returns 0 or errno, the new address in *out. */
     static int mmemu_host_mremap(uint64_t addr, uint64_t old_len, uint64_t new_len, int flags,
                                  uint64_t new_addr, uint64_t *out, long *faults) {
@@ -197,20 +209,7 @@ cdef extern from *:
     struct mmemu_page_region { uint64_t start, end, categories; };
     static int64_t mmemu_host_replay(const uint64_t *a, const uint8_t *o, int op0, int64_t n, uint8_t *f) { return -1; }
     static int mmemu_host_madvise(uint64_t a, uint64_t l, int adv, long *f) { return ENOSYS; }
-    /* mremap(2) with the faults it took: returns 0 or errno, the new address in *out. */
-    static int mmemu_host_mremap(uint64_t addr, uint64_t old_len, uint64_t new_len, int flags,
-                                 uint64_t new_addr, uint64_t *out, long *faults) {
-        long before;
-        void *p;
-        errno = 0;
-        before = mmemu_host_minflt();
-        p = mremap((void *)(uintptr_t)addr, old_len, new_len, flags, (void *)(uintptr_t)new_addr);
-        int err = p == MAP_FAILED ? errno : 0;
-        *faults = mmemu_host_minflt() - before;
-        if (!err) *out = (uint64_t)(uintptr_t)p;
-        return err;
-    }
-
+    static int mmemu_host_mlock(uint64_t a, uint64_t l, int lock, long *f) { return ENOSYS; }
     static int mmemu_host_mmap(uint64_t a, uint64_t l, int p, int fx, uint64_t *o) { return ENOSYS; }
     static int mmemu_host_mremap(uint64_t a, uint64_t o, uint64_t n, int fl, uint64_t na, uint64_t *out, long *f) { return ENOSYS; }
     static int mmemu_host_munmap(uint64_t a, uint64_t l) { return ENOSYS; }
@@ -225,6 +224,7 @@ cdef extern from *:
     int64_t mmemu_host_replay(const uint64_t *addrs, const uint8_t *ops, int op0, int64_t n,
                               uint8_t *faults) nogil
     int mmemu_host_madvise(uint64_t addr, uint64_t length, int advice, long *faults) nogil
+    int mmemu_host_mlock(uint64_t addr, uint64_t len, int lock, long *faults) nogil
     int mmemu_host_mmap(uint64_t addr, uint64_t length, int prot, int fixed, uint64_t *out) nogil
     int mmemu_host_mremap(uint64_t addr, uint64_t old_len, uint64_t new_len, int flags,
                           uint64_t new_addr, uint64_t *out, long *faults) nogil
@@ -268,6 +268,15 @@ def madvise(uint64_t addr, uint64_t length, int advice):
     cdef int err
     with nogil:
         err = mmemu_host_madvise(addr, length, advice, &faults)
+    return err, faults
+
+
+def mlock(uint64_t addr, uint64_t length, bint lock):
+    """mlock (or munlock): (errno or 0, faults taken)."""
+    cdef long faults = 0
+    cdef int err
+    with nogil:
+        err = mmemu_host_mlock(addr, length, lock, &faults)
     return err, faults
 
 

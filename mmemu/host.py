@@ -485,6 +485,23 @@ class HostMM:
         if err:
             raise SyscallError(err, "madvise")
 
+    def mlock(self, addr, length) -> None:
+        self._lock_call(addr, length, True)
+
+    def munlock(self, addr, length) -> None:
+        self._lock_call(addr, length, False)
+
+    def _lock_call(self, addr, length, lock):
+        addr, length = _uint(addr, "addr"), _uint(length, "length")
+        self._ensure_open()
+        start = addr & ~(PAGE_SIZE - 1)
+        if self._foreign_overlap(start, (addr + length + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)):
+            raise ValueError("mlock: the range overlaps memory HostMM did not map")
+        err, faults = _host.mlock(addr, length, lock)
+        self._min_flt += faults
+        if err:
+            raise SyscallError(err, "mlock" if lock else "munlock")
+
     def prctl(self, option, arg2=0, arg3=0, arg4=0, arg5=0) -> int:
         number = _PRCTL.get(option, option) if isinstance(option, str) else option
         if number not in _PRCTL.values() or arg4 or arg5:

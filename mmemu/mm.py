@@ -28,6 +28,9 @@ VM_ACCESS = VM_READ | VM_WRITE | VM_EXEC
 VM_MAY = _F["VM_MAYREAD"] | _F["VM_MAYWRITE"] | _F["VM_MAYEXEC"]
 VM_ACCOUNT = _F["VM_ACCOUNT"]
 VM_HUGEPAGE, VM_NOHUGEPAGE = _F["VM_HUGEPAGE"], _F["VM_NOHUGEPAGE"]
+VM_LOCKED = _F["VM_LOCKED"]
+#: advice refused on mlocked VMAs (madvise_dontneed_free_valid_vma, can_madv_lru_vma)
+_NOT_ON_LOCKED = {"dontneed", "free", "cold", "pageout"}
 
 MMAP_MIN_ADDR = 65536
 #: TASK_SIZE minus the 128 MiB minimum stack gap, without ASLR (arch/x86/mm/mmap.c)
@@ -39,7 +42,8 @@ U64_MAX = (1 << 64) - 1
 
 # fs/proc/task_mmu.c: show_smap_vma_flags, in the kernel's order
 _VMFLAG_LETTERS = ((VM_READ, "rd"), (VM_WRITE, "wr"), (VM_EXEC, "ex"), (_F["VM_MAYREAD"], "mr"),
-                   (_F["VM_MAYWRITE"], "mw"), (_F["VM_MAYEXEC"], "me"), (_F["VM_SEQ_READ"], "sr"),
+                   (_F["VM_MAYWRITE"], "mw"), (_F["VM_MAYEXEC"], "me"), (_F["VM_LOCKED"], "lo"),
+                   (_F["VM_SEQ_READ"], "sr"),
                    (_F["VM_RAND_READ"], "rr"), (_F["VM_DONTCOPY"], "dc"), (VM_ACCOUNT, "ac"),
                    (_F["VM_WIPEONFORK"], "wf"), (_F["VM_DONTDUMP"], "dd"),
                    (VM_HUGEPAGE, "hg"), (VM_NOHUGEPAGE, "nh"))
@@ -549,7 +553,15 @@ class MM:
             return self._populate(addr, end, name == "populate_write")
         pieces, hole = self._vma_pieces(addr, end)
         zero_remap = self._config.remap_zero_subpages
-        if name in ("dontneed", "dontneed_locked"):     # no mlock here: the same (R59)
+        if name in _NOT_ON_LOCKED:
+            for i, (_, _, flags, _) in enumerate(pieces):
+                if flags & VM_LOCKED:                # the VMAs before it are advised
+                    pieces, hole = pieces[:i], False
+                    locked = True
+                    break
+            else:
+                locked = False
+        if name in ("dontneed", "dontneed_locked"):     # R57, R59
             for s, e, _, _ in pieces:
                 self._check(self._core.zap(s, e, True), "madvise")
         elif name == "free":
@@ -565,6 +577,8 @@ class MM:
                 for s, _, flags, _ in pieces:
                     self._core.khugepaged_enter_flags(s, (flags & ~VM_NOHUGEPAGE) | VM_HUGEPAGE)
             self._flag_madvise(pieces, *_FLAG_ADVICE[name])
+        if name in _NOT_ON_LOCKED and locked:
+            raise SyscallError(errno.EINVAL, "madvise", f"MADV_{name.upper()} on an mlocked mapping")
         if hole:
             raise SyscallError(errno.ENOMEM, "madvise", "range not fully mapped")
 
@@ -596,6 +610,59 @@ class MM:
         if err & _core.FAULT_OOM:
             raise SyscallError(errno.ENOMEM, "madvise", "out of memory")
         self._check(err, "madvise", where)
+
+    # ---- mlock (mm/mlock.c) ------------------------------------------------------------------
+
+    @_serialized
+    def mlock(self, addr, length) -> None:
+        """mlock(2): lock [addr, addr+length) (VM_LOCKED, splitting and merging VMAs) and fault
+        it in, as written for writable mappings and as read otherwise (R79). Nothing is ever
+        reclaimed here, so the lock shows in smaps (`Locked`, VmFlags `lo`) and in which madvise
+        calls the mapping refuses."""
+        start, end = self._mlock_range(addr, length)
+        if start == end:
+            return
+        self._set_locked(start, end, True, "mlock")
+        for s, e, flags, _ in self._vma_pieces(start, end)[0]:
+            if not flags & VM_ACCESS:           # populate finds no permission: EFAULT -> ENOMEM
+                raise SyscallError(errno.ENOMEM, "mlock", f"mapping at {s:#x} is PROT_NONE")
+            err, where = self._core.populate(s, e, bool(flags & VM_WRITE), True)
+            if err & _core.FAULT_OOM:            # __mlock_posix_error_return: ENOMEM -> EAGAIN
+                raise SyscallError(errno.EAGAIN, "mlock", "out of memory")
+            self._check(err, "mlock", where)
+
+    @_serialized
+    def munlock(self, addr, length) -> None:
+        """munlock(2): clear VM_LOCKED on [addr, addr+length); the pages stay."""
+        start, end = self._mlock_range(addr, length)
+        if start != end:
+            self._set_locked(start, end, False, "munlock")
+
+    def _mlock_range(self, addr, length):
+        addr = _uint(addr, "addr")
+        length = _uint(length, "length")
+        self._ensure_open()
+        start = addr & ~(PAGE_SIZE - 1)
+        end = start + _page_align(length + (addr - start))
+        if end > U64_MAX:
+            raise SyscallError(errno.EINVAL, "mlock")
+        return start, end
+
+    def _set_locked(self, start, end, lock, syscall):
+        """apply_vma_lock_flags: the VMAs up to the first hole; a hole is ENOMEM."""
+        pieces, hole = self._vma_pieces(start, end)
+        if not pieces or pieces[0][0] != start:
+            raise SyscallError(errno.ENOMEM, syscall, "range not mapped")
+        cursor = start
+        for s, e, flags, _ in pieces:
+            if s != cursor:
+                break
+            new = (flags | VM_LOCKED) if lock else (flags & ~VM_LOCKED)
+            if new != flags:
+                self._modify_flags(s, e, new, syscall, errno.ENOMEM)
+            cursor = e
+        if hole:
+            raise SyscallError(errno.ENOMEM, syscall, "range not fully mapped")
 
     # ---- mremap (mm/mremap.c) ------------------------------------------------------------------
 
@@ -646,11 +713,14 @@ class MM:
             core.vma_set_end(i, addr + new_len)            # vma_expand in place
             self._merge_around(i, i)
             core.khugepaged_enter_at(addr)
+            self._populate_locked(addr + old_len, addr + new_len)
             return addr
         if not maymove:
             raise SyscallError(errno.ENOMEM, "mremap", "cannot grow in place")
         dest = self._get_unmapped_area(0, new_len)   # pgoff 0 for anonymous memory
-        return self._move_vma(addr, old_len, dest, new_len)
+        self._move_vma(addr, old_len, dest, new_len)
+        self._populate_locked(dest + old_len, dest + new_len)
+        return dest
 
     def _mremap_to(self, addr, old_len, new_addr, new_len):
         """MREMAP_FIXED: unmap the target, shrink the source if asked, move."""
@@ -658,7 +728,17 @@ class MM:
         if old_len > new_len:
             self._unmap(addr + new_len, addr + old_len, "mremap")
             old_len = new_len
-        return self._move_vma(addr, old_len, new_addr, new_len)
+        self._move_vma(addr, old_len, new_addr, new_len)
+        self._populate_locked(new_addr + old_len, new_addr + new_len)
+        return new_addr
+
+    def _populate_locked(self, start, end):
+        """mremap grew an mlocked mapping: mm_populate the new part, errors ignored."""
+        i = self._core.vma_index(start) if start < end else -1
+        if i >= 0:
+            flags = int(self._core.vmas()[2][i])
+            if flags & VM_LOCKED and flags & VM_ACCESS:
+                self._core.populate(start, end, bool(flags & VM_WRITE), True)
 
     def _move_vma(self, addr, old_len, new_addr, new_len):
         """move_vma: a VMA at new_addr with the old one's flags, anon_vma and page offset; the
@@ -836,7 +916,7 @@ class MM:
             "Private_Hugetlb": 0,
             "Swap": 0,
             "SwapPss": 0,
-            "Locked": 0,
+            "Locked": (c["pss"] >> 22) if f & VM_LOCKED else 0,
             "THPeligible": self._thp_eligible(s, e, f),
             "VmFlags": " ".join(letters for bit, letters in _VMFLAG_LETTERS if f & bit),
         }

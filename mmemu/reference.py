@@ -45,6 +45,7 @@ PSS_SHIFT = 12
 # vm_flags bits, with the kernel's values
 VM_READ, VM_WRITE, VM_EXEC = 0x1, 0x2, 0x4
 VM_MAYREAD, VM_MAYWRITE, VM_MAYEXEC = 0x10, 0x20, 0x40
+VM_LOCKED = 0x2000
 VM_SEQ_READ, VM_RAND_READ, VM_DONTCOPY = 0x8000, 0x10000, 0x20000
 VM_ACCOUNT = 0x00100000
 VM_WIPEONFORK, VM_DONTDUMP = 0x02000000, 0x04000000
@@ -54,7 +55,8 @@ VM_ACCESS_FLAGS = VM_READ | VM_WRITE | VM_EXEC
 VM_MAY = VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC
 # /proc/PID/smaps VmFlags mnemonics, in the kernel's order (only those mmemu can set)
 VMFLAG_NAMES = ((VM_READ, "rd"), (VM_WRITE, "wr"), (VM_EXEC, "ex"), (VM_MAYREAD, "mr"),
-                (VM_MAYWRITE, "mw"), (VM_MAYEXEC, "me"), (VM_SEQ_READ, "sr"), (VM_RAND_READ, "rr"),
+                (VM_MAYWRITE, "mw"), (VM_MAYEXEC, "me"), (VM_LOCKED, "lo"), (VM_SEQ_READ, "sr"),
+                (VM_RAND_READ, "rr"),
                 (VM_DONTCOPY, "dc"), (VM_ACCOUNT, "ac"), (VM_WIPEONFORK, "wf"), (VM_DONTDUMP, "dd"),
                 (VM_HUGEPAGE, "hg"), (VM_NOHUGEPAGE, "nh"))
 # advice that only changes VMA flags: (set, clear)
@@ -603,7 +605,8 @@ class ReferenceMM:
                    Private_Clean=acc["private_clean"] >> 10, Private_Dirty=acc["private_dirty"] >> 10,
                    Referenced=acc["referenced"] >> 10, Anonymous=acc["anonymous"] >> 10,
                    LazyFree=acc["lazyfree"] >> 10, AnonHugePages=acc["ahp"] >> 10,
-                   THPeligible=int(self._thp_eligible_smaps(vma)))
+                   THPeligible=int(self._thp_eligible_smaps(vma)),
+                   Locked=acc["pss"] >> (PSS_SHIFT + 10) if vma.flags & VM_LOCKED else 0)
         out["VmFlags"] = " ".join(name for bit, name in VMFLAG_NAMES if vma.flags & bit)
         return out
 
@@ -646,7 +649,7 @@ class ReferenceMM:
             wipe = bool(vma.flags & VM_WIPEONFORK)              # MADV_WIPEONFORK: empty
             # anon_vma_fork: each copied VMA gets an anon_vma of its own
             anon_vma = None if wipe or vma.anon_vma is None else self._m.new_anon_vma()
-            child._vmas.append(Vma(vma.start, vma.end, vma.flags, anon_vma, vma.pgoff))
+            child._vmas.append(Vma(vma.start, vma.end, vma.flags & ~VM_LOCKED, anon_vma, vma.pgoff))
             if vma.anon_vma is not None and not wipe:           # vma_needs_copy (R74)
                 self._copy_page_range(child, vma)
         return child
@@ -1425,7 +1428,9 @@ class ReferenceMM:
             if new_len < old_len:
                 self._do_munmap(addr + new_len, addr + old_len, "mremap")
                 old_len = new_len
-            return self._move_vma(addr, old_len, new_addr, new_len)
+            self._move_vma(addr, old_len, new_addr, new_len)
+            self._mremap_populate(new_addr + old_len, new_addr + new_len)
+            return new_addr
         if new_len == old_len:
             return addr
         if new_len < old_len:
@@ -1436,6 +1441,7 @@ class ReferenceMM:
             vma.end += delta                                # expand in place (vma_merge_extend)
             vma = self._merge_around(vma)
             self._khugepaged_enter(vma, vma.flags)
+            self._mremap_populate(addr + old_len, addr + new_len)
             return addr
         if not maymove:
             raise SyscallError(errno.ENOMEM, "mremap", "cannot grow in place")
@@ -1445,7 +1451,15 @@ class ReferenceMM:
             target = self._unmapped_area_topdown(new_len, fail=False)
         if target is None:
             raise SyscallError(errno.ENOMEM, "mremap", "no room")
-        return self._move_vma(addr, old_len, target, new_len)
+        self._move_vma(addr, old_len, target, new_len)
+        self._mremap_populate(target + old_len, target + new_len)
+        return target
+
+    def _mremap_populate(self, start, end):
+        """An mlocked mapping that grew: mm_populate the new part, errors ignored."""
+        vma = self._vma_at(start) if start < end else None
+        if vma is not None and vma.flags & VM_LOCKED and vma.flags & VM_ACCESS_FLAGS:
+            self._populate_locked(vma, start, end, "mremap", ignore_errors=True)
 
     def _move_vma(self, old_addr, old_len, new_addr, new_len):
         """move_vma: a VMA at new_addr (same flags, anon_vma, vm_pgoff), the page tables moved
@@ -1606,6 +1620,8 @@ class ReferenceMM:
             if vma.start > cur:
                 unmapped, cur = True, vma.start
             stop = min(end, vma.end)
+            if vma.flags & VM_LOCKED and advice in ("dontneed", "free", "cold", "pageout"):
+                raise SyscallError(errno.EINVAL, "madvise", "mlocked VMA")
             if advice in ("dontneed", "dontneed_locked"):
                 self._zap_range(vma, cur, stop, reclaim_pt=self.config.pt_reclaim)
             elif advice in FLAG_ADVICE:
@@ -1621,6 +1637,69 @@ class ReferenceMM:
             cur = stop
         if unmapped:
             raise SyscallError(errno.ENOMEM, "madvise", "range not fully mapped")
+
+    # ================================================================ mlock
+
+    def mlock(self, addr, length):
+        """mlock(2): VM_LOCKED on the range (up to a hole: ENOMEM), then populate_vma_page_range
+        per VMA: write semantics for writable VMAs, read (FOLL_FORCE) otherwise; PROT_NONE ->
+        EFAULT, reported as ENOMEM."""
+        start, end = self._lock_range(addr, length)
+        if start == end:
+            return
+        self._apply_lock(start, end, True, "mlock")
+        cur = start
+        while cur < end:
+            vma = self._vma_at(cur)
+            stop = min(end, vma.end)
+            if not vma.flags & VM_ACCESS_FLAGS:
+                raise SyscallError(errno.ENOMEM, "mlock", "PROT_NONE")
+            self._populate_locked(vma, cur, stop, "mlock")
+            cur = stop
+
+    def munlock(self, addr, length):
+        start, end = self._lock_range(addr, length)
+        if start != end:
+            self._apply_lock(start, end, False, "munlock")
+
+    def _lock_range(self, addr, length):
+        self._check_open()
+        addr, length = _int_arg(addr, "addr"), _int_arg(length, "length")
+        start = addr - addr % PAGE_SIZE
+        end = start + _align_up(length + addr % PAGE_SIZE, PAGE_SIZE)
+        if end >= 1 << 64:
+            raise SyscallError(errno.EINVAL, "mlock", "wraps")
+        return start, end
+
+    def _apply_lock(self, start, end, lock, syscall):
+        vma = self._find_vma(start)
+        if vma is None or vma.start > start:
+            raise SyscallError(errno.ENOMEM, syscall, "not mapped")
+        cur = start
+        while cur < end:
+            vma = self._find_vma(cur)
+            if vma is None or vma.start > cur:
+                raise SyscallError(errno.ENOMEM, syscall, "hole")
+            stop = min(end, vma.end)
+            flags = (vma.flags | VM_LOCKED) if lock else (vma.flags & ~VM_LOCKED)
+            if flags != vma.flags:
+                self._vma_modify(vma, cur, stop, flags, syscall, errno.ENOMEM)
+            cur = stop
+
+    def _populate_locked(self, vma, start, end, syscall, ignore_errors=False):
+        write = bool(vma.flags & VM_WRITE)
+        cur = start
+        while cur < end:
+            step = self._follow(cur, write)
+            if step:
+                cur += step
+                continue
+            try:
+                self._fault(vma, cur, write)
+            except _Oom:
+                if ignore_errors:
+                    return
+                raise SyscallError(errno.EAGAIN, syscall, "out of memory") from None
 
     @staticmethod
     def _advice_flags(vma, advice):

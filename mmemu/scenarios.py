@@ -138,6 +138,9 @@ class Run:
             mm.khugepaged_scan(full_scans=args[0] if args else 1)
         elif op == "drop_caches":                      # the shrinkers (echo 2 > drop_caches)
             mm.drop_caches(2)
+        elif op in ("mlock", "munlock"):
+            first, count = args if args else (0, self.length // PAGE)
+            getattr(mm, op)(self.page(first), count * PAGE)
         else:
             raise ValueError(op)
 
@@ -389,6 +392,8 @@ ISSUE4_ROWS = [
      THP_FAULT, 4),
     ("S76", {}, 2 * MB, True, [("write", 0), ("mremap", 512, 256)], "t*256", (1024, 0), 1,
      {**FAULT_ONLY, "2048kB/nr_anon": 1, **TSP, **PARTIAL, **_anon(256)}, 4),
+    # mlock populates as a write (R79)
+    ("S78", {}, 2 * MB, True, [("mlock",)], "T*512", (2048, 2048), 1, THP_FAULT, 4),
 ]
 
 #: Further scenarios for sections 2, 3 and 9-14, with what the 6.18 host showed.
@@ -495,6 +500,13 @@ EXTRA_ROWS = [
      (2048, 2048), 1, THP_FAULT, 4),
     ("L8 MADV_FREE, a read, MADV_PAGEOUT discards", {}, 2 * MB, False,
      [("write_all", 0, 4), ("free",), ("read", 1), ("pageout",)], "N*512", (0, 0), 4, {}, 4),
+    # mlock (R79): 4K pages written in, one fault each; a read-only mapping gets zeropages; part
+    # of a mapping splits it; an mlocked mapping refuses MADV_DONTNEED; munlock merges it back
+    ("ML1 mlock of a mapping not advised", {}, 2 * MB, False, [("mlock",)], "a*512", (2048, 0), 512,
+     {"nr_anon_pages": 512}, 4),
+    ("ML2 mlock of part, dontneed refused, munlock", {}, 2 * MB, False,
+     [("mlock", 256, 256), ("dontneed", 256, 1), ("munlock", 256, 256)], "N*256 a*256", (1024, 0), 256,
+     {"nr_anon_pages": 256}, 4),
 ]
 
 #: what the child of a forking scenario shows at the end (page states, its faults)
@@ -507,7 +519,7 @@ CHILD = {
 
 #: the system calls of a row that fail, and how
 ERRORS = {"S37": [("collapse", "EINVAL")], "S38": [("collapse", "EINVAL")], "S40": [("collapse", "EINVAL")],
-          "S44": [("collapse", "EINVAL")], "R7": [("mremap", "ENOMEM")]}
+          "S44": [("collapse", "EINVAL")], "R7": [("mremap", "ENOMEM")], "ML2": [("dontneed", "EINVAL")]}
 
 _FEATURES = {"fork": "fork", "child": "fork", "collapse": "MADV_COLLAPSE", "khugepaged": "khugepaged",
              "drop_caches": "the shrinkers", "free": "MADV_FREE", "cold": "MADV_COLD",

@@ -1,7 +1,8 @@
 """Property-based differential tests: the Cython engine against the plain-Python reference model.
 
 Random configurations and random sequences of mmap, munmap, mremap, mprotect, madvise (every
-modelled advice), accesses, fork and exit, khugepaged scans and drop_caches run through both;
+modelled advice), mlock and munlock, accesses, fork and exit, khugepaged scans and drop_caches
+run through both;
 each step runs in one process of the machine (the parent or a forked child). After every step
 the outcomes (return value or exception and errno) and everything observable must be identical:
 per process the page states, RssAnon, VmPTE, faults, the VMAs and each VMA's smaps; per machine
@@ -79,6 +80,7 @@ actions = st.one_of(
     st.tuples(st.just("khugepaged"), st.sampled_from([1, 512, 513, 1024, 2000, None])),
     st.tuples(st.just("khugepaged_full"), st.integers(1, 2)),
     st.tuples(st.just("drop_caches"), st.sampled_from([2, 2, 3, 1])),
+    st.tuples(st.sampled_from(["mlock", "munlock"]), page_offsets, page_counts),
 )
 # each step runs in one of the machine's processes (index modulo how many are alive)
 steps = st.tuples(st.integers(0, 3), actions)
@@ -140,6 +142,8 @@ def apply(procs, who, action):
         return outcome(mm.khugepaged_scan, None, action[1])
     if kind == "drop_caches":
         return outcome(mm.drop_caches, action[1])
+    if kind in ("mlock", "munlock"):
+        return outcome(getattr(mm, kind), WINDOW + action[1] * PAGE, action[2] * PAGE)
     if kind in ("read", "write", "atomic"):
         return outcome(getattr(mm, kind), WINDOW + action[1] * PAGE + action[2])
     addrs = np.array([WINDOW + off * PAGE for off, _ in action[1]], np.uint64)

@@ -841,3 +841,76 @@ def test_R67_mremap_of_a_whole_gigabyte_moves_its_pmd_table():
     assert mm.mremap(src, 1 << 30, 1 << 30, maymove=True, new_addr=dst) == dst
     assert mm.page_tables == tables and states(mm, dst, PAGE)[0] == PS.ANON
     assert mm.write(dst) == 0
+
+
+# ---- mlock (R79, and the madvise calls an mlocked mapping refuses) -----------------------------
+
+def test_R79_mlock_of_a_hp_mapping_takes_one_fault_for_a_thp():      # S78
+    mm = MM()
+    a = hp_mapping(mm)
+    mm.mlock(a, 2 * MB)
+    assert (states(mm, a) == PS.THP).all() and mm.rusage["min_flt"] == 1
+    s = mm.smaps(a)
+    assert s["Locked"] == 2048 and "lo" in s["VmFlags"].split()
+
+
+def test_R79_mlock_writes_writable_pages_and_reads_read_only_ones():
+    mm = MM()
+    rw, ro = mm.mmap(2 * MB), mm.mmap(2 * MB, "r")
+    mm.mlock(rw, 2 * MB)
+    mm.mlock(ro, 2 * MB)
+    assert (states(mm, rw) == PS.ANON).all() and mm.smaps(rw)["Locked"] == 2048
+    assert (states(mm, ro) == PS.ZERO).all() and mm.smaps(ro)["Locked"] == 0
+    assert mm.smaps(rw)["VmFlags"] == "rd wr mr mw me lo ac"     # as the 6.18 host shows it
+    assert mm.rusage["min_flt"] == 1024
+
+
+def test_R79_mlock_of_prot_none_or_a_hole_is_enomem():
+    mm = MM()
+    a = mm.mmap(2 * MB, "none")
+    with pytest.raises(SyscallError) as info:
+        mm.mlock(a, 2 * MB)
+    assert info.value.errno == errno.ENOMEM and "lo" in mm.smaps(a)["VmFlags"]
+    b = mm.mmap(6 * MB)
+    mm.munmap(b + 2 * MB, 2 * MB)
+    with pytest.raises(SyscallError) as info:
+        mm.mlock(b, 6 * MB)
+    assert info.value.errno == errno.ENOMEM
+
+
+def test_R79_mlock_splits_the_vma_and_munlock_merges_it_back():
+    mm = MM()
+    a = mm.mmap(4 * MB)
+    mm.mlock(a + MB, MB)
+    assert len(mm.maps()) == 3 and mm.smaps(a + MB)["Locked"] == 1024
+    mm.munlock(a + MB, MB)
+    assert len(mm.maps()) == 1 and mm.smaps(a)["Locked"] == 0 and mm.smaps(a)["Rss"] == 1024
+
+
+@pytest.mark.parametrize("advice", ["dontneed", "free", "cold", "pageout"])
+def test_R59_an_mlocked_mapping_refuses_dontneed_free_cold_and_pageout(advice):
+    mm = MM()
+    a = mm.mmap(2 * MB)
+    mm.mlock(a, PAGE)
+    with pytest.raises(SyscallError) as info:
+        mm.madvise(a, PAGE, advice)
+    assert info.value.errno == errno.EINVAL and states(mm, a, PAGE)[0] == PS.ANON
+    mm.madvise(a, PAGE, "dontneed_locked")
+    assert states(mm, a, PAGE)[0] == PS.NONE
+
+
+def test_R74_a_forked_child_does_not_inherit_mlock():
+    mm = MM()
+    a = mm.mmap(2 * MB)
+    mm.mlock(a, 2 * MB)
+    child = mm.fork()
+    assert child.smaps(a)["Locked"] == 0 and "lo" not in child.smaps(a)["VmFlags"]
+    assert child.smaps(a)["Rss"] == 2048
+
+
+def test_R67_mremap_growing_an_mlocked_mapping_faults_in_the_new_part():
+    mm = MM()
+    a = mm.mmap(PAGE)
+    mm.mlock(a, PAGE)
+    b = mm.mremap(a, PAGE, 3 * PAGE, maymove=True)
+    assert (states(mm, b, 3 * PAGE) == PS.ANON).all()
