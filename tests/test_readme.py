@@ -14,7 +14,7 @@ def test_readme_usage_example_runs():
     assert a % (2 << 20) == 0                              # "2 MiB-aligned"
     assert scope["faults"].sum() == 31                     # 32 THPs, the first made by the write
     assert scope["child"].closed
-    assert mm.vmstat["thp_split_pmd"] == 3                 # the child's COW, munmap, free of 1M
+    assert mm.vmstat["thp_split_pmd"] == 4                 # the child's COW, munmap, free of 1M, mlock
     assert mm.vmstat["thp_split_page"] == 2                # the shrinker, MADV_FREE of part
     assert mm.khugepaged["full_scans"] == 1
     assert scope["b"] % (2 << 20) == 0
