@@ -79,7 +79,7 @@ MODELLED_ADVICE = NOOP_ADVICE + tuple(FLAG_ADVICE) + ("dontneed", "dontneed_lock
 DONE, FALLBACK = "done", "fallback"     # what a PMD-level handler returns (VM_FAULT_FALLBACK)
 # results of one khugepaged / MADV_COLLAPSE look at a PMD range (enum scan_result)
 SCAN_SUCCEED, SCAN_PMD_NULL, SCAN_PMD_MAPPED, SCAN_EXCEED_NONE, SCAN_EXCEED_SHARED, \
-    SCAN_LACK_REFERENCED, SCAN_ALLOC_FAIL = range(7)
+    SCAN_LACK_REFERENCED, SCAN_ALLOC_FAIL, SCAN_PMD_NONE = range(8)
 
 
 class _Segv(Exception):
@@ -1848,8 +1848,10 @@ class ReferenceMM:
 
     def _madvise_collapse(self, start, end):
         """R64 (madvise_collapse per VMA): EINVAL for a VMA THPs are not allowed in; per aligned
-        2 MiB block inside the range and the VMA, collapse; PMD none fails the call (EINVAL,
-        after the VMA's other blocks); an allocation failure stops it (ENOMEM)."""
+        2 MiB block inside the range and the VMA, collapse; no PMD table fails the call (EINVAL,
+        after the VMA's other blocks: SCAN_PMD_NULL is on madvise_collapse's list of results to
+        go on after); a PMD table whose entry is none (SCAN_PMD_NONE) or an allocation failure
+        stops it at once (EINVAL, ENOMEM)."""
         unmapped = False
         cur = start
         while cur < end:
@@ -1867,6 +1869,8 @@ class ReferenceMM:
                 result = self._collapse_scan_pmd(vma, haddr, khugepaged=False)
                 if result == SCAN_ALLOC_FAIL:
                     raise SyscallError(errno.ENOMEM, "madvise", "no THP for the collapse")
+                if result == SCAN_PMD_NONE:
+                    raise SyscallError(errno.EINVAL, "madvise", "a PMD entry is none")
                 if result == SCAN_PMD_NULL:
                     failed = result
             if failed is not None:
@@ -1885,8 +1889,8 @@ class ReferenceMM:
         cfg = self.config
         pi = haddr >> 21
         table = self._pmds.get(pi)
-        if table is None:
-            return SCAN_PMD_NULL
+        if table is None:                    # find_pmd_or_thp_or_none: no table, or entry none
+            return SCAN_PMD_NONE if haddr >> 30 in self._pmd_tables else SCAN_PMD_NULL
         if isinstance(table, HugePmd):
             return SCAN_PMD_MAPPED
         none_or_zero = shared = referenced = 0
