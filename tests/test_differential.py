@@ -14,7 +14,7 @@ derandomized).
 import os
 
 import numpy as np
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
 from mmemu import MM, Config, PageState
@@ -197,7 +197,13 @@ mapped_hp = st.sampled_from(["rw", "rw", "r"]).map(lambda p: [(0, ("mmap_fixed",
 prologues = st.one_of(st.just([]), mapped, mapped, mapped_hp, mapped_hp, mapped_hp)
 
 
-@settings(max_examples=int(os.environ.get("MMEMU_EXAMPLES", 2000)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+#: in CI a failing script is reported as found, not shrunk: shrinking a 25-step script can take
+#: longer than CI allows, and the unshrunk script reproduces the failure just as well
+PHASES = [p for p in Phase if p is not Phase.shrink] if os.environ.get("CI") else list(Phase)
+
+
+@settings(max_examples=int(os.environ.get("MMEMU_EXAMPLES", 2000)), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow], phases=PHASES)
 @given(config=configs, prologue=prologues, body=st.lists(steps, min_size=1, max_size=25))
 def test_engine_matches_reference_model(config, prologue, body):
     engines, refs = [MM(config)], [ReferenceMM(config)]
@@ -219,7 +225,7 @@ def test_engine_matches_reference_model(config, prologue, body):
 
 
 @settings(max_examples=int(os.environ.get("MMEMU_EXAMPLES", 2000)) // 4, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow])
+          suppress_health_check=[HealthCheck.too_slow], phases=PHASES)
 @given(config=configs, prologue=prologues, body=st.lists(steps, min_size=1, max_size=25))
 def test_reference_model_keeps_its_invariants(config, prologue, body):
     """The reference alone: the mapcounts, MM_ID slots and queue it keeps agree with its page
