@@ -201,6 +201,7 @@ cdef class Machine:
     cdef int64_t alloc_pmd_folio(self) noexcept nogil
     cdef void free_page(self, int64_t pfn) noexcept nogil
     cdef void free_pmd_folio(self, int64_t pfn) noexcept nogil
+    cdef void clear_folio(self, int64_t block) noexcept nogil
     cdef int64_t get_huge_zero_folio(self) noexcept nogil
     cdef bint in_pmd_folio(self, int64_t pfn) noexcept nogil
     cdef int64_t first_block(self, uint64_t *bits, int64_t *hint) noexcept nogil

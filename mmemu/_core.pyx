@@ -336,14 +336,18 @@ cdef class Machine:
         self.nr_free_pages -= HPAGE_PMD_NR
         return block * HPAGE_PMD_NR
 
-    cdef void free_pmd_folio(self, int64_t pfn) noexcept nogil:
-        cdef int64_t block = pfn >> HPAGE_PMD_ORDER
+    cdef void clear_folio(self, int64_t block) noexcept nogil:
+        """Forget the PMD-order folio that filled a block (freed, or split into pages)."""
         self.block_flags[block] = 0
         self.block_refcount[block] = 0
         self.entire_mapcount[block] = 0
         self.block_written[block] = 0
         self.block_mm_id[2 * block] = self.block_mm_id[2 * block + 1] = 0
         self.block_mm_count[2 * block] = self.block_mm_count[2 * block + 1] = 0
+
+    cdef void free_pmd_folio(self, int64_t pfn) noexcept nogil:
+        cdef int64_t block = pfn >> HPAGE_PMD_ORDER
+        self.clear_folio(block)
         # subpages carry written marks, and PTE mappings once the PMD was split
         memset(self.flags + pfn, 0, HPAGE_PMD_NR)
         memset(self.mapcount + pfn, 0, HPAGE_PMD_NR * sizeof(int32_t))
@@ -450,12 +454,7 @@ cdef class Machine:
             for mm in list(self.mms):
                 mm.rmap_remap_zero(block)
         # the block becomes 512 order-0 frames: all in use, then the unmapped ones are freed
-        self.block_flags[block] = 0
-        self.block_refcount[block] = 0
-        self.entire_mapcount[block] = 0
-        self.block_written[block] = 0
-        self.block_mm_id[2 * block] = self.block_mm_id[2 * block + 1] = 0
-        self.block_mm_count[2 * block] = self.block_mm_count[2 * block + 1] = 0
+        self.clear_folio(block)
         for w in range(8):
             self.free_bitmap[block * 8 + w] = 0
         self.block_free[block] = 0
