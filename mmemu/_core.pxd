@@ -217,6 +217,7 @@ cdef class Machine:
     cdef void folio_mark_written(self, int64_t pfn) noexcept nogil
     cdef int split_folio(self, int64_t block, bint zero_remap) except -1
     cdef void register_mm(self, MMCore mm)
+    cdef bint folio_mlocked(self, int64_t block) except -1
 
 
 @cython.final

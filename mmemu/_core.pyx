@@ -443,6 +443,8 @@ cdef class Machine:
         cdef uint8_t folio_flags = self.block_flags[block]
         cdef MMCore mm
         cdef int i, w
+        if zero_remap and self.folio_mlocked(block):
+            zero_remap = False                # mlocked subpages stay mapped (R52)
         for mm in list(self.mms):
             mm.rmap_split_pmds(block)
         self.vmstat[THP_SPLIT_PAGE] += 1
@@ -468,6 +470,14 @@ cdef class Machine:
                 self.free_page(pfn)
         return 0
 
+    cdef bint folio_mlocked(self, int64_t block) except -1:
+        """folio_test_mlocked: some VM_LOCKED VMA maps the folio."""
+        cdef MMCore mm
+        for mm in self.mms:
+            if mm.rmap_maps_locked(block):
+                return True
+        return False
+
     def shrink_slab(self, bint shrink_underused, int max_ptes_none, bint zero_remap):
         """echo 2 > /proc/sys/vm/drop_caches: the deferred-split shrinker (R54), then the
         huge-zeropage shrinker (R56)."""
@@ -480,7 +490,7 @@ cdef class Machine:
             if f & PG_PARTIAL:
                 self.split_folio(block, zero_remap)
                 continue
-            if shrink_underused and max_ptes_none < HPAGE_PMD_NR - 1:
+            if shrink_underused and max_ptes_none < HPAGE_PMD_NR - 1 and not self.folio_mlocked(block):
                 zeros = HPAGE_PMD_NR - self.block_written[block]
                 if zeros > max_ptes_none:
                     self.vmstat[THP_UNDERUSED_SPLIT_PAGE] += 1
@@ -1859,6 +1869,30 @@ cdef class MMCore:
                 or (self.machine.block_flags[block] & PG_HUGE_ZERO):
             raise ValueError(f"block {block} holds no anonymous THP")
         return 0
+
+    def rmap_maps_locked(self, int64_t block):
+        """Whether a VM_LOCKED VMA of this process maps a page of the folio."""
+        cdef int64_t vma, head = block * HPAGE_PMD_NR, pfn
+        cdef uint64_t lo, hi, addr, e
+        cdef uint64_t *pmdp
+        self.check_large_folio(block)
+        for vma in range(self.nr_vmas):
+            if not (self.vm_flags[vma] & VM_LOCKED) or not self.rmap_vma_range(vma, block, &lo, &hi):
+                continue
+            addr = lo
+            while addr < hi:
+                pmdp = self.pmd_entry(addr)
+                if pmdp != NULL and pmdp[0]:
+                    if pmdp[0] & _PAGE_PSE:
+                        e = pmdp[0]
+                        pfn = <int64_t>entry_index(e) + pte_index(addr)
+                    else:
+                        e = self.pte_entry(pmdp[0], addr)[0]
+                        pfn = <int64_t>entry_index(e)
+                    if e and not (e & _PAGE_SPECIAL) and head <= pfn < head + HPAGE_PMD_NR:
+                        return True
+                addr += PAGE_SIZE
+        return False
 
     def rmap_split_pmds(self, int64_t block):
         """Split every PMD mapping of the folio in this process."""

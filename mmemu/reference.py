@@ -342,14 +342,31 @@ class _Machine:
             self.mthp_events["split_deferred"] += 1
             self.queue(folio)
 
+    def folio_mlocked(self, folio):
+        """folio_test_mlocked: a VM_LOCKED VMA of some process maps a page of the folio."""
+        for mm in self.mms:
+            for vma in mm._vmas:
+                if not vma.flags & VM_LOCKED:
+                    continue
+                for pi, entry in mm._pmds.items():
+                    if isinstance(entry, HugePmd):
+                        if entry.folio is folio and vma.start <= pi << 21 < vma.end:
+                            return True
+                    elif any(pte.page is folio and vma.start <= vpn * PAGE_SIZE < vma.end
+                             for vpn, pte in entry.items()):
+                        return True
+        return False
+
     def split_folio(self, folio):
-        """R51, R52: split a PMD-order folio into order-0 pages, in every process."""
+        """R51, R52: split a PMD-order folio into order-0 pages, in every process; an mlocked
+        folio keeps its zero subpages mapped."""
+        mlocked = self.folio_mlocked(folio)
         for mm in self.mms:
             for pi in [pi for pi, e in mm._pmds.items() if isinstance(e, HugePmd) and e.folio is folio]:
                 mm._split_huge_pmd(pi)
         pages = [Page(1 + folio.block * PTRS + i, folio.mapcount[i], folio.written[i], folio.lazyfree)
                  if folio.mapcount[i] else None for i in range(PTRS)]
-        to_zero = self.config.remap_zero_subpages and self.config.zero_page
+        to_zero = self.config.remap_zero_subpages and self.config.zero_page and not mlocked
         for mm in self.mms:
             for table in mm._pmds.values():
                 if isinstance(table, HugePmd):
@@ -389,6 +406,7 @@ class _Machine:
             if folio.partially_mapped:
                 self.split_folio(folio)
             elif (cfg.shrink_underused and cfg.khugepaged_max_ptes_none < PTRS - 1
+                  and not self.folio_mlocked(folio)
                   and folio.written.count(False) > cfg.khugepaged_max_ptes_none):
                 self.split_folio(folio)
                 self.events["thp_underused_split_page"] += 1

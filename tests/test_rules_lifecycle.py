@@ -914,3 +914,22 @@ def test_R67_mremap_growing_an_mlocked_mapping_faults_in_the_new_part():
     mm.mlock(a, PAGE)
     b = mm.mremap(a, PAGE, 3 * PAGE, maymove=True)
     assert (states(mm, b, 3 * PAGE) == PS.ANON).all()
+
+
+def test_R52_an_mlocked_thp_keeps_its_zero_subpages_mapped_when_split():
+    mm, a = thp_with_one_written_page()
+    mm.mlock(a, 2 * MB)
+    mm.munmap(a + 256 * PAGE, PAGE)             # partially mapped, still mlocked
+    mm.drop_caches(2)
+    assert mm.vmstat["thp_split_page"] == 1
+    assert (states(mm, a, 256 * PAGE) == PS.ANON).all() and mm.status["RssAnon"] == 2044
+
+
+def test_R54_the_underused_shrinker_leaves_an_mlocked_thp_alone():
+    mm, a = thp_with_one_written_page(MM(Config(khugepaged_max_ptes_none=100)))
+    mm.mlock(a, 2 * MB)
+    mm.drop_caches(2)
+    assert (states(mm, a) == PS.THP).all() and mm.vmstat["thp_underused_split_page"] == 0
+    mm.munlock(a, 2 * MB)
+    mm.drop_caches(2)                            # taken off the queue the first time
+    assert (states(mm, a) == PS.THP).all()
