@@ -507,6 +507,13 @@ EXTRA_ROWS = [
     ("ML2 mlock of part, dontneed refused, munlock", {}, 2 * MB, False,
      [("mlock", 256, 256), ("dontneed", 256, 1), ("munlock", 256, 256)], "N*256 a*256", (1024, 0), 256,
      {"nr_anon_pages": 256}, 4),
+    # an mlocked THP: a split keeps its zero subpages (R52); the underused shrinker skips it (R54)
+    ("ML3 mlocked THP, a hole, the shrinker splits it", {}, 2 * MB, True,
+     [("write", 0), ("mlock",), ("munmap", 256, 1), ("drop_caches",)], "a*256 N a*255", (2044, 0), 1,
+     {**FAULT_ONLY, **TSP, **SPLIT_PAGE, "thp_deferred_split_page": 1, "2048kB/split_deferred": 1,
+      **_anon(511)}, 4),
+    ("ML4 mlocked underused THP, the shrinker", {"khugepaged_max_ptes_none": 100}, 2 * MB, True,
+     [("write", 0), ("mlock",), ("drop_caches",)], "T*512", (2048, 2048), 1, THP_FAULT, 4),
 ]
 
 #: what the child of a forking scenario shows at the end (page states, its faults)
