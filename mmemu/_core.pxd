@@ -272,6 +272,7 @@ cdef class MMCore:
     cdef void pool_release(self, int level, int64_t index) noexcept nogil
     cdef void deposit(self, int delta) noexcept nogil
     cdef uint64_t *pmd_entry(self, uint64_t addr) noexcept nogil
+    cdef uint64_t *table_alloc(self, int level, uint64_t *entryp) noexcept nogil
     cdef uint64_t *pmd_alloc(self, uint64_t addr) noexcept nogil
     cdef uint64_t skip_hole(self, uint64_t addr) noexcept nogil
     cdef uint64_t *pte_entry(self, uint64_t pmdval, uint64_t addr) noexcept nogil

@@ -664,23 +664,26 @@ cdef class MMCore:
             return NULL
         return self.pool[LVL_PMD] + entry_index(e) * PTRS_PER_TABLE + pmd_index(addr)
 
+    cdef uint64_t *table_alloc(self, int level, uint64_t *entryp) noexcept nogil:
+        """The table of ``level`` an upper entry points to, allocated (and the entry set) if the
+        entry is none; NULL if the host cannot grow the pool. Growing the pool of ``level``
+        leaves entryp, which lies in the level above, where it is."""
+        cdef int32_t index
+        if not entryp[0]:
+            index = self.pool_alloc(level)
+            if index < 0:
+                return NULL
+            entryp[0] = mk_table_entry(index)
+        return self.pool[level] + entry_index(entryp[0]) * PTRS_PER_TABLE
+
     cdef uint64_t *pmd_alloc(self, uint64_t addr) noexcept nogil:
         """The PMD entry for addr, allocating the PUD and PMD tables on the way down (R10)."""
-        cdef uint64_t *pgdp = self.pool[LVL_PGD] + pgd_index(addr)
-        cdef uint64_t *pudp
-        cdef int32_t index
-        if not pgdp[0]:
-            index = self.pool_alloc(LVL_PUD)
-            if index < 0:
-                return NULL
-            pgdp[0] = mk_table_entry(index)
-        pudp = self.pool[LVL_PUD] + entry_index(pgdp[0]) * PTRS_PER_TABLE + pud_index(addr)
-        if not pudp[0]:
-            index = self.pool_alloc(LVL_PMD)
-            if index < 0:
-                return NULL
-            pudp[0] = mk_table_entry(index)
-        return self.pool[LVL_PMD] + entry_index(pudp[0]) * PTRS_PER_TABLE + pmd_index(addr)
+        cdef uint64_t *pud = self.table_alloc(LVL_PUD, self.pool[LVL_PGD] + pgd_index(addr))
+        cdef uint64_t *pmd
+        if pud == NULL:
+            return NULL
+        pmd = self.table_alloc(LVL_PMD, pud + pud_index(addr))
+        return NULL if pmd == NULL else pmd + pmd_index(addr)
 
     cdef uint64_t skip_hole(self, uint64_t addr) noexcept nogil:
         """Where a walk that found no PMD table for addr goes on: the next PUD or PGD span."""
@@ -1130,13 +1133,7 @@ cdef class MMCore:
 
     cdef uint64_t *pte_alloc(self, uint64_t *pmdp) noexcept nogil:
         """The PTE table under a PMD entry, allocated if the entry is none (NULL: host OOM)."""
-        cdef int32_t index
-        if not pmdp[0]:
-            index = self.pool_alloc(LVL_PTE)
-            if index < 0:
-                return NULL
-            pmdp[0] = mk_table_entry(index)
-        return self.pool[LVL_PTE] + entry_index(pmdp[0]) * PTRS_PER_TABLE
+        return self.table_alloc(LVL_PTE, pmdp)
 
     cdef int handle_pte_fault(self, int64_t vma, uint64_t addr, uint64_t *pmdp, bint write) noexcept nogil:
         cdef uint64_t *ptep
@@ -1158,11 +1155,8 @@ cdef class MMCore:
         cdef uint64_t *ptep
         cdef uint64_t e
         cdef int64_t pfn
-        if not pmdp[0]:                       # pte_alloc, before anything else
-            index = self.pool_alloc(LVL_PTE)
-            if index < 0:
-                return VM_FAULT_HOSTMEM
-            pmdp[0] = mk_table_entry(index)
+        if self.pte_alloc(pmdp) == NULL:      # pte_alloc, before anything else
+            return VM_FAULT_HOSTMEM
         ptep = self.pte_entry(pmdp[0], addr)
         if not write and self.zero_page:
             ptep[0] = ZERO_PTE
@@ -1770,8 +1764,8 @@ cdef class MMCore:
         """copy_p4d_range..copy_pte_range: the child gets an upper table wherever the parent
         has one over the range, a PTE table wherever the parent has one (even empty)."""
         cdef uint64_t addr = start, next_addr, sg, su, e
-        cdef uint64_t *dpgdp
-        cdef uint64_t *dpudp
+        cdef uint64_t *dpud
+        cdef uint64_t *dpmd
         cdef uint64_t *spmdp
         cdef uint64_t *dpmdp
         cdef uint64_t *spte
@@ -1784,26 +1778,20 @@ cdef class MMCore:
             if not sg:
                 addr = (addr & ~(PGDIR_SIZE - 1)) + PGDIR_SIZE
                 continue
-            dpgdp = child.pool[LVL_PGD] + pgd_index(addr)
-            if not dpgdp[0]:
-                index = child.pool_alloc(LVL_PUD)
-                if index < 0:
-                    return VM_FAULT_HOSTMEM
-                dpgdp[0] = mk_table_entry(index)
+            dpud = child.table_alloc(LVL_PUD, child.pool[LVL_PGD] + pgd_index(addr))
+            if dpud == NULL:
+                return VM_FAULT_HOSTMEM
             su = self.pool[LVL_PUD][entry_index(sg) * PTRS_PER_TABLE + pud_index(addr)]
             if not su:
                 addr = (addr & ~(PUD_SIZE - 1)) + PUD_SIZE
                 continue
-            dpudp = child.pool[LVL_PUD] + entry_index(dpgdp[0]) * PTRS_PER_TABLE + pud_index(addr)
-            if not dpudp[0]:
-                index = child.pool_alloc(LVL_PMD)
-                if index < 0:
-                    return VM_FAULT_HOSTMEM
-                dpudp[0] = mk_table_entry(index)
+            dpmd = child.table_alloc(LVL_PMD, dpud + pud_index(addr))
+            if dpmd == NULL:
+                return VM_FAULT_HOSTMEM
             next_addr = umin((addr & PMD_MASK) + PMD_SIZE, end)
             spmdp = self.pool[LVL_PMD] + entry_index(su) * PTRS_PER_TABLE + pmd_index(addr)
             if spmdp[0]:
-                dpmdp = child.pool[LVL_PMD] + entry_index(dpudp[0]) * PTRS_PER_TABLE + pmd_index(addr)
+                dpmdp = dpmd + pmd_index(addr)
                 if spmdp[0] & _PAGE_PSE:
                     ret = self.copy_huge_pmd(child, spmdp, dpmdp)
                     if ret:
@@ -2267,13 +2255,12 @@ cdef class MMCore:
         old_pudp = self.pool[LVL_PUD] + entry_index(old_pgdp[0]) * PTRS_PER_TABLE + pud_index(old_addr)
         if not old_pudp[0]:
             return 0
-        if not new_pgdp[0]:                              # alloc_new_pud
-            index = self.pool_alloc(LVL_PUD)
-            if index < 0:
-                return VM_FAULT_HOSTMEM
-            new_pgdp[0] = mk_table_entry(index)
-            old_pudp = self.pool[LVL_PUD] + entry_index(old_pgdp[0]) * PTRS_PER_TABLE + pud_index(old_addr)
-        new_pudp = self.pool[LVL_PUD] + entry_index(new_pgdp[0]) * PTRS_PER_TABLE + pud_index(new_addr)
+        new_pudp = self.table_alloc(LVL_PUD, new_pgdp)   # alloc_new_pud
+        if new_pudp == NULL:
+            return VM_FAULT_HOSTMEM
+        new_pudp += pud_index(new_addr)
+        # the PUD pool may have moved
+        old_pudp = self.pool[LVL_PUD] + entry_index(old_pgdp[0]) * PTRS_PER_TABLE + pud_index(old_addr)
         if extent[0] == PUD_SIZE and not new_pudp[0]:   # move_normal_pud
             new_pudp[0] = old_pudp[0]
             old_pudp[0] = 0

@@ -1749,14 +1749,17 @@ class ReferenceMM:
     def _shared(page):
         return page.mapcount > 1 if isinstance(page, Page) else page.maybe_mapped_shared()
 
+    def _pmd_ranges(self, start, end):
+        """(pi, lo, hi, entry) for each PMD entry over [start, end), in address order."""
+        for pi in sorted(self._pmds):
+            lo, hi = max(start, pi << 21), min(end, (pi + 1) << 21)
+            entry = self._pmds.get(pi)         # an earlier step may have changed the table
+            if lo < hi and entry is not None:
+                yield pi, lo, hi, entry
+
     def _madvise_free(self, start, end):
         """R60 (madvise_free_huge_pmd, madvise_free_pte_range) over [start, end) of one VMA."""
-        for pi in sorted(self._pmds):
-            pstart, pend = pi << 21, (pi + 1) << 21
-            if pend <= start or pstart >= end:
-                continue
-            lo, hi = max(start, pstart), min(end, pend)
-            entry = self._pmds.get(pi)
+        for pi, lo, hi, entry in self._pmd_ranges(start, end):
             if isinstance(entry, HugePmd):
                 if entry.kind == "hzp" or entry.folio.maybe_mapped_shared():
                     continue
@@ -1806,12 +1809,7 @@ class ReferenceMM:
 
     def _madvise_cold_or_pageout(self, start, end, pageout):
         """R61 (madvise_cold_or_pageout_pte_range) over [start, end) of one VMA."""
-        for pi in sorted(self._pmds):
-            pstart, pend = pi << 21, (pi + 1) << 21
-            if pend <= start or pstart >= end:
-                continue
-            lo, hi = max(start, pstart), min(end, pend)
-            entry = self._pmds.get(pi)
+        for pi, lo, hi, entry in self._pmd_ranges(start, end):
             if isinstance(entry, HugePmd):
                 if entry.kind == "hzp" or entry.folio.maybe_mapped_shared():
                     continue
