@@ -482,6 +482,15 @@ class HostMM:
             raise ValueError("madvise: the range overlaps memory HostMM did not map")
         err, faults = _host.madvise(addr, length, ADVICE[name])
         self._min_flt += faults
+        for _ in range(5):
+            # MADV_COLLAPSE's EAGAIN is transient (a page briefly off the LRU or locked by
+            # someone else, e.g. DAMON on this host): the kernel's documentation says to retry.
+            # The emulator models the outcome once nothing else holds the pages.
+            if not (name == "collapse" and err == errno.EAGAIN):
+                break
+            time.sleep(0.05)
+            err, faults = _host.madvise(addr, length, ADVICE[name])
+            self._min_flt += faults
         if err:
             raise SyscallError(err, "madvise")
 
