@@ -140,6 +140,24 @@ cdef enum:
     MTHP_NR_ANON_PARTIALLY_MAPPED = 7
     NR_MTHP_STAT = 8
 
+# per-size THP stats are kept for orders 0..MAX_FOLIO_ORDER (2..9 used: 16 kB .. 2 MiB)
+cdef enum:
+    MIN_MTHP_ORDER = 2          # order 1 has no anonymous mTHP (spec 0.1)
+    MAX_FOLIO_ORDER = 9
+
+# A large folio as the kernel's struct folio keeps it (the fields of its head and first tail
+# pages): one per PMD-order folio (indexed by 2 MiB block) and one per possible mTHP head
+# (indexed by pfn >> 2; every quad of an mTHP carries its order so any page finds its head).
+cdef struct folio_t:
+    int64_t index               # folio->index: the page offset the anon rmap finds it at
+    int32_t refcount            # mappings (PTE and PMD; nothing pins pages here)
+    int32_t entire_mapcount     # PMD mappings
+    int32_t mm_id[2]            # MM_ID: the two processes that may map it ...
+    int32_t mm_count[2]         # ... and how often each does
+    uint16_t written            # subpages holding written data
+    uint8_t flags               # PG_* of the folio
+    uint8_t order
+
 # what one smaps walk adds up, in pages
 cdef struct smaps_acc:
     int64_t pss            # bytes << PSS_SHIFT (12), as fs/proc/task_mmu.c keeps it
@@ -162,8 +180,7 @@ cdef class Machine:
     cdef readonly int64_t nr_frames
     cdef cnp.ndarray _refcount, _mapcount, _flags, _block_refcount, _block_flags
     cdef cnp.ndarray _block_free, _free_bitmap, _partial_blocks, _free_blocks
-    cdef cnp.ndarray _entire_mapcount, _vmstat, _mthp_stat
-    cdef cnp.ndarray _block_mm_id, _block_mm_count, _block_written, _block_index
+    cdef cnp.ndarray _vmstat, _mthp_stat, _pmd_folio, _mthp_folio, _mthp_blocks
     cdef int32_t *refcount
     cdef int32_t *mapcount          # PTE mappings of each page
     cdef uint8_t *flags
@@ -171,15 +188,11 @@ cdef class Machine:
     cdef uint64_t *free_bitmap      # 1 = free, for frames of partly used blocks
     cdef uint64_t *partial_blocks   # bitmap of partly used blocks
     cdef uint64_t *free_blocks      # bitmap of wholly free blocks
-    # A PMD-order folio (a THP, the huge zeropage) fills one block and is described per block
-    cdef int32_t *entire_mapcount   # its PMD mappings
-    cdef int32_t *block_refcount
-    cdef uint8_t *block_flags
-    # which processes map the folio, as the kernel's MM_ID keeps it: two (mm id, mappings) slots
-    cdef int32_t *block_mm_id
-    cdef int32_t *block_mm_count
-    cdef uint16_t *block_written      # subpages holding written data
-    cdef int64_t *block_index         # the folio's page offset (folio->index), for the rmap walk
+    # A PMD-order folio (a THP, the huge zeropage) fills one block and is described per block;
+    # an mTHP is described at its head's quad of pages
+    cdef folio_t *pmd_folio
+    cdef folio_t *mthp_folio
+    cdef uint8_t *mthp_blocks         # blocks that hold (or held) an mTHP
     cdef int64_t block_words
     cdef int64_t partial_hint, free_hint   # no bit is set in the words below these
     cdef readonly int64_t nr_free_blocks
@@ -204,20 +217,24 @@ cdef class Machine:
     cdef void clear_folio(self, int64_t block) noexcept nogil
     cdef int64_t get_huge_zero_folio(self) noexcept nogil
     cdef bint in_pmd_folio(self, int64_t pfn) noexcept nogil
+    cdef folio_t *folio_of(self, int64_t pfn) noexcept nogil
+    cdef int64_t folio_pfn(self, folio_t *folio) noexcept nogil
+    cdef void count_mthp(self, int order, int item, int64_t delta) noexcept nogil
     cdef int64_t first_block(self, uint64_t *bits, int64_t *hint) noexcept nogil
     cdef void set_block_bit(self, uint64_t *bits, int64_t *hint, int64_t block) noexcept nogil
     cdef void clear_block_bit(self, uint64_t *bits, int64_t block) noexcept nogil
     cdef int64_t take_free_block(self) noexcept nogil
     cdef void give_free_block(self, int64_t block) noexcept nogil
-    cdef void folio_mm_add(self, int64_t block, int32_t mm_id, int32_t nr) noexcept nogil
-    cdef void folio_mm_sub(self, int64_t block, int32_t mm_id, int32_t nr) noexcept nogil
-    cdef bint folio_maybe_mapped_shared(self, int64_t block) noexcept nogil
-    cdef void free_large_folio(self, int64_t block) noexcept nogil
-    cdef void deferred_split_folio(self, int64_t block, bint partially_mapped) noexcept nogil
+    cdef void folio_mm_add(self, folio_t *folio, int32_t mm_id, int32_t nr) noexcept nogil
+    cdef void folio_mm_sub(self, folio_t *folio, int32_t mm_id, int32_t nr) noexcept nogil
+    cdef bint folio_maybe_mapped_shared(self, folio_t *folio) noexcept nogil
+    cdef void free_large_folio(self, folio_t *folio) noexcept nogil
+    cdef void forget_mthp(self, int64_t head, int order) noexcept nogil
+    cdef void deferred_split_folio(self, folio_t *folio, bint partially_mapped) noexcept nogil
     cdef void folio_mark_written(self, int64_t pfn) noexcept nogil
-    cdef int split_folio(self, int64_t block, bint zero_remap) except -1
+    cdef int split_folio(self, folio_t *folio, bint zero_remap) except -1
     cdef void register_mm(self, MMCore mm)
-    cdef bint folio_mlocked(self, int64_t block) except -1
+    cdef bint folio_mlocked(self, int64_t head) except -1
 
 
 @cython.final
@@ -267,7 +284,6 @@ cdef class MMCore:
     cdef int _grow_pool(self, int level, int64_t new_cap) except -1
     cdef int32_t pool_alloc(self, int level) noexcept nogil
     cdef void count_vm(self, int item, int64_t delta) noexcept nogil
-    cdef void count_mthp(self, int item, int64_t delta) noexcept nogil
     cdef void count_table(self, int level, int delta) noexcept nogil
     cdef void pool_release(self, int level, int64_t index) noexcept nogil
     cdef void deposit(self, int delta) noexcept nogil
@@ -286,14 +302,14 @@ cdef class MMCore:
     cdef void anon_vma_prepare(self, int64_t vma) noexcept nogil
     cdef void new_anon_page(self, int64_t pfn) noexcept nogil
     cdef void remove_anon_pte(self, int64_t pfn) noexcept nogil
-    cdef void remove_anon_ptes(self, int64_t pfn, int64_t nr) noexcept nogil
+    cdef void remove_anon_ptes(self, folio_t *folio, int64_t pfn, int64_t nr) noexcept nogil
     cdef bint khugepaged_allowed(self, int64_t vma) noexcept nogil
     cdef void khugepaged_enter_vma(self, int64_t vma) noexcept nogil
     cdef void madvise_pte_range(self, uint64_t *pmdp, uint64_t addr, uint64_t next_addr, int mode, bint zero_remap) except *
     cdef void lazyfree_ptes(self, uint64_t *pte, int64_t i, int64_t nr, int64_t pfn) noexcept nogil
     cdef void clear_young(self, uint64_t *pte, int64_t i, int64_t nr) noexcept nogil
     cdef void reclaim_ptes(self, uint64_t *pte, int64_t i, int64_t nr, int64_t pfn) noexcept nogil
-    cdef void pageout_huge_pmd(self, uint64_t *pmdp, int64_t block, bint zero_remap) except *
+    cdef void pageout_huge_pmd(self, uint64_t *pmdp, folio_t *folio, bint zero_remap) except *
     cdef int move_pmd_range(self, uint64_t old_addr, uint64_t new_addr, uint64_t extent) noexcept nogil
     cdef int move_extent(self, uint64_t old_addr, uint64_t new_addr, uint64_t left, uint64_t *extent) noexcept nogil
     cdef void page_dup_pte(self, int64_t pfn) noexcept nogil
@@ -303,8 +319,9 @@ cdef class MMCore:
     cdef int split_pmd_at(self, uint64_t addr) noexcept nogil
     cdef uint64_t *pte_alloc(self, uint64_t *pmdp) noexcept nogil
     cdef int64_t folio_index_at(self, int64_t vma, uint64_t addr) noexcept nogil
-    cdef bint rmap_vma_range(self, int64_t vma, int64_t block, uint64_t *lo, uint64_t *hi) noexcept nogil
-    cdef int check_large_folio(self, int64_t block) except -1
+    cdef bint rmap_vma_range(self, int64_t vma, folio_t *folio, uint64_t *lo, uint64_t *hi) noexcept nogil
+    cdef folio_t *anon_folio_at(self, int64_t head) except NULL
+    cdef int64_t rmap_pfn(self, uint64_t addr) noexcept nogil
     cdef void khugepaged_enter(self) noexcept nogil
     cdef int copy_range(self, MMCore child, uint64_t start, uint64_t end) noexcept nogil
     cdef int copy_huge_pmd(self, MMCore child, uint64_t *src, uint64_t *dst) noexcept nogil

@@ -72,6 +72,8 @@ FAULT_NOTIMPL = VM_FAULT_NOTIMPL
 #: prctl(PR_SET_THP_DISABLE) modes of MMCore.set_thp_disable
 DISABLE_COMPLETELY = THP_DISABLE_COMPLETELY
 DISABLE_EXCEPT_ADVISED = THP_DISABLE_EXCEPT_ADVISED
+#: per-size THP stats are kept for these orders: 16 kB .. 2 MiB
+STAT_ORDERS = tuple(range(MIN_MTHP_ORDER, MAX_FOLIO_ORDER + 1))
 
 cdef enum:
     # populate() results besides a fault code
@@ -147,10 +149,11 @@ cdef inline bint table_empty(const uint64_t *table) noexcept nogil:
     return True
 
 
-cdef inline int64_t folio_pte_batch(const uint64_t *pte, int64_t i, int64_t last, int64_t pfn) noexcept nogil:
-    """How many PTEs from i (below last) map consecutive pages of pfn's PMD-order folio."""
+cdef inline int64_t folio_pte_batch(const uint64_t *pte, int64_t i, int64_t last, int64_t pfn,
+                                   int order) noexcept nogil:
+    """How many PTEs from i (below last) map consecutive pages of pfn's folio of this order."""
     cdef int64_t nr = 1
-    cdef int64_t end_pfn = (pfn | (HPAGE_PMD_NR - 1)) + 1
+    cdef int64_t end_pfn = (pfn | ((<int64_t>1 << order) - 1)) + 1
     cdef uint64_t e
     while i + nr < last and pfn + nr < end_pfn:
         e = pte[i + nr]
@@ -204,15 +207,13 @@ cdef class Machine:
         self._free_bitmap = huge_zeros(self.nr_blocks * 8, np.uint64)
         self._partial_blocks = np.zeros(words, np.uint64)
         self._free_blocks = np.zeros(words, np.uint64)
-        self._entire_mapcount = np.zeros(self.nr_blocks, np.int32)
-        self._block_refcount = np.zeros(self.nr_blocks, np.int32)
-        self._block_flags = np.zeros(self.nr_blocks, np.uint8)
-        self._block_mm_id = np.zeros(self.nr_blocks * 2, np.int32)
-        self._block_mm_count = np.zeros(self.nr_blocks * 2, np.int32)
-        self._block_written = np.zeros(self.nr_blocks, np.uint16)
-        self._block_index = np.zeros(self.nr_blocks, np.int64)
+        # structs in byte arrays (numpy has no dtype for a C struct); zero-filled lazily, so
+        # the mTHP descriptors of RAM that never held an mTHP cost no host memory
+        self._pmd_folio = np.zeros(self.nr_blocks * sizeof(folio_t), np.uint8)
+        self._mthp_folio = huge_zeros((self.nr_frames >> 2) * sizeof(folio_t), np.uint8)
+        self._mthp_blocks = np.zeros(self.nr_blocks, np.uint8)
         self._vmstat = np.zeros(NR_VMSTAT, np.int64)
-        self._mthp_stat = np.zeros(NR_MTHP_STAT, np.int64)
+        self._mthp_stat = np.zeros((MAX_FOLIO_ORDER + 1) * NR_MTHP_STAT, np.int64)
         # every block but the reserved block 0 starts wholly free
         bits = np.ones(words * 64, np.bool_)
         bits[0] = False
@@ -226,13 +227,9 @@ cdef class Machine:
         self.free_bitmap = <uint64_t *>cnp.PyArray_DATA(self._free_bitmap)
         self.partial_blocks = <uint64_t *>cnp.PyArray_DATA(self._partial_blocks)
         self.free_blocks = <uint64_t *>cnp.PyArray_DATA(self._free_blocks)
-        self.entire_mapcount = <int32_t *>cnp.PyArray_DATA(self._entire_mapcount)
-        self.block_refcount = <int32_t *>cnp.PyArray_DATA(self._block_refcount)
-        self.block_flags = <uint8_t *>cnp.PyArray_DATA(self._block_flags)
-        self.block_mm_id = <int32_t *>cnp.PyArray_DATA(self._block_mm_id)
-        self.block_mm_count = <int32_t *>cnp.PyArray_DATA(self._block_mm_count)
-        self.block_written = <uint16_t *>cnp.PyArray_DATA(self._block_written)
-        self.block_index = <int64_t *>cnp.PyArray_DATA(self._block_index)
+        self.pmd_folio = <folio_t *>cnp.PyArray_DATA(self._pmd_folio)
+        self.mthp_folio = <folio_t *>cnp.PyArray_DATA(self._mthp_folio)
+        self.mthp_blocks = <uint8_t *>cnp.PyArray_DATA(self._mthp_blocks)
         self.vmstat = <int64_t *>cnp.PyArray_DATA(self._vmstat)
         self.mthp_stat = <int64_t *>cnp.PyArray_DATA(self._mthp_stat)
         self.block_words = words
@@ -338,12 +335,7 @@ cdef class Machine:
 
     cdef void clear_folio(self, int64_t block) noexcept nogil:
         """Forget the PMD-order folio that filled a block (freed, or split into pages)."""
-        self.block_flags[block] = 0
-        self.block_refcount[block] = 0
-        self.entire_mapcount[block] = 0
-        self.block_written[block] = 0
-        self.block_mm_id[2 * block] = self.block_mm_id[2 * block + 1] = 0
-        self.block_mm_count[2 * block] = self.block_mm_count[2 * block + 1] = 0
+        memset(&self.pmd_folio[block], 0, sizeof(folio_t))
 
     cdef void free_pmd_folio(self, int64_t pfn) noexcept nogil:
         cdef int64_t block = pfn >> HPAGE_PMD_ORDER
@@ -356,7 +348,7 @@ cdef class Machine:
 
     cdef inline bint in_pmd_folio(self, int64_t pfn) noexcept nogil:
         """Whether pfn is a page of a PMD-order folio: the block's first frame is its head."""
-        return (self.block_flags[pfn >> HPAGE_PMD_ORDER] & PG_HEAD) != 0
+        return (self.pmd_folio[pfn >> HPAGE_PMD_ORDER].flags & PG_HEAD) != 0
 
     cdef int64_t get_huge_zero_folio(self) noexcept nogil:
         """The huge zeropage, allocated on first need (mm/huge_memory.c: get_huge_zero_folio)."""
@@ -367,100 +359,135 @@ cdef class Machine:
         if pfn < 0:
             self.vmstat[THP_ZERO_PAGE_ALLOC_FAILED] += 1
             return -1
-        self.block_flags[pfn >> HPAGE_PMD_ORDER] = PG_HUGE_ZERO | PG_HEAD
+        self.pmd_folio[pfn >> HPAGE_PMD_ORDER].flags = PG_HUGE_ZERO | PG_HEAD
+        self.pmd_folio[pfn >> HPAGE_PMD_ORDER].order = HPAGE_PMD_ORDER
         self.vmstat[THP_ZERO_PAGE_ALLOC] += 1
         self.huge_zero_pfn = pfn
         return pfn
 
     # ---- large folios as the rmap sees them (mm/rmap.c, mm/huge_memory.c) -----------------------
 
-    cdef void folio_mm_add(self, int64_t block, int32_t mm_id, int32_t nr) noexcept nogil:
+    cdef inline folio_t *folio_of(self, int64_t pfn) noexcept nogil:
+        """page_folio for a large folio: the folio pfn belongs to, or NULL for an order-0 page."""
+        cdef int64_t block = pfn >> HPAGE_PMD_ORDER
+        cdef uint8_t order
+        if self.pmd_folio[block].flags & PG_HEAD:
+            return &self.pmd_folio[block]
+        if not self.mthp_blocks[block]:
+            return NULL
+        order = self.mthp_folio[pfn >> 2].order
+        if not order:
+            return NULL
+        return &self.mthp_folio[((pfn >> order) << order) >> 2]
+
+    cdef inline int64_t folio_pfn(self, folio_t *folio) noexcept nogil:
+        """The head frame of a large folio."""
+        if folio.order == HPAGE_PMD_ORDER:
+            return (folio - self.pmd_folio) << HPAGE_PMD_ORDER
+        return (folio - self.mthp_folio) << 2
+
+    cdef inline void count_mthp(self, int order, int item, int64_t delta) noexcept nogil:
+        self.mthp_stat[order * NR_MTHP_STAT + item] += delta
+
+    cdef void folio_mm_add(self, folio_t *folio, int32_t mm_id, int32_t nr) noexcept nogil:
         """Account nr more mappings of the folio to process mm_id (folio_add_return_large_mapcount
         with MM_ID): a process takes a free slot; a third process finds none."""
-        cdef int64_t s = 2 * block
-        if self.block_mm_count[s] and self.block_mm_id[s] == mm_id:
-            self.block_mm_count[s] += nr
-        elif self.block_mm_count[s + 1] and self.block_mm_id[s + 1] == mm_id:
-            self.block_mm_count[s + 1] += nr
-        elif self.block_mm_count[s] == 0:
-            self.block_mm_id[s] = mm_id
-            self.block_mm_count[s] = nr
-        elif self.block_mm_count[s + 1] == 0:
-            self.block_mm_id[s + 1] = mm_id
-            self.block_mm_count[s + 1] = nr
+        if folio.mm_count[0] and folio.mm_id[0] == mm_id:
+            folio.mm_count[0] += nr
+        elif folio.mm_count[1] and folio.mm_id[1] == mm_id:
+            folio.mm_count[1] += nr
+        elif folio.mm_count[0] == 0:
+            folio.mm_id[0] = mm_id
+            folio.mm_count[0] = nr
+        elif folio.mm_count[1] == 0:
+            folio.mm_id[1] = mm_id
+            folio.mm_count[1] = nr
 
-    cdef void folio_mm_sub(self, int64_t block, int32_t mm_id, int32_t nr) noexcept nogil:
-        cdef int64_t s = 2 * block
-        if self.block_mm_count[s] and self.block_mm_id[s] == mm_id:
-            self.block_mm_count[s] -= nr
-        elif self.block_mm_count[s + 1] and self.block_mm_id[s + 1] == mm_id:
-            self.block_mm_count[s + 1] -= nr
+    cdef void folio_mm_sub(self, folio_t *folio, int32_t mm_id, int32_t nr) noexcept nogil:
+        if folio.mm_count[0] and folio.mm_id[0] == mm_id:
+            folio.mm_count[0] -= nr
+        elif folio.mm_count[1] and folio.mm_id[1] == mm_id:
+            folio.mm_count[1] -= nr
 
-    cdef bint folio_maybe_mapped_shared(self, int64_t block) noexcept nogil:
+    cdef bint folio_maybe_mapped_shared(self, folio_t *folio) noexcept nogil:
         """Unless one process's slot holds every mapping (the refcount: no pins here)."""
-        cdef int64_t s = 2 * block
-        cdef int32_t total = self.block_refcount[block]
-        return not (self.block_mm_count[s] == total or self.block_mm_count[s + 1] == total)
+        return not (folio.mm_count[0] == folio.refcount or folio.mm_count[1] == folio.refcount)
 
-    cdef void free_large_folio(self, int64_t block) noexcept nogil:
-        """The last reference of a PMD-order anonymous folio went (folio_put -> free)."""
-        self.mthp_stat[MTHP_NR_ANON] -= 1
-        if self.block_flags[block] & PG_PARTIAL:
-            self.mthp_stat[MTHP_NR_ANON_PARTIALLY_MAPPED] -= 1
-        self.free_pmd_folio(block * HPAGE_PMD_NR)
+    cdef void free_large_folio(self, folio_t *folio) noexcept nogil:
+        """The last reference of a large anonymous folio went (folio_put -> free)."""
+        cdef int order = folio.order
+        cdef int64_t head = self.folio_pfn(folio), nr = (<int64_t>1) << order, k
+        self.count_mthp(order, MTHP_NR_ANON, -1)
+        if folio.flags & PG_PARTIAL:
+            self.count_mthp(order, MTHP_NR_ANON_PARTIALLY_MAPPED, -1)
+        if order == HPAGE_PMD_ORDER:
+            self.free_pmd_folio(head)
+            return
+        self.forget_mthp(head, order)
+        for k in range(head, head + nr):
+            self.free_page(k)
 
-    cdef void deferred_split_folio(self, int64_t block, bint partially_mapped) noexcept nogil:
+    cdef void forget_mthp(self, int64_t head, int order) noexcept nogil:
+        """The frames of an mTHP are order-0 frames again (freed, or split)."""
+        memset(&self.mthp_folio[head >> 2], 0, ((<int64_t>1) << (order - 2)) * sizeof(folio_t))
+
+    cdef void deferred_split_folio(self, folio_t *folio, bint partially_mapped) noexcept nogil:
         """mm/huge_memory.c: deferred_split_folio. A partially mapped folio is flagged and
         counted the first time (6.12+); a new THP is only queued, uncounted (R50, R55)."""
-        cdef uint8_t f = self.block_flags[block]
         if partially_mapped:
-            if f & PG_PARTIAL:
+            if folio.flags & PG_PARTIAL:
                 return
-            self.block_flags[block] = f | PG_PARTIAL | PG_DEFERRED
-            self.vmstat[THP_DEFERRED_SPLIT_PAGE] += 1
-            self.mthp_stat[MTHP_SPLIT_DEFERRED] += 1
-            self.mthp_stat[MTHP_NR_ANON_PARTIALLY_MAPPED] += 1
+            folio.flags = folio.flags | PG_PARTIAL | PG_DEFERRED
+            if folio.order == HPAGE_PMD_ORDER:
+                self.vmstat[THP_DEFERRED_SPLIT_PAGE] += 1
+            self.count_mthp(folio.order, MTHP_SPLIT_DEFERRED, 1)
+            self.count_mthp(folio.order, MTHP_NR_ANON_PARTIALLY_MAPPED, 1)
         else:
-            self.block_flags[block] = f | PG_DEFERRED
+            folio.flags = folio.flags | PG_DEFERRED
 
     cdef void folio_mark_written(self, int64_t pfn) noexcept nogil:
         """A store reached page pfn: its contents are no longer all zero."""
-        cdef int64_t block
+        cdef folio_t *folio
         if self.flags[pfn] & PG_WRITTEN:
             return
         self.flags[pfn] |= PG_WRITTEN
-        if self.in_pmd_folio(pfn):
-            block = pfn >> HPAGE_PMD_ORDER
-            self.block_written[block] += 1
-            if self.block_written[block] == HPAGE_PMD_NR:
-                self.block_flags[block] |= PG_WRITTEN
+        folio = self.folio_of(pfn)
+        if folio != NULL:
+            folio.written += 1
+            if folio.written == (1 << folio.order):
+                folio.flags = folio.flags | PG_WRITTEN
 
-    cdef int split_folio(self, int64_t block, bint zero_remap) except -1:
+    cdef int split_folio(self, folio_t *folio, bint zero_remap) except -1:
         """split_folio to order 0 (R51, R52): split every PMD mapping of the folio in every
         process (unmap_folio), turn its subpages into order-0 pages, free the unmapped ones
         and, with zero_remap, map every unwritten subpage to the shared zeropage."""
-        cdef int64_t head = block * HPAGE_PMD_NR, pfn
-        cdef uint8_t folio_flags = self.block_flags[block]
+        cdef int64_t head = self.folio_pfn(folio), pfn
+        cdef int order = folio.order
+        cdef int64_t nr = (<int64_t>1) << order
+        cdef uint8_t folio_flags = folio.flags
         cdef MMCore mm
-        cdef int i, w
-        if zero_remap and self.folio_mlocked(block):
+        cdef int64_t i
+        if zero_remap and self.folio_mlocked(head):
             zero_remap = False                # mlocked subpages stay mapped (R52)
-        for mm in list(self.mms):
-            mm.rmap_split_pmds(block)
-        self.vmstat[THP_SPLIT_PAGE] += 1
-        self.mthp_stat[MTHP_SPLIT] += 1
-        self.mthp_stat[MTHP_NR_ANON] -= 1
+        if order == HPAGE_PMD_ORDER:
+            for mm in list(self.mms):
+                mm.rmap_split_pmds(head)
+            self.vmstat[THP_SPLIT_PAGE] += 1
+        self.count_mthp(order, MTHP_SPLIT, 1)
+        self.count_mthp(order, MTHP_NR_ANON, -1)
         if folio_flags & PG_PARTIAL:
-            self.mthp_stat[MTHP_NR_ANON_PARTIALLY_MAPPED] -= 1
+            self.count_mthp(order, MTHP_NR_ANON_PARTIALLY_MAPPED, -1)
         if zero_remap:
             for mm in list(self.mms):
-                mm.rmap_remap_zero(block)
-        # the block becomes 512 order-0 frames: all in use, then the unmapped ones are freed
-        self.clear_folio(block)
-        for w in range(8):
-            self.free_bitmap[block * 8 + w] = 0
-        self.block_free[block] = 0
-        for i in range(HPAGE_PMD_NR):
+                mm.rmap_remap_zero(head)
+        # the folio becomes order-0 frames: all in use, then the unmapped ones are freed
+        if order == HPAGE_PMD_ORDER:
+            self.clear_folio(head >> HPAGE_PMD_ORDER)
+            memset(self.free_bitmap + (head >> HPAGE_PMD_ORDER) * 8, 0, 8 * sizeof(uint64_t))
+            self.block_free[head >> HPAGE_PMD_ORDER] = 0
+        else:
+            self.forget_mthp(head, order)
+        for i in range(nr):
             pfn = head + i
             if self.mapcount[pfn] > 0:
                 self.refcount[pfn] = self.mapcount[pfn]
@@ -470,33 +497,45 @@ cdef class Machine:
                 self.free_page(pfn)
         return 0
 
-    cdef bint folio_mlocked(self, int64_t block) except -1:
+    cdef bint folio_mlocked(self, int64_t head) except -1:
         """folio_test_mlocked: some VM_LOCKED VMA maps the folio."""
         cdef MMCore mm
         for mm in self.mms:
-            if mm.rmap_maps_locked(block):
+            if mm.rmap_maps_locked(head):
                 return True
         return False
 
     def shrink_slab(self, bint shrink_underused, int max_ptes_none, bint zero_remap):
         """echo 2 > /proc/sys/vm/drop_caches: the deferred-split shrinker (R54), then the
         huge-zeropage shrinker (R56)."""
-        cdef int64_t block, i, zeros
-        cdef uint8_t f
+        cdef int64_t block, q, zeros
+        cdef folio_t *folio
         for block in range(self.nr_blocks):
-            f = self.block_flags[block]
-            if not (f & PG_DEFERRED):
+            if self.mthp_blocks[block]:
+                self.mthp_blocks[block] = 0           # set again below if an mTHP remains
+                for q in range(block << (HPAGE_PMD_ORDER - 2), (block + 1) << (HPAGE_PMD_ORDER - 2)):
+                    folio = &self.mthp_folio[q]
+                    if not folio.order or q & ((1 << (folio.order - 2)) - 1):
+                        continue                      # not the head quad of an mTHP
+                    if folio.flags & PG_PARTIAL:
+                        self.split_folio(folio, zero_remap)
+                    else:
+                        folio.flags = folio.flags & ~PG_DEFERRED
+                        self.mthp_blocks[block] = 1
+            folio = &self.pmd_folio[block]
+            if not (folio.flags & PG_DEFERRED):
                 continue
-            if f & PG_PARTIAL:
-                self.split_folio(block, zero_remap)
+            if folio.flags & PG_PARTIAL:
+                self.split_folio(folio, zero_remap)
                 continue
-            if shrink_underused and max_ptes_none < HPAGE_PMD_NR - 1 and not self.folio_mlocked(block):
-                zeros = HPAGE_PMD_NR - self.block_written[block]
+            if shrink_underused and max_ptes_none < HPAGE_PMD_NR - 1 \
+                    and not self.folio_mlocked(block << HPAGE_PMD_ORDER):
+                zeros = HPAGE_PMD_NR - folio.written
                 if zeros > max_ptes_none:
                     self.vmstat[THP_UNDERUSED_SPLIT_PAGE] += 1
-                    self.split_folio(block, zero_remap)
+                    self.split_folio(folio, zero_remap)
                     continue
-            self.block_flags[block] = f & ~PG_DEFERRED
+            folio.flags = folio.flags & ~PG_DEFERRED
         if self.huge_zero_pfn >= 0 and self.huge_zero_users == 0:
             self.free_pmd_folio(self.huge_zero_pfn)
             self.huge_zero_pfn = -1
@@ -522,7 +561,8 @@ cdef class Machine:
         return self._vmstat.copy()
 
     def mthp_values(self):
-        return self._mthp_stat.copy()
+        """Per-size stats: one row per order 0..9, MTHP_STAT_NAMES columns."""
+        return self._mthp_stat.reshape(MAX_FOLIO_ORDER + 1, NR_MTHP_STAT).copy()
 
     @property
     def free_blocks_count(self):
@@ -539,7 +579,7 @@ cdef class Machine:
         """(refcount, entire_mapcount, flags) of the PMD-order folio filling a block."""
         if block < 0 or block >= self.nr_blocks:
             raise IndexError(f"block {block} out of range")
-        return (self.block_refcount[block], self.entire_mapcount[block], self.block_flags[block])
+        return (self.pmd_folio[block].refcount, self.pmd_folio[block].entire_mapcount, self.pmd_folio[block].flags)
 
 
 # =============================================================================================
@@ -626,10 +666,6 @@ cdef class MMCore:
     cdef inline void count_vm(self, int item, int64_t delta) noexcept nogil:
         cdef int64_t *vmstat = self.machine.vmstat
         vmstat[item] += delta
-
-    cdef inline void count_mthp(self, int item, int64_t delta) noexcept nogil:
-        cdef int64_t *stat = self.machine.mthp_stat
-        stat[item] += delta
 
     cdef void count_table(self, int level, int delta) noexcept nogil:
         if level == LVL_PTE:
@@ -853,8 +889,9 @@ cdef class MMCore:
         """Drop one PTE mapping of an anonymous page (folio_remove_rmap_pte + folio_put). A
         large folio that keeps other mappings but has a subpage mapped nowhere now is
         partially mapped (R50)."""
-        if self.machine.in_pmd_folio(pfn):
-            self.remove_anon_ptes(pfn, 1)
+        cdef folio_t *folio = self.machine.folio_of(pfn)
+        if folio != NULL:
+            self.remove_anon_ptes(folio, pfn, 1)
             return
         self.machine.mapcount[pfn] = self.machine.mapcount[pfn] - 1
         self.machine.refcount[pfn] = self.machine.refcount[pfn] - 1
@@ -864,58 +901,59 @@ cdef class MMCore:
         if self.machine.refcount[pfn] == 0:
             self.machine.free_page(pfn)
 
-    cdef void remove_anon_ptes(self, int64_t pfn, int64_t nr) noexcept nogil:
+    cdef void remove_anon_ptes(self, folio_t *folio, int64_t pfn, int64_t nr) noexcept nogil:
         """folio_remove_rmap_ptes: drop nr PTE mappings of consecutive pages of one large
         folio at once; the folio is partially mapped if some of them are mapped nowhere now
-        while it keeps other mappings (R50)."""
-        cdef int64_t block = pfn >> HPAGE_PMD_ORDER, k
+        while it keeps other mappings (R50, R58)."""
+        cdef int64_t k
         cdef bint unmapped = False
         for k in range(pfn, pfn + nr):
             self.machine.mapcount[k] = self.machine.mapcount[k] - 1
-            if self.machine.mapcount[k] == 0 and self.machine.entire_mapcount[block] == 0:
+            if self.machine.mapcount[k] == 0 and folio.entire_mapcount == 0:
                 self.count_vm(NR_ANON_MAPPED, -1)
                 unmapped = True
-        self.machine.block_refcount[block] = self.machine.block_refcount[block] - nr
-        self.machine.folio_mm_sub(block, self.mm_id, <int32_t>nr)
+        folio.refcount = folio.refcount - <int32_t>nr
+        self.machine.folio_mm_sub(folio, self.mm_id, <int32_t>nr)
         self.rss_anon -= nr
-        if self.machine.block_refcount[block] == 0:
-            self.machine.free_large_folio(block)
+        if folio.refcount == 0:
+            self.machine.free_large_folio(folio)
         elif unmapped:
-            self.machine.deferred_split_folio(block, True)
+            self.machine.deferred_split_folio(folio, True)
 
     cdef void page_dup_pte(self, int64_t pfn) noexcept nogil:
         """One more PTE mapping of a mapped page, in this process (fork's copy): shared now."""
-        cdef int64_t block = pfn >> HPAGE_PMD_ORDER
+        cdef folio_t *folio = self.machine.folio_of(pfn)
         self.machine.mapcount[pfn] = self.machine.mapcount[pfn] + 1
         self.machine.flags[pfn] = self.machine.flags[pfn] & (~PG_ANON_EXCLUSIVE)
-        if self.machine.in_pmd_folio(pfn):
-            self.machine.block_refcount[block] = self.machine.block_refcount[block] + 1
-            self.machine.folio_mm_add(block, self.mm_id, 1)
+        if folio != NULL:
+            folio.refcount = folio.refcount + 1
+            self.machine.folio_mm_add(folio, self.mm_id, 1)
         else:
             self.machine.refcount[pfn] = self.machine.refcount[pfn] + 1
         self.rss_anon += 1
 
     cdef void zap_pmd_mapping(self, int64_t block) noexcept nogil:
         """Drop this process's PMD mapping of a THP (zap_huge_pmd's rmap side)."""
+        cdef folio_t *folio = &self.machine.pmd_folio[block]
         cdef int64_t head = block * HPAGE_PMD_NR, unmapped = 0
         cdef int i
-        self.machine.entire_mapcount[block] = self.machine.entire_mapcount[block] - 1
-        self.machine.block_refcount[block] = self.machine.block_refcount[block] - 1
-        self.machine.folio_mm_sub(block, self.mm_id, 1)
+        folio.entire_mapcount = folio.entire_mapcount - 1
+        folio.refcount = folio.refcount - 1
+        self.machine.folio_mm_sub(folio, self.mm_id, 1)
         self.rss_anon -= HPAGE_PMD_NR
-        if self.machine.entire_mapcount[block] == 0:
+        if folio.entire_mapcount == 0:
             self.count_vm(NR_ANON_THPS, -1)
-            if self.machine.block_refcount[block] == 0:
+            if folio.refcount == 0:
                 unmapped = HPAGE_PMD_NR
             else:
                 for i in range(HPAGE_PMD_NR):
                     if self.machine.mapcount[head + i] == 0:
                         unmapped += 1
             self.count_vm(NR_ANON_MAPPED, -unmapped)
-            if 0 < unmapped and self.machine.block_refcount[block] > 0:
-                self.machine.deferred_split_folio(block, True)
-        if self.machine.block_refcount[block] == 0:
-            self.machine.free_large_folio(block)
+            if 0 < unmapped and folio.refcount > 0:
+                self.machine.deferred_split_folio(folio, True)
+        if folio.refcount == 0:
+            self.machine.free_large_folio(folio)
 
     cdef void mark_written(self, uint64_t addr) noexcept nogil:
         """The store of an access completed on the leaf of the last walk: mark the page's
@@ -929,7 +967,7 @@ cdef class MMCore:
         if self.last_leaf_pmd:
             pfn += pte_index(addr)
             self.machine.folio_mark_written(pfn)
-            if self.machine.block_flags[pfn >> HPAGE_PMD_ORDER] & PG_WRITTEN:
+            if self.machine.pmd_folio[pfn >> HPAGE_PMD_ORDER].flags & PG_WRITTEN:
                 leaf[0] = e | _PAGE_WRITTEN
                 self.tlb_perm = tlb_perm_of(leaf[0])
             else:
@@ -948,28 +986,29 @@ cdef class MMCore:
             | _PAGE_ACCESSED | _PAGE_DIRTY
         if self.vm_flags[vma] & VM_WRITE:
             e |= _PAGE_RW
-        cdef int64_t block = pfn >> HPAGE_PMD_ORDER
         # A PMD-order folio is described per block (as the kernel keeps it in the folio, not
         # in 512 struct pages), so a THP fault touches no per-frame metadata.
-        self.machine.block_flags[block] = PG_ANON | PG_HEAD | PG_ANON_EXCLUSIVE | PG_DEFERRED
-        self.machine.block_refcount[block] = 1
-        self.machine.entire_mapcount[block] = 1
-        self.machine.block_index[block] = self.folio_index_at(vma, haddr)
-        self.machine.folio_mm_add(block, self.mm_id, 1)
+        cdef folio_t *folio = &self.machine.pmd_folio[pfn >> HPAGE_PMD_ORDER]
+        folio.flags = PG_ANON | PG_HEAD | PG_ANON_EXCLUSIVE | PG_DEFERRED
+        folio.order = HPAGE_PMD_ORDER
+        folio.refcount = 1
+        folio.entire_mapcount = 1
+        folio.index = self.folio_index_at(vma, haddr)
+        self.machine.folio_mm_add(folio, self.mm_id, 1)
         pmdp[0] = e
         self.rss_anon += HPAGE_PMD_NR
         self.count_vm(NR_ANON_MAPPED, HPAGE_PMD_NR)
         self.count_vm(NR_ANON_THPS, 1)
         self.count_vm(THP_FAULT_ALLOC, 1)
-        self.count_mthp(MTHP_ANON_FAULT_ALLOC, 1)
-        self.count_mthp(MTHP_NR_ANON, 1)
+        self.machine.count_mthp(HPAGE_PMD_ORDER, MTHP_ANON_FAULT_ALLOC, 1)
+        self.machine.count_mthp(HPAGE_PMD_ORDER, MTHP_NR_ANON, 1)
 
     cdef int64_t alloc_anon_folio_pmd(self) noexcept nogil:
         """vma_alloc_anon_folio_pmd: a THP, or -1 with the fallback counted (R38)."""
         cdef int64_t pfn = self.machine.alloc_pmd_folio()
         if pfn < 0:
             self.count_vm(THP_FAULT_FALLBACK, 1)
-            self.count_mthp(MTHP_ANON_FAULT_FALLBACK, 1)
+            self.machine.count_mthp(HPAGE_PMD_ORDER, MTHP_ANON_FAULT_FALLBACK, 1)
         return pfn
 
     # ---- the fault path (mm/memory.c) ------------------------------------------------------
@@ -1051,9 +1090,9 @@ cdef class MMCore:
                     return ret
             ret = self.split_huge_zero_pmd(pmdp)       # R42, R43
             return ret if ret else VM_FAULT_FALLBACK
-        cdef int64_t block = pfn >> HPAGE_PMD_ORDER
-        if (self.machine.block_flags[block] & PG_ANON_EXCLUSIVE) or self.machine.block_refcount[block] == 1:
-            self.machine.block_flags[block] = self.machine.block_flags[block] | PG_ANON_EXCLUSIVE  # reuse (R44)
+        cdef folio_t *folio = &self.machine.pmd_folio[pfn >> HPAGE_PMD_ORDER]
+        if (folio.flags & PG_ANON_EXCLUSIVE) or folio.refcount == 1:
+            folio.flags = folio.flags | PG_ANON_EXCLUSIVE       # reuse (R44)
             pmdp[0] = e | _PAGE_RW | _PAGE_DIRTY | _PAGE_ACCESSED
             return VM_FAULT_OK
         # shared: split this process's PMD, then copy the one 4K page at PTE level (R44)
@@ -1091,10 +1130,11 @@ cdef class MMCore:
         """__split_huge_pmd_locked for this process's PMD mapping of a THP or the huge zeropage:
         the deposit becomes the live table of 512 PTEs with the PMD's bits (R47, R48)."""
         cdef uint64_t e = pmdp[0]
-        cdef int64_t pfn = <int64_t>entry_index(e), block = pfn >> HPAGE_PMD_ORDER
+        cdef int64_t pfn = <int64_t>entry_index(e)
+        cdef folio_t *folio = &self.machine.pmd_folio[pfn >> HPAGE_PMD_ORDER]
         cdef uint64_t bits = e & (_PAGE_PRESENT | _PAGE_RW | _PAGE_USER | _PAGE_ACCESSED
                                   | _PAGE_DIRTY | _PAGE_WRITTEN)
-        cdef bint exclusive = (self.machine.block_flags[block] & PG_ANON_EXCLUSIVE) != 0
+        cdef bint exclusive = (folio.flags & PG_ANON_EXCLUSIVE) != 0
         cdef int32_t index
         cdef uint64_t *pte
         cdef int i
@@ -1111,12 +1151,12 @@ cdef class MMCore:
             if exclusive:
                 self.machine.flags[pfn + i] = self.machine.flags[pfn + i] | PG_ANON_EXCLUSIVE
         pmdp[0] = mk_table_entry(index)
-        self.machine.entire_mapcount[block] = self.machine.entire_mapcount[block] - 1
-        self.machine.block_refcount[block] = self.machine.block_refcount[block] + (HPAGE_PMD_NR - 1)
-        self.machine.folio_mm_add(block, self.mm_id, HPAGE_PMD_NR - 1)
-        if self.machine.entire_mapcount[block] == 0:
+        folio.entire_mapcount = folio.entire_mapcount - 1
+        folio.refcount = folio.refcount + (HPAGE_PMD_NR - 1)
+        self.machine.folio_mm_add(folio, self.mm_id, HPAGE_PMD_NR - 1)
+        if folio.entire_mapcount == 0:
             self.count_vm(NR_ANON_THPS, -1)
-            self.machine.block_flags[block] = self.machine.block_flags[block] & (~PG_ANON_EXCLUSIVE)
+            folio.flags = folio.flags & (~PG_ANON_EXCLUSIVE)
         self.count_vm(THP_SPLIT_PMD, 1)
         self.tlb_flush()
         return VM_FAULT_OK
@@ -1176,16 +1216,17 @@ cdef class MMCore:
         """A write to a read-only PTE: copy the zeropage, reuse an exclusive page (R39, R40)."""
         cdef uint64_t pte = ptep[0]
         cdef int64_t pfn = <int64_t>entry_index(pte)
-        cdef int64_t block = pfn >> HPAGE_PMD_ORDER
+        cdef folio_t *folio
         if pte & _PAGE_SPECIAL:
             return self.wp_page_copy(vma, ptep, -1)
-        if self.machine.in_pmd_folio(pfn):
+        folio = self.machine.folio_of(pfn)
+        if folio != NULL:
             # R40: exclusive, or (6.15+) a large folio all of whose mappings are this
             # process's (__wp_can_reuse_large_anon_folio; a folio mapped once is copied to
             # free it); else a 4K copy
             if (self.machine.flags[pfn] & PG_ANON_EXCLUSIVE) or (
-                    self.reuse_large_folios and self.machine.block_refcount[block] > 1
-                    and not self.machine.folio_maybe_mapped_shared(block)):
+                    self.reuse_large_folios and folio.refcount > 1
+                    and not self.machine.folio_maybe_mapped_shared(folio)):
                 self.machine.flags[pfn] = self.machine.flags[pfn] | PG_ANON_EXCLUSIVE
                 ptep[0] = pte | _PAGE_RW | _PAGE_DIRTY | _PAGE_ACCESSED
                 return VM_FAULT_OK
@@ -1407,6 +1448,7 @@ cdef class MMCore:
         folio go in one batch (zap_present_ptes)."""
         cdef int64_t i = first, nr, pfn, k
         cdef uint64_t e
+        cdef folio_t *folio
         while i < last:
             e = pte[i]
             if not e:
@@ -1417,15 +1459,16 @@ cdef class MMCore:
                 i += 1
                 continue
             pfn = <int64_t>entry_index(e)
-            nr = 1
-            if self.machine.in_pmd_folio(pfn):
-                nr = folio_pte_batch(pte, i, last, pfn)
+            folio = self.machine.folio_of(pfn)
+            if folio == NULL:
+                pte[i] = 0
+                self.remove_anon_pte(pfn)
+                i += 1
+                continue
+            nr = folio_pte_batch(pte, i, last, pfn, folio.order)
             for k in range(i, i + nr):
                 pte[k] = 0
-            if nr > 1 or self.machine.in_pmd_folio(pfn):
-                self.remove_anon_ptes(pfn, nr)
-            else:
-                self.remove_anon_pte(pfn)
+            self.remove_anon_ptes(folio, pfn, nr)
             i += nr
 
     cdef int _zap(self, uint64_t start, uint64_t end, bint reclaim) noexcept nogil:
@@ -1543,7 +1586,7 @@ cdef class MMCore:
         # can_change_pte_writable: only exclusive anonymous pages become writable without a fault
         pfn = <int64_t>entry_index(e)
         if pmd:
-            exclusive = self.machine.block_flags[pfn >> HPAGE_PMD_ORDER] & PG_ANON_EXCLUSIVE
+            exclusive = self.machine.pmd_folio[pfn >> HPAGE_PMD_ORDER].flags & PG_ANON_EXCLUSIVE
         else:
             exclusive = self.machine.flags[pfn] & PG_ANON_EXCLUSIVE
         if exclusive:
@@ -1815,7 +1858,8 @@ cdef class MMCore:
 
     cdef int copy_huge_pmd(self, MMCore child, uint64_t *src, uint64_t *dst) noexcept nogil:
         cdef uint64_t e = src[0]
-        cdef int64_t pfn = <int64_t>entry_index(e), block = pfn >> HPAGE_PMD_ORDER
+        cdef int64_t pfn = <int64_t>entry_index(e)
+        cdef folio_t *folio = &self.machine.pmd_folio[pfn >> HPAGE_PMD_ORDER]
         child.deposit(1)
         if pfn == self.machine.huge_zero_pfn:
             if not child.holds_huge_zero:
@@ -1823,10 +1867,10 @@ cdef class MMCore:
                 self.machine.huge_zero_users += 1
             dst[0] = e
             return 0
-        self.machine.entire_mapcount[block] = self.machine.entire_mapcount[block] + 1
-        self.machine.block_refcount[block] = self.machine.block_refcount[block] + 1
-        self.machine.folio_mm_add(block, child.mm_id, 1)
-        self.machine.block_flags[block] = self.machine.block_flags[block] & (~PG_ANON_EXCLUSIVE)
+        folio.entire_mapcount = folio.entire_mapcount + 1
+        folio.refcount = folio.refcount + 1
+        self.machine.folio_mm_add(folio, child.mm_id, 1)
+        folio.flags = folio.flags & (~PG_ANON_EXCLUSIVE)
         child.rss_anon += HPAGE_PMD_NR
         e &= ~(<uint64_t>_PAGE_RW)
         src[0] = e
@@ -1835,13 +1879,13 @@ cdef class MMCore:
 
     # ---- the rmap walk of a folio split (mm/rmap.c: try_to_migrate, remove_migration_ptes) ------
 
-    cdef bint rmap_vma_range(self, int64_t vma, int64_t block, uint64_t *lo, uint64_t *hi) noexcept nogil:
+    cdef bint rmap_vma_range(self, int64_t vma, folio_t *folio, uint64_t *lo, uint64_t *hi) noexcept nogil:
         """[lo, hi): where the folio's pages would sit in the VMA (vma_address), if anywhere."""
-        cdef int64_t idx = self.machine.block_index[block]
+        cdef int64_t idx = folio.index
         cdef int64_t first = <int64_t>self.vm_pgoff[vma]
         cdef int64_t npages = <int64_t>((self.vm_end[vma] - self.vm_start[vma]) >> PAGE_SHIFT)
         cdef int64_t a = idx if idx > first else first
-        cdef int64_t b = idx + HPAGE_PMD_NR
+        cdef int64_t b = idx + ((<int64_t>1) << folio.order)
         if not self.vm_anon_vma[vma]:
             return False
         if b > first + npages:
@@ -1852,45 +1896,51 @@ cdef class MMCore:
         hi[0] = self.vm_start[vma] + (<uint64_t>(b - first) << PAGE_SHIFT)
         return True
 
-    cdef int check_large_folio(self, int64_t block) except -1:
-        if not 0 <= block < self.machine.nr_blocks or not (self.machine.block_flags[block] & PG_HEAD) \
-                or (self.machine.block_flags[block] & PG_HUGE_ZERO):
-            raise ValueError(f"block {block} holds no anonymous THP")
-        return 0
+    cdef folio_t *anon_folio_at(self, int64_t head) except NULL:
+        """The anonymous large folio whose head frame is head (checked: Python-level calls)."""
+        cdef folio_t *folio
+        if not 0 <= head < self.machine.nr_frames:
+            raise ValueError(f"pfn {head} is not in RAM")
+        folio = self.machine.folio_of(head)
+        if folio == NULL or self.machine.folio_pfn(folio) != head or (folio.flags & PG_HUGE_ZERO):
+            raise ValueError(f"pfn {head} is not the head of an anonymous large folio")
+        return folio
 
-    def rmap_maps_locked(self, int64_t block):
+    cdef int64_t rmap_pfn(self, uint64_t addr) noexcept nogil:
+        """The frame mapped at addr (by a PTE or within a PMD mapping), or -1."""
+        cdef uint64_t *pmdp = self.pmd_entry(addr)
+        cdef uint64_t e
+        if pmdp == NULL or not pmdp[0]:
+            return -1
+        if pmdp[0] & _PAGE_PSE:
+            return <int64_t>entry_index(pmdp[0]) + pte_index(addr)
+        e = self.pte_entry(pmdp[0], addr)[0]
+        if not e or (e & _PAGE_SPECIAL):
+            return -1
+        return <int64_t>entry_index(e)
+
+    def rmap_maps_locked(self, int64_t head):
         """Whether a VM_LOCKED VMA of this process maps a page of the folio."""
-        cdef int64_t vma, head = block * HPAGE_PMD_NR, pfn
-        cdef uint64_t lo, hi, addr, e
-        cdef uint64_t *pmdp
-        self.check_large_folio(block)
+        cdef folio_t *folio = self.anon_folio_at(head)
+        cdef int64_t vma, pfn, nr = (<int64_t>1) << folio.order
+        cdef uint64_t lo, hi, addr
         for vma in range(self.nr_vmas):
-            if not (self.vm_flags[vma] & VM_LOCKED) or not self.rmap_vma_range(vma, block, &lo, &hi):
+            if not (self.vm_flags[vma] & VM_LOCKED) or not self.rmap_vma_range(vma, folio, &lo, &hi):
                 continue
-            addr = lo
-            while addr < hi:
-                pmdp = self.pmd_entry(addr)
-                if pmdp != NULL and pmdp[0]:
-                    if pmdp[0] & _PAGE_PSE:
-                        e = pmdp[0]
-                        pfn = <int64_t>entry_index(e) + pte_index(addr)
-                    else:
-                        e = self.pte_entry(pmdp[0], addr)[0]
-                        pfn = <int64_t>entry_index(e)
-                    if e and not (e & _PAGE_SPECIAL) and head <= pfn < head + HPAGE_PMD_NR:
-                        return True
-                addr += PAGE_SIZE
+            for addr in range(lo, hi, PAGE_SIZE):
+                pfn = self.rmap_pfn(addr)
+                if head <= pfn < head + nr:
+                    return True
         return False
 
-    def rmap_split_pmds(self, int64_t block):
+    def rmap_split_pmds(self, int64_t head):
         """Split every PMD mapping of the folio in this process."""
+        cdef folio_t *folio = self.anon_folio_at(head)
         cdef int64_t vma
         cdef uint64_t lo, hi, addr
         cdef uint64_t *pmdp
-        cdef int64_t head = block * HPAGE_PMD_NR
-        self.check_large_folio(block)
         for vma in range(self.nr_vmas):
-            if not self.rmap_vma_range(vma, block, &lo, &hi):
+            if not self.rmap_vma_range(vma, folio, &lo, &hi):
                 continue
             addr = lo & PMD_MASK
             while addr < hi:
@@ -1900,32 +1950,31 @@ cdef class MMCore:
                         raise MemoryError("cannot grow the page-table pool")
                 addr += PMD_SIZE
 
-    def rmap_remap_zero(self, int64_t block):
+    def rmap_remap_zero(self, int64_t head):
         """try_to_map_unused_to_zeropage: each PTE of this process mapping an unwritten subpage
         of the folio becomes a zeropage PTE (R52)."""
-        cdef int64_t vma, pfn, head = block * HPAGE_PMD_NR
+        cdef folio_t *folio = self.anon_folio_at(head)
+        cdef int64_t vma, pfn, nr = (<int64_t>1) << folio.order
         cdef uint64_t lo, hi, addr, e
         cdef uint64_t *pmdp
         cdef uint64_t *ptep
-        self.check_large_folio(block)
         for vma in range(self.nr_vmas):
-            if not self.rmap_vma_range(vma, block, &lo, &hi):
+            if not self.rmap_vma_range(vma, folio, &lo, &hi):
                 continue
-            addr = lo
-            while addr < hi:
+            for addr in range(lo, hi, PAGE_SIZE):
                 pmdp = self.pmd_entry(addr)
-                if pmdp != NULL and pmdp[0] and not (pmdp[0] & _PAGE_PSE):
-                    ptep = self.pte_entry(pmdp[0], addr)
-                    e = ptep[0]
-                    pfn = <int64_t>entry_index(e)
-                    if (e and not (e & _PAGE_SPECIAL) and head <= pfn < head + HPAGE_PMD_NR
-                            and not (self.machine.flags[pfn] & PG_WRITTEN)):
-                        ptep[0] = (ZERO_PTE & ~(<uint64_t>_PAGE_USER)) | (e & _PAGE_USER)
-                        self.machine.mapcount[pfn] = self.machine.mapcount[pfn] - 1
-                        self.rss_anon -= 1
-                        if self.machine.mapcount[pfn] == 0:
-                            self.count_vm(NR_ANON_MAPPED, -1)
-                addr += PAGE_SIZE
+                if pmdp == NULL or not pmdp[0] or (pmdp[0] & _PAGE_PSE):
+                    continue
+                ptep = self.pte_entry(pmdp[0], addr)
+                e = ptep[0]
+                pfn = <int64_t>entry_index(e)
+                if (e and not (e & _PAGE_SPECIAL) and head <= pfn < head + nr
+                        and not (self.machine.flags[pfn] & PG_WRITTEN)):
+                    ptep[0] = (ZERO_PTE & ~(<uint64_t>_PAGE_USER)) | (e & _PAGE_USER)
+                    self.machine.mapcount[pfn] = self.machine.mapcount[pfn] - 1
+                    self.rss_anon -= 1
+                    if self.machine.mapcount[pfn] == 0:
+                        self.count_vm(NR_ANON_MAPPED, -1)
         self.tlb_flush()
 
     # ---- MADV_FREE, MADV_COLD, MADV_PAGEOUT (mm/madvise.c) ---------------------------------------
@@ -1943,7 +1992,8 @@ cdef class MMCore:
         shared is split first (split_folio), whether PMD- or PTE-mapped."""
         cdef uint64_t addr = start, next_addr, e
         cdef uint64_t *pmdp
-        cdef int64_t pfn, block
+        cdef int64_t pfn
+        cdef folio_t *folio
         check_range(start, end)
         self.tlb_flush()
         while addr < end:
@@ -1958,21 +2008,24 @@ cdef class MMCore:
                 continue
             if e & _PAGE_PSE:
                 pfn = <int64_t>entry_index(e)
-                block = pfn >> HPAGE_PMD_ORDER
-                if pfn == self.machine.huge_zero_pfn or self.machine.folio_maybe_mapped_shared(block):
+                if pfn == self.machine.huge_zero_pfn:
+                    addr = next_addr
+                    continue
+                folio = &self.machine.pmd_folio[pfn >> HPAGE_PMD_ORDER]
+                if self.machine.folio_maybe_mapped_shared(folio):
                     addr = next_addr
                     continue
                 if next_addr - addr == PMD_SIZE:
                     if mode == 0:
                         pmdp[0] = e & ~(<uint64_t>(_PAGE_DIRTY | _PAGE_ACCESSED))
-                        self.machine.block_flags[block] = self.machine.block_flags[block] | PG_LAZYFREE
+                        folio.flags = folio.flags | PG_LAZYFREE
                     elif mode == 1:
                         pmdp[0] = e & ~(<uint64_t>_PAGE_ACCESSED)
                     else:
-                        self.pageout_huge_pmd(pmdp, block, zero_remap)
+                        self.pageout_huge_pmd(pmdp, folio, zero_remap)
                     addr = next_addr
                     continue
-                self.machine.split_folio(block, zero_remap and self.zero_page)
+                self.machine.split_folio(folio, zero_remap and self.zero_page)
                 pmdp = self.pmd_entry(addr)
             self.madvise_pte_range(pmdp, addr, next_addr, mode, zero_remap)
             addr = next_addr
@@ -1984,32 +2037,31 @@ cdef class MMCore:
         (1: cold, 2: pageout). A large folio only partly mapped by the batch of PTEs here is
         split unless mapped shared, and the same PTE looked at again."""
         cdef uint64_t *pte = self.pte_entry(pmdp[0], 0)
-        cdef int64_t i = pte_index(addr), last = pte_index(next_addr - 1) + 1, nr, pfn, block
+        cdef int64_t i = pte_index(addr), last = pte_index(next_addr - 1) + 1, nr, pfn
         cdef uint64_t e
-        cdef bint large
+        cdef folio_t *folio
         while i < last:
             e = pte[i]
             if not e or (e & _PAGE_SPECIAL):
                 i += 1
                 continue
             pfn = <int64_t>entry_index(e)
-            block = pfn >> HPAGE_PMD_ORDER
-            large = self.machine.in_pmd_folio(pfn)
-            nr = folio_pte_batch(pte, i, last, pfn) if large else 1
-            if large and nr < HPAGE_PMD_NR:
-                if not self.machine.folio_maybe_mapped_shared(block):
-                    self.machine.split_folio(block, zero_remap and self.zero_page)
+            folio = self.machine.folio_of(pfn)
+            nr = 1 if folio == NULL else folio_pte_batch(pte, i, last, pfn, folio.order)
+            if folio != NULL and nr < (1 << folio.order):
+                if not self.machine.folio_maybe_mapped_shared(folio):
+                    self.machine.split_folio(folio, zero_remap and self.zero_page)
                     pte = self.pte_entry(pmdp[0], 0)
                     continue                          # the same PTE, now an order-0 page
             elif mode == 0:
                 self.lazyfree_ptes(pte, i, nr, pfn)
-            elif (self.machine.block_refcount[block] if large else self.machine.mapcount[pfn]) != nr:
+            elif (self.machine.mapcount[pfn] if folio == NULL else folio.refcount) != nr:
                 pass                                  # mapped elsewhere too: leave it alone
             elif mode == 1:
                 self.clear_young(pte, i, nr)
-            elif large and not (self.machine.block_flags[block] & PG_LAZYFREE):
+            elif folio != NULL and not (folio.flags & PG_LAZYFREE):
                 # no swap: reclaim splits the large folio it cannot swap out (R61)
-                self.machine.split_folio(block, zero_remap and self.zero_page)
+                self.machine.split_folio(folio, zero_remap and self.zero_page)
                 pte = self.pte_entry(pmdp[0], 0)
             else:
                 self.reclaim_ptes(pte, i, nr, pfn)
@@ -2019,11 +2071,11 @@ cdef class MMCore:
         """MADV_FREE of one folio mapped by these nr PTEs (whoever else maps it: a fresh
         anonymous folio is not PG_dirty): clean and old entries, the folio lazy-free."""
         cdef int64_t k
+        cdef folio_t *folio = self.machine.folio_of(pfn)
         for k in range(i, i + nr):
             pte[k] = pte[k] & ~(<uint64_t>(_PAGE_DIRTY | _PAGE_ACCESSED))
-        if self.machine.in_pmd_folio(pfn):
-            self.machine.block_flags[pfn >> HPAGE_PMD_ORDER] = \
-                self.machine.block_flags[pfn >> HPAGE_PMD_ORDER] | PG_LAZYFREE
+        if folio != NULL:
+            folio.flags = folio.flags | PG_LAZYFREE
         else:
             self.machine.flags[pfn] = self.machine.flags[pfn] | PG_LAZYFREE
 
@@ -2032,14 +2084,14 @@ cdef class MMCore:
         for k in range(i, i + nr):
             pte[k] = pte[k] & ~(<uint64_t>_PAGE_ACCESSED)
 
-    cdef void pageout_huge_pmd(self, uint64_t *pmdp, int64_t block, bint zero_remap) except *:
+    cdef void pageout_huge_pmd(self, uint64_t *pmdp, folio_t *folio, bint zero_remap) except *:
         """Reclaim of a PMD-mapped THP mapped by this process only, with no swap (as the 6.18
         host does it): try_to_unmap splits the PMD of a lazy-free folio, then discards the
         folio if every PTE is clean (the table stays) or keeps it whole, PTE-mapped, if it was
         written again; an ordinary THP cannot be swapped out and is split into 4K pages."""
-        cdef int64_t pfn = block * HPAGE_PMD_NR
-        if not (self.machine.block_flags[block] & PG_LAZYFREE):
-            self.machine.split_folio(block, zero_remap and self.zero_page)
+        cdef int64_t pfn = self.machine.folio_pfn(folio)
+        if not (folio.flags & PG_LAZYFREE):
+            self.machine.split_folio(folio, zero_remap and self.zero_page)
             return
         if self.split_huge_pmd(pmdp):
             raise MemoryError("cannot grow the page-table pool")
@@ -2049,8 +2101,8 @@ cdef class MMCore:
         """shrink_folio_list without swap for a folio mapped only by these nr PTEs: a lazy-free
         folio is discarded while every PTE is clean, made ordinary again if one is dirty;
         any other anonymous folio stays."""
-        cdef bint large = self.machine.in_pmd_folio(pfn)
-        cdef uint8_t *flagp = &self.machine.block_flags[pfn >> HPAGE_PMD_ORDER] if large else &self.machine.flags[pfn]
+        cdef folio_t *folio = self.machine.folio_of(pfn)
+        cdef uint8_t *flagp = &self.machine.flags[pfn] if folio == NULL else &folio.flags
         cdef int64_t k
         if not (flagp[0] & PG_LAZYFREE):
             return
@@ -2060,8 +2112,8 @@ cdef class MMCore:
                 return
         for k in range(i, i + nr):
             pte[k] = 0
-        if large:
-            self.remove_anon_ptes(pfn, nr)
+        if folio != NULL:
+            self.remove_anon_ptes(folio, pfn, nr)
         else:
             self.remove_anon_pte(pfn)
 
@@ -2072,6 +2124,7 @@ cdef class MMCore:
         cdef int64_t none_or_zero = 0, shared = 0, referenced = 0, pfn
         cdef uint64_t e
         cdef bint is_shared
+        cdef folio_t *folio
         cdef int i
         for i in range(PTRS_PER_TABLE):
             e = pte[i]
@@ -2082,8 +2135,9 @@ cdef class MMCore:
                     return 1
                 continue
             pfn = <int64_t>entry_index(e)
-            if self.machine.in_pmd_folio(pfn):
-                is_shared = self.machine.folio_maybe_mapped_shared(pfn >> HPAGE_PMD_ORDER)
+            folio = self.machine.folio_of(pfn)
+            if folio != NULL:
+                is_shared = self.machine.folio_maybe_mapped_shared(folio)
             else:
                 is_shared = self.machine.mapcount[pfn] > 1
             if is_shared:
@@ -2098,15 +2152,17 @@ cdef class MMCore:
     cdef int collapse_huge_page(self, int64_t vma, uint64_t haddr, uint64_t *pmdp, bint khugepaged) noexcept nogil:
         """collapse_huge_page (R64, R70): a new THP holding a copy of the PTE table's pages
         (none and zeropage entries read as zero); the old table becomes its deposit."""
-        cdef int64_t pfn = self.machine.alloc_pmd_folio(), block, old, nr, i, written = 0
+        cdef int64_t pfn = self.machine.alloc_pmd_folio(), old, nr, i, written = 0
         cdef uint64_t *pte
         cdef uint64_t e, entry
         cdef uint32_t flags = self.vm_flags[vma]
+        cdef folio_t *folio
+        cdef folio_t *old_folio
         if pfn < 0:
             self.count_vm(THP_COLLAPSE_ALLOC_FAILED, 1)
             return VM_FAULT_OOM
         self.count_vm(THP_COLLAPSE_ALLOC, 1)
-        block = pfn >> HPAGE_PMD_ORDER
+        folio = &self.machine.pmd_folio[pfn >> HPAGE_PMD_ORDER]
         pte = self.pte_entry(pmdp[0], 0)
         for i in range(PTRS_PER_TABLE):
             e = pte[i]
@@ -2121,11 +2177,12 @@ cdef class MMCore:
                 i += 1
                 continue
             old = <int64_t>entry_index(e)
-            if self.machine.in_pmd_folio(old):
-                nr = folio_pte_batch(pte, i, PTRS_PER_TABLE, old)
+            old_folio = self.machine.folio_of(old)
+            if old_folio != NULL:
+                nr = folio_pte_batch(pte, i, PTRS_PER_TABLE, old, old_folio.order)
                 for k in range(i, i + nr):
                     pte[k] = 0
-                self.remove_anon_ptes(old, nr)
+                self.remove_anon_ptes(old_folio, old, nr)
             else:
                 nr = 1
                 pte[i] = 0
@@ -2134,13 +2191,14 @@ cdef class MMCore:
         self.pool_release(LVL_PTE, <int64_t>entry_index(pmdp[0]))    # the table ...
         self.deposit(1)                                               # ... is the deposit now
         # a new THP, queued for the deferred-split shrinker uncounted (deferred_split_folio)
-        self.machine.block_flags[block] = PG_ANON | PG_HEAD | PG_ANON_EXCLUSIVE | PG_DEFERRED \
+        folio.flags = PG_ANON | PG_HEAD | PG_ANON_EXCLUSIVE | PG_DEFERRED \
             | (PG_WRITTEN if written == HPAGE_PMD_NR else 0)
-        self.machine.block_refcount[block] = 1
-        self.machine.entire_mapcount[block] = 1
-        self.machine.block_written[block] = <uint16_t>written
-        self.machine.block_index[block] = self.folio_index_at(vma, haddr)
-        self.machine.folio_mm_add(block, self.mm_id, 1)
+        folio.order = HPAGE_PMD_ORDER
+        folio.refcount = 1
+        folio.entire_mapcount = 1
+        folio.written = <uint16_t>written
+        folio.index = self.folio_index_at(vma, haddr)
+        self.machine.folio_mm_add(folio, self.mm_id, 1)
         entry = (<uint64_t>pfn << PAGE_SHIFT) | _PAGE_PRESENT | _PAGE_PSE | _PAGE_ACCESSED | _PAGE_DIRTY
         if written == HPAGE_PMD_NR:
             entry |= _PAGE_WRITTEN
@@ -2152,7 +2210,7 @@ cdef class MMCore:
         self.rss_anon += HPAGE_PMD_NR
         self.count_vm(NR_ANON_MAPPED, HPAGE_PMD_NR)
         self.count_vm(NR_ANON_THPS, 1)
-        self.count_mthp(MTHP_NR_ANON, 1)
+        self.machine.count_mthp(HPAGE_PMD_ORDER, MTHP_NR_ANON, 1)
         if khugepaged:
             self.machine.pages_collapsed += 1
         self.tlb_flush()
@@ -2342,7 +2400,7 @@ cdef class MMCore:
                     elif e & _PAGE_SPECIAL:
                         state = PS_ZERO
                     else:
-                        state = PS_LARGE if self.machine.in_pmd_folio(<int64_t>entry_index(e)) else PS_ANON
+                        state = PS_ANON if self.machine.folio_of(<int64_t>entry_index(e)) == NULL else PS_LARGE
                     out[k] = state
                     k += 1
             addr = next_addr
@@ -2378,10 +2436,10 @@ cdef class MMCore:
                             uint64_t *kflags, int32_t *kcount) noexcept nogil:
         """fs/proc/task_mmu.c: pte_to_pagemap_entry / pagemap_pmd_range; fs/proc/page.c:
         stable_page_flags, for one present page."""
-        cdef int64_t block = pfn >> HPAGE_PMD_ORDER
         cdef bint head = (pfn & (HPAGE_PMD_NR - 1)) == 0
         cdef int32_t mapcount
         cdef bint exclusive
+        cdef folio_t *folio
         pagemap[0] = PM_PRESENT | <uint64_t>pfn
         if e & _PAGE_SPECIAL:                         # the 4K zeropage: no struct page behind it
             kflags[0] = KPF_ZERO_PAGE | KPF_RESERVED | KPF_REFERENCED
@@ -2390,12 +2448,13 @@ cdef class MMCore:
             pagemap[0] |= PM_FILE                     # the huge zeropage is not an anon folio
             kflags[0] = KPF_ZERO_PAGE | KPF_THP | (KPF_COMPOUND_HEAD if head else KPF_COMPOUND_TAIL)
             return
-        cdef bint large = self.machine.in_pmd_folio(pfn)
         cdef uint8_t folio_flags
-        if large:
+        folio = self.machine.folio_of(pfn)
+        if folio != NULL:
+            head = pfn == self.machine.folio_pfn(folio)
             # page_mapcount of a subpage: its PTE mappings plus the folio's PMD mappings
-            mapcount = self.machine.entire_mapcount[block] + self.machine.mapcount[pfn]
-            folio_flags = self.machine.block_flags[block]
+            mapcount = folio.entire_mapcount + self.machine.mapcount[pfn]
+            folio_flags = folio.flags
             if pmd_mapped:
                 exclusive = (folio_flags & PG_ANON_EXCLUSIVE) != 0
             else:
@@ -2430,13 +2489,13 @@ cdef class MMCore:
     cdef void account_page(self, smaps_acc *acc, int64_t pfn, uint64_t e, int64_t nr,
                            bint pmd_mapped) noexcept nogil:
         cdef int32_t mapcount
-        cdef int64_t block = pfn >> HPAGE_PMD_ORDER
         cdef uint8_t folio_flags
-        if self.machine.in_pmd_folio(pfn):
-            folio_flags = self.machine.block_flags[block]
+        cdef folio_t *folio = self.machine.folio_of(pfn)
+        if folio != NULL:
+            folio_flags = folio.flags
             # the page's mapcount: the folio's PMD mappings and its own PTE mappings (for a
             # PMD mapping, the head page's stands for all 512)
-            mapcount = self.machine.entire_mapcount[block] + self.machine.mapcount[pfn]
+            mapcount = folio.entire_mapcount + self.machine.mapcount[pfn]
         else:
             folio_flags = self.machine.flags[pfn]
             mapcount = self.machine.mapcount[pfn]
@@ -2478,7 +2537,8 @@ cdef class MMCore:
                     block = pfn >> HPAGE_PMD_ORDER
                     if pfn == self.machine.huge_zero_pfn:     # R4: the zeropages never count
                         pass
-                    elif self.machine.block_refcount[block] == self.machine.entire_mapcount[block]:
+                    elif self.machine.pmd_folio[pfn >> HPAGE_PMD_ORDER].refcount \
+                            == self.machine.pmd_folio[pfn >> HPAGE_PMD_ORDER].entire_mapcount:
                         self.account_page(acc, pfn, e, (next_addr - addr) >> PAGE_SHIFT, True)
                     else:
                         # PTE mappings too (another process split its PMD): page by page, each

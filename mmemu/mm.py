@@ -842,7 +842,9 @@ class MM:
     @_serialized
     def mthp_stats(self) -> dict:
         """/sys/kernel/mm/transparent_hugepage/hugepages-<kB>kB/stats, by size in kB."""
-        return {2048: dict(zip(MTHP_STAT_NAMES, self._machine.mthp_values().tolist()))}
+        rows = self._machine.mthp_values()
+        return {4 << order: dict(zip(MTHP_STAT_NAMES, rows[order].tolist()))
+                for order in _core.STAT_ORDERS}
 
     @property
     @_serialized

@@ -535,7 +535,9 @@ class ReferenceMM:
 
     @property
     def mthp_stats(self):
-        return {2048: self._m.mthp()}
+        out = {kb: dict.fromkeys(MTHP_STAT_NAMES, 0) for kb in (16, 32, 64, 128, 256, 512, 1024)}
+        out[2048] = self._m.mthp()
+        return out
 
     @property
     def khugepaged(self):
