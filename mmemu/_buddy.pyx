@@ -28,7 +28,6 @@ cnp.import_array()
 
 cdef extern from *:
     int __builtin_ctzll(unsigned long long) nogil
-    int __builtin_popcountll(unsigned long long) nogil
 
 
 cdef inline bint test_bit(const uint64_t *bits, int64_t i) noexcept nogil:
@@ -71,6 +70,13 @@ cdef void range_set(uint64_t *bits, int64_t lo, int64_t hi) noexcept nogil:
     bits[(hi - 1) >> 6] |= range_mask(0, ((hi - 1) & 63) + 1)
 
 
+cdef int require(bint ok, str what) except -1:
+    """An invariant check that ``python -O`` does not strip."""
+    if not ok:
+        raise AssertionError(what)
+    return 0
+
+
 cdef int check_order(int order) except -1:
     if order < 0 or order > MAX_PAGE_ORDER:
         raise ValueError(f"order must be in 0..{MAX_PAGE_ORDER} (got {order})")
@@ -80,7 +86,7 @@ cdef int check_order(int order) except -1:
 cdef int check_block(FreeArea area, int64_t pfn, int order) except -1:
     """The Python layer's boundary check: a valid order, inside RAM, aligned to its order."""
     check_order(order)
-    if pfn < 0 or pfn + ((<int64_t>1) << order) > area.nr_frames:
+    if pfn < 0 or pfn > area.nr_frames - ((<int64_t>1) << order):     # no overflow near 2**63
         raise ValueError(f"block [{pfn}, {pfn} + 2**{order}) is outside RAM "
                          f"({area.nr_frames} frames)")
     if pfn & (((<int64_t>1) << order) - 1):
@@ -107,7 +113,8 @@ cdef class FreeArea:
         cdef int64_t total = 0
         cdef uint64_t *base
         if nr_frames <= 0 or nr_frames % 512 or nr_frames > (<int64_t>1 << 40):
-            raise ValueError(f"nr_frames must be a positive multiple of 512 (got {nr_frames})")
+            raise ValueError(f"nr_frames must be a positive multiple of 512, at most 2**40 "
+                             f"(got {nr_frames})")
         if reserved < 0 or reserved > nr_frames:
             raise ValueError(f"reserved must be in [0, {nr_frames}] (got {reserved})")
         self.nr_frames = nr_frames
@@ -329,10 +336,12 @@ cdef class FreeArea:
         return self.free_order_of(pfn)
 
     def is_free(self, int64_t pfn):
+        """Whether frame pfn is free (in some free block)."""
         check_block(self, pfn, 0)
         return self.free_order_of(pfn) >= 0
 
     def has_free_py(self, int order):
+        """has_free(order): whether alloc(order) would succeed."""
         check_order(order)
         return self.has_free(order)
 
@@ -368,9 +377,9 @@ cdef class FreeArea:
 
     def check_invariants(self):
         """Raise AssertionError unless the free lists are consistent: counts and free_pages
-        match the bitmaps, the summaries match the bitmaps, no bit lies below its hint or past the end of RAM, no frame is free
-        twice or reserved, and no two buddies are both free below MAX_PAGE_ORDER (merging is
-        complete).  O(nr_frames): for tests."""
+        match the bitmaps, the summaries match the bitmaps, no bit lies below its hint or past
+        the end of RAM, no frame is free twice or reserved, and no two buddies are both free
+        below MAX_PAGE_ORDER (merging is complete).  O(nr_frames): for tests and debugging."""
         cdef int k
         cdef int64_t pages = 0
         covered = np.zeros(self.nr_frames, np.bool_)
@@ -379,23 +388,24 @@ cdef class FreeArea:
             summary = self._bits[self.summary[k] - self.map[0]:][:self.nsummary[k]]
             nonzero = np.zeros(self.nsummary[k] * 64, np.bool_)
             nonzero[:self.nwords[k]] = words != 0
-            assert (np.packbits(nonzero, bitorder="little").view(np.uint64) == summary).all(), \
-                f"order {k}: the summary is not the bitmap's nonzero words"
-            assert not words[:self.hint[k]].any(), f"order {k}: a bit below the hint"
+            require((np.packbits(nonzero, bitorder="little").view(np.uint64) == summary).all(),
+                    f"order {k}: the summary is not the bitmap's nonzero words")
+            require(not words[:self.hint[k]].any(), f"order {k}: a bit below the hint")
             bits = np.unpackbits(words.view(np.uint8), bitorder="little").astype(np.bool_)
-            assert not bits[self.nr_frames >> k:].any(), f"order {k}: a block past the end"
+            require(not bits[self.nr_frames >> k:].any(), f"order {k}: a block past the end")
             bits = bits[:self.nr_frames >> k]
             heads = np.flatnonzero(bits)
-            assert len(heads) == self.nr_free[k], f"order {k}: nr_free {self.nr_free[k]} != {len(heads)}"
+            require(len(heads) == self.nr_free[k],
+                    f"order {k}: nr_free {self.nr_free[k]} != {len(heads)} blocks")
             if k < MAX_PAGE_ORDER:
                 pairs = bits[:len(bits) & ~1].reshape(-1, 2)
-                assert not pairs.all(axis=1).any(), f"order {k}: two free buddies not merged"
+                require(not pairs.all(axis=1).any(), f"order {k}: two free buddies not merged")
             frames = ((heads << k)[:, None] + np.arange(1 << k)).ravel()
-            assert not covered[frames].any(), f"order {k}: a frame free twice"
+            require(not covered[frames].any(), f"order {k}: a frame free twice")
             covered[frames] = True
             pages += len(heads) << k
-        assert pages == self.free_pages, f"free_pages {self.free_pages} != {pages}"
-        assert not covered[:self.reserved].any(), "a reserved frame is free"
+        require(pages == self.free_pages, f"free_pages {self.free_pages} != {pages}")
+        require(not covered[:self.reserved].any(), "a reserved frame is free")
 
     def __repr__(self):
         return (f"FreeArea(nr_frames={self.nr_frames}, reserved={self.reserved}, "

@@ -258,6 +258,7 @@ def test_free_blocks_lists_heads_in_ascending_order():
     lambda a: a.take_py(4096, 0), lambda a: a.take_py(1, 1), lambda a: a.take_py(0, -1),
     lambda a: a.is_free(-1), lambda a: a.is_free(4096), lambda a: a.free_blocks(11),
     lambda a: a.free_order_py(1 << 40), lambda a: a.has_free_py(12),
+    lambda a: a.free_py(2**63 - 1024, 10), lambda a: a.take_py(2**63 - 512, 9),
     lambda a: a.free_py(4000, 0),                 # free: double free
     lambda a: a.free_py(2048, 10),                # partly free: 2048..2049 are in use
     lambda a: a.free_py(100, 0),                  # reserved
