@@ -128,6 +128,19 @@ def test_alloc_takes_the_lowest_block_of_the_smallest_order_that_has_one():
     area.check_invariants()
 
 
+def test_alloc_finds_a_lone_block_far_above_where_the_last_free_moved_the_hint():
+    area = FreeArea(1 << 16, 512)
+    while area.alloc_py(0) >= 0:
+        pass
+    for pfn in (65000, 1000, 40000):
+        area.free_py(pfn, 0)
+    assert [area.alloc_py(0) for _ in range(4)] == [1000, 40000, 65000, -1]
+    area.free_py(64001, 0)                                 # one word, one summary bit away
+    area.free_py(600, 0)
+    assert [area.alloc_py(0) for _ in range(3)] == [600, 64001, -1]
+    area.check_invariants()
+
+
 def test_exhaustion_returns_minus_one_per_order():
     area = FreeArea(4608, 512)                            # order 10: 1024, 2048, 3072; order 9: 512, 4096
     assert [area.alloc_py(10) for _ in range(4)] == [1024, 2048, 3072, -1]
@@ -245,6 +258,7 @@ def test_free_blocks_lists_heads_in_ascending_order():
     lambda a: a.take_py(4096, 0), lambda a: a.take_py(1, 1), lambda a: a.take_py(0, -1),
     lambda a: a.is_free(-1), lambda a: a.is_free(4096), lambda a: a.free_blocks(11),
     lambda a: a.free_order_py(1 << 40), lambda a: a.has_free_py(12),
+    lambda a: a.free_py(2**63 - 1024, 10), lambda a: a.take_py(2**63 - 512, 9),
     lambda a: a.free_py(4000, 0),                 # free: double free
     lambda a: a.free_py(2048, 10),                # partly free: 2048..2049 are in use
     lambda a: a.free_py(100, 0),                  # reserved
