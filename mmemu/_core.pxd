@@ -11,6 +11,7 @@ a mapcount, flags and the folio order; a THP is one aligned 2 MiB block of 512 f
 cimport cython
 from libc.stdint cimport int8_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 cimport numpy as cnp
+from mmemu._buddy cimport FreeArea, MAX_PAGE_ORDER
 
 # ---- geometry ---------------------------------------------------------------------------
 cdef enum:
@@ -94,6 +95,20 @@ cdef enum:
     PG_LAZYFREE = 1 << 5         # MADV_FREE: !PG_swapbacked, may be discarded while clean
     PG_PARTIAL = 1 << 6          # (block) partially mapped (folio_test_partially_mapped)
     PG_DEFERRED = 1 << 7         # (block) on the deferred-split queue
+    # frames held by Machine.fragment (another tenant's memory), never mapped
+    PG_FOREIGN = 1 << 4
+    PG_FOREIGN_MOVABLE = 1 << 6  # compaction may migrate it
+
+# /sys/kernel/mm/transparent_hugepage/defrag
+cdef enum:
+    DEFRAG_ALWAYS = 0
+    DEFRAG_DEFER = 1
+    DEFRAG_DEFER_MADVISE = 2
+    DEFRAG_MADVISE = 3
+    DEFRAG_NEVER = 4
+
+cdef enum:
+    COMPACT_MAX_DEFER_SHIFT = 6  # mm/compaction.c
 
 # ---- fault results (include/linux/mm_types.h: vm_fault_reason) -----------------------------
 cdef enum:
@@ -126,7 +141,18 @@ cdef enum:
     THP_SCAN_EXCEED_NONE_PTE = 17
     THP_SCAN_EXCEED_SWAP_PTE = 18
     THP_SCAN_EXCEED_SHARE_PTE = 19
-    NR_VMSTAT = 20
+    PGMIGRATE_SUCCESS = 20
+    COMPACT_STALL = 21
+    COMPACT_FAIL = 22
+    COMPACT_SUCCESS = 23
+    NR_SHMEM = 24
+    NR_SHMEM_THPS = 25
+    NR_SHMEM_PMDMAPPED = 26
+    THP_FILE_ALLOC = 27
+    THP_FILE_FALLBACK = 28
+    THP_FILE_FALLBACK_CHARGE = 29
+    THP_FILE_MAPPED = 30
+    NR_VMSTAT = 31
 
 # per-size THP stats (order of mmemu.constants.MTHP_STAT_NAMES), for order 9 only so far
 cdef enum:
@@ -178,25 +204,24 @@ cdef class Machine:
     """Emulated physical memory: frames, their allocator, the zeropages, system-wide counters."""
     cdef readonly int64_t nr_blocks        # 2 MiB blocks of RAM (block 0 is reserved)
     cdef readonly int64_t nr_frames
-    cdef cnp.ndarray _refcount, _mapcount, _flags, _block_refcount, _block_flags
-    cdef cnp.ndarray _block_free, _free_bitmap, _partial_blocks, _free_blocks
-    cdef cnp.ndarray _vmstat, _mthp_stat, _pmd_folio, _mthp_folio, _mthp_blocks
+    cdef readonly FreeArea area            # the buddy allocator's free lists
+    cdef cnp.ndarray _refcount, _mapcount, _flags
+    cdef cnp.ndarray _vmstat, _mthp_stat, _pmd_folio, _mthp_folio, _mthp_blocks, _block_pinned
     cdef int32_t *refcount
     cdef int32_t *mapcount          # PTE mappings of each page
     cdef uint8_t *flags
-    cdef uint16_t *block_free       # free frames per block (512: wholly free)
-    cdef uint64_t *free_bitmap      # 1 = free, for frames of partly used blocks
-    cdef uint64_t *partial_blocks   # bitmap of partly used blocks
-    cdef uint64_t *free_blocks      # bitmap of wholly free blocks
+    cdef int32_t *block_pinned      # frames per 2 MiB pageblock that compaction cannot move
     # A PMD-order folio (a THP, the huge zeropage) fills one block and is described per block;
     # an mTHP is described at its head's quad of pages
     cdef folio_t *pmd_folio
     cdef folio_t *mthp_folio
     cdef uint8_t *mthp_blocks         # blocks that hold (or held) an mTHP
-    cdef int64_t block_words
-    cdef int64_t partial_hint, free_hint   # no bit is set in the words below these
-    cdef readonly int64_t nr_free_blocks
-    cdef readonly int64_t nr_free_pages
+    # the memory cgroup every process of the machine is in (pages)
+    cdef int64_t memcg_usage, memcg_max
+    # compaction deferral (struct zone: compact_considered, compact_defer_shift, ...)
+    cdef int64_t compact_considered
+    cdef int compact_defer_shift, compact_order_failed
+    cdef readonly int64_t nr_foreign        # pages held by fragment()
     cdef int64_t *vmstat
     cdef int64_t *mthp_stat
     cdef readonly int64_t huge_zero_pfn  # -1: not allocated
@@ -211,7 +236,16 @@ cdef class Machine:
     cdef public uint64_t khugepaged_cursor_addr
 
     cdef int64_t alloc_page(self) noexcept nogil
-    cdef int64_t alloc_pmd_folio(self) noexcept nogil
+    cdef int64_t alloc_pages(self, int order, bint compact) noexcept nogil
+    cdef void free_frames(self, int64_t pfn, int order) noexcept nogil
+    cdef int64_t alloc_pmd_folio(self, bint compact) noexcept nogil
+    cdef folio_t *new_mthp(self, int64_t pfn, int order) noexcept nogil
+    cdef bint try_charge(self, int64_t nr) noexcept nogil
+    cdef void uncharge(self, int64_t nr) noexcept nogil
+    cdef bint compaction_deferred(self, int order) noexcept nogil
+    cdef bint compact_zone(self, int order) noexcept nogil
+    cdef int64_t used_frames(self, int64_t lo, int order) noexcept nogil
+    cdef int migrate_block(self, int64_t lo, int order) except -1
     cdef void free_page(self, int64_t pfn) noexcept nogil
     cdef void free_pmd_folio(self, int64_t pfn) noexcept nogil
     cdef void clear_folio(self, int64_t block) noexcept nogil
@@ -220,11 +254,6 @@ cdef class Machine:
     cdef folio_t *folio_of(self, int64_t pfn) noexcept nogil
     cdef int64_t folio_pfn(self, folio_t *folio) noexcept nogil
     cdef void count_mthp(self, int order, int item, int64_t delta) noexcept nogil
-    cdef int64_t first_block(self, uint64_t *bits, int64_t *hint) noexcept nogil
-    cdef void set_block_bit(self, uint64_t *bits, int64_t *hint, int64_t block) noexcept nogil
-    cdef void clear_block_bit(self, uint64_t *bits, int64_t block) noexcept nogil
-    cdef int64_t take_free_block(self) noexcept nogil
-    cdef void give_free_block(self, int64_t block) noexcept nogil
     cdef void folio_mm_add(self, folio_t *folio, int32_t mm_id, int32_t nr) noexcept nogil
     cdef void folio_mm_sub(self, folio_t *folio, int32_t mm_id, int32_t nr) noexcept nogil
     cdef bint folio_maybe_mapped_shared(self, folio_t *folio) noexcept nogil
@@ -243,6 +272,8 @@ cdef class MMCore:
     cdef readonly Machine machine
     # settings (from Config)
     cdef bint thp_always, thp_madvise, use_zero_page, zero_page, huge_zero_write_thp
+    cdef uint32_t mthp_always, mthp_madvise     # orders below 9 enabled always / in VM_HUGEPAGE VMAs
+    cdef int defrag                             # DEFRAG_*
     cdef bint pt_reclaim, arm64, atomic_write_fault, reuse_large_folios
     cdef readonly int32_t mm_id
     cdef readonly int64_t khugepaged_seq     # 0: not on khugepaged's list
@@ -298,6 +329,12 @@ cdef class MMCore:
     cdef int64_t find_vma(self, uint64_t addr) noexcept nogil
     cdef int64_t vma_lower_bound(self, uint64_t addr) noexcept nogil
     cdef bint thp_allowed(self, uint32_t vm_flags) noexcept nogil
+    cdef bint thp_direct_compact(self, uint32_t vm_flags) noexcept nogil
+    cdef uint32_t mthp_orders(self, uint32_t vm_flags) noexcept nogil
+    cdef int64_t alloc_anon_folio(self, int64_t vma, uint64_t addr, uint64_t *pte, int *order_out) noexcept nogil
+    cdef void map_anon_folio_pte(self, int64_t vma, uint64_t start, uint64_t *pmdp, int64_t pfn, int order) noexcept nogil
+    cdef int64_t alloc_anon_page(self) noexcept nogil
+    cdef bint contpte_foldable(self, const uint64_t *pte) noexcept nogil
     cdef bint anon_vma_compatible(self, int64_t a, int64_t b) noexcept nogil
     cdef void anon_vma_prepare(self, int64_t vma) noexcept nogil
     cdef void new_anon_page(self, int64_t pfn) noexcept nogil
@@ -328,7 +365,7 @@ cdef class MMCore:
     cdef int collapse_huge_page(self, int64_t vma, uint64_t haddr, uint64_t *pmdp, bint khugepaged) noexcept nogil
     cdef int scan_pmd(self, uint64_t *pte, int64_t max_none, int64_t max_shared) noexcept nogil
     cdef void map_anon_folio_pmd(self, int64_t vma, uint64_t haddr, uint64_t *pmdp, int64_t pfn) noexcept nogil
-    cdef int64_t alloc_anon_folio_pmd(self) noexcept nogil
+    cdef int64_t alloc_anon_folio_pmd(self, int64_t vma) noexcept nogil
     cdef int handle_mm_fault(self, int64_t vma, uint64_t addr, bint write) noexcept nogil
     cdef int _handle_mm_fault(self, int64_t vma, uint64_t addr, bint write) noexcept nogil
     cdef int do_huge_pmd_anonymous_page(self, int64_t vma, uint64_t addr, uint64_t *pmdp, bint write) noexcept nogil

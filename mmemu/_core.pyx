@@ -10,7 +10,8 @@ Rule numbers (Rnn) refer to shared/spec/linux-mm-semantics.md.
 import numpy as np
 cimport numpy as cnp
 from libc.string cimport memset, memcpy
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, INT64_MAX
+from mmemu._buddy cimport FreeArea, MAX_PAGE_ORDER
 
 cnp.import_array()
 
@@ -50,6 +51,11 @@ cdef uint64_t PMD_SIZE = 1 << PMD_SHIFT
 cdef uint64_t PUD_SIZE = 1 << PUD_SHIFT
 cdef uint64_t PGDIR_SIZE = 1ULL << PGDIR_SHIFT
 cdef uint64_t PMD_MASK = ~((1ULL << PMD_SHIFT) - 1)
+# arm64 with 4K pages: 16 PTEs (64 KiB) make one contiguous-PTE block
+cdef enum:
+    CONT_PTE_ORDER = 4
+    CONT_PTES = 16
+cdef uint64_t CONT_PTE_SIZE = CONT_PTES * 4096
 cdef uint64_t PFN_MASK = 0xFFFFFFFFFF      # 40 bits of frame / table number
 cdef uint64_t TASK_SIZE = (1ULL << 47) - 4096
 #: the end of the user address range, as the ceiling of free_pgtables
@@ -72,6 +78,9 @@ FAULT_NOTIMPL = VM_FAULT_NOTIMPL
 #: prctl(PR_SET_THP_DISABLE) modes of MMCore.set_thp_disable
 DISABLE_COMPLETELY = THP_DISABLE_COMPLETELY
 DISABLE_EXCEPT_ADVISED = THP_DISABLE_EXCEPT_ADVISED
+#: /sys/kernel/mm/transparent_hugepage/defrag values for MMCore(defrag=...)
+DEFRAG_MODES = {"always": DEFRAG_ALWAYS, "defer": DEFRAG_DEFER, "defer+madvise": DEFRAG_DEFER_MADVISE,
+                "madvise": DEFRAG_MADVISE, "never": DEFRAG_NEVER}
 #: per-size THP stats are kept for these orders: 16 kB .. 2 MiB
 STAT_ORDERS = tuple(range(MIN_MTHP_ORDER, MAX_FOLIO_ORDER + 1))
 
@@ -163,6 +172,15 @@ cdef inline int64_t folio_pte_batch(const uint64_t *pte, int64_t i, int64_t last
     return nr
 
 
+cdef inline bint ptes_none(const uint64_t *pte, int64_t nr) noexcept nogil:
+    """pte_range_none: no entry at all (a zeropage PTE is an entry)."""
+    cdef int64_t k
+    for k in range(nr):
+        if pte[k]:
+            return False
+    return True
+
+
 cdef inline uint64_t umin(uint64_t a, uint64_t b) noexcept nogil:
     return a if a < b else b
 
@@ -185,58 +203,46 @@ cdef inline uint64_t tlb_perm_of(uint64_t e) noexcept nogil:
 # =============================================================================================
 
 cdef class Machine:
-    """Frames of emulated RAM in 2 MiB blocks, their allocator and the system-wide counters.
+    """Frames of emulated RAM, their buddy allocator, the memory cgroup and the system-wide
+    counters.
 
-    Block 0 is reserved (frame 0 is the shared zeropage, outside RAM).  A 4K page comes from a
-    partly used block when there is one, else from a wholly free block; a PMD-size folio takes a
-    wholly free block.  Freed pages go back to their block, which is whole again when all its
-    pages are free.  Arrays are zero-filled lazily by the OS, so unused RAM costs no host memory.
+    Frames 0..511 are reserved (frame 0 stands for the shared zeropage, outside RAM).  Free
+    memory is a buddy allocator of orders 0..10 (mmemu._buddy.FreeArea).  Per-frame arrays are
+    zero-filled lazily by the OS, so unused RAM costs no host memory.
     """
 
     def __cinit__(self, int64_t memory_bytes):
-        cdef int64_t words
         if memory_bytes < <int64_t>PMD_SIZE or memory_bytes % <int64_t>PMD_SIZE:
             raise ValueError("memory must be a positive multiple of 2 MiB")
         self.nr_blocks = memory_bytes // <int64_t>PMD_SIZE + 1
         self.nr_frames = self.nr_blocks * HPAGE_PMD_NR
-        words = (self.nr_blocks + 63) // 64
+        self.area = FreeArea(self.nr_frames, HPAGE_PMD_NR)
         self._refcount = huge_zeros(self.nr_frames, np.int32)
         self._mapcount = huge_zeros(self.nr_frames, np.int32)
         self._flags = huge_zeros(self.nr_frames, np.uint8)
-        self._block_free = np.full(self.nr_blocks, HPAGE_PMD_NR, np.uint16)
-        self._free_bitmap = huge_zeros(self.nr_blocks * 8, np.uint64)
-        self._partial_blocks = np.zeros(words, np.uint64)
-        self._free_blocks = np.zeros(words, np.uint64)
         # structs in byte arrays (numpy has no dtype for a C struct); zero-filled lazily, so
         # the mTHP descriptors of RAM that never held an mTHP cost no host memory
         self._pmd_folio = np.zeros(self.nr_blocks * sizeof(folio_t), np.uint8)
         self._mthp_folio = huge_zeros((self.nr_frames >> 2) * sizeof(folio_t), np.uint8)
         self._mthp_blocks = np.zeros(self.nr_blocks, np.uint8)
+        self._block_pinned = np.zeros(self.nr_blocks, np.int32)
         self._vmstat = np.zeros(NR_VMSTAT, np.int64)
         self._mthp_stat = np.zeros((MAX_FOLIO_ORDER + 1) * NR_MTHP_STAT, np.int64)
-        # every block but the reserved block 0 starts wholly free
-        bits = np.ones(words * 64, np.bool_)
-        bits[0] = False
-        bits[self.nr_blocks:] = False
-        self._free_blocks[:] = np.packbits(bits, bitorder="little").view(np.uint64)
-        self._block_free[0] = 0
         self.refcount = <int32_t *>cnp.PyArray_DATA(self._refcount)
         self.mapcount = <int32_t *>cnp.PyArray_DATA(self._mapcount)
         self.flags = <uint8_t *>cnp.PyArray_DATA(self._flags)
-        self.block_free = <uint16_t *>cnp.PyArray_DATA(self._block_free)
-        self.free_bitmap = <uint64_t *>cnp.PyArray_DATA(self._free_bitmap)
-        self.partial_blocks = <uint64_t *>cnp.PyArray_DATA(self._partial_blocks)
-        self.free_blocks = <uint64_t *>cnp.PyArray_DATA(self._free_blocks)
         self.pmd_folio = <folio_t *>cnp.PyArray_DATA(self._pmd_folio)
         self.mthp_folio = <folio_t *>cnp.PyArray_DATA(self._mthp_folio)
         self.mthp_blocks = <uint8_t *>cnp.PyArray_DATA(self._mthp_blocks)
+        self.block_pinned = <int32_t *>cnp.PyArray_DATA(self._block_pinned)
         self.vmstat = <int64_t *>cnp.PyArray_DATA(self._vmstat)
         self.mthp_stat = <int64_t *>cnp.PyArray_DATA(self._mthp_stat)
-        self.block_words = words
-        self.partial_hint = 0
-        self.free_hint = 0
-        self.nr_free_pages = (self.nr_blocks - 1) * HPAGE_PMD_NR
-        self.nr_free_blocks = self.nr_blocks - 1
+        self.memcg_usage = 0
+        self.memcg_max = INT64_MAX
+        self.compact_considered = 0
+        self.compact_defer_shift = 0
+        self.compact_order_failed = 0
+        self.nr_foreign = 0
         self.huge_zero_pfn = -1
         self.huge_zero_users = 0
         self.mms = []
@@ -248,103 +254,165 @@ cdef class Machine:
         self.pages_collapsed = 0
         self.full_scans = 0
 
-    # ---- the allocator ---------------------------------------------------------------------
-    # Deterministic and simple to state: a 4K page is the lowest free frame of the lowest partly
-    # used block, else of the lowest wholly free block; a 2 MiB folio is the lowest wholly free
-    # block.  Two bitmaps over blocks keep "partly used" and "wholly free"; each has a hint
-    # below which no bit is set.
+    # ---- the page allocator (mm/page_alloc.c) -----------------------------------------------
+    # The buddy allocator hands out the lowest block of the smallest sufficient order.  Frames
+    # compaction cannot move (large folios, the huge zeropage, unmovable foreign pages) are
+    # counted per 2 MiB pageblock so compaction finds its candidates without a scan.
 
-    cdef int64_t first_block(self, uint64_t *bits, int64_t *hint) noexcept nogil:
-        cdef int64_t w
-        for w in range(hint[0], self.block_words):
-            if bits[w]:
-                hint[0] = w
-                return w * 64 + __builtin_ctzll(bits[w])
-        hint[0] = self.block_words
-        return -1
-
-    cdef inline void set_block_bit(self, uint64_t *bits, int64_t *hint, int64_t block) noexcept nogil:
-        bits[block >> 6] |= (<uint64_t>1) << (block & 63)
-        if (block >> 6) < hint[0]:
-            hint[0] = block >> 6
-
-    cdef inline void clear_block_bit(self, uint64_t *bits, int64_t block) noexcept nogil:
-        bits[block >> 6] &= ~((<uint64_t>1) << (block & 63))
-
-    cdef int64_t take_free_block(self) noexcept nogil:
-        cdef int64_t block = self.first_block(self.free_blocks, &self.free_hint)
-        if block >= 0:
-            self.clear_block_bit(self.free_blocks, block)
-            self.nr_free_blocks -= 1
-        return block
-
-    cdef void give_free_block(self, int64_t block) noexcept nogil:
-        self.block_free[block] = HPAGE_PMD_NR
-        self.set_block_bit(self.free_blocks, &self.free_hint, block)
-        self.nr_free_blocks += 1
+    @property
+    def nr_free_pages(self):
+        return self.area.free_pages
 
     cdef int64_t alloc_page(self) noexcept nogil:
         """One order-0 frame, or -1 when RAM is exhausted."""
-        cdef int64_t block = self.first_block(self.partial_blocks, &self.partial_hint), w
-        cdef uint64_t word
-        cdef uint64_t *bits
-        if block < 0:
-            block = self.take_free_block()
-            if block < 0:
-                return -1
-            bits = self.free_bitmap + block * 8
-            for w in range(8):
-                bits[w] = ~(<uint64_t>0)
-            self.block_free[block] = HPAGE_PMD_NR
-            self.set_block_bit(self.partial_blocks, &self.partial_hint, block)
-        bits = self.free_bitmap + block * 8
-        for w in range(8):
-            word = bits[w]
-            if word:
-                bits[w] = word & (word - 1)
-                self.block_free[block] -= 1
-                if self.block_free[block] == 0:
-                    self.clear_block_bit(self.partial_blocks, block)
-                self.nr_free_pages -= 1
-                return block * HPAGE_PMD_NR + w * 64 + __builtin_ctzll(word)
-        return -1   # unreachable: a partly used block has a free frame
+        return self.area.alloc(0)
+
+    cdef int64_t alloc_pages(self, int order, bint compact) noexcept nogil:
+        """The head of a free block of 2**order frames, or -1. A large block that is not to be
+        had triggers direct compaction where the caller's gfp allows it (__alloc_pages_slowpath
+        -> __alloc_pages_direct_compact), then one more try."""
+        cdef int64_t pfn = self.area.alloc(order)
+        if pfn < 0 and compact and order > 0 and not self.compaction_deferred(order):
+            if self.compact_zone(order):
+                pfn = self.area.alloc(order)
+        if pfn >= 0 and order > 0:
+            self.block_pinned[pfn >> HPAGE_PMD_ORDER] += 1 << order
+        return pfn
+
+    cdef void free_frames(self, int64_t pfn, int order) noexcept nogil:
+        """Give 2**order frames back to the buddy allocator, their metadata cleared."""
+        cdef int64_t nr = (<int64_t>1) << order
+        memset(self.flags + pfn, 0, nr)
+        memset(self.mapcount + pfn, 0, nr * sizeof(int32_t))
+        memset(self.refcount + pfn, 0, nr * sizeof(int32_t))
+        if order > 0:
+            self.block_pinned[pfn >> HPAGE_PMD_ORDER] -= <int32_t>nr
+        self.area.free(pfn, order)
 
     cdef void free_page(self, int64_t pfn) noexcept nogil:
-        cdef int64_t block = pfn >> HPAGE_PMD_ORDER
-        cdef int64_t bit = pfn & (HPAGE_PMD_NR - 1)
-        self.refcount[pfn] = 0
-        self.mapcount[pfn] = 0
-        self.flags[pfn] = 0
-        self.free_bitmap[block * 8 + (bit >> 6)] |= (<uint64_t>1) << (bit & 63)
-        self.block_free[block] += 1
-        self.nr_free_pages += 1
-        if self.block_free[block] == 1:
-            self.set_block_bit(self.partial_blocks, &self.partial_hint, block)
-        if self.block_free[block] == HPAGE_PMD_NR:
-            self.clear_block_bit(self.partial_blocks, block)
-            self.give_free_block(block)
+        """An order-0 anonymous page is freed: uncharged and given back."""
+        self.uncharge(1)
+        self.free_frames(pfn, 0)
 
-    cdef int64_t alloc_pmd_folio(self) noexcept nogil:
-        """The head frame of a free, aligned 2 MiB block, or -1 when none is free."""
-        cdef int64_t block = self.take_free_block()
-        if block < 0:
-            return -1
-        self.block_free[block] = 0
-        self.nr_free_pages -= HPAGE_PMD_NR
-        return block * HPAGE_PMD_NR
+    cdef int64_t alloc_pmd_folio(self, bint compact) noexcept nogil:
+        """The head frame of a free, aligned 2 MiB block, or -1 when none is to be had."""
+        return self.alloc_pages(HPAGE_PMD_ORDER, compact)
+
+    cdef folio_t *new_mthp(self, int64_t pfn, int order) noexcept nogil:
+        """Describe a freshly allocated block as an mTHP: every quad of it knows the order."""
+        cdef int64_t q
+        for q in range(pfn >> 2, (pfn >> 2) + ((<int64_t>1) << (order - 2))):
+            self.mthp_folio[q].order = <uint8_t>order
+        self.mthp_blocks[pfn >> HPAGE_PMD_ORDER] = 1
+        return &self.mthp_folio[pfn >> 2]
+
+    # ---- the memory cgroup (mm/memcontrol.c: try_charge, uncharge) ----------------------------
+
+    cdef bint try_charge(self, int64_t nr) noexcept nogil:
+        """Charge nr pages to the cgroup, unless that would pass memory.max (no swap, nothing to
+        reclaim: the charge fails)."""
+        if nr > self.memcg_max - self.memcg_usage:
+            return False
+        self.memcg_usage += nr
+        return True
+
+    cdef inline void uncharge(self, int64_t nr) noexcept nogil:
+        self.memcg_usage -= nr
+
+    # ---- compaction (mm/compaction.c) ---------------------------------------------------------
+
+    cdef bint compaction_deferred(self, int order) noexcept nogil:
+        """compaction_deferred: after a failure, skip the next 2**compact_defer_shift tries."""
+        if order < self.compact_order_failed:
+            return False
+        self.compact_considered += 1
+        if self.compact_considered >= (1 << self.compact_defer_shift):
+            self.compact_considered = 1 << self.compact_defer_shift
+            return False
+        return True
+
+    cdef bint compact_zone(self, int order) noexcept nogil:
+        """Direct compaction for one free block of 2**order frames (R23). The migration scanner
+        takes the lowest pageblock (2 MiB) holding only movable pages (order-0 anonymous pages,
+        movable foreign pages) and in it the lowest aligned block of the order; its used frames
+        move to the lowest free frames outside it, the PTEs that mapped them, in every process,
+        follow, and the block is free. Fails when no such pageblock exists or too little memory
+        is free elsewhere. Returns whether the block was freed."""
+        cdef int64_t block, lo = -1, used = 0
+        cdef bint ok = False
+        self.vmstat[COMPACT_STALL] += 1
+        for block in range(1, self.nr_blocks):
+            # merging is complete: a wholly free pageblock lies in a free block of order >= 9
+            if self.block_pinned[block] == 0 \
+                    and self.area.free_order_of(block << HPAGE_PMD_ORDER) < HPAGE_PMD_ORDER:
+                lo = block << HPAGE_PMD_ORDER
+                break
+        if lo >= 0:
+            used = self.used_frames(lo, order)
+            if used <= self.area.free_pages - (((<int64_t>1) << order) - used):
+                with gil:
+                    ok = self.migrate_block(lo, order) == 0
+        if ok:
+            self.vmstat[COMPACT_SUCCESS] += 1
+            self.compact_considered = 0       # compaction_defer_reset
+            self.compact_defer_shift = 0
+            if order + 1 > self.compact_order_failed:
+                self.compact_order_failed = order + 1
+        else:
+            self.vmstat[COMPACT_FAIL] += 1
+            self.compact_considered = 0       # defer_compaction
+            if self.compact_defer_shift < COMPACT_MAX_DEFER_SHIFT:
+                self.compact_defer_shift += 1
+            if order < self.compact_order_failed:
+                self.compact_order_failed = order
+        return ok
+
+    cdef int64_t used_frames(self, int64_t lo, int order) noexcept nogil:
+        cdef int64_t pfn, used = 0
+        for pfn in range(lo, lo + ((<int64_t>1) << order)):
+            if self.area.free_order_of(pfn) < 0:
+                used += 1
+        return used
+
+    cdef int migrate_block(self, int64_t lo, int order) except -1:
+        """migrate_pages for every used frame of [lo, lo + 2**order), in ascending order: the
+        block's free frames are taken first so that no copy lands inside it; then it is freed
+        whole."""
+        cdef int64_t nr = (<int64_t>1) << order, pfn, new
+        cdef cnp.ndarray moved = np.full(nr, -1, np.int64)
+        cdef int64_t *to = <int64_t *>cnp.PyArray_DATA(moved)
+        cdef MMCore mm
+        for pfn in range(lo, lo + nr):
+            if self.area.free_order_of(pfn) >= 0:
+                self.area.take(pfn, 0)
+                to[pfn - lo] = -2                     # was free: nothing to move
+        for pfn in range(lo, lo + nr):
+            if to[pfn - lo] == -2:
+                to[pfn - lo] = -1
+                continue
+            new = self.area.alloc(0)
+            to[pfn - lo] = new
+            self.refcount[new] = self.refcount[pfn]
+            self.mapcount[new] = self.mapcount[pfn]
+            self.flags[new] = self.flags[pfn]
+            self.vmstat[PGMIGRATE_SUCCESS] += 1
+        for mm in self.mms:
+            mm.rmap_migrate(lo, moved)
+        memset(self.flags + lo, 0, nr)
+        memset(self.mapcount + lo, 0, nr * sizeof(int32_t))
+        memset(self.refcount + lo, 0, nr * sizeof(int32_t))
+        self.area.free(lo, order)
+        return 0
 
     cdef void clear_folio(self, int64_t block) noexcept nogil:
         """Forget the PMD-order folio that filled a block (freed, or split into pages)."""
         memset(&self.pmd_folio[block], 0, sizeof(folio_t))
 
     cdef void free_pmd_folio(self, int64_t pfn) noexcept nogil:
-        cdef int64_t block = pfn >> HPAGE_PMD_ORDER
-        self.clear_folio(block)
+        """Free a PMD-order folio (a THP, or the huge zeropage, which was never charged)."""
+        self.clear_folio(pfn >> HPAGE_PMD_ORDER)
         # subpages carry written marks, and PTE mappings once the PMD was split
-        memset(self.flags + pfn, 0, HPAGE_PMD_NR)
-        memset(self.mapcount + pfn, 0, HPAGE_PMD_NR * sizeof(int32_t))
-        self.nr_free_pages += HPAGE_PMD_NR
-        self.give_free_block(block)
+        self.free_frames(pfn, HPAGE_PMD_ORDER)
 
     cdef inline bint in_pmd_folio(self, int64_t pfn) noexcept nogil:
         """Whether pfn is a page of a PMD-order folio: the block's first frame is its head."""
@@ -355,7 +423,7 @@ cdef class Machine:
         cdef int64_t pfn
         if self.huge_zero_pfn >= 0:
             return self.huge_zero_pfn
-        pfn = self.alloc_pmd_folio()
+        pfn = self.alloc_pmd_folio(True)       # GFP_TRANSHUGE: direct compaction
         if pfn < 0:
             self.vmstat[THP_ZERO_PAGE_ALLOC_FAILED] += 1
             return -1
@@ -420,12 +488,12 @@ cdef class Machine:
         self.count_mthp(order, MTHP_NR_ANON, -1)
         if folio.flags & PG_PARTIAL:
             self.count_mthp(order, MTHP_NR_ANON_PARTIALLY_MAPPED, -1)
+        self.uncharge(nr)
         if order == HPAGE_PMD_ORDER:
             self.free_pmd_folio(head)
             return
         self.forget_mthp(head, order)
-        for k in range(head, head + nr):
-            self.free_page(k)
+        self.free_frames(head, order)
 
     cdef void forget_mthp(self, int64_t head, int order) noexcept nogil:
         """The frames of an mTHP are order-0 frames again (freed, or split)."""
@@ -483,10 +551,9 @@ cdef class Machine:
         # the folio becomes order-0 frames: all in use, then the unmapped ones are freed
         if order == HPAGE_PMD_ORDER:
             self.clear_folio(head >> HPAGE_PMD_ORDER)
-            memset(self.free_bitmap + (head >> HPAGE_PMD_ORDER) * 8, 0, 8 * sizeof(uint64_t))
-            self.block_free[head >> HPAGE_PMD_ORDER] = 0
         else:
             self.forget_mthp(head, order)
+        self.block_pinned[head >> HPAGE_PMD_ORDER] -= <int32_t>nr     # order-0 pages move
         for i in range(nr):
             pfn = head + i
             if self.mapcount[pfn] > 0:
@@ -510,9 +577,10 @@ cdef class Machine:
         huge-zeropage shrinker (R56)."""
         cdef int64_t block, q, zeros
         cdef folio_t *folio
+        cdef bint remains
         for block in range(self.nr_blocks):
             if self.mthp_blocks[block]:
-                self.mthp_blocks[block] = 0           # set again below if an mTHP remains
+                remains = False
                 for q in range(block << (HPAGE_PMD_ORDER - 2), (block + 1) << (HPAGE_PMD_ORDER - 2)):
                     folio = &self.mthp_folio[q]
                     if not folio.order or q & ((1 << (folio.order - 2)) - 1):
@@ -521,7 +589,8 @@ cdef class Machine:
                         self.split_folio(folio, zero_remap)
                     else:
                         folio.flags = folio.flags & ~PG_DEFERRED
-                        self.mthp_blocks[block] = 1
+                        remains = True
+                self.mthp_blocks[block] = remains     # no mTHP left: folio_of skips the block
             folio = &self.pmd_folio[block]
             if not (folio.flags & PG_DEFERRED):
                 continue
@@ -567,7 +636,71 @@ cdef class Machine:
     @property
     def free_blocks_count(self):
         """Wholly free 2 MiB blocks (a THP can be had while this is above 0)."""
-        return self.nr_free_blocks
+        info = self.area.buddyinfo()
+        return int(info[HPAGE_PMD_ORDER] + 2 * info[HPAGE_PMD_ORDER + 1])
+
+    def buddyinfo(self):
+        """Free blocks of each order 0..10 (/proc/buddyinfo)."""
+        return self.area.buddyinfo()
+
+    def fragment(self, double free_fraction, int order, bint movable):
+        """Hold pages of every wholly free, aligned block of 2**order frames, spread evenly,
+        so that no free block of that order is left (as another tenant's memory would).
+        Unmovable ones also stop compaction in their pageblock. Returns the pages held."""
+        cdef int64_t region = (<int64_t>1) << order, start, pfn, i, h, held = 0
+        if not 0 <= order <= MAX_PAGE_ORDER:
+            raise ValueError(f"order must be 0..{MAX_PAGE_ORDER}, not {order}")
+        if not 0.0 <= free_fraction <= 1.0:
+            raise ValueError(f"free_fraction must be between 0 and 1, not {free_fraction}")
+        h = max(1, <int64_t>round((1.0 - free_fraction) * region))
+        for start in range(0, self.nr_frames, region):
+            if self.area.free_order_of(start) < order:
+                continue                               # not wholly free
+            for i in range(h):
+                pfn = start + (i * region) // h
+                self.area.take(pfn, 0)
+                self.flags[pfn] = PG_FOREIGN | (PG_FOREIGN_MOVABLE if movable else 0)
+                if not movable:
+                    self.block_pinned[pfn >> HPAGE_PMD_ORDER] += 1
+                held += 1
+        self.nr_foreign += held
+        return held
+
+    def release_fragmentation(self):
+        """Free every page fragment() holds. Returns how many."""
+        cdef int64_t pfn, freed = 0
+        with nogil:
+            for pfn in range(self.nr_frames):
+                if self.flags[pfn] & PG_FOREIGN:
+                    if not (self.flags[pfn] & PG_FOREIGN_MOVABLE):
+                        self.block_pinned[pfn >> HPAGE_PMD_ORDER] -= 1
+                    self.free_frames(pfn, 0)
+                    freed += 1
+        self.nr_foreign -= freed
+        return freed
+
+    @property
+    def memory_current(self):
+        """Pages charged to the memory cgroup (memory.current / 4096)."""
+        return self.memcg_usage
+
+    @property
+    def memory_max(self):
+        """memory.max in pages, or None for no limit."""
+        return None if self.memcg_max == INT64_MAX else self.memcg_max
+
+    def set_memory_max(self, pages):
+        """Set memory.max (pages, or None). Below the current usage it is refused (no swap:
+        nothing could be reclaimed): returns False and keeps the old limit."""
+        if pages is None:
+            self.memcg_max = INT64_MAX
+            return True
+        if pages < 0:
+            raise ValueError("memory.max must not be negative")
+        if pages < self.memcg_usage:
+            return False
+        self.memcg_max = pages
+        return True
 
     def frame_info(self, int64_t pfn):
         """(refcount, mapcount, flags) of one frame, for tests and invariant checks."""
@@ -591,9 +724,17 @@ cdef class MMCore:
 
     def __cinit__(self, Machine machine, *, bint thp_always, bint thp_madvise, bint use_zero_page,
                   bint zero_page, bint huge_zero_write_thp, bint pt_reclaim, bint arm64,
-                  bint atomic_write_fault, bint reuse_large_folios=True):
+                  bint atomic_write_fault, bint reuse_large_folios=True, uint32_t mthp_always=0,
+                  uint32_t mthp_madvise=0, int defrag=DEFRAG_MADVISE):
         cdef int level
+        if (mthp_always | mthp_madvise) & ~(<uint32_t>0x1fc):
+            raise ValueError("mTHP orders must be 2..8")
+        if not DEFRAG_ALWAYS <= defrag <= DEFRAG_NEVER:
+            raise ValueError(f"bad defrag mode {defrag}")
         self.machine = machine
+        self.mthp_always = mthp_always
+        self.mthp_madvise = mthp_madvise
+        self.defrag = defrag
         self.thp_always = thp_always
         self.thp_madvise = thp_madvise
         self.use_zero_page = use_zero_page
@@ -675,6 +816,7 @@ cdef class MMCore:
         else:
             self.nr_tables_pud += delta
         self.count_vm(NR_PAGETABLE, delta)
+        self.machine.memcg_usage += delta      # charged (__GFP_ACCOUNT), never refused
 
     cdef void pool_release(self, int level, int64_t index) noexcept nogil:
         memset(self.pool[level] + index * PTRS_PER_TABLE, 0, PTRS_PER_TABLE * sizeof(uint64_t))
@@ -687,6 +829,7 @@ cdef class MMCore:
         # never looked at until a split makes it the live table.
         self.nr_deposited += delta
         self.count_vm(NR_PAGETABLE, delta)
+        self.machine.memcg_usage += delta
 
     # ---- the walk ------------------------------------------------------------------------------
 
@@ -828,6 +971,24 @@ cdef class MMCore:
         if self.thp_disable == THP_DISABLE_EXCEPT_ADVISED and not (vm_flags & VM_HUGEPAGE):
             return False
         return self.thp_always or (self.thp_madvise and (vm_flags & VM_HUGEPAGE) != 0)
+
+    cdef bint thp_direct_compact(self, uint32_t vm_flags) noexcept nogil:
+        """vma_thp_gfp_mask: whether a fault's THP/mTHP allocation may compact (R23)."""
+        if self.defrag == DEFRAG_ALWAYS:
+            return True
+        if self.defrag == DEFRAG_MADVISE or self.defrag == DEFRAG_DEFER_MADVISE:
+            return (vm_flags & VM_HUGEPAGE) != 0
+        return False
+
+    cdef int64_t alloc_anon_page(self) noexcept nogil:
+        """An order-0 page for an anonymous fault, charged; -1: out of memory (RAM or memcg)."""
+        cdef int64_t pfn
+        if not self.machine.try_charge(1):
+            return -1
+        pfn = self.machine.alloc_page()
+        if pfn < 0:
+            self.machine.uncharge(1)
+        return pfn
 
     def thp_allowed_for(self, uint32_t vm_flags):
         """Whether order 9 is allowed for a VMA with these flags (smaps THPeligible)."""
@@ -1003,9 +1164,14 @@ cdef class MMCore:
         self.machine.count_mthp(HPAGE_PMD_ORDER, MTHP_ANON_FAULT_ALLOC, 1)
         self.machine.count_mthp(HPAGE_PMD_ORDER, MTHP_NR_ANON, 1)
 
-    cdef int64_t alloc_anon_folio_pmd(self) noexcept nogil:
-        """vma_alloc_anon_folio_pmd: a THP, or -1 with the fallback counted (R38)."""
-        cdef int64_t pfn = self.machine.alloc_pmd_folio()
+    cdef int64_t alloc_anon_folio_pmd(self, int64_t vma) noexcept nogil:
+        """vma_alloc_anon_folio_pmd: a charged THP, or -1 with the fallback counted (R38)."""
+        cdef int64_t pfn = self.machine.alloc_pmd_folio(self.thp_direct_compact(self.vm_flags[vma]))
+        if pfn >= 0 and not self.machine.try_charge(HPAGE_PMD_NR):
+            self.machine.free_frames(pfn, HPAGE_PMD_ORDER)
+            self.count_vm(THP_FAULT_FALLBACK_CHARGE, 1)
+            self.machine.count_mthp(HPAGE_PMD_ORDER, MTHP_ANON_FAULT_FALLBACK_CHARGE, 1)
+            pfn = -1
         if pfn < 0:
             self.count_vm(THP_FAULT_FALLBACK, 1)
             self.machine.count_mthp(HPAGE_PMD_ORDER, MTHP_ANON_FAULT_FALLBACK, 1)
@@ -1071,7 +1237,7 @@ cdef class MMCore:
             pmdp[0] = (<uint64_t>pfn << PAGE_SHIFT) | _PAGE_PRESENT | _PAGE_USER | _PAGE_PSE \
                 | _PAGE_ACCESSED
             return VM_FAULT_OK
-        pfn = self.alloc_anon_folio_pmd()
+        pfn = self.alloc_anon_folio_pmd(vma)
         if pfn < 0:
             return VM_FAULT_FALLBACK
         self.deposit(1)
@@ -1102,7 +1268,7 @@ cdef class MMCore:
     cdef int do_huge_zero_wp_pmd(self, int64_t vma, uint64_t addr, uint64_t *pmdp) noexcept nogil:
         """6.13+: replace the huge zeropage by a new THP, keeping the deposit; no eligibility
         re-check (R41)."""
-        cdef int64_t pfn = self.alloc_anon_folio_pmd()
+        cdef int64_t pfn = self.alloc_anon_folio_pmd(vma)
         if pfn < 0:
             return VM_FAULT_FALLBACK
         self.map_anon_folio_pmd(vma, addr & PMD_MASK, pmdp, pfn)
@@ -1190,11 +1356,12 @@ cdef class MMCore:
         return VM_FAULT_OK
 
     cdef int do_anonymous_page(self, int64_t vma, uint64_t addr, uint64_t *pmdp, bint write) noexcept nogil:
-        """A fault on a none PTE: the zeropage for a read, a new page for a write (R30, R35)."""
-        cdef int32_t index
+        """A fault on a none PTE: the zeropage for a read, a new page or mTHP for a write (R30,
+        R35, R36)."""
         cdef uint64_t *ptep
         cdef uint64_t e
         cdef int64_t pfn
+        cdef int order = 0
         if self.pte_alloc(pmdp) == NULL:      # pte_alloc, before anything else
             return VM_FAULT_HOSTMEM
         ptep = self.pte_entry(pmdp[0], addr)
@@ -1202,15 +1369,79 @@ cdef class MMCore:
             ptep[0] = ZERO_PTE
             return VM_FAULT_OK
         self.anon_vma_prepare(vma)
-        pfn = self.machine.alloc_page()
+        pfn = self.alloc_anon_folio(vma, addr, self.pte_entry(pmdp[0], 0), &order)
         if pfn < 0:
             return VM_FAULT_OOM
+        if order:
+            self.map_anon_folio_pte(vma, addr & ~((PAGE_SIZE << order) - 1), pmdp, pfn, order)
+            return VM_FAULT_OK
         e = (<uint64_t>pfn << PAGE_SHIFT) | _PAGE_PRESENT | _PAGE_USER | _PAGE_ACCESSED
         if self.vm_flags[vma] & VM_WRITE:
             e |= _PAGE_RW | _PAGE_DIRTY
         self.new_anon_page(pfn)
         ptep[0] = e
         return VM_FAULT_OK
+
+    cdef uint32_t mthp_orders(self, uint32_t vm_flags) noexcept nogil:
+        """thp_vma_allowable_orders for the orders below PMD order at fault time (R19, R20)."""
+        if vm_flags & VM_NOHUGEPAGE or self.thp_disable == THP_DISABLE_COMPLETELY:
+            return 0
+        if vm_flags & VM_HUGEPAGE:
+            return self.mthp_always | self.mthp_madvise
+        if self.thp_disable == THP_DISABLE_EXCEPT_ADVISED:
+            return 0
+        return self.mthp_always
+
+    cdef int64_t alloc_anon_folio(self, int64_t vma, uint64_t addr, uint64_t *pte,
+                                  int *order_out) noexcept nogil:
+        """mm/memory.c: alloc_anon_folio (R36). The highest enabled order whose aligned block
+        lies in the VMA and has only none PTEs (pte is the PTE table of addr's 2 MiB), then
+        lower orders as allocation or charge fails; else one 4K page (-1: out of memory)."""
+        cdef uint32_t orders = self.mthp_orders(self.vm_flags[vma])
+        cdef uint64_t start
+        cdef int64_t pfn
+        cdef int order
+        for order in range(HPAGE_PMD_ORDER - 1, MIN_MTHP_ORDER - 1, -1):
+            if not (orders >> order) & 1:
+                continue
+            start = addr & ~((PAGE_SIZE << order) - 1)
+            if start < self.vm_start[vma] or start + (PAGE_SIZE << order) > self.vm_end[vma] \
+                    or not ptes_none(pte + pte_index(start), (<int64_t>1) << order):
+                continue                      # thp_vma_suitable_order, pte_range_none
+            pfn = self.machine.alloc_pages(order, self.thp_direct_compact(self.vm_flags[vma]))
+            if pfn >= 0 and not self.machine.try_charge((<int64_t>1) << order):
+                self.machine.free_frames(pfn, order)
+                self.machine.count_mthp(order, MTHP_ANON_FAULT_FALLBACK_CHARGE, 1)
+                pfn = -1
+            if pfn >= 0:
+                order_out[0] = order
+                return pfn
+            self.machine.count_mthp(order, MTHP_ANON_FAULT_FALLBACK, 1)
+        order_out[0] = 0
+        return self.alloc_anon_page()
+
+    cdef void map_anon_folio_pte(self, int64_t vma, uint64_t start, uint64_t *pmdp, int64_t pfn,
+                                 int order) noexcept nogil:
+        """do_anonymous_page's tail for an mTHP: folio_add_new_anon_rmap(RMAP_EXCLUSIVE), then
+        set_ptes of all its pages, young, dirty and writable (R36, R37)."""
+        cdef int64_t nr = (<int64_t>1) << order, k
+        cdef uint64_t *ptep = self.pte_entry(pmdp[0], start)
+        cdef uint64_t e = _PAGE_PRESENT | _PAGE_USER | _PAGE_ACCESSED
+        cdef folio_t *folio = self.machine.new_mthp(pfn, order)
+        if self.vm_flags[vma] & VM_WRITE:
+            e |= _PAGE_RW | _PAGE_DIRTY
+        folio.flags = PG_ANON
+        folio.refcount = <int32_t>nr
+        folio.index = self.folio_index_at(vma, start)
+        self.machine.folio_mm_add(folio, self.mm_id, <int32_t>nr)
+        for k in range(nr):
+            self.machine.mapcount[pfn + k] = 1
+            self.machine.flags[pfn + k] = PG_ANON | PG_ANON_EXCLUSIVE
+            ptep[k] = (<uint64_t>(pfn + k) << PAGE_SHIFT) | e
+        self.rss_anon += nr
+        self.count_vm(NR_ANON_MAPPED, nr)
+        self.machine.count_mthp(order, MTHP_ANON_FAULT_ALLOC, 1)
+        self.machine.count_mthp(order, MTHP_NR_ANON, 1)
 
     cdef int do_wp_page(self, int64_t vma, uint64_t addr, uint64_t *ptep) noexcept nogil:
         """A write to a read-only PTE: copy the zeropage, reuse an exclusive page (R39, R40)."""
@@ -1241,7 +1472,7 @@ cdef class MMCore:
         """A new page replacing the zeropage (zero-filled) or a shared page (copied)."""
         cdef int64_t pfn
         self.anon_vma_prepare(vma)
-        pfn = self.machine.alloc_page()
+        pfn = self.alloc_anon_page()
         if pfn < 0:
             return VM_FAULT_OOM
         self.new_anon_page(pfn)
@@ -1919,6 +2150,43 @@ cdef class MMCore:
             return -1
         return <int64_t>entry_index(e)
 
+    def rmap_migrate(self, int64_t lo, cnp.ndarray moved not None):
+        """remove_migration_ptes for compaction: every PTE of this process mapping frame
+        lo + i now maps moved[i] (where moved[i] >= 0), with the same bits."""
+        cdef int64_t nr, vma, pfn
+        cdef const int64_t *to
+        cdef uint64_t addr, end, e
+        cdef uint64_t *pmdp
+        cdef uint64_t *pte
+        cdef int64_t i
+        if not is_vector(moved, cnp.NPY_INT64):
+            raise ValueError("rmap_migrate: moved must be a contiguous int64 vector")
+        nr = cnp.PyArray_DIM(moved, 0)
+        if lo < 0 or lo + nr > self.machine.nr_frames:
+            raise ValueError("rmap_migrate: frames out of range")
+        to = <const int64_t *>cnp.PyArray_DATA(moved)
+        for i in range(nr):
+            if not -1 <= to[i] < self.machine.nr_frames:
+                raise ValueError("rmap_migrate: a target frame is out of range")
+        with nogil:
+            for vma in range(self.nr_vmas):
+                addr = self.vm_start[vma]
+                end = self.vm_end[vma]
+                while addr < end:
+                    pmdp = self.pmd_entry(addr)
+                    if pmdp == NULL:
+                        addr = self.skip_hole(addr)
+                        continue
+                    if pmdp[0] and not (pmdp[0] & _PAGE_PSE):
+                        pte = self.pte_entry(pmdp[0], 0)
+                        for i in range(pte_index(addr), pte_index(umin((addr & PMD_MASK) + PMD_SIZE, end) - 1) + 1):
+                            e = pte[i]
+                            pfn = <int64_t>entry_index(e)
+                            if e and not (e & _PAGE_SPECIAL) and lo <= pfn < lo + nr and to[pfn - lo] >= 0:
+                                pte[i] = (e & ~(PFN_MASK << PAGE_SHIFT)) | (<uint64_t>to[pfn - lo] << PAGE_SHIFT)
+                    addr = (addr & PMD_MASK) + PMD_SIZE
+        self.tlb_flush()
+
     def rmap_maps_locked(self, int64_t head):
         """Whether a VM_LOCKED VMA of this process maps a page of the folio."""
         cdef folio_t *folio = self.anon_folio_at(head)
@@ -2152,7 +2420,7 @@ cdef class MMCore:
     cdef int collapse_huge_page(self, int64_t vma, uint64_t haddr, uint64_t *pmdp, bint khugepaged) noexcept nogil:
         """collapse_huge_page (R64, R70): a new THP holding a copy of the PTE table's pages
         (none and zeropage entries read as zero); the old table becomes its deposit."""
-        cdef int64_t pfn = self.machine.alloc_pmd_folio(), old, nr, i, written = 0
+        cdef int64_t pfn = self.machine.alloc_pmd_folio(True), old, nr, i, written = 0
         cdef uint64_t *pte
         cdef uint64_t e, entry
         cdef uint32_t flags = self.vm_flags[vma]
@@ -2162,6 +2430,9 @@ cdef class MMCore:
             self.count_vm(THP_COLLAPSE_ALLOC_FAILED, 1)
             return VM_FAULT_OOM
         self.count_vm(THP_COLLAPSE_ALLOC, 1)
+        if not self.machine.try_charge(HPAGE_PMD_NR):      # SCAN_CGROUP_CHARGE_FAIL
+            self.machine.free_frames(pfn, HPAGE_PMD_ORDER)
+            return VM_FAULT_FALLBACK
         folio = &self.machine.pmd_folio[pfn >> HPAGE_PMD_ORDER]
         pte = self.pte_entry(pmdp[0], 0)
         for i in range(PTRS_PER_TABLE):
@@ -2245,8 +2516,10 @@ cdef class MMCore:
                 return "EINVAL"                  # SCAN_PMD_NONE ends the call
             elif not (pmdp[0] & _PAGE_PSE):      # a PMD mapping already: nothing to do
                 ret = self.collapse_huge_page(vma, addr, pmdp, False)
-                if ret:
+                if ret == VM_FAULT_OOM:
                     return "ENOMEM"              # SCAN_ALLOC_HUGE_PAGE_FAIL ends the call
+                if ret:
+                    return "EBUSY"               # SCAN_CGROUP_CHARGE_FAIL ends it too
             addr += PMD_SIZE
         return 0 if last_fail is None else last_fail
 
@@ -2260,9 +2533,11 @@ cdef class MMCore:
         return ((self.vm_start[vma] + PMD_SIZE - 1) & PMD_MASK, self.vm_end[vma] & PMD_MASK)
 
     def khugepaged_scan_pmd(self, int64_t vma, uint64_t haddr, int64_t max_none, int64_t max_shared):
-        """hpage_collapse_scan_pmd, then collapse_huge_page: 0 if the block was left alone, 1 if
-        a collapse was attempted and made a THP, 2 if its allocation failed."""
+        """hpage_collapse_scan_pmd, then collapse_huge_page: 0 if the block was left alone (or
+        the new THP could not be charged), 1 if a collapse made a THP, 2 if its allocation
+        failed."""
         cdef uint64_t *pmdp
+        cdef int ret
         self._check_open()
         if not 0 <= vma < self.nr_vmas:
             raise IndexError(f"no VMA {vma}")
@@ -2273,7 +2548,8 @@ cdef class MMCore:
             return 0                              # SCAN_PMD_NULL, SCAN_PMD_NONE, SCAN_PMD_MAPPED
         if self.scan_pmd(self.pte_entry(pmdp[0], 0), max_none, max_shared):
             return 0
-        return 2 if self.collapse_huge_page(vma, haddr, pmdp, True) else 1
+        ret = self.collapse_huge_page(vma, haddr, pmdp, True)
+        return 2 if ret == VM_FAULT_OOM else (0 if ret else 1)
 
     # ---- mremap (mm/mremap.c: move_page_tables) ------------------------------------------------
 
@@ -2404,6 +2680,45 @@ cdef class MMCore:
                     out[k] = state
                     k += 1
             addr = next_addr
+
+    def contpte_blocks(self, uint64_t start, uint64_t end):
+        """64 KiB-aligned blocks inside [start, end) whose 16 PTEs map 16 consecutive pages of
+        one large folio from a 16-aligned frame with the same permissions: where arm64 with 4K
+        pages sets the contiguous bit (contpte_try_fold). PMD mappings are not counted."""
+        cdef uint64_t addr = (start + CONT_PTE_SIZE - 1) & ~(CONT_PTE_SIZE - 1)
+        cdef uint64_t *pmdp
+        cdef uint64_t *pte
+        cdef int64_t count = 0
+        check_range(start, end)
+        with nogil:
+            while addr + CONT_PTE_SIZE <= end:
+                pmdp = self.pmd_entry(addr)
+                if pmdp == NULL:
+                    addr = (self.skip_hole(addr) + CONT_PTE_SIZE - 1) & ~(CONT_PTE_SIZE - 1)
+                    continue
+                if pmdp[0] and not (pmdp[0] & _PAGE_PSE):
+                    pte = self.pte_entry(pmdp[0], addr)
+                    if self.contpte_foldable(pte):
+                        count += 1
+                addr += CONT_PTE_SIZE
+        return count
+
+    cdef bint contpte_foldable(self, const uint64_t *pte) noexcept nogil:
+        cdef uint64_t e = pte[0], perm = e & (_PAGE_PRESENT | _PAGE_RW | _PAGE_USER)
+        cdef int64_t pfn = <int64_t>entry_index(e)
+        cdef folio_t *folio
+        cdef int i
+        if not (e & _PAGE_PRESENT) or (e & _PAGE_SPECIAL) or pfn & (CONT_PTES - 1):
+            return False
+        folio = self.machine.folio_of(pfn)
+        if folio == NULL or folio.order < CONT_PTE_ORDER:
+            return False
+        for i in range(1, CONT_PTES):
+            e = pte[i]
+            if (e & _PAGE_SPECIAL) or <int64_t>entry_index(e) != pfn + i \
+                    or (e & (_PAGE_PRESENT | _PAGE_RW | _PAGE_USER)) != perm:
+                return False
+        return True
 
     def pageinfo(self, uint64_t start, uint64_t end):
         """/proc/pid/pagemap entries, /proc/kpagecount and /proc/kpageflags for each 4K page of

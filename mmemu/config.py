@@ -251,6 +251,21 @@ class Config:
             mode = self.thp
         return mode == "always", mode in ("always", "madvise")
 
+    def mthp_modes(self):
+        """(always, madvise): bitmasks of the orders 2..8 enabled for every VMA / for
+        VM_HUGEPAGE VMAs (R19), "inherit" resolved against the top-level mode."""
+        always = madvise = 0
+        for kb in HUGEPAGE_SIZES_KB[:-1]:
+            mode = self.hugepages[kb]
+            if mode == "inherit":
+                mode = self.thp
+            order = (kb // 4).bit_length() - 1
+            if mode == "always":
+                always |= 1 << order
+            elif mode == "madvise":
+                madvise |= 1 << order
+        return always, madvise
+
     def mthp_enabled(self):
         """The sizes below 2 MiB whose per-size knob can enable them."""
         out = []

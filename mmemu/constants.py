@@ -29,7 +29,7 @@ class PageState(enum.IntEnum):
     THP = 5         #: part of a PMD-mapped anonymous THP
 
 
-#: /proc/vmstat names mmemu keeps, in the kernel's order (system-wide: all MMs of a machine)
+#: /proc/vmstat names mmemu keeps (system-wide: all MMs of a machine)
 VMSTAT_NAMES = (
     "nr_anon_pages",
     "nr_anon_transparent_hugepages",
@@ -51,6 +51,17 @@ VMSTAT_NAMES = (
     "thp_scan_exceed_none_pte",
     "thp_scan_exceed_swap_pte",
     "thp_scan_exceed_share_pte",
+    "pgmigrate_success",
+    "compact_stall",
+    "compact_fail",
+    "compact_success",
+    "nr_shmem",
+    "nr_shmem_hugepages",
+    "nr_shmem_pmdmapped",
+    "thp_file_alloc",
+    "thp_file_fallback",
+    "thp_file_fallback_charge",
+    "thp_file_mapped",
 )
 
 #: files of /sys/kernel/mm/transparent_hugepage/hugepages-<size>kB/stats/ that mmemu keeps

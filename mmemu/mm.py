@@ -64,6 +64,7 @@ _FLAG_ADVICE = {
 }
 
 #: prctl options mmemu models, with the kernel's numbers (include/uapi/linux/prctl.h)
+_DEFRAG = _core.DEFRAG_MODES
 _PRCTL = {"PR_SET_THP_DISABLE": 41, "PR_GET_THP_DISABLE": 42}
 PR_THP_DISABLE_EXCEPT_ADVISED = 1 << 1
 
@@ -174,29 +175,30 @@ class MM:
     full contract.
     """
 
-    def __init__(self, config: Optional[Config] = None):
+    def __init__(self, config: Optional[Config] = None, memory_max: Optional[int] = None):
         if config is None:
             config = Config()
         if not isinstance(config, Config):
             raise TypeError(f"config must be a mmemu.Config, not {type(config).__name__}")
-        enabled = config.mthp_enabled()
-        if enabled:
-            raise NotImplementedError(f"multi-size THP (hugepages {enabled} kB enabled) arrives with issue 5")
         self._config = config
         self._machine = _core.Machine(config.memory)
         self._core = self._new_core()
         self._closed = False
         self._lock = threading.Lock()
+        if memory_max is not None:
+            self.memory_max = memory_max
 
     def _new_core(self):
         config = self._config
         always, madvise = config.pmd_thp_modes()
+        mthp_always, mthp_madvise = config.mthp_modes()
         return _core.MMCore(
             self._machine, thp_always=always, thp_madvise=madvise,
             use_zero_page=config.use_zero_page, zero_page=config.zero_page,
             huge_zero_write_thp=config.huge_zero_write == "thp", pt_reclaim=config.pt_reclaim,
             arm64=config.arch == "arm64", atomic_write_fault=config.atomic_write_fault,
-            reuse_large_folios=config.reuse_large_folios)
+            reuse_large_folios=config.reuse_large_folios, mthp_always=mthp_always,
+            mthp_madvise=mthp_madvise, defrag=_DEFRAG[config.defrag])
 
     # ---- life ------------------------------------------------------------------------------
 
@@ -846,6 +848,69 @@ class MM:
         return {4 << order: dict(zip(MTHP_STAT_NAMES, rows[order].tolist()))
                 for order in _core.STAT_ORDERS}
 
+    # ---- physical memory and the memory cgroup -----------------------------------------------
+
+    @_serialized
+    def buddyinfo(self) -> np.ndarray:
+        """Free blocks of each order 0..10 of the machine's RAM, as /proc/buddyinfo shows them
+        (one zone): an int64 array of 11 counts."""
+        return self._machine.buddyinfo()
+
+    @_serialized
+    def fragment_memory(self, free_fraction: float = 0.5, order: int = 9, movable: bool = False) -> int:
+        """Bring the machine's free memory into a fragmented state, as other tenants would: in
+        every wholly free, naturally aligned block of ``2**order`` pages, hold
+        ``max(1, round((1 - free_fraction) * 2**order))`` pages spread evenly, so that no free
+        block of that order is left.  Held pages belong to no process and are not charged.
+        ``movable=False`` pins them (slab, page tables of others): compaction cannot use their
+        2 MiB pageblock; ``movable=True`` lets compaction migrate them.  Returns the pages held.
+        """
+        self._ensure_open()
+        order = _uint(order, "order")
+        if isinstance(free_fraction, bool) or not isinstance(free_fraction, (int, float)) \
+                or not 0 <= free_fraction <= 1:
+            raise ValueError(f"free_fraction must be a number from 0 to 1, not {free_fraction!r}")
+        if order > 10:
+            raise ValueError(f"order must be 0..10, not {order}")
+        if not isinstance(movable, bool):
+            raise TypeError(f"movable must be True or False, not {movable!r}")
+        return self._machine.fragment(float(free_fraction), order, movable)
+
+    @_serialized
+    def release_fragmentation(self) -> int:
+        """Free every page :meth:`fragment_memory` holds. Returns how many."""
+        self._ensure_open()
+        return self._machine.release_fragmentation()
+
+    @property
+    @_serialized
+    def memory_current(self) -> int:
+        """memory.current of the memory cgroup the process (and its fork children) is in,
+        in bytes: its anonymous pages and page tables."""
+        return self._machine.memory_current * PAGE_SIZE
+
+    @property
+    @_serialized
+    def memory_max(self) -> Optional[int]:
+        """memory.max in bytes (None: no limit). A THP or mTHP that cannot be charged falls
+        back to a smaller order (``thp_fault_fallback_charge``); a 4K page that cannot be
+        charged is an :class:`OutOfMemory` (no swap: nothing can be reclaimed). Setting it
+        below ``memory_current`` raises ValueError and keeps the old limit."""
+        pages = self._machine.memory_max
+        return None if pages is None else pages * PAGE_SIZE
+
+    @memory_max.setter
+    def memory_max(self, value: Optional[int]) -> None:
+        with self._lock:
+            self._ensure_open()
+            if value is not None:
+                value = _uint(value, "memory_max")
+            pages = None if value is None else value // PAGE_SIZE
+            if not self._machine.set_memory_max(pages):
+                raise ValueError(f"memory_max {value} is below memory_current "
+                                 f"{self._machine.memory_current * PAGE_SIZE}: with nothing to reclaim "
+                                 "the kernel would OOM-kill the cgroup, which mmemu does not model")
+
     @property
     @_serialized
     def rusage(self) -> dict:
@@ -935,6 +1000,14 @@ class MM:
         start, end = self._page_range(addr, length)
         pagemap, kflags, kcount = self._core.pageinfo(start, end)
         return pagemap, kcount, kflags
+
+    @_serialized
+    def contpte_blocks(self, addr, length) -> int:
+        """How many 64 KiB blocks of [addr, addr+length) arm64 (4K pages) would map with the
+        contiguous-PTE bit: 16 PTEs to 16 consecutive pages of one large folio (an mTHP of
+        64 kB or more, or a PTE-mapped THP), 16-aligned, with the same permissions."""
+        start, end = self._page_range(addr, length)
+        return self._core.contpte_blocks(start, end)
 
     @_serialized
     def page_states(self, addr, length) -> np.ndarray:
