@@ -264,6 +264,7 @@ cdef class Machine:
     cdef int split_folio(self, folio_t *folio, bint zero_remap) except -1
     cdef void register_mm(self, MMCore mm)
     cdef bint folio_mlocked(self, int64_t head) except -1
+    cdef bint unmap_leaves_partial(self, folio_t *folio, int64_t head) noexcept nogil
 
 
 @cython.final

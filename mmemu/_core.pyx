@@ -537,6 +537,11 @@ cdef class Machine:
         cdef int64_t i
         if zero_remap and self.folio_mlocked(head):
             zero_remap = False                # mlocked subpages stay mapped (R52)
+        if self.unmap_leaves_partial(folio, head):
+            # unmap_folio -> try_to_migrate takes the PTEs away one at a time: the folio is
+            # partially mapped for a moment and __folio_remove_rmap queues it (counted)
+            self.deferred_split_folio(folio, True)
+            folio_flags = folio.flags
         if order == HPAGE_PMD_ORDER:
             for mm in list(self.mms):
                 mm.rmap_split_pmds(head)
@@ -563,6 +568,18 @@ cdef class Machine:
             else:
                 self.free_page(pfn)
         return 0
+
+    cdef bint unmap_leaves_partial(self, folio_t *folio, int64_t head) noexcept nogil:
+        """Whether unmapping the folio for a split passes through a partially mapped state: it
+        has PTE mappings, and some page will lose its last mapping while another page is
+        still mapped (a folio mapped by PMDs only is frozen whole: split_huge_pmd_locked)."""
+        cdef int64_t i, nr = (<int64_t>1) << folio.order, pte_mapped = 0
+        if folio.flags & PG_PARTIAL:
+            return False
+        for i in range(nr):
+            if self.mapcount[head + i] > 0:
+                pte_mapped += 1
+        return pte_mapped > 0 and (folio.entire_mapcount > 0 or pte_mapped >= 2)
 
     cdef bint folio_mlocked(self, int64_t head) except -1:
         """folio_test_mlocked: some VM_LOCKED VMA maps the folio."""

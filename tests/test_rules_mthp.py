@@ -270,3 +270,29 @@ def test_contpte_counts_the_64k_blocks_arm64_would_fold():
     b = mm2.mmap(2 * MB)
     mm2.access(np.arange(b, b + 16 * PAGE, 4 * PAGE, dtype=np.uint64), 1)
     assert mm2.contpte_blocks(b, 2 * MB) == 0                 # four 16 kB folios: no fold
+
+
+def test_R51_splitting_a_pte_mapped_folio_passes_through_partially_mapped():
+    """try_to_migrate unmaps PTEs one at a time: the host counts the folio as partially mapped
+    before it splits (64 kB: MT22; 2 MiB: a PTE-mapped THP split by MADV_FREE)."""
+    mm = mthp_mm(k64="always")
+    a = mm.mmap(2 * MB)
+    mm.write(a)
+    before = counters(mm)
+    mm.madvise(a, 8 * PAGE, "free")
+    d = delta(before, counters(mm))
+    assert d["64kB/split"] == 1 and d["64kB/split_deferred"] == 1
+    assert "64kB/nr_anon_partially_mapped" not in d            # back to 0 once split
+    mm2 = MM()
+    b = hp_mapping(mm2)
+    mm2.write(b)
+    mm2.mprotect(b + 4 * PAGE, 4 * PAGE, "r")                 # PTE-mapped now
+    before = counters(mm2)
+    mm2.madvise(b + 100 * PAGE, 8 * PAGE, "free")
+    d = delta(before, counters(mm2))
+    assert d["thp_split_page"] == 1 and d["thp_deferred_split_page"] == 1
+    mm3 = MM()
+    c = hp_mapping(mm3)
+    mm3.write(c)                                              # PMD-mapped: frozen whole
+    mm3.madvise(c + 100 * PAGE, 8 * PAGE, "free")
+    assert mm3.vmstat["thp_split_page"] == 1 and mm3.vmstat["thp_deferred_split_page"] == 0
