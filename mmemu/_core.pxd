@@ -61,12 +61,16 @@ cdef enum:
     PS_ANON = 3
     PS_LARGE = 4
     PS_THP = 5
+    PS_SHMEM = 6
+    PS_SHMEM_THP = 7
 
 # ---- VMA flags (include/linux/mm.h) -------------------------------------------------------
 cdef enum:
     VM_READ = 0x1
     VM_WRITE = 0x2
     VM_EXEC = 0x4
+    VM_SHARED = 0x8
+    VM_MAYSHARE = 0x80
     VM_MAYREAD = 0x10
     VM_MAYWRITE = 0x20
     VM_MAYEXEC = 0x40
@@ -98,6 +102,17 @@ cdef enum:
     # frames held by Machine.fragment (another tenant's memory), never mapped
     PG_FOREIGN = 1 << 4
     PG_FOREIGN_MOVABLE = 1 << 6  # compaction may migrate it
+    # (page) a page of a shmem file's page cache, and its folio's dirty bit; a shmem THP is
+    # a PMD-order folio with PG_HEAD and neither PG_ANON nor PG_HUGE_ZERO
+    PG_SHMEM = 1 << 2
+    PG_DIRTY = 1 << 7
+
+# /sys/kernel/mm/transparent_hugepage/shmem_enabled
+cdef enum:
+    SHMEM_HUGE_NEVER = 0
+    SHMEM_HUGE_ALWAYS = 1
+    SHMEM_HUGE_WITHIN_SIZE = 2
+    SHMEM_HUGE_ADVISE = 3
 
 # /sys/kernel/mm/transparent_hugepage/defrag
 cdef enum:
@@ -118,6 +133,7 @@ cdef enum:
     VM_FAULT_FALLBACK = 4
     VM_FAULT_HOSTMEM = 8        # the host could not grow a table pool (a Python MemoryError)
     VM_FAULT_NOTIMPL = 16       # a path planned for a later issue (a PMD split of a THP)
+    VM_FAULT_SIGBUS = 32        # a shared mapping's page beyond the file's end
 
 # ---- counters: /proc/vmstat (order of mmemu.constants.VMSTAT_NAMES) -------------------------
 cdef enum:
@@ -164,7 +180,10 @@ cdef enum:
     MTHP_SPLIT_DEFERRED = 5
     MTHP_NR_ANON = 6
     MTHP_NR_ANON_PARTIALLY_MAPPED = 7
-    NR_MTHP_STAT = 8
+    MTHP_SHMEM_ALLOC = 8
+    MTHP_SHMEM_FALLBACK = 9
+    MTHP_SHMEM_FALLBACK_CHARGE = 10
+    NR_MTHP_STAT = 11
 
 # per-size THP stats are kept for orders 0..MAX_FOLIO_ORDER (2..9 used: 16 kB .. 2 MiB)
 cdef enum:
@@ -197,6 +216,18 @@ cdef struct smaps_acc:
     int64_t anonymous
     int64_t anon_huge
     int64_t lazyfree
+    int64_t shmem_pmd
+
+
+@cython.final
+cdef class ShmemFile:
+    """A shmem inode (MAP_SHARED|MAP_ANONYMOUS's object, or a memfd): its page cache."""
+    cdef readonly int32_t fid
+    cdef readonly int64_t size             # i_size, in pages
+    cdef readonly bint anonymous           # MAP_SHARED|MAP_ANONYMOUS: no fd, gone with its last VMA
+    cdef public bint fd_open
+    cdef cnp.ndarray _pages                # frame per page index (0: none)
+    cdef int64_t *pages
 
 
 @cython.final
@@ -222,6 +253,14 @@ cdef class Machine:
     cdef int64_t compact_considered
     cdef int compact_defer_shift, compact_order_failed
     cdef readonly int64_t nr_foreign        # pages held by fragment()
+    # shmem files by id, and the C view of their page caches for the fault path
+    cdef public dict files
+    cdef int32_t next_fid
+    cdef cnp.ndarray _file_pages, _file_size
+    cdef int64_t **file_pages
+    cdef int64_t *file_size
+    cdef int64_t file_slots
+    cdef public int shmem_enabled           # SHMEM_HUGE_*
     cdef int64_t *vmstat
     cdef int64_t *mthp_stat
     cdef readonly int64_t huge_zero_pfn  # -1: not allocated
@@ -252,6 +291,7 @@ cdef class Machine:
     cdef int64_t get_huge_zero_folio(self) noexcept nogil
     cdef bint in_pmd_folio(self, int64_t pfn) noexcept nogil
     cdef folio_t *folio_of(self, int64_t pfn) noexcept nogil
+    cdef bint page_is_shmem(self, int64_t pfn, folio_t *folio) noexcept nogil
     cdef int64_t folio_pfn(self, folio_t *folio) noexcept nogil
     cdef void count_mthp(self, int order, int item, int64_t delta) noexcept nogil
     cdef void folio_mm_add(self, folio_t *folio, int32_t mm_id, int32_t nr) noexcept nogil
@@ -264,6 +304,10 @@ cdef class Machine:
     cdef int split_folio(self, folio_t *folio, bint zero_remap) except -1
     cdef void register_mm(self, MMCore mm)
     cdef bint folio_mlocked(self, int64_t head) except -1
+    cdef int64_t shmem_alloc_folio(self, int32_t fid, int64_t index, bint huge, bint compact) noexcept nogil
+    cdef void shmem_free_page(self, int64_t pfn) noexcept nogil
+    cdef void shmem_free_thp(self, folio_t *folio) noexcept nogil
+    cdef void shmem_split_thp(self, folio_t *folio) noexcept nogil
     cdef bint unmap_leaves_partial(self, folio_t *folio, int64_t head) noexcept nogil
 
 
@@ -290,7 +334,8 @@ cdef class MMCore:
     cdef int64_t pool_nfree[NR_LEVELS]
     cdef readonly int64_t nr_tables_pte, nr_tables_pmd, nr_tables_pud, nr_deposited
     # VMAs, sorted by start
-    cdef cnp.ndarray _vm_start, _vm_end, _vm_flags, _vm_anon, _vm_pgoff
+    cdef cnp.ndarray _vm_start, _vm_end, _vm_flags, _vm_anon, _vm_pgoff, _vm_file
+    cdef int32_t *vm_file           # shmem file id of a shared mapping (0: private anonymous)
     cdef uint64_t *vm_start
     cdef uint64_t *vm_end
     cdef uint64_t *vm_pgoff         # page offset of vm_start: the anon rmap's linear index
@@ -301,7 +346,7 @@ cdef class MMCore:
     cdef int64_t vma_cache
     cdef int32_t next_anon_vma
     # counters
-    cdef readonly int64_t rss_anon, min_flt, maj_flt
+    cdef readonly int64_t rss_anon, rss_shmem, min_flt, maj_flt
     cdef readonly bint holds_huge_zero
     cdef readonly bint closed
     # one-entry software TLB
@@ -336,6 +381,14 @@ cdef class MMCore:
     cdef void map_anon_folio_pte(self, int64_t vma, uint64_t start, uint64_t *pmdp, int64_t pfn, int order) noexcept nogil
     cdef int64_t alloc_anon_page(self) noexcept nogil
     cdef bint contpte_foldable(self, const uint64_t *pte) noexcept nogil
+    cdef int handle_shmem_fault(self, int64_t vma, uint64_t addr, uint64_t *pmdp, bint write) noexcept nogil
+    cdef bint shmem_huge_allowed(self, int64_t vma, uint64_t addr, int64_t index) noexcept nogil
+    cdef bint shmem_pmd_suitable(self, int64_t vma, uint64_t addr) noexcept nogil
+    cdef void shmem_map_pmd(self, int64_t vma, uint64_t *pmdp, int64_t head, bint write) noexcept nogil
+    cdef void shmem_map_ptes(self, int64_t vma, uint64_t *pte, int64_t pfn, int64_t nr, bint write) noexcept nogil
+    cdef int shmem_fault_around(self, int64_t vma, uint64_t addr, uint64_t *pmdp) noexcept nogil
+    cdef void zap_shmem_pte(self, uint64_t e) noexcept nogil
+    cdef void zap_shmem_pmd(self, uint64_t *pmdp) noexcept nogil
     cdef bint anon_vma_compatible(self, int64_t a, int64_t b) noexcept nogil
     cdef void anon_vma_prepare(self, int64_t vma) noexcept nogil
     cdef void new_anon_page(self, int64_t pfn) noexcept nogil

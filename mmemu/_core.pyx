@@ -56,6 +56,9 @@ cdef enum:
     CONT_PTE_ORDER = 4
     CONT_PTES = 16
 cdef uint64_t CONT_PTE_SIZE = CONT_PTES * 4096
+# fault_around_bytes (64 KiB) in pages
+cdef enum:
+    FAULT_AROUND_PAGES = 16
 cdef uint64_t PFN_MASK = 0xFFFFFFFFFF      # 40 bits of frame / table number
 cdef uint64_t TASK_SIZE = (1ULL << 47) - 4096
 #: the end of the user address range, as the ceiling of free_pgtables
@@ -64,17 +67,21 @@ cdef uint64_t TLB_INVALID = 1              # no masked address equals it
 cdef uint64_t TABLE_BITS = _PAGE_PRESENT | _PAGE_RW | _PAGE_USER | _PAGE_ACCESSED
 cdef uint64_t ZERO_PTE = _PAGE_PRESENT | _PAGE_USER | _PAGE_SPECIAL | _PAGE_ACCESSED
 
-PAGE_STATE_VALUES = (PS_NONE, PS_ZERO, PS_HUGE_ZERO, PS_ANON, PS_LARGE, PS_THP)
+PAGE_STATE_VALUES = (PS_NONE, PS_ZERO, PS_HUGE_ZERO, PS_ANON, PS_LARGE, PS_THP, PS_SHMEM, PS_SHMEM_THP)
 OP_VALUES = (OP_READ, OP_WRITE, OP_ATOMIC)
 VM_FLAG_VALUES = dict(VM_READ=VM_READ, VM_WRITE=VM_WRITE, VM_EXEC=VM_EXEC, VM_MAYREAD=VM_MAYREAD,
                       VM_MAYWRITE=VM_MAYWRITE, VM_MAYEXEC=VM_MAYEXEC, VM_ACCOUNT=VM_ACCOUNT,
                       VM_HUGEPAGE=VM_HUGEPAGE, VM_NOHUGEPAGE=VM_NOHUGEPAGE, VM_LOCKED=VM_LOCKED, VM_SEQ_READ=VM_SEQ_READ,
                       VM_RAND_READ=VM_RAND_READ, VM_DONTCOPY=VM_DONTCOPY, VM_WIPEONFORK=VM_WIPEONFORK,
-                      VM_DONTDUMP=VM_DONTDUMP)
+                      VM_DONTDUMP=VM_DONTDUMP, VM_SHARED=VM_SHARED, VM_MAYSHARE=VM_MAYSHARE)
 FAULT_OOM = VM_FAULT_OOM
 FAULT_SIGSEGV = VM_FAULT_SIGSEGV
 FAULT_HOSTMEM = VM_FAULT_HOSTMEM
 FAULT_NOTIMPL = VM_FAULT_NOTIMPL
+FAULT_SIGBUS = VM_FAULT_SIGBUS
+#: /sys/kernel/mm/transparent_hugepage/shmem_enabled values for Machine.shmem_enabled
+SHMEM_ENABLED_MODES = {"never": SHMEM_HUGE_NEVER, "always": SHMEM_HUGE_ALWAYS,
+                       "within_size": SHMEM_HUGE_WITHIN_SIZE, "advise": SHMEM_HUGE_ADVISE}
 #: prctl(PR_SET_THP_DISABLE) modes of MMCore.set_thp_disable
 DISABLE_COMPLETELY = THP_DISABLE_COMPLETELY
 DISABLE_EXCEPT_ADVISED = THP_DISABLE_EXCEPT_ADVISED
@@ -108,6 +115,7 @@ cdef uint64_t PM_MMAP_EXCLUSIVE = 1ULL << 56
 # /proc/kpageflags bits (include/uapi/linux/kernel-page-flags.h; 32+ are the kernel-hacking ones)
 cdef uint64_t KPF_REFERENCED = 1ULL << 2
 cdef uint64_t KPF_UPTODATE = 1ULL << 3
+cdef uint64_t KPF_DIRTY = 1ULL << 4
 cdef uint64_t KPF_LRU = 1ULL << 5
 cdef uint64_t KPF_MMAP = 1ULL << 11
 cdef uint64_t KPF_ANON = 1ULL << 12
@@ -202,6 +210,34 @@ cdef inline uint64_t tlb_perm_of(uint64_t e) noexcept nogil:
 # Machine: emulated physical memory
 # =============================================================================================
 
+cdef class ShmemFile:
+    """A shmem inode: the object behind a MAP_SHARED|MAP_ANONYMOUS mapping or a memfd. Its page
+    cache maps page indices to frames; pages beyond ``size`` do not exist (SIGBUS)."""
+
+    def __cinit__(self, int32_t fid, bint anonymous):
+        self.fid = fid
+        self.anonymous = anonymous
+        self.fd_open = not anonymous
+        self.size = 0
+        self._pages = np.zeros(1, np.int64)
+        self.pages = <int64_t *>cnp.PyArray_DATA(self._pages)
+
+    def page(self, int64_t index):
+        """The frame holding page ``index`` (0: not in the page cache)."""
+        if not 0 <= index < self.size:
+            raise IndexError(f"page {index} is beyond the file's {self.size} pages")
+        return self.pages[index]
+
+    def resident(self):
+        """A copy of the page cache: frame per page index, 0 for a hole."""
+        return self._pages[:self.size].copy()
+
+    @property
+    def nr_pages(self):
+        """Pages in the page cache."""
+        return int(np.count_nonzero(self._pages[:self.size]))
+
+
 cdef class Machine:
     """Frames of emulated RAM, their buddy allocator, the memory cgroup and the system-wide
     counters.
@@ -243,6 +279,11 @@ cdef class Machine:
         self.compact_defer_shift = 0
         self.compact_order_failed = 0
         self.nr_foreign = 0
+        self.files = {}
+        self.next_fid = 1
+        self.file_slots = 0
+        self._grow_file_table(16)
+        self.shmem_enabled = SHMEM_HUGE_NEVER
         self.huge_zero_pfn = -1
         self.huge_zero_users = 0
         self.mms = []
@@ -448,6 +489,12 @@ cdef class Machine:
             return NULL
         return &self.mthp_folio[((pfn >> order) << order) >> 2]
 
+    cdef inline bint page_is_shmem(self, int64_t pfn, folio_t *folio) noexcept nogil:
+        """Whether frame pfn (of folio, NULL for an order-0 page) is in a shmem page cache."""
+        if folio == NULL:
+            return (self.flags[pfn] & PG_SHMEM) != 0
+        return (folio.flags & (PG_ANON | PG_HUGE_ZERO)) == 0
+
     cdef inline int64_t folio_pfn(self, folio_t *folio) noexcept nogil:
         """The head frame of a large folio."""
         if folio.order == HPAGE_PMD_ORDER:
@@ -640,6 +687,154 @@ cdef class Machine:
             self.khugepaged_exited.append(mm)
         else:
             mm.khugepaged_seq = 0
+
+    # ---- shmem files (mm/shmem.c) ----------------------------------------------------------------
+
+    def _grow_file_table(self, int64_t slots):
+        cdef cnp.ndarray pages = np.zeros(slots, np.uint64)
+        cdef cnp.ndarray size = np.zeros(slots, np.int64)
+        if self.file_slots:
+            pages[:self.file_slots] = self._file_pages
+            size[:self.file_slots] = self._file_size
+        self._file_pages = pages
+        self._file_size = size
+        self.file_pages = <int64_t **>cnp.PyArray_DATA(pages)
+        self.file_size = <int64_t *>cnp.PyArray_DATA(size)
+        self.file_slots = slots
+
+    def new_file(self, bint anonymous):
+        """A new, empty shmem file (shmem_file_setup); its id."""
+        cdef int32_t fid = self.next_fid
+        cdef ShmemFile f
+        if fid >= self.file_slots:
+            self._grow_file_table(self.file_slots * 2)
+        f = ShmemFile(fid, anonymous)
+        self.next_fid += 1
+        self.files[fid] = f
+        self.file_pages[fid] = f.pages
+        self.file_size[fid] = 0
+        return fid
+
+    def file_set_size(self, int32_t fid, int64_t size):
+        """ftruncate: a new i_size in pages; shrinking frees what lies beyond (the caller has
+        unmapped it from every process first)."""
+        cdef ShmemFile f = self.files[fid]
+        cdef cnp.ndarray pages
+        if size < 0:
+            raise ValueError("size must not be negative")
+        if size < f.size:
+            self.file_free_range(fid, size, f.size)
+        elif size > f._pages.shape[0]:
+            pages = np.zeros(size, np.int64)
+            pages[:f.size] = f._pages[:f.size]
+            f._pages = pages
+            f.pages = <int64_t *>cnp.PyArray_DATA(pages)
+            self.file_pages[fid] = f.pages
+        f.size = size
+        self.file_size[fid] = size
+
+    def file_free_range(self, int32_t fid, int64_t first, int64_t last):
+        """shmem_undo_range: free the pages of [first, last) from the page cache (mapped
+        nowhere any more). A THP only partly inside is split first (a uniform split to
+        order 0; 6.15+ splits it around the hole into smaller folios)."""
+        cdef ShmemFile f = self.files[fid]
+        cdef int64_t index, pfn, head, hidx
+        cdef folio_t *folio
+        if not 0 <= first <= last <= f.size:
+            raise ValueError("file_free_range: bad range")
+        index = first
+        while index < last:
+            pfn = f.pages[index]
+            if not pfn:
+                index += 1
+                continue
+            folio = self.folio_of(pfn)
+            if folio == NULL:
+                f.pages[index] = 0
+                self.shmem_free_page(pfn)
+                index += 1
+                continue
+            head = self.folio_pfn(folio)
+            hidx = index - (pfn - head)
+            if hidx >= first and hidx + HPAGE_PMD_NR <= last:
+                for pfn in range(hidx, hidx + HPAGE_PMD_NR):
+                    f.pages[pfn] = 0
+                self.shmem_free_thp(folio)
+                index = hidx + HPAGE_PMD_NR
+            else:
+                self.shmem_split_thp(folio)           # then free its pages one by one
+        return 0
+
+    cdef void shmem_free_thp(self, folio_t *folio) noexcept nogil:
+        self.uncharge(HPAGE_PMD_NR)
+        self.vmstat[NR_SHMEM] -= HPAGE_PMD_NR
+        self.vmstat[NR_SHMEM_THPS] -= 1
+        self.free_pmd_folio(self.folio_pfn(folio))
+
+    cdef void shmem_split_thp(self, folio_t *folio) noexcept nogil:
+        """split_folio of a shmem THP that no PMD maps: 512 order-0 pages of the cache."""
+        cdef int64_t head = self.folio_pfn(folio), pfn
+        self.vmstat[THP_SPLIT_PAGE] += 1
+        self.count_mthp(HPAGE_PMD_ORDER, MTHP_SPLIT, 1)
+        self.vmstat[NR_SHMEM_THPS] -= 1
+        self.clear_folio(head >> HPAGE_PMD_ORDER)     # frames stay pinned: order-0 shmem pages
+        for pfn in range(head, head + HPAGE_PMD_NR):
+            self.flags[pfn] = self.flags[pfn] | PG_SHMEM
+
+    cdef void shmem_free_page(self, int64_t pfn) noexcept nogil:
+        """An order-0 page leaves the page cache: uncharged and freed."""
+        self.uncharge(1)
+        self.vmstat[NR_SHMEM] -= 1
+        self.block_pinned[pfn >> HPAGE_PMD_ORDER] -= 1
+        self.free_frames(pfn, 0)
+
+    cdef int64_t shmem_alloc_folio(self, int32_t fid, int64_t index, bint huge, bint compact) noexcept nogil:
+        """shmem_get_folio_gfp for a page not in the cache: a THP for the aligned 2 MiB when
+        ``huge`` and none of its pages exists, else one page; added to the cache and charged.
+        Returns the frame of page ``index``, or -1 when out of memory."""
+        cdef int64_t *pages = self.file_pages[fid]
+        cdef int64_t hidx = index & ~(<int64_t>HPAGE_PMD_NR - 1), pfn, k
+        cdef folio_t *folio
+        if huge and hidx + HPAGE_PMD_NR <= self.file_size[fid]:
+            for k in range(hidx, hidx + HPAGE_PMD_NR):
+                if pages[k]:
+                    huge = False
+                    break
+        else:
+            huge = False
+        if huge:
+            pfn = self.alloc_pmd_folio(compact)
+            if pfn >= 0 and not self.try_charge(HPAGE_PMD_NR):
+                self.free_frames(pfn, HPAGE_PMD_ORDER)
+                self.vmstat[THP_FILE_FALLBACK_CHARGE] += 1
+                self.count_mthp(HPAGE_PMD_ORDER, MTHP_SHMEM_FALLBACK_CHARGE, 1)
+                pfn = -1
+            if pfn < 0:
+                self.vmstat[THP_FILE_FALLBACK] += 1
+                self.count_mthp(HPAGE_PMD_ORDER, MTHP_SHMEM_FALLBACK, 1)
+            else:
+                folio = &self.pmd_folio[pfn >> HPAGE_PMD_ORDER]
+                folio.flags = PG_HEAD
+                folio.order = HPAGE_PMD_ORDER
+                folio.index = hidx
+                for k in range(HPAGE_PMD_NR):
+                    pages[hidx + k] = pfn + k
+                self.vmstat[THP_FILE_ALLOC] += 1
+                self.count_mthp(HPAGE_PMD_ORDER, MTHP_SHMEM_ALLOC, 1)
+                self.vmstat[NR_SHMEM] += HPAGE_PMD_NR
+                self.vmstat[NR_SHMEM_THPS] += 1
+                return pfn + (index - hidx)
+        if not self.try_charge(1):
+            return -1
+        pfn = self.alloc_page()
+        if pfn < 0:
+            self.uncharge(1)
+            return -1
+        self.flags[pfn] = PG_SHMEM
+        self.block_pinned[pfn >> HPAGE_PMD_ORDER] += 1      # not migrated by compaction here
+        pages[index] = pfn
+        self.vmstat[NR_SHMEM] += 1
+        return pfn
 
     # ---- views for Python --------------------------------------------------------------------
 
@@ -938,12 +1133,13 @@ cdef class MMCore:
         arrays = []
         for old, dtype in ((self._vm_start, np.uint64), (self._vm_end, np.uint64),
                            (self._vm_flags, np.uint32), (self._vm_anon, np.int32),
-                           (self._vm_pgoff, np.uint64)):
+                           (self._vm_pgoff, np.uint64), (self._vm_file, np.int32)):
             new = np.zeros(new_cap, dtype)
             if old is not None:
                 new[:self.nr_vmas] = old[:self.nr_vmas]
             arrays.append(new)
-        self._vm_start, self._vm_end, self._vm_flags, self._vm_anon, self._vm_pgoff = arrays
+        self._vm_start, self._vm_end, self._vm_flags, self._vm_anon, self._vm_pgoff, self._vm_file = arrays
+        self.vm_file = <int32_t *>cnp.PyArray_DATA(self._vm_file)
         self.vm_start = <uint64_t *>cnp.PyArray_DATA(self._vm_start)
         self.vm_end = <uint64_t *>cnp.PyArray_DATA(self._vm_end)
         self.vm_flags = <uint32_t *>cnp.PyArray_DATA(self._vm_flags)
@@ -1006,6 +1202,32 @@ cdef class MMCore:
         if pfn < 0:
             self.machine.uncharge(1)
         return pfn
+
+    def mthp_orders_for(self, uint32_t vm_flags):
+        """The orders below 9 a fault may use in a VMA with these flags (a bitmask)."""
+        return self.mthp_orders(vm_flags)
+
+    def clear_young_range(self, uint64_t start, uint64_t end):
+        """Clear the accessed bit of every PTE of [start, end) (MADV_COLD of shared memory:
+        the pages are deactivated, nothing else changes)."""
+        cdef uint64_t addr = start, e
+        cdef uint64_t *pmdp
+        check_range(start, end)
+        self.tlb_flush()
+        while addr < end:
+            pmdp = self.pmd_entry(addr)
+            if pmdp == NULL:
+                addr = self.skip_hole(addr)
+                continue
+            if pmdp[0] & _PAGE_PSE:
+                pmdp[0] = pmdp[0] & ~(<uint64_t>_PAGE_ACCESSED)
+                addr = (addr & PMD_MASK) + PMD_SIZE
+                continue
+            if pmdp[0]:
+                e = self.pte_entry(pmdp[0], addr)[0]
+                if e:
+                    self.pte_entry(pmdp[0], addr)[0] = e & ~(<uint64_t>_PAGE_ACCESSED)
+            addr += PAGE_SIZE
 
     def thp_allowed_for(self, uint32_t vm_flags):
         """Whether order 9 is allowed for a VMA with these flags (smaps THPeligible)."""
@@ -1216,6 +1438,8 @@ cdef class MMCore:
         cdef int ret
         if pmdp == NULL:
             return VM_FAULT_HOSTMEM
+        if self.vm_file[vma]:
+            return self.handle_shmem_fault(vma, addr, pmdp, write)
         pmd = pmdp[0]
         if not pmd:
             if self.thp_allowed(self.vm_flags[vma]):
@@ -1323,6 +1547,12 @@ cdef class MMCore:
         cdef int i
         if pfn == self.machine.huge_zero_pfn:
             return self.split_huge_zero_pmd(pmdp)
+        if self.machine.page_is_shmem(pfn, folio):
+            # __split_huge_pmd_locked of a file PMD: cleared, the pages fault back in
+            self.zap_shmem_pmd(pmdp)
+            self.count_vm(THP_SPLIT_PMD, 1)
+            self.tlb_flush()
+            return VM_FAULT_OK
         index = self.pool_alloc(LVL_PTE)
         if index < 0:
             return VM_FAULT_HOSTMEM
@@ -1500,6 +1730,228 @@ cdef class MMCore:
             self.machine.flags[pfn] = self.machine.flags[pfn] | (self.machine.flags[old_pfn] & PG_WRITTEN)
             self.remove_anon_pte(old_pfn)
         return VM_FAULT_OK
+
+    # ---- shared memory: do_read_fault / do_shared_fault over shmem_fault (mm/memory.c,
+    # ---- mm/filemap.c, mm/shmem.c)
+
+    cdef int handle_shmem_fault(self, int64_t vma, uint64_t addr, uint64_t *pmdp, bint write) noexcept nogil:
+        """A fault in a shared mapping: find the page in the shmem file's page cache (a read
+        first maps what is cached around it: fault-around), allocate it if missing (a read
+        too: there is no zeropage here), and map it: a THP by its PMD where it fits, else PTEs."""
+        cdef int32_t fid = self.vm_file[vma]
+        cdef int64_t index = self.folio_index_at(vma, addr), pfn, head, nr
+        cdef uint64_t pmd = pmdp[0]
+        cdef uint64_t *pte
+        cdef folio_t *folio
+        cdef int ret
+        if index >= self.machine.file_size[fid]:
+            return VM_FAULT_SIGBUS
+        if pmd & _PAGE_PSE:
+            if not write or (pmd & _PAGE_RW):
+                pmdp[0] = pmd | _PAGE_ACCESSED | (_PAGE_DIRTY if write else 0)   # spurious
+                return VM_FAULT_OK
+            # wp_huge_pmd: shmem has no huge_fault, so the PMD is split (cleared) and the
+            # fault goes on at PTE level, where finish_fault maps the folio again
+            self.zap_shmem_pmd(pmdp)
+            self.count_vm(THP_SPLIT_PMD, 1)
+            self.tlb_flush()
+        elif pmd:
+            pte = self.pte_entry(pmd, addr)
+            if pte[0]:
+                if write and not (pte[0] & _PAGE_RW):
+                    pte[0] = pte[0] | _PAGE_RW | _PAGE_DIRTY | _PAGE_ACCESSED    # wp_page_shared
+                else:
+                    pte[0] = pte[0] | _PAGE_ACCESSED | (_PAGE_DIRTY if write else 0)
+                return VM_FAULT_OK
+        if not write:
+            ret = self.shmem_fault_around(vma, addr, pmdp)
+            if ret:
+                return ret
+            if pmdp[0] & _PAGE_PSE or (pmdp[0] and self.pte_entry(pmdp[0], addr)[0]):
+                return VM_FAULT_OK             # VM_FAULT_NOPAGE: fault-around mapped it
+        pfn = self.machine.file_pages[fid][index]
+        if not pfn:
+            pfn = self.machine.shmem_alloc_folio(fid, index, self.shmem_huge_allowed(vma, addr, index),
+                                                 self.thp_direct_compact(self.vm_flags[vma]))
+            if pfn < 0:
+                return VM_FAULT_OOM
+        folio = self.machine.folio_of(pfn)
+        # finish_fault
+        if folio != NULL and not pmdp[0] and self.shmem_pmd_suitable(vma, addr):
+            self.shmem_map_pmd(vma, pmdp, self.machine.folio_pfn(folio), write)
+            return VM_FAULT_OK
+        if self.pte_alloc(pmdp) == NULL:
+            return VM_FAULT_HOSTMEM
+        pte = self.pte_entry(pmdp[0], addr)
+        if folio != NULL:
+            head = self.machine.folio_pfn(folio)
+            nr = pfn - head                       # pages of the folio before this one
+            if (addr & ~PMD_MASK) == (<uint64_t>nr << PAGE_SHIFT) and self.shmem_pmd_suitable(vma, addr) \
+                    and ptes_none(pte - nr, HPAGE_PMD_NR):
+                self.shmem_map_ptes(vma, pte - nr, head, HPAGE_PMD_NR, write)    # the whole folio
+                return VM_FAULT_OK
+        self.shmem_map_ptes(vma, pte, pfn, 1, write)
+        return VM_FAULT_OK
+
+    cdef bint shmem_pmd_suitable(self, int64_t vma, uint64_t addr) noexcept nogil:
+        """thp_vma_suitable_order(PMD_ORDER) for a file VMA: the aligned 2 MiB of addr lies in
+        the VMA and file offsets there are 2 MiB-aligned too."""
+        cdef uint64_t haddr = addr & PMD_MASK
+        return (haddr >= self.vm_start[vma] and haddr + PMD_SIZE <= self.vm_end[vma]
+                and (((self.vm_start[vma] >> PAGE_SHIFT) - self.vm_pgoff[vma]) & (HPAGE_PMD_NR - 1)) == 0)
+
+    cdef bint shmem_huge_allowed(self, int64_t vma, uint64_t addr, int64_t index) noexcept nogil:
+        """shmem_allowable_huge_orders for a fault: shmem_enabled, the VMA's advice and vetoes,
+        and that the THP can be mapped by a PMD here."""
+        cdef uint32_t flags = self.vm_flags[vma]
+        cdef int mode = self.machine.shmem_enabled
+        cdef int64_t hidx = index & ~(<int64_t>HPAGE_PMD_NR - 1)
+        if flags & VM_NOHUGEPAGE or self.thp_disable == THP_DISABLE_COMPLETELY:
+            return False
+        if self.thp_disable == THP_DISABLE_EXCEPT_ADVISED and not (flags & VM_HUGEPAGE):
+            return False
+        if not self.shmem_pmd_suitable(vma, addr):
+            return False
+        if mode == SHMEM_HUGE_ALWAYS:
+            return True
+        if mode == SHMEM_HUGE_WITHIN_SIZE:
+            return hidx + HPAGE_PMD_NR <= self.machine.file_size[self.vm_file[vma]]
+        if mode == SHMEM_HUGE_ADVISE:
+            return (flags & VM_HUGEPAGE) != 0
+        return False
+
+    cdef void shmem_map_pmd(self, int64_t vma, uint64_t *pmdp, int64_t head, bint write) noexcept nogil:
+        """do_set_pmd: a shmem THP mapped by one PMD (no deposited table on x86)."""
+        cdef folio_t *folio = &self.machine.pmd_folio[head >> HPAGE_PMD_ORDER]
+        cdef uint64_t e = (<uint64_t>head << PAGE_SHIFT) | _PAGE_PRESENT | _PAGE_PSE | _PAGE_ACCESSED
+        cdef uint32_t flags = self.vm_flags[vma]
+        if flags & VM_ACCESS_FLAGS:
+            e |= _PAGE_USER
+            if flags & VM_WRITE:
+                e |= _PAGE_RW               # a shared writable mapping needs no write-notify
+        if write:
+            e |= _PAGE_DIRTY
+        if folio.written == HPAGE_PMD_NR:
+            e |= _PAGE_WRITTEN
+        pmdp[0] = e
+        folio.entire_mapcount += 1
+        folio.refcount += 1
+        if folio.entire_mapcount == 1:
+            self.count_vm(NR_SHMEM_PMDMAPPED, 1)
+        self.count_vm(THP_FILE_MAPPED, 1)
+        self.rss_shmem += HPAGE_PMD_NR
+
+    cdef void shmem_map_ptes(self, int64_t vma, uint64_t *pte, int64_t pfn, int64_t nr, bint write) noexcept nogil:
+        """set_pte_range for shmem pages: writable in a writable shared mapping, dirty on a
+        write; only none entries are filled."""
+        cdef uint64_t e = _PAGE_PRESENT | _PAGE_ACCESSED
+        cdef uint32_t flags = self.vm_flags[vma]
+        cdef folio_t *folio
+        cdef int64_t k
+        if flags & VM_ACCESS_FLAGS:
+            e |= _PAGE_USER
+            if flags & VM_WRITE:
+                e |= _PAGE_RW
+        if write:
+            e |= _PAGE_DIRTY
+        for k in range(nr):
+            if pte[k]:
+                continue
+            pte[k] = (<uint64_t>(pfn + k) << PAGE_SHIFT) | e \
+                | (_PAGE_WRITTEN if self.machine.flags[pfn + k] & PG_WRITTEN else 0)
+            self.machine.mapcount[pfn + k] = self.machine.mapcount[pfn + k] + 1
+            folio = self.machine.folio_of(pfn + k)
+            if folio != NULL:
+                folio.refcount += 1
+            self.rss_shmem += 1
+
+    cdef int shmem_fault_around(self, int64_t vma, uint64_t addr, uint64_t *pmdp) noexcept nogil:
+        """do_fault_around -> filemap_map_pages: map the cached pages of the 64 KiB window of
+        the fault (clamped to the VMA and the PTE table) whose entries are none; a THP in the
+        cache is mapped by its PMD where the PMD is none and it fits."""
+        cdef int32_t fid = self.vm_file[vma]
+        cdef int64_t pte_off = pte_index(addr)
+        cdef int64_t vma_off = <int64_t>((addr - self.vm_start[vma]) >> PAGE_SHIFT)
+        cdef int64_t vma_pages = <int64_t>((self.vm_end[vma] - self.vm_start[vma]) >> PAGE_SHIFT)
+        cdef int64_t from_pte, to_pte, i, index, pfn, first = -1
+        cdef int64_t *pages = self.machine.file_pages[fid]
+        cdef int64_t size = self.machine.file_size[fid]
+        cdef uint64_t *pte
+        cdef folio_t *folio
+        from_pte = pte_off & ~(<int64_t>FAULT_AROUND_PAGES - 1)
+        if pte_off - min(pte_off, vma_off) > from_pte:
+            from_pte = pte_off - min(pte_off, vma_off)
+        to_pte = min(min(from_pte + FAULT_AROUND_PAGES, <int64_t>PTRS_PER_TABLE), pte_off + vma_pages - vma_off)
+        index = self.folio_index_at(vma, addr) - pte_off
+        for i in range(from_pte, to_pte):
+            if index + i < size and pages[index + i]:
+                first = i
+                break
+        if first < 0:
+            return 0                               # nothing cached: no table either
+        pfn = pages[index + first]
+        folio = self.machine.folio_of(pfn)
+        if not pmdp[0] and folio != NULL and self.shmem_pmd_suitable(vma, addr):
+            self.shmem_map_pmd(vma, pmdp, self.machine.folio_pfn(folio), False)   # filemap_map_pmd
+            return 0
+        if self.pte_alloc(pmdp) == NULL:
+            return VM_FAULT_HOSTMEM
+        pte = self.pte_entry(pmdp[0], 0)
+        for i in range(first, to_pte):
+            if index + i < size and pages[index + i] and not pte[i]:
+                self.shmem_map_ptes(vma, pte + i, pages[index + i], 1, False)
+        return 0
+
+    cdef void zap_shmem_pte(self, uint64_t e) noexcept nogil:
+        """Drop one PTE mapping of a shmem page: the page stays in the page cache; a dirty PTE
+        leaves the folio dirty (zap_present_folio_ptes -> folio_mark_dirty)."""
+        cdef int64_t pfn = <int64_t>entry_index(e)
+        cdef folio_t *folio = self.machine.folio_of(pfn)
+        self.machine.mapcount[pfn] = self.machine.mapcount[pfn] - 1
+        if folio != NULL:
+            folio.refcount -= 1
+        if e & _PAGE_DIRTY:
+            self.machine.flags[pfn] = self.machine.flags[pfn] | PG_DIRTY
+        self.rss_shmem -= 1
+
+    cdef void zap_shmem_pmd(self, uint64_t *pmdp) noexcept nogil:
+        """Clear a PMD mapping of a shmem THP (zap_huge_pmd, and a file PMD's split, which
+        leaves no PTE table: the pages fault back in)."""
+        cdef uint64_t e = pmdp[0]
+        cdef int64_t head = <int64_t>entry_index(e), k
+        cdef folio_t *folio = &self.machine.pmd_folio[head >> HPAGE_PMD_ORDER]
+        pmdp[0] = 0
+        folio.entire_mapcount -= 1
+        folio.refcount -= 1
+        if folio.entire_mapcount == 0:
+            self.count_vm(NR_SHMEM_PMDMAPPED, -1)
+        if e & _PAGE_DIRTY:
+            for k in range(head, head + HPAGE_PMD_NR):
+                self.machine.flags[k] = self.machine.flags[k] | PG_DIRTY
+        self.rss_shmem -= HPAGE_PMD_NR
+
+    def unmap_file_range(self, int32_t fid, int64_t first, int64_t last):
+        """unmap_mapping_range: zap every mapping this process has of pages [first, last) of
+        shmem file fid (a PMD mapping only partly inside is cleared whole)."""
+        cdef int64_t vma, lo, hi
+        cdef uint64_t start, end
+        cdef int ret = 0
+        self.tlb_flush()
+        for vma in range(self.nr_vmas):
+            if self.vm_file[vma] != fid:
+                continue
+            lo = max(first, <int64_t>self.vm_pgoff[vma])
+            hi = min(last, <int64_t>(self.vm_pgoff[vma] + ((self.vm_end[vma] - self.vm_start[vma]) >> PAGE_SHIFT)))
+            if lo >= hi:
+                continue
+            start = self.vm_start[vma] + (<uint64_t>(lo - <int64_t>self.vm_pgoff[vma]) << PAGE_SHIFT)
+            end = start + (<uint64_t>(hi - lo) << PAGE_SHIFT)
+            with nogil:
+                ret = self._zap(start, end, False)
+            if ret:
+                return ret
+        self.tlb_flush()
+        return 0
 
     # ---- accesses -------------------------------------------------------------------------------
 
@@ -1686,6 +2138,9 @@ cdef class MMCore:
 
     cdef void zap_huge_pmd(self, uint64_t *pmdp) noexcept nogil:
         cdef int64_t pfn = <int64_t>entry_index(pmdp[0])
+        if self.machine.page_is_shmem(pfn, self.machine.folio_of(pfn)):
+            self.zap_shmem_pmd(pmdp)            # a file PMD has no deposit
+            return
         pmdp[0] = 0
         self.deposit(-1)
         if pfn != self.machine.huge_zero_pfn:
@@ -1708,6 +2163,11 @@ cdef class MMCore:
                 continue
             pfn = <int64_t>entry_index(e)
             folio = self.machine.folio_of(pfn)
+            if self.machine.page_is_shmem(pfn, folio):
+                pte[i] = 0
+                self.zap_shmem_pte(e)
+                i += 1
+                continue
             if folio == NULL:
                 pte[i] = 0
                 self.remove_anon_pte(pfn)
@@ -1747,6 +2207,9 @@ cdef class MMCore:
                 ret = self.split_huge_pmd(pmdp)
                 if ret:
                     return ret
+                if not pmdp[0]:                  # a shmem PMD's split clears it
+                    addr = next_addr
+                    continue
             pte = self.pte_entry(pmdp[0], 0)
             self.zap_pte_range(pte, pte_index(addr), pte_index(next_addr - 1) + 1)
             if reclaim and addr == haddr and next_addr == haddr + PMD_SIZE and table_empty(pte):
@@ -1831,8 +2294,11 @@ cdef class MMCore:
             return e & ~(<uint64_t>_PAGE_RW)
         if e & (_PAGE_RW | _PAGE_SPECIAL):
             return e
-        # can_change_pte_writable: only exclusive anonymous pages become writable without a fault
+        # can_change_pte_writable: only exclusive anonymous pages become writable without a fault;
+        # a shared mapping's new protection is writable (shmem wants no write-notify)
         pfn = <int64_t>entry_index(e)
+        if self.machine.page_is_shmem(pfn, self.machine.folio_of(pfn)):
+            return e | _PAGE_RW
         if pmd:
             exclusive = self.machine.pmd_folio[pfn >> HPAGE_PMD_ORDER].flags & PG_ANON_EXCLUSIVE
         else:
@@ -1877,6 +2343,10 @@ cdef class MMCore:
         """A copy of the VMAs' vm_pgoff."""
         return self._vm_pgoff[:self.nr_vmas].copy()
 
+    def vma_files(self):
+        """A copy of the VMAs' shmem file ids (0: private anonymous)."""
+        return self._vm_file[:self.nr_vmas].copy()
+
     def vma_index(self, uint64_t addr):
         """Index of the VMA containing addr, or -1."""
         return self.find_vma(addr)
@@ -1885,8 +2355,14 @@ cdef class MMCore:
         """Index of the first VMA that ends above addr (nr_vmas if none)."""
         return self.vma_lower_bound(addr)
 
-    def vma_insert(self, uint64_t start, uint64_t end, uint32_t flags, int32_t anon_vma=0, pgoff=None):
-        """A new VMA; its vm_pgoff is start's page number unless given (a moved or split VMA)."""
+    def vma_insert(self, uint64_t start, uint64_t end, uint32_t flags, int32_t anon_vma=0, pgoff=None,
+                   int32_t file=0):
+        """A new VMA; its vm_pgoff is start's page number unless given (a moved or split VMA, or
+        the file offset of a shared mapping of shmem file ``file``)."""
+        if file and (file not in self.machine.files or not (flags & VM_SHARED)):
+            raise ValueError("vma_insert: a file mapping needs a live shmem file and VM_SHARED")
+        if (flags & VM_SHARED) and not file:
+            raise ValueError("vma_insert: a VM_SHARED mapping needs its shmem file")
         cdef int64_t i = self.vma_lower_bound(start)
         check_range(start, end)
         if start == end:
@@ -1896,13 +2372,15 @@ cdef class MMCore:
         if self.nr_vmas == self.vma_cap:
             self._grow_vmas(self.vma_cap * 2)
         n = self.nr_vmas
-        for arr in (self._vm_start, self._vm_end, self._vm_flags, self._vm_anon, self._vm_pgoff):
+        for arr in (self._vm_start, self._vm_end, self._vm_flags, self._vm_anon, self._vm_pgoff,
+                    self._vm_file):
             arr[i + 1:n + 1] = arr[i:n]
         self.vm_start[i] = start
         self.vm_end[i] = end
         self.vm_flags[i] = flags
         self.vm_anon_vma[i] = anon_vma
         self.vm_pgoff[i] = (start >> PAGE_SHIFT) if pgoff is None else <uint64_t>pgoff
+        self.vm_file[i] = file
         self.nr_vmas += 1
         self.vma_cache = -1
         return i
@@ -1912,7 +2390,8 @@ cdef class MMCore:
         n = self.nr_vmas
         if not 0 <= first <= last <= n:
             raise IndexError("vma_delete")
-        for arr in (self._vm_start, self._vm_end, self._vm_flags, self._vm_anon, self._vm_pgoff):
+        for arr in (self._vm_start, self._vm_end, self._vm_flags, self._vm_anon, self._vm_pgoff,
+                    self._vm_file):
             arr[first:n - (last - first)] = arr[last:n]
         self.nr_vmas -= last - first
         self.vma_cache = -1
@@ -1930,10 +2409,10 @@ cdef class MMCore:
         if addr & ~PMD_MASK and haddr >= self.vm_start[i] and haddr + PMD_SIZE <= self.vm_end[i]:
             if self.split_pmd_at(addr):
                 raise MemoryError("cannot grow the page-table pool")
-        end, flags, anon = self.vm_end[i], self.vm_flags[i], self.vm_anon_vma[i]
+        end, flags, anon, file = self.vm_end[i], self.vm_flags[i], self.vm_anon_vma[i], self.vm_file[i]
         pgoff = self.vm_pgoff[i] + ((addr - self.vm_start[i]) >> PAGE_SHIFT)
         self.vm_end[i] = addr
-        self.vma_insert(addr, end, flags, anon, pgoff)
+        self.vma_insert(addr, end, flags, anon, pgoff, file)
         self.tlb_flush()
         return True
 
@@ -1959,7 +2438,7 @@ cdef class MMCore:
             return False
         a, b = self.vm_anon_vma[i], self.vm_anon_vma[i + 1]
         if (self.vm_end[i] != self.vm_start[i + 1] or self.vm_flags[i] != self.vm_flags[i + 1]
-                or (a and b and a != b)
+                or (a and b and a != b) or self.vm_file[i] != self.vm_file[i + 1]
                 or self.vm_pgoff[i + 1] != self.vm_pgoff[i] + ((self.vm_end[i] - self.vm_start[i]) >> PAGE_SHIFT)):
             return False
         self.vm_end[i] = self.vm_end[i + 1]
@@ -2026,7 +2505,7 @@ cdef class MMCore:
             child._grow_vmas(max(16, self.vma_cap))
         for src, dst in ((self._vm_start, child._vm_start), (self._vm_end, child._vm_end),
                          (self._vm_flags, child._vm_flags), (self._vm_anon, child._vm_anon),
-                         (self._vm_pgoff, child._vm_pgoff)):
+                         (self._vm_pgoff, child._vm_pgoff), (self._vm_file, child._vm_file)):
             dst[:n] = src[:self.nr_vmas][keep]
         child._vm_flags[:n] &= ~np.uint32(VM_LOCKED)   # dup_mmap: mlock is not inherited
         wipe = (child._vm_flags[:n] & VM_WIPEONFORK) != 0
@@ -2643,6 +3122,8 @@ cdef class MMCore:
             ret = self.split_huge_pmd(old_pmdp)
             if ret:
                 return ret
+            if not old_pmdp[0]:
+                return 0                             # a shmem PMD: cleared, nothing to move
         new_pte = self.pte_alloc(new_pmdp)
         if new_pte == NULL:
             return VM_FAULT_HOSTMEM
@@ -2669,8 +3150,9 @@ cdef class MMCore:
         cdef uint64_t addr = start, next_addr, e
         cdef uint64_t *pmdp
         cdef uint64_t *pte
-        cdef int64_t i, k = 0, count
+        cdef int64_t i, k = 0, count, pfn
         cdef uint8_t state
+        cdef folio_t *folio
         while addr < end:
             next_addr = umin((addr & PMD_MASK) + PMD_SIZE, end)
             count = (next_addr - addr) >> PAGE_SHIFT
@@ -2681,7 +3163,13 @@ cdef class MMCore:
             elif not pmdp[0]:
                 k += count
             elif pmdp[0] & _PAGE_PSE:
-                state = PS_HUGE_ZERO if <int64_t>entry_index(pmdp[0]) == self.machine.huge_zero_pfn else PS_THP
+                pfn = <int64_t>entry_index(pmdp[0])
+                if pfn == self.machine.huge_zero_pfn:
+                    state = PS_HUGE_ZERO
+                elif self.machine.page_is_shmem(pfn, self.machine.folio_of(pfn)):
+                    state = PS_SHMEM_THP
+                else:
+                    state = PS_THP
                 memset(out + k, state, count)
                 k += count
             else:
@@ -2693,7 +3181,12 @@ cdef class MMCore:
                     elif e & _PAGE_SPECIAL:
                         state = PS_ZERO
                     else:
-                        state = PS_ANON if self.machine.folio_of(<int64_t>entry_index(e)) == NULL else PS_LARGE
+                        pfn = <int64_t>entry_index(e)
+                        folio = self.machine.folio_of(pfn)
+                        if self.machine.page_is_shmem(pfn, folio):
+                            state = PS_SHMEM
+                        else:
+                            state = PS_ANON if folio == NULL else PS_LARGE
                     out[k] = state
                     k += 1
             addr = next_addr
@@ -2782,6 +3275,17 @@ cdef class MMCore:
             return
         cdef uint8_t folio_flags
         folio = self.machine.folio_of(pfn)
+        if self.machine.page_is_shmem(pfn, folio):
+            mapcount = self.machine.mapcount[pfn] + (0 if folio == NULL else folio.entire_mapcount)
+            kcount[0] = mapcount
+            pagemap[0] |= PM_FILE | (PM_MMAP_EXCLUSIVE if mapcount == 1 else 0)
+            kflags[0] = KPF_MMAP | KPF_UPTODATE | KPF_SWAPBACKED
+            if self.machine.flags[pfn] & PG_DIRTY:
+                kflags[0] |= KPF_DIRTY
+            if folio != NULL:
+                kflags[0] |= KPF_THP | KPF_LRU | (KPF_COMPOUND_HEAD if pfn == self.machine.folio_pfn(folio)
+                                                  else KPF_COMPOUND_TAIL)
+            return
         if folio != NULL:
             head = pfn == self.machine.folio_pfn(folio)
             # page_mapcount of a subpage: its PTE mappings plus the folio's PMD mappings
@@ -2823,6 +3327,8 @@ cdef class MMCore:
         cdef int32_t mapcount
         cdef uint8_t folio_flags
         cdef folio_t *folio = self.machine.folio_of(pfn)
+        cdef bint shmem = self.machine.page_is_shmem(pfn, folio)
+        cdef bint dirty = (e & _PAGE_DIRTY) != 0
         if folio != NULL:
             folio_flags = folio.flags
             # the page's mapcount: the folio's PMD mappings and its own PTE mappings (for a
@@ -2831,23 +3337,29 @@ cdef class MMCore:
         else:
             folio_flags = self.machine.flags[pfn]
             mapcount = self.machine.mapcount[pfn]
-        if (folio_flags & PG_LAZYFREE) and not (e & _PAGE_DIRTY):
+        if shmem and (self.machine.flags[pfn] & PG_DIRTY):
+            dirty = True                          # smaps_account: pte_dirty || folio_test_dirty
+        if (folio_flags & PG_LAZYFREE) and not dirty and not shmem:
             acc.lazyfree += nr
         acc.rss += nr
-        acc.anonymous += nr
+        if not shmem:
+            acc.anonymous += nr
         acc.pss += (nr * (PAGE_SIZE << 12)) // (mapcount if mapcount > 0 else 1)
-        if e & _PAGE_DIRTY:
+        if dirty:
             acc.pss_dirty += (nr * (PAGE_SIZE << 12)) // (mapcount if mapcount > 0 else 1)
         if pmd_mapped:
-            acc.anon_huge += nr
+            if shmem:
+                acc.shmem_pmd += nr
+            else:
+                acc.anon_huge += nr
         if e & _PAGE_ACCESSED:
             acc.referenced += nr
         if mapcount > 1:
-            if e & _PAGE_DIRTY:
+            if dirty:
                 acc.shared_dirty += nr
             else:
                 acc.shared_clean += nr
-        elif e & _PAGE_DIRTY:
+        elif dirty:
             acc.private_dirty += nr
         else:
             acc.private_clean += nr

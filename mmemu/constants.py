@@ -27,6 +27,8 @@ class PageState(enum.IntEnum):
     ANON = 3        #: a 4K anonymous page
     LARGE = 4       #: a 4K PTE into a large folio (an mTHP, or part of a PTE-mapped THP)
     THP = 5         #: part of a PMD-mapped anonymous THP
+    SHMEM = 6       #: a 4K PTE to a shmem page (MAP_SHARED|MAP_ANONYMOUS, memfd)
+    SHMEM_THP = 7   #: part of a PMD-mapped shmem THP
 
 
 #: /proc/vmstat names mmemu keeps (system-wide: all MMs of a machine)
@@ -74,6 +76,9 @@ MTHP_STAT_NAMES = (
     "split_deferred",
     "nr_anon",
     "nr_anon_partially_mapped",
+    "shmem_alloc",
+    "shmem_fallback",
+    "shmem_fallback_charge",
 )
 
 #: khugepaged's own statistics (/sys/kernel/mm/transparent_hugepage/khugepaged/)

@@ -536,7 +536,7 @@ class ReferenceMM:
     @property
     def mthp_stats(self):
         out = {kb: dict.fromkeys(MTHP_STAT_NAMES, 0) for kb in (16, 32, 64, 128, 256, 512, 1024)}
-        out[2048] = self._m.mthp()
+        out[2048] = dict.fromkeys(MTHP_STAT_NAMES, 0) | self._m.mthp()
         return out
 
     @property
@@ -550,7 +550,7 @@ class ReferenceMM:
     @property
     def status(self):
         rss = self._rss_anon() * 4
-        return {"VmRSS": rss, "RssAnon": rss, "VmPTE": self._nr_tables * 4}
+        return {"VmRSS": rss, "RssAnon": rss, "RssShmem": 0, "VmPTE": self._nr_tables * 4}
 
     def _rss_anon(self):
         """MM_ANONPAGES: the anonymous pages this process maps (shared ones too)."""
