@@ -33,11 +33,12 @@ from .constants import (ADVICE, ATOMIC, KHUGEPAGED_STAT_NAMES, MTHP_STAT_NAMES, 
 from .errors import ClosedError, SegmentationFault, SyscallError
 from .mm import _PRCTL, _prot_bits, _trace_addrs, _trace_ops, _uint
 
-__all__ = ["HostMM", "HostChild", "host_supported", "host_settings", "host_lock", "SETTABLE"]
+__all__ = ["HostMM", "HostChild", "HostFile", "host_supported", "host_settings", "host_lock", "SETTABLE",
+           "MTHP_SIZES_KB", "HOST_VMSTAT_NAMES", "HOST_MTHP_STAT_NAMES"]
 
 THP_SYSFS = "/sys/kernel/mm/transparent_hugepage"
 # PAGEMAP_SCAN categories (include/uapi/linux/fs.h)
-PAGE_IS_PRESENT, PAGE_IS_SWAPPED, PAGE_IS_PFNZERO, PAGE_IS_HUGE = 1 << 3, 1 << 4, 1 << 5, 1 << 6
+PAGE_IS_FILE, PAGE_IS_PRESENT, PAGE_IS_SWAPPED, PAGE_IS_PFNZERO, PAGE_IS_HUGE = 1 << 2, 1 << 3, 1 << 4, 1 << 5, 1 << 6
 KPF_ANON, KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL = 1 << 12, 1 << 15, 1 << 16
 PFN_MASK = (1 << 55) - 1
 SMAPS_KB_FIELDS = ("Size", "KernelPageSize", "MMUPageSize", "Rss", "Pss", "Pss_Dirty",
@@ -45,6 +46,23 @@ SMAPS_KB_FIELDS = ("Size", "KernelPageSize", "MMUPageSize", "Rss", "Pss", "Pss_D
                    "Anonymous", "KSM", "LazyFree", "AnonHugePages", "ShmemPmdMapped",
                    "FilePmdMapped", "Shared_Hugetlb", "Private_Hugetlb", "Swap", "SwapPss",
                    "Locked")
+#: page states of shared memory (issue 5): PageState.SHMEM / SHMEM_THP once constants has them
+SHMEM_STATE = int(getattr(PageState, "SHMEM", 6))          # a PTE to a shmem page
+SHMEM_THP_STATE = int(getattr(PageState, "SHMEM_THP", 7))  # part of a PMD-mapped shmem THP
+#: the per-size THP directories with anonymous stats (hugepages-<kB>kB/stats)
+MTHP_SIZES_KB = (16, 32, 64, 128, 256, 512, 1024, 2048)
+#: the per-size stats the host reports: the anonymous ones mmemu keeps, and shmem's
+HOST_MTHP_STAT_NAMES = MTHP_STAT_NAMES + tuple(
+    n for n in ("shmem_alloc", "shmem_fallback", "shmem_fallback_charge") if n not in MTHP_STAT_NAMES)
+#: the /proc/vmstat names the host reports: mmemu's, and those of shmem and compaction (issue 5)
+HOST_VMSTAT_NAMES = VMSTAT_NAMES + tuple(n for n in (
+    "nr_shmem", "nr_shmem_hugepages", "nr_shmem_pmdmapped", "nr_file_hugepages", "nr_file_pmdmapped",
+    "thp_file_alloc", "thp_file_fallback", "thp_file_fallback_charge", "thp_file_mapped",
+    "compact_stall", "compact_fail", "compact_success", "pgmigrate_success") if n not in VMSTAT_NAMES)
+#: /proc/self/status fields the host reports (kB)
+STATUS_NAMES = ("VmRSS", "RssAnon", "RssShmem", "VmPTE")
+MFD_CLOEXEC = 1
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 1, 2
 
 
 def host_supported():
@@ -73,6 +91,8 @@ SETTABLE = {"thp": "enabled", "defrag": "defrag", "use_zero_page": "use_zero_pag
             "khugepaged_max_ptes_swap": "khugepaged/max_ptes_swap",
             "khugepaged_max_ptes_shared": "khugepaged/max_ptes_shared",
             "khugepaged_pages_to_scan": "khugepaged/pages_to_scan"}
+#: Config fields of issue 5 host_settings applies when the Config has them (else the default)
+SETTABLE_ISSUE5 = {"shmem_enabled": ("shmem_enabled", "never")}
 KHUGEPAGED_SYSFS = f"{THP_SYSFS}/khugepaged"
 #: khugepaged's pause while host_settings holds it off (ms): longer than any scenario, so it
 #: collapses nothing between two steps; khugepaged_scan() shortens it for the scan it waits for
@@ -99,10 +119,27 @@ def _sysfs_files(config):
         path = f"{THP_SYSFS}/{name}"
         if os.path.exists(path):
             out[path] = _sysfs_value(getattr(config, field))
+    for field, (name, default) in SETTABLE_ISSUE5.items():
+        path = f"{THP_SYSFS}/{name}"
+        if os.path.exists(path):
+            out[path] = _sysfs_value(getattr(config, field, default))
     for kb, mode in config.hugepages.items():
         path = f"{THP_SYSFS}/hugepages-{kb}kB/enabled"
         if os.path.exists(path):
             out[path] = mode
+    return out
+
+
+def with_settings(config, **fields):
+    """``config`` with fields it may not have yet (issue 5's ``shmem_enabled``): known fields
+    through Config.replace, the others set on the frozen instance, for host_settings to read."""
+    known = {k: v for k, v in fields.items() if hasattr(config, k) and k in Config.__dataclass_fields__}
+    out = config.replace(**known) if known else config.replace()
+    for k, v in fields.items():
+        if k not in known:
+            if k not in SETTABLE_ISSUE5:
+                raise ValueError(f"unknown setting {k!r}")
+            object.__setattr__(out, k, v)
     return out
 
 
@@ -157,7 +194,10 @@ def host_settings(config, hold_khugepaged=True):
     use_zero_page, shrink_underused and khugepaged's max_ptes_none/_swap/_shared and
     pages_to_scan.  With ``hold_khugepaged`` khugepaged also sleeps HOLD_SLEEP_MS between
     scans inside the block (its scan_sleep_millisecs), so that it collapses nothing between two
-    steps of a scenario; :meth:`HostMM.khugepaged_scan` runs it on demand."""
+    steps of a scenario; :meth:`HostMM.khugepaged_scan` runs it on demand.
+
+    Issue 5: also the top-level ``shmem_enabled`` (``getattr(config, "shmem_enabled", "never")``
+    while Config lacks the field; :func:`with_settings` gives a Config one)."""
     if os.geteuid() != 0:
         raise PermissionError("changing /sys/kernel/mm/transparent_hugepage needs root")
     wanted = _sysfs_files(config)
@@ -206,15 +246,62 @@ def _khugepaged_stats():
 
 
 def _mthp_stats():
-    base = f"{THP_SYSFS}/hugepages-2048kB/stats"
+    """{size in kB: {stat: value}} for the eight anonymous THP sizes."""
     out = {}
-    for name in MTHP_STAT_NAMES:
-        try:
-            with open(f"{base}/{name}") as f:
-                out[name] = int(f.read())
-        except OSError:
-            out[name] = 0
+    for kb in MTHP_SIZES_KB:
+        base = f"{THP_SYSFS}/hugepages-{kb}kB/stats"
+        stats = out[kb] = {}
+        for name in HOST_MTHP_STAT_NAMES:
+            try:
+                with open(f"{base}/{name}") as f:
+                    stats[name] = int(f.read())
+            except OSError:
+                stats[name] = 0
     return out
+
+
+class HostFile:
+    """A memfd of a HostMM (memfd_create(2)): ``ftruncate``, ``fallocate``, ``close``, ``size``;
+    map it with ``HostMM.mmap(length, prot, fd=file, offset=0)`` (MAP_SHARED).  Pickled as its
+    descriptor number, so a forked HostChild (which inherits the descriptor) can map it too."""
+
+    def __init__(self, fd, name="mmemu"):
+        self.fd = fd
+        self.name = name
+        self.closed = False
+
+    def __reduce__(self):
+        return (HostFile, (self.fd, self.name))
+
+    def _ensure_open(self):
+        if self.closed:
+            raise ClosedError("this memfd is closed")
+
+    @property
+    def size(self) -> int:
+        self._ensure_open()
+        return os.fstat(self.fd).st_size
+
+    def ftruncate(self, size) -> None:
+        self._ensure_open()
+        try:
+            os.ftruncate(self.fd, _uint(size, "size"))
+        except OSError as exc:
+            raise SyscallError(exc.errno, "ftruncate") from None
+
+    def fallocate(self, offset, length, punch_hole=True) -> None:
+        """fallocate(2): ``punch_hole`` FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE (frees the
+        pages, unmaps them from every mapping), else mode 0 (allocates the range)."""
+        self._ensure_open()
+        mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE if punch_hole else 0
+        err, _ = _host.fallocate(self.fd, mode, _uint(offset, "offset"), _uint(length, "length"))
+        if err:
+            raise SyscallError(err, "fallocate")
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self.fd)
+            self.closed = True
 
 
 class HostMM:
@@ -230,6 +317,7 @@ class HostMM:
         self._pagemap = os.open("/proc/self/pagemap", os.O_RDONLY)
         self._kpageflags = os.open("/proc/kpageflags", os.O_RDONLY)
         self._ranges = []                # [start, end) of the mappings this HostMM made
+        self._files = []                 # the memfds this HostMM made (closed on close)
         self._min_flt = 0
         self._closed = False
         self._is_child = False
@@ -331,6 +419,9 @@ class HostMM:
         for start, end in self._ranges:
             _host.munmap(start, end - start)
         self._ranges = []
+        for f in self._files:
+            f.close()
+        self._files = []
         if self._drain_page is not None:
             _host.munmap(self._drain_page, PAGE_SIZE)
         if not self._is_child:
@@ -395,7 +486,9 @@ class HostMM:
 
     # ---- system calls --------------------------------------------------------------------------
 
-    def mmap(self, length, prot="rw", addr=None, fixed=False) -> int:
+    def mmap(self, length, prot="rw", addr=None, fixed=False, shared=False, fd=None, offset=0) -> int:
+        """mmap(2): private anonymous; ``shared``: MAP_SHARED|MAP_ANONYMOUS (shmem); ``fd`` (a
+        HostFile from memfd_create, or a descriptor): MAP_SHARED of it at ``offset``."""
         length = _uint(length, "length")
         bits = _prot_bits(prot) & 7
         self._ensure_open()
@@ -406,11 +499,27 @@ class HostMM:
             addr = _uint(addr, "addr")
             if self._foreign_overlap(addr, addr + size):
                 raise ValueError(f"mmap: [{addr:#x}, {addr + size:#x}) overlaps memory HostMM did not map")
-        err, start = _host.mmap(addr or 0, length, bits, fixed)
+        fdno = -1
+        if fd is not None:
+            fdno = fd.fd if isinstance(fd, HostFile) else int(fd)
+            if isinstance(fd, HostFile):
+                fd._ensure_open()
+        err, start = _host.mmap(addr or 0, length, bits, fixed, bool(shared), fdno, _uint(offset, "offset"))
         if err:
             raise SyscallError(err, "mmap")
         self._add_range(start, start + size)
         return start
+
+    def memfd_create(self, name="mmemu") -> HostFile:
+        """memfd_create(2) (MFD_CLOEXEC): a shmem file of size 0; see HostFile."""
+        self._ensure_open()
+        try:
+            fd = os.memfd_create(str(name), MFD_CLOEXEC)
+        except OSError as exc:
+            raise SyscallError(exc.errno, "memfd_create") from None
+        f = HostFile(fd, str(name))
+        self._files.append(f)
+        return f
 
     def _foreign_overlap(self, start, end):
         with open("/proc/self/maps") as f:
@@ -610,12 +719,12 @@ class HostMM:
     @staticmethod
     def _vmstat_now():
         raw = _read_kv("/proc/vmstat")
-        return {name: int(raw.get(name, 0)) for name in VMSTAT_NAMES}
+        return {name: int(raw.get(name, 0)) for name in HOST_VMSTAT_NAMES}
 
     @staticmethod
     def _status_now():
         raw = _read_kv("/proc/self/status")
-        return {name: int(raw.get(name, 0)) for name in ("VmRSS", "RssAnon", "VmPTE")}
+        return {name: int(raw.get(name, 0)) for name in STATUS_NAMES}
 
     @property
     def vmstat(self) -> dict:
@@ -625,8 +734,10 @@ class HostMM:
 
     @property
     def mthp_stats(self) -> dict:
+        """{size in kB: per-size stats} for the eight sizes 16..2048 kB: changes since this HostMM
+        was made (system-wide).  Besides MTHP_STAT_NAMES, shmem_alloc/_fallback/_fallback_charge."""
         now = _mthp_stats()
-        return {2048: {k: now[k] - self._base_mthp[k] for k in now}}
+        return {kb: {k: now[kb][k] - self._base_mthp[kb][k] for k in now[kb]} for kb in now}
 
     @property
     def rusage(self) -> dict:
@@ -687,15 +798,19 @@ class HostMM:
             raise ValueError("addr and length must be multiples of 4096")
         self._ensure_open()
         cats = _host.scan(self._pagemap, addr, addr + length,
-                          PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_PFNZERO | PAGE_IS_HUGE)
+                          PAGE_IS_FILE | PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_PFNZERO | PAGE_IS_HUGE)
         states = np.full(cats.shape, PageState.NONE, np.uint8)
         present = (cats & PAGE_IS_PRESENT) != 0
         zero = present & ((cats & PAGE_IS_PFNZERO) != 0)
         huge = present & ((cats & PAGE_IS_HUGE) != 0)
+        # PAGE_IS_FILE: a page that is not anonymous (vm_normal_page && !PageAnon): shmem here
+        shared = present & ~zero & ((cats & PAGE_IS_FILE) != 0)
         states[zero & huge] = PageState.HUGE_ZERO
         states[zero & ~huge] = PageState.ZERO
-        states[huge & ~zero] = PageState.THP
-        for i in np.flatnonzero(present & ~zero & ~huge):
+        states[huge & ~zero & ~shared] = PageState.THP
+        states[huge & shared] = SHMEM_THP_STATE
+        states[~huge & shared] = SHMEM_STATE
+        for i in np.flatnonzero(present & ~zero & ~huge & ~shared):
             entry = int.from_bytes(os.pread(self._pagemap, 8, ((addr >> 12) + int(i)) * 8), "little")
             flags = int.from_bytes(os.pread(self._kpageflags, 8, (entry & PFN_MASK) * 8), "little")
             states[i] = PageState.LARGE if flags & (KPF_COMPOUND_HEAD | KPF_COMPOUND_TAIL) else PageState.ANON
@@ -710,6 +825,8 @@ class HostChild:
 
     _CALLS = ("read", "write", "atomic", "access", "page_states", "smaps", "maps", "mmap", "munmap",
               "mprotect", "madvise", "mremap", "prctl", "drop_caches", "khugepaged_scan")
+    #: properties of the child's HostMM read over the pipe
+    _VIEWS = ("rusage", "status", "vmstat", "mthp_stats", "khugepaged")
 
     def __init__(self, parent):
         import pickle
@@ -730,10 +847,10 @@ class HostChild:
                             break
                         if request is None:
                             break
-                        name, args = request
+                        name, args, kwargs = (request + ({},))[:3]
                         try:
                             value = getattr(parent, name)
-                            reply = ("ok", value(*args) if callable(value) else value)
+                            reply = ("ok", value(*args, **kwargs) if callable(value) else value)
                         except Exception as exc:        # sent back to the parent, raised there
                             reply = ("error", exc)
                         pickle.dump(reply, outbox)
@@ -749,10 +866,10 @@ class HostChild:
         self._outbox = os.fdopen(down_w, "wb")
         self._pickle = pickle
 
-    def _call(self, name, *args):
+    def _call(self, name, *args, **kwargs):
         if self._pid is None:
             raise ClosedError("this child has exited")
-        self._pickle.dump((name, args), self._outbox)
+        self._pickle.dump((name, args, kwargs), self._outbox)
         self._outbox.flush()
         kind, value = self._pickle.load(self._inbox)
         if kind == "error":
@@ -761,7 +878,7 @@ class HostChild:
 
     def __getattr__(self, name):
         if name in self._CALLS:
-            return lambda *args: self._call(name, *args)
+            return lambda *args, **kwargs: self._call(name, *args, **kwargs)
         raise AttributeError(name)
 
     @property

@@ -4,8 +4,14 @@ plays them on an :class:`mmemu.MM` or an :class:`mmemu.host.HostMM` alike.
 A scenario maps ``length`` bytes (2 MiB-aligned by placement, at ``offset`` bytes past a 2 MiB
 boundary, or at a given ``base``), optionally MADV_HUGEPAGE on all of it, then runs steps whose
 arguments are in pages of that mapping.  Expected page states are written run-length:
-"Z N*511" (N none, Z zeropage, H huge zeropage, a 4K anon page, t PTE-mapped large folio,
-T PMD-mapped THP).
+"Z N*511" (N none, Z zeropage, H huge zeropage, a 4K anon page, t PTE-mapped large folio (an
+mTHP or a PTE-mapped THP), T PMD-mapped THP, s a PTE to a shmem page, S part of a PMD-mapped
+shmem THP).
+
+Issue 5: a scenario's mapping is private anonymous unless a step run before it (BEFORE) says
+``("shared",)`` (MAP_SHARED|MAP_ANONYMOUS) or ``("memfd"[, size in pages])`` (a memfd of that
+size, default the mapping's, mapped MAP_SHARED at offset 0).  MTHP_ROWS, SHMEM_ROWS and
+MEMCG_ROWS are measured on the host and not yet in conformance.cases().
 """
 import re
 
@@ -20,14 +26,15 @@ PAGE = 4096
 #: in the same 1 GiB as the first mappings placed below mmap_base, but 384 MiB away from them
 ANCHOR = 0x7fffe0000000
 LETTER = {"N": PageState.NONE, "Z": PageState.ZERO, "H": PageState.HUGE_ZERO,
-          "a": PageState.ANON, "t": PageState.LARGE, "T": PageState.THP}
+          "a": PageState.ANON, "t": PageState.LARGE, "T": PageState.THP,
+          "s": getattr(PageState, "SHMEM", 6), "S": getattr(PageState, "SHMEM_THP", 7)}
 
 
 def expand(spec):
     """'Z N*511' -> array of PageState codes."""
     out = []
     for token in spec.split():
-        m = re.fullmatch(r"([NZHatT])(?:\*(\d+))?", token)
+        m = re.fullmatch(r"([NZHatTsS])(?:\*(\d+))?", token)
         if not m:
             raise ValueError(f"bad page-state token {token!r}")
         out += [LETTER[m.group(1)]] * int(m.group(2) or 1)
@@ -42,7 +49,7 @@ def describe(states):
         j = i
         while j < len(states) and states[j] == states[i]:
             j += 1
-        out.append(names[states[i]] + (f"*{j - i}" if j - i > 1 else ""))
+        out.append(names.get(states[i], f"<{states[i]}>") + (f"*{j - i}" if j - i > 1 else ""))
         i = j
     return " ".join(out)
 
@@ -63,29 +70,39 @@ class Run:
         instead of where mmap places it, so that a real process and the emulator lay the
         scenario out alike."""
         self.mm = mm
+        self.kind, self.file, self.file_pages, self.alias = "private", None, None, None
         for step in before:                        # steps before the mapping is made (prctl)
             self.step(*step)
         # An anchor page above the scenario mapping, so the upper page tables already exist and
         # VmPTE deltas read as in the spec, measured inside a running process.
         if anchor:
             mm.write(mm.mmap(PAGE, addr=ANCHOR if base is None else base + 512 * MB, fixed=True))
+        kw = {}
+        if self.kind == "shared":
+            kw = {"shared": True}
+        elif self.kind == "memfd":
+            self.file = mm.memfd_create("mmemu-scenario")
+            self.file.ftruncate((length // PAGE if self.file_pages is None else self.file_pages) * PAGE)
+            kw = {"fd": self.file}
         if base is not None:
             self.addr = base + offset
-            mm.mmap(length, addr=self.addr, fixed=True)
-        elif offset:
+            mm.mmap(length, addr=self.addr, fixed=True, **kw)
+        elif offset or kw:
             reserved = mm.mmap(length + 4 * MB)
             mm.munmap(reserved, length + 4 * MB)
             self.addr = ((reserved + 2 * MB - 1) & ~(2 * MB - 1)) + offset
-            mm.mmap(length, addr=self.addr, fixed=True)
+            mm.mmap(length, addr=self.addr, fixed=True, **kw)
         else:
             self.addr = mm.mmap(length)
         self.length = length
         if hp:
             mm.madvise(self.addr, length, "hugepage")
         self.base_vmstat = mm.vmstat
-        self.base_mthp = mm.mthp_stats[2048]
+        self.base_mthp = {kb: dict(v) for kb, v in mm.mthp_stats.items()}
         self.base_flt = mm.rusage["min_flt"]
         self.base_pte = mm.status["VmPTE"]
+        self.base_status = dict(mm.status)
+        self.base_memcg = getattr(mm, "memory_current", None)
         self.base_khugepaged = _khugepaged(mm)
         self.child = None
 
@@ -102,7 +119,7 @@ class Run:
             for p in range(first, first + count):
                 getattr(mm, op[:-4])(self.page(p))
         elif op in ("dontneed", "nohugepage", "hugepage", "populate_read", "populate_write", "collapse",
-                    "free", "cold", "pageout"):
+                    "free", "cold", "pageout", "remove"):
             first, count = args if args else (0, self.length // PAGE)
             mm.madvise(self.page(first), count * PAGE, op)
         elif op == "map":
@@ -141,6 +158,35 @@ class Run:
         elif op in ("mlock", "munlock"):
             first, count = args if args else (0, self.length // PAGE)
             getattr(mm, op)(self.page(first), count * PAGE)
+        # ---- issue 5: shared memory and the memory cgroup ----
+        elif op == "shared":                           # (BEFORE) the mapping is MAP_SHARED|MAP_ANONYMOUS
+            self.kind = "shared"
+        elif op == "memfd":                            # (BEFORE) the mapping is a memfd of args[0] pages
+            self.kind = "memfd"
+            self.file_pages = args[0] if args else None
+        elif op == "punch":                            # ("punch", first, count): fallocate PUNCH_HOLE
+            first, count = args if args else (0, self.length // PAGE)
+            self.file.fallocate(first * PAGE, count * PAGE, punch_hole=True)
+        elif op == "fallocate":                        # ("fallocate", first, count): allocate in the file
+            first, count = args if args else (0, self.length // PAGE)
+            self.file.fallocate(first * PAGE, count * PAGE, punch_hole=False)
+        elif op == "truncate":                         # ("truncate", pages): ftruncate the memfd
+            self.file.ftruncate(args[0] * PAGE)
+        elif op == "close_fd":                         # close the memfd (its mappings stay)
+            self.file.close()
+        elif op == "map_alias":                        # ("map_alias", pages): a second mapping of the
+            count = args[0] if args else self.length // PAGE       # memfd, 1 GiB above, offset 0
+            self.alias = (self.addr + (1 << 30), count)
+            mm.mmap(count * PAGE, "rw", self.alias[0], True, fd=self.file)
+        elif op == "alias":                            # ("alias", step...): a step on the second mapping
+            addr, length = self.addr, self.length
+            self.addr, self.length = self.alias
+            try:
+                self.step(*args)
+            finally:
+                self.addr, self.length = addr, length
+        elif op == "memory_headroom":                  # ("memory_headroom", kB): memory.max = current + kB
+            mm.memory_max = mm.memory_current + args[0] * KB
         else:
             raise ValueError(op)
 
@@ -151,8 +197,9 @@ class Run:
         now = self.mm.vmstat
         d = {k: now[k] - self.base_vmstat[k] for k in now if now[k] != self.base_vmstat[k]}
         d.pop("pgfault", None)
-        mthp = self.mm.mthp_stats[2048]
-        d.update({f"2048kB/{k}": mthp[k] - self.base_mthp[k] for k in mthp if mthp[k] != self.base_mthp[k]})
+        for kb, mthp in self.mm.mthp_stats.items():
+            base = self.base_mthp.get(kb, {})
+            d.update({f"{kb}kB/{k}": mthp[k] - base.get(k, 0) for k in mthp if mthp[k] != base.get(k, 0)})
         k = _khugepaged(self.mm)
         d.update({f"khugepaged/{n}": k[n] - self.base_khugepaged[n] for n in k if k[n] != self.base_khugepaged[n]})
         return d
