@@ -30,10 +30,10 @@ from .config import Config
 from .constants import (ADVICE, ATOMIC, KHUGEPAGED_STAT_NAMES, MTHP_STAT_NAMES, PAGE_SIZE, PMD_SIZE, READ,
                         VMSTAT_NAMES, WRITE,
                         PageState)
-from .errors import ClosedError, SegmentationFault, SyscallError
+from .errors import ClosedError, OutOfMemory, SegmentationFault, SyscallError
 from .mm import _PRCTL, _prot_bits, _trace_addrs, _trace_ops, _uint
 
-__all__ = ["HostMM", "HostChild", "HostFile", "host_supported", "host_settings", "host_lock", "SETTABLE",
+__all__ = ["HostMM", "HostChild", "HostFile", "MemcgHostMM", "host_supported", "host_settings", "host_lock", "SETTABLE",
            "MTHP_SIZES_KB", "HOST_VMSTAT_NAMES", "HOST_MTHP_STAT_NAMES"]
 
 THP_SYSFS = "/sys/kernel/mm/transparent_hugepage"
@@ -304,10 +304,135 @@ class HostFile:
             self.closed = True
 
 
-class HostMM:
-    """The real kernel, through the API of :class:`mmemu.MM` (see the module docstring)."""
+
+# ---- the memory cgroup (issue 5) ------------------------------------------------------------
+
+def _mounts():
+    """[(mount point, fstype, super options)] of /proc/self/mountinfo."""
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields, rest = left.split(), right.split()
+            if len(fields) >= 5 and len(rest) >= 3:
+                out.append((fields[4], rest[0], rest[2]))
+    return out
+
+
+class _Memcg:
+    """A memory cgroup of its own, a child of this process's memory cgroup: cgroup v2
+    (memory.max, memory.current, memory.events) where the memory controller is on the unified
+    hierarchy, else the v1 memory controller (memory.limit_in_bytes, memory.usage_in_bytes,
+    memory.failcnt, memory.oom_control).  Nothing is ever moved into it but the process
+    :class:`HostMM` forks for itself (and that process's own children)."""
+
+    _serial = 0
 
     def __init__(self):
+        if os.geteuid() != 0:
+            raise PermissionError("a memory cgroup needs root")
+        with open("/proc/self/cgroup") as f:
+            lines = [line.rstrip("\n").split(":", 2) for line in f]
+        mounts = _mounts()
+        v2 = next((m for m, fstype, _ in mounts if fstype == "cgroup2"
+                   and "memory" in _read_text(f"{m}/cgroup.controllers").split()), None)
+        v1 = next((m for m, fstype, opts in mounts if fstype == "cgroup" and "memory" in opts.split(",")), None)
+        _Memcg._serial += 1
+        name = f"mmemu-{os.getpid()}-{_Memcg._serial}"
+        if v2 is not None:
+            self.version = 2
+            rel = next((p for h, c, p in lines if h == "0" and c == ""), "/")
+            parent = os.path.join(v2, rel.lstrip("/"))
+            if "memory" not in _read_text(f"{parent}/cgroup.subtree_control").split():
+                try:
+                    _write(f"{parent}/cgroup.subtree_control", "+memory")
+                except OSError:                  # a non-root cgroup with processes: no controllers
+                    parent = v2                  # for its children (the no-internal-process rule)
+                    _write(f"{parent}/cgroup.subtree_control", "+memory")
+            self.files = {"max": "memory.max", "current": "memory.current"}
+        elif v1 is not None:
+            self.version = 1
+            rel = next((p for h, c, p in lines if "memory" in c.split(",")), "/")
+            parent = os.path.join(v1, rel.lstrip("/"))
+            self.files = {"max": "memory.limit_in_bytes", "current": "memory.usage_in_bytes"}
+        else:
+            raise OSError(errno.ENOSYS, "no memory cgroup controller is mounted")
+        self.path = os.path.join(parent, name)
+        os.mkdir(self.path)
+
+    def _file(self, key):
+        return os.path.join(self.path, self.files.get(key, key))
+
+    def attach(self, pid):
+        _write(self._file("cgroup.procs"), str(pid))
+
+    def current(self):
+        return int(_read_text(self._file("current")))
+
+    def limit(self):
+        text = _read_text(self._file("max")).strip()
+        value = None if text == "max" else int(text)
+        return None if value is None or value >= (1 << 62) else value
+
+    def set_limit(self, value):
+        """memory.max (v2) / memory.limit_in_bytes (v1) in bytes; None: no limit."""
+        if value is None:
+            _write(self._file("max"), "max" if self.version == 2 else "-1")
+        else:
+            _write(self._file("max"), str(int(value)))
+
+    def events(self):
+        """{"max": charges that hit the limit, "oom": memcg OOMs, "oom_kill": processes the memcg
+        OOM killer killed}.  v1 has no "oom" count (0) and counts in "max" its failcnt: every
+        failed try of the page counter, a per-CPU batch of 64 pages that did not fit included."""
+        if self.version == 2:
+            ev = _read_kv(self._file("memory.events"))
+            return {k: int(ev.get(k, 0)) for k in ("max", "oom", "oom_kill")}
+        oom = _read_kv(self._file("memory.oom_control"))
+        return {"max": int(_read_text(self._file("memory.failcnt"))), "oom": 0,
+                "oom_kill": int(oom.get("oom_kill", 0))}
+
+    def pids(self):
+        return [int(p) for p in _read_text(self._file("cgroup.procs")).split()]
+
+    def remove(self, timeout=5.0):
+        """rmdir the cgroup once its processes (this HostMM's own) have exited; any still there
+        after ``timeout`` are killed first (by pid: they are processes HostMM forked)."""
+        import signal
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                os.rmdir(self.path)
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    for pid in self.pids():
+                        with contextlib.suppress(OSError):
+                            os.kill(pid, signal.SIGKILL)
+                    deadline = time.monotonic() + timeout
+                time.sleep(0.02)
+
+
+def _read_text(path):
+    with open(path) as f:
+        return f.read()
+
+
+class HostMM:
+    """The real kernel, through the API of :class:`mmemu.MM` (see the module docstring).
+
+    ``HostMM(memory_max=bytes)`` or ``HostMM(memcg=True)``: the HostMM runs in a process of its
+    own, forked for it and moved into a memory cgroup of its own (see :class:`MemcgHostMM`), so
+    that the limit applies to the accesses and never to the calling process."""
+
+    def __new__(cls, memory_max=None, memcg=False):
+        if cls is HostMM and (memory_max is not None or memcg):
+            return MemcgHostMM(memory_max)
+        return super().__new__(cls)
+
+    def __init__(self, memory_max=None, memcg=False):
         ok, why = host_supported()
         if not ok:
             raise OSError(errno.ENOSYS, f"HostMM needs Linux with pagemap, root and PAGEMAP_SCAN: {why}")
@@ -412,6 +537,20 @@ class HostMM:
     def config(self) -> Config:
         """The running kernel's settings (Config.from_host())."""
         return self._config
+
+    @property
+    def memory_max(self):
+        """None: a plain HostMM runs in no memory cgroup of its own (see MemcgHostMM)."""
+        return None
+
+    @memory_max.setter
+    def memory_max(self, value):
+        raise NotImplementedError("a memory limit needs HostMM(memcg=True) or HostMM(memory_max=...)")
+
+    @property
+    def memory_current(self):
+        """None: a plain HostMM runs in no memory cgroup of its own (see MemcgHostMM)."""
+        return None
 
     def close(self):
         if self._closed:
@@ -924,3 +1063,307 @@ class HostChild:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class MemcgHostMM:
+    """A HostMM in a memory cgroup of its own (``HostMM(memory_max=...)``/``HostMM(memcg=True)``).
+
+    The HostMM lives in a worker process forked for it, which moves itself into a new child of
+    this process's memory cgroup before it maps anything (cgroup v2 where the memory controller
+    is there, else v1); every call goes to it over a pipe, as to a HostChild.  Its forks are its
+    children, in the same cgroup.  The calling process never joins the cgroup.
+
+    ``memory_current`` and ``memory_max`` are in bytes above the cgroup's usage when the worker
+    was ready (the interpreter's own pages in it: ``memcg["base"]``), as the emulator counts
+    only its MM.  The usage the kernel shows includes the per-CPU charge stock (charges are
+    taken from the page counter 64 pages at a time and handed out from a per-CPU stock), so
+    ``memory_current`` is exact only to that batch.  Setting ``memory_max`` below
+    ``memory_current`` raises OutOfMemory and keeps the old limit (as the emulator does).
+
+    A charge the kernel cannot make for an order-0 page (or a page table) with no swap is the
+    memcg OOM: the kernel kills the worker.  The call raises OutOfMemory (``exc.signal`` is the
+    signal that ended the worker) and the HostMM is closed; ``memcg`` still shows the events.
+    """
+
+    _METHODS = ("read", "write", "atomic", "access", "page_states", "smaps", "maps", "mmap", "munmap",
+                "mprotect", "madvise", "mremap", "prctl", "drop_caches", "khugepaged_scan", "mlock",
+                "munlock")
+    _VIEWS = ("rusage", "status", "vmstat", "mthp_stats", "khugepaged", "config")
+
+    def __init__(self, memory_max=None):
+        import pickle
+        self._pickle = pickle
+        self._pid = None
+        self._closed = False
+        self._lock = host_lock()
+        self._lock.__enter__()
+        try:
+            self._cg = _Memcg()
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
+        self._dead = None
+        up_r, up_w = os.pipe()
+        down_r, down_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(up_r)
+            os.close(down_w)
+            status = 0
+            try:
+                with os.fdopen(down_r, "rb") as inbox, os.fdopen(up_w, "wb") as outbox:
+                    _memcg_serve(self._cg, inbox, outbox, pickle)
+            except BaseException:
+                status = 1
+            finally:
+                os._exit(status)
+        os.close(up_w)
+        os.close(down_r)
+        self._pid = pid
+        self._inbox = os.fdopen(up_r, "rb")
+        self._outbox = os.fdopen(down_w, "wb")
+        try:
+            kind, value = self._pickle.load(self._inbox)
+            if kind == "error":
+                raise value
+            self._base = self._cg.current()
+            self._max = None
+            if memory_max is not None:
+                self.memory_max = memory_max
+        except BaseException:
+            self.close()
+            raise
+
+    # ---- the pipe -----------------------------------------------------------------------------
+
+    def _send(self, request, address=0):
+        if self._closed or self._pid is None:
+            raise ClosedError("this HostMM is closed" + (f" ({self._dead})" if self._dead else ""))
+        try:
+            self._pickle.dump(request, self._outbox)
+            self._outbox.flush()
+            kind, value = self._pickle.load(self._inbox)
+        except (EOFError, BrokenPipeError, ConnectionResetError, self._pickle.UnpicklingError):
+            self._worker_died(address)
+        if kind == "error":
+            raise value
+        return self._wrap(value)
+
+    def _worker_died(self, address):
+        import signal
+        _, status = os.waitpid(self._pid, 0)
+        self._pid = None
+        sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+        self._dead = f"the worker was killed by {signal.Signals(sig).name}" if sig else "the worker exited"
+        exc = OutOfMemory(address)
+        exc.signal = sig
+        exc.events = self._cg.events()
+        self.close()
+        raise exc
+
+    def _wrap(self, value):
+        if isinstance(value, tuple) and len(value) == 3 and value[0] == "__child__":
+            return _MemcgChild(self, value[1])
+        if isinstance(value, tuple) and len(value) == 3 and value[0] == "__file__":
+            return _MemcgFile(self, value[1], value[2])
+        return value
+
+    def _call(self, name, *args, **kwargs):
+        address = 0
+        if args and name in ("read", "write", "atomic"):
+            address = int(args[0])
+        elif args and name == "access":
+            with contextlib.suppress(Exception):
+                address = int(np.asarray(args[0]).reshape(-1)[0])
+        return self._send(("call", name, args, kwargs), address)
+
+    def __getattr__(self, name):
+        if name in self._METHODS:
+            return lambda *args, **kwargs: self._call(name, *args, **kwargs)
+        if name in self._VIEWS:
+            return self._call(name)
+        raise AttributeError(name)
+
+    def fork(self):
+        return self._call("fork")
+
+    def memfd_create(self, name="mmemu"):
+        return self._call("memfd_create", name)
+
+    # ---- the cgroup -----------------------------------------------------------------------------
+
+    @property
+    def memory_current(self) -> int:
+        """Bytes charged to the cgroup above its usage when the worker was ready (memory.current
+        or memory.usage_in_bytes, minus ``memcg["base"]``; includes the per-CPU charge stock)."""
+        return self._cg.current() - self._base
+
+    @property
+    def memory_max(self):
+        """The limit in bytes above the base (None: no limit).  Set: memory.max (v2) or
+        memory.limit_in_bytes (v1) = base + value."""
+        return self._max
+
+    @memory_max.setter
+    def memory_max(self, value):
+        if value is not None:
+            value = _uint(value, "memory_max")
+            if value < self.memory_current:
+                raise OutOfMemory(0)
+        self._cg.set_limit(None if value is None else self._base + value)
+        self._max = value
+
+    @property
+    def memcg(self) -> dict:
+        """The cgroup as the kernel shows it: version, path, current and limit (bytes, raw),
+        base, and events (see _Memcg.events)."""
+        return {"version": self._cg.version, "path": self._cg.path, "current": self._cg.current(),
+                "limit": self._cg.limit(), "base": self._base, **self._cg.events()}
+
+    @property
+    def closed(self):
+        return self._closed
+
+    def close(self):
+        if self._closed:
+            return
+        self._closed = True
+        if self._pid is not None:
+            with contextlib.suppress(OSError):
+                self._pickle.dump(None, self._outbox)
+                self._outbox.flush()
+        for f in (self._outbox, self._inbox):
+            with contextlib.suppress(OSError):
+                f.close()
+        if self._pid is not None:
+            os.waitpid(self._pid, 0)
+            self._pid = None
+        self._cg.remove()
+        self._lock.__exit__(None, None, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class _MemcgChild:
+    """A HostChild of a MemcgHostMM's worker, driven through the worker."""
+
+    def __init__(self, owner, cid):
+        self._owner, self._cid, self._closed = owner, cid, False
+
+    def _call(self, name, *args, **kwargs):
+        if self._closed:
+            raise ClosedError("this child has exited")
+        return self._owner._send(("child", self._cid, name, args, kwargs))
+
+    def __getattr__(self, name):
+        if name in HostChild._CALLS:
+            return lambda *args, **kwargs: self._call(name, *args, **kwargs)
+        if name in HostChild._VIEWS:
+            return self._call(name)
+        raise AttributeError(name)
+
+    @property
+    def closed(self):
+        return self._closed
+
+    def close(self):
+        if not self._closed and not self._owner.closed:
+            self._owner._send(("child_close", self._cid))
+        self._closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class _MemcgFile:
+    """A memfd of a MemcgHostMM's worker (the descriptor is the worker's)."""
+
+    def __init__(self, owner, fd, name):
+        self._owner, self.fd, self.name, self.closed = owner, fd, name, False
+
+    def __reduce__(self):                  # the worker gets its own HostFile of that descriptor
+        return (HostFile, (self.fd, self.name))
+
+    def _call(self, name, *args, **kwargs):
+        return self._owner._send(("file", self.fd, name, args, kwargs))
+
+    @property
+    def size(self):
+        return self._call("size")
+
+    def ftruncate(self, size):
+        self._call("ftruncate", size)
+
+    def fallocate(self, offset, length, punch_hole=True):
+        self._call("fallocate", offset, length, punch_hole)
+
+    def close(self):
+        if not self.closed:
+            self._call("close")
+            self.closed = True
+
+
+def _memcg_serve(cg, inbox, outbox, pickle):
+    """The worker of a MemcgHostMM: join the cgroup, make a HostMM, serve calls until told to
+    stop (None) or the pipe closes."""
+    def reply(kind, value):
+        pickle.dump((kind, value), outbox)
+        outbox.flush()
+
+    try:
+        cg.attach(os.getpid())
+        mm = HostMM()
+    except Exception as exc:
+        reply("error", exc)
+        return
+    children, serial = {}, 0
+    try:
+        reply("ok", None)
+        while True:
+            try:
+                request = pickle.load(inbox)
+            except EOFError:
+                break
+            if request is None:
+                break
+            try:
+                kind = request[0]
+                if kind == "call":
+                    _, name, args, kwargs = request
+                    value = getattr(mm, name)
+                    value = value(*args, **kwargs) if callable(value) else value
+                elif kind == "child":
+                    _, cid, name, args, kwargs = request
+                    child = children[cid]
+                    value = getattr(child, name)
+                    value = value(*args, **kwargs) if callable(value) else value
+                elif kind == "child_close":
+                    children.pop(request[1]).close()
+                    value = None
+                elif kind == "file":
+                    _, fd, name, args, kwargs = request
+                    f = next(f for f in mm._files if f.fd == fd and not f.closed)
+                    value = getattr(f, name)
+                    value = value(*args, **kwargs) if callable(value) else value
+                else:
+                    raise ValueError(f"unknown request {kind!r}")
+                if isinstance(value, HostChild):
+                    serial += 1
+                    children[serial] = value
+                    value = ("__child__", serial, None)
+                elif isinstance(value, HostFile):
+                    value = ("__file__", value.fd, value.name)
+                reply("ok", value)
+            except Exception as exc:               # sent back, raised in the caller
+                reply("error", exc)
+    finally:
+        for child in children.values():
+            child.close()
+        mm.close()
