@@ -11,6 +11,11 @@ the process (the interpreter's own allocations): ``status`` (RssAnon, VmPTE).  W
 system-wide and may be disturbed by every other process and by khugepaged: ``vmstat`` and
 ``mthp_stats`` (changes since the HostMM was made).
 
+Issue 5: shared anonymous mappings and memfds (``mmap(shared=True)``, ``memfd_create``), shmem
+page states (SHMEM 6, SHMEM_THP 7), the per-size stats of all eight THP sizes, shmem_enabled in
+``host_settings``, and a memory cgroup (``HostMM(memory_max=...)``: :class:`MemcgHostMM`, a
+worker process of its own in a child memory cgroup).  docs/host-oracle.md has the details.
+
 HostMM only ever touches memory it mapped itself: an access or a system call on an address
 outside its own mappings is refused (as SIGSEGV for an access, ValueError for a call) before it
 reaches the kernel, so it can never write into the interpreter's memory.
