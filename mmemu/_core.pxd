@@ -106,6 +106,7 @@ cdef enum:
     # a PMD-order folio with PG_HEAD and neither PG_ANON nor PG_HUGE_ZERO
     PG_SHMEM = 1 << 2
     PG_DIRTY = 1 << 7
+    PG_FALLOCATED = 1 << 5       # (shmem page) fallocated, not uptodate until faulted (bit of PG_LAZYFREE)
 
 # /sys/kernel/mm/transparent_hugepage/shmem_enabled
 cdef enum:
@@ -306,8 +307,9 @@ cdef class Machine:
     cdef bint folio_mlocked(self, int64_t head) except -1
     cdef int64_t shmem_alloc_folio(self, int32_t fid, int64_t index, bint huge, bint compact) noexcept nogil
     cdef void shmem_free_page(self, int64_t pfn) noexcept nogil
-    cdef void shmem_free_thp(self, folio_t *folio) noexcept nogil
-    cdef void shmem_split_thp(self, folio_t *folio) noexcept nogil
+    cdef void shmem_free_folio(self, folio_t *folio) noexcept nogil
+    cdef void shmem_split_folio_at(self, folio_t *folio, int64_t at) noexcept nogil
+    cdef folio_t *shmem_describe_folio(self, int64_t head, int order) noexcept nogil
     cdef bint unmap_leaves_partial(self, folio_t *folio, int64_t head) noexcept nogil
 
 
@@ -387,6 +389,8 @@ cdef class MMCore:
     cdef void shmem_map_pmd(self, int64_t vma, uint64_t *pmdp, int64_t head, bint write) noexcept nogil
     cdef void shmem_map_ptes(self, int64_t vma, uint64_t *pte, int64_t pfn, int64_t nr, bint write) noexcept nogil
     cdef int shmem_fault_around(self, int64_t vma, uint64_t addr, uint64_t *pmdp) noexcept nogil
+    cdef bint cached_uptodate(self, const int64_t *pages, int64_t size, int64_t index) noexcept nogil
+    cdef bint folio_fits(self, int64_t vma, uint64_t start, int64_t nr) noexcept nogil
     cdef void zap_shmem_pte(self, uint64_t e) noexcept nogil
     cdef void zap_shmem_pmd(self, uint64_t *pmdp) noexcept nogil
     cdef bint anon_vma_compatible(self, int64_t a, int64_t b) noexcept nogil

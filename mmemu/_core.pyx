@@ -490,10 +490,8 @@ cdef class Machine:
         return &self.mthp_folio[((pfn >> order) << order) >> 2]
 
     cdef inline bint page_is_shmem(self, int64_t pfn, folio_t *folio) noexcept nogil:
-        """Whether frame pfn (of folio, NULL for an order-0 page) is in a shmem page cache."""
-        if folio == NULL:
-            return (self.flags[pfn] & PG_SHMEM) != 0
-        return (folio.flags & (PG_ANON | PG_HUGE_ZERO)) == 0
+        """Whether frame pfn is in a shmem page cache (every such frame carries PG_SHMEM)."""
+        return (self.flags[pfn] & PG_SHMEM) != 0
 
     cdef inline int64_t folio_pfn(self, folio_t *folio) noexcept nogil:
         """The head frame of a large folio."""
@@ -735,13 +733,19 @@ cdef class Machine:
 
     def file_free_range(self, int32_t fid, int64_t first, int64_t last):
         """shmem_undo_range: free the pages of [first, last) from the page cache (mapped
-        nowhere any more). A THP only partly inside is split first (a uniform split to
-        order 0; 6.15+ splits it around the hole into smaller folios)."""
+        nowhere any more). A large folio only partly inside is split around the cut first, as
+        6.15+ truncate_inode_partial_folio does (folio_split: the buddy halves away from the
+        cut stay large folios)."""
         cdef ShmemFile f = self.files[fid]
-        cdef int64_t index, pfn, head, hidx
+        cdef int64_t index, pfn, head, hidx, nr
         cdef folio_t *folio
         if not 0 <= first <= last <= f.size:
             raise ValueError("file_free_range: bad range")
+        for index in (first, last):             # split_at, then split_at2
+            if index < f.size and f.pages[index]:
+                folio = self.folio_of(f.pages[index])
+                if folio != NULL and self.folio_pfn(folio) != f.pages[index]:
+                    self.shmem_split_folio_at(folio, f.pages[index])
         index = first
         while index < last:
             pfn = f.pages[index]
@@ -754,32 +758,89 @@ cdef class Machine:
                 self.shmem_free_page(pfn)
                 index += 1
                 continue
-            head = self.folio_pfn(folio)
-            hidx = index - (pfn - head)
-            if hidx >= first and hidx + HPAGE_PMD_NR <= last:
-                for pfn in range(hidx, hidx + HPAGE_PMD_NR):
-                    f.pages[pfn] = 0
-                self.shmem_free_thp(folio)
-                index = hidx + HPAGE_PMD_NR
-            else:
-                self.shmem_split_thp(folio)           # then free its pages one by one
+            head = self.folio_pfn(folio)          # wholly inside: the cuts were split above
+            nr = (<int64_t>1) << folio.order
+            for hidx in range(index, index + nr):
+                f.pages[hidx] = 0
+            self.shmem_free_folio(folio)
+            index += nr
         return 0
 
-    cdef void shmem_free_thp(self, folio_t *folio) noexcept nogil:
-        self.uncharge(HPAGE_PMD_NR)
-        self.vmstat[NR_SHMEM] -= HPAGE_PMD_NR
-        self.vmstat[NR_SHMEM_THPS] -= 1
-        self.free_pmd_folio(self.folio_pfn(folio))
+    def file_fallocate(self, int32_t fid, int64_t first, int64_t last):
+        """shmem_fallocate without PUNCH_HOLE: allocate the missing pages of [first, last) (THPs
+        where shmem_enabled is always, or within_size and the file covers them; advise needs a
+        VMA) without data: not uptodate until faulted. On failure the pages allocated by this
+        call are freed again (shmem_undo_range(unfalloc)). Returns False if out of memory."""
+        cdef ShmemFile f = self.files[fid]
+        cdef int64_t index, pfn, head, nr
+        cdef folio_t *folio
+        cdef bint huge = self.shmem_enabled == SHMEM_HUGE_ALWAYS or self.shmem_enabled == SHMEM_HUGE_WITHIN_SIZE
+        cdef list new = []
+        if not 0 <= first <= last <= f.size:
+            raise ValueError("file_fallocate: bad range")
+        index = first
+        while index < last:
+            if f.pages[index]:
+                index += 1
+                continue
+            pfn = self.shmem_alloc_folio(fid, index, huge and (index & (HPAGE_PMD_NR - 1)) == 0
+                                         and index + HPAGE_PMD_NR <= last, True)
+            if pfn < 0:
+                for head, nr in new:
+                    self.file_free_range(fid, head, head + nr)
+                return False
+            folio = self.folio_of(pfn)
+            nr = 1 if folio == NULL else HPAGE_PMD_NR
+            for head in range(pfn, pfn + nr):
+                self.flags[head] = self.flags[head] | PG_FALLOCATED
+            new.append((index, nr))
+            index += nr
+        return True
 
-    cdef void shmem_split_thp(self, folio_t *folio) noexcept nogil:
-        """split_folio of a shmem THP that no PMD maps: 512 order-0 pages of the cache."""
-        cdef int64_t head = self.folio_pfn(folio), pfn
-        self.vmstat[THP_SPLIT_PAGE] += 1
-        self.count_mthp(HPAGE_PMD_ORDER, MTHP_SPLIT, 1)
-        self.vmstat[NR_SHMEM_THPS] -= 1
-        self.clear_folio(head >> HPAGE_PMD_ORDER)     # frames stay pinned: order-0 shmem pages
-        for pfn in range(head, head + HPAGE_PMD_NR):
-            self.flags[pfn] = self.flags[pfn] | PG_SHMEM
+    cdef void shmem_free_folio(self, folio_t *folio) noexcept nogil:
+        """A large shmem folio leaves the page cache: uncharged and freed."""
+        cdef int order = folio.order
+        cdef int64_t head = self.folio_pfn(folio), nr = (<int64_t>1) << order
+        self.uncharge(nr)
+        self.vmstat[NR_SHMEM] -= nr
+        if order == HPAGE_PMD_ORDER:
+            self.vmstat[NR_SHMEM_THPS] -= 1
+            self.free_pmd_folio(head)
+        else:
+            self.forget_mthp(head, order)
+            self.free_frames(head, order)
+
+    cdef void shmem_split_folio_at(self, folio_t *folio, int64_t at) noexcept nogil:
+        """folio_split(folio, 0, at): the folio becomes, at each order below its own, the buddy
+        half that does not hold ``at`` (a folio of that order), and ``at`` alone. Order-1
+        pieces are kept as two order-0 pages (mmemu describes large folios from order 2)."""
+        cdef int order = folio.order, j
+        cdef int64_t head = self.folio_pfn(folio), start
+        if order == HPAGE_PMD_ORDER:
+            self.vmstat[THP_SPLIT_PAGE] += 1
+            self.vmstat[NR_SHMEM_THPS] -= 1
+            self.clear_folio(head >> HPAGE_PMD_ORDER)
+        else:
+            self.forget_mthp(head, order)
+        self.count_mthp(order, MTHP_SPLIT, 1)
+        for j in range(order - 1, -1, -1):
+            start = head + ((((at - head) >> j) ^ 1) << j)
+            if j >= MIN_MTHP_ORDER:
+                self.shmem_describe_folio(start, j)
+        # frames keep their flags (PG_SHMEM, dirty, written) and mapcounts: order-0 pages now
+
+    cdef folio_t *shmem_describe_folio(self, int64_t head, int order) noexcept nogil:
+        """Describe frames [head, head + 2**order) of a page cache as one shmem folio; its
+        refcount counts the PTEs that map its pages."""
+        cdef folio_t *folio = self.new_mthp(head, order)
+        cdef int64_t k
+        folio.flags = 0
+        folio.refcount = 0
+        for k in range(head, head + ((<int64_t>1) << order)):
+            folio.refcount += self.mapcount[k]
+            if self.flags[k] & PG_WRITTEN:
+                folio.written += 1
+        return folio
 
     cdef void shmem_free_page(self, int64_t pfn) noexcept nogil:
         """An order-0 page leaves the page cache: uncharged and freed."""
@@ -819,6 +880,7 @@ cdef class Machine:
                 folio.index = hidx
                 for k in range(HPAGE_PMD_NR):
                     pages[hidx + k] = pfn + k
+                    self.flags[pfn + k] = PG_SHMEM
                 self.vmstat[THP_FILE_ALLOC] += 1
                 self.count_mthp(HPAGE_PMD_ORDER, MTHP_SHMEM_ALLOC, 1)
                 self.vmstat[NR_SHMEM] += HPAGE_PMD_NR
@@ -1760,6 +1822,8 @@ cdef class MMCore:
             if pte[0]:
                 if write and not (pte[0] & _PAGE_RW):
                     pte[0] = pte[0] | _PAGE_RW | _PAGE_DIRTY | _PAGE_ACCESSED    # wp_page_shared
+                    pfn = <int64_t>entry_index(pte[0])
+                    self.machine.flags[pfn] = self.machine.flags[pfn] | PG_DIRTY  # fault_dirty_shared_page
                 else:
                     pte[0] = pte[0] | _PAGE_ACCESSED | (_PAGE_DIRTY if write else 0)
                 return VM_FAULT_OK
@@ -1785,13 +1849,20 @@ cdef class MMCore:
         pte = self.pte_entry(pmdp[0], addr)
         if folio != NULL:
             head = self.machine.folio_pfn(folio)
-            nr = pfn - head                       # pages of the folio before this one
-            if (addr & ~PMD_MASK) == (<uint64_t>nr << PAGE_SHIFT) and self.shmem_pmd_suitable(vma, addr) \
-                    and ptes_none(pte - nr, HPAGE_PMD_NR):
-                self.shmem_map_ptes(vma, pte - nr, head, HPAGE_PMD_NR, write)    # the whole folio
+            nr = (<int64_t>1) << folio.order
+            if self.folio_fits(vma, addr - (<uint64_t>(pfn - head) << PAGE_SHIFT), nr) \
+                    and ptes_none(pte - (pfn - head), nr):
+                self.shmem_map_ptes(vma, pte - (pfn - head), head, nr, write)    # the whole folio
                 return VM_FAULT_OK
         self.shmem_map_ptes(vma, pte, pfn, 1, write)
         return VM_FAULT_OK
+
+    cdef bint folio_fits(self, int64_t vma, uint64_t start, int64_t nr) noexcept nogil:
+        """finish_fault / filemap_map_folio_range: a folio whose first page would sit at start
+        may be mapped whole when it lies inside the VMA and inside one PTE table."""
+        cdef uint64_t end = start + (<uint64_t>nr << PAGE_SHIFT)
+        return (start >= self.vm_start[vma] and end <= self.vm_end[vma]
+                and (start & PMD_MASK) == ((end - 1) & PMD_MASK))
 
     cdef bint shmem_pmd_suitable(self, int64_t vma, uint64_t addr) noexcept nogil:
         """thp_vma_suitable_order(PMD_ORDER) for a file VMA: the aligned 2 MiB of addr lies in
@@ -1825,12 +1896,15 @@ cdef class MMCore:
         cdef folio_t *folio = &self.machine.pmd_folio[head >> HPAGE_PMD_ORDER]
         cdef uint64_t e = (<uint64_t>head << PAGE_SHIFT) | _PAGE_PRESENT | _PAGE_PSE | _PAGE_ACCESSED
         cdef uint32_t flags = self.vm_flags[vma]
+        cdef int64_t k
         if flags & VM_ACCESS_FLAGS:
             e |= _PAGE_USER
             if flags & VM_WRITE:
                 e |= _PAGE_RW               # a shared writable mapping needs no write-notify
         if write:
             e |= _PAGE_DIRTY
+            for k in range(head, head + HPAGE_PMD_NR):        # fault_dirty_shared_page
+                self.machine.flags[k] = self.machine.flags[k] | PG_DIRTY
         if folio.written == HPAGE_PMD_NR:
             e |= _PAGE_WRITTEN
         pmdp[0] = e
@@ -1859,6 +1933,9 @@ cdef class MMCore:
                 continue
             pte[k] = (<uint64_t>(pfn + k) << PAGE_SHIFT) | e \
                 | (_PAGE_WRITTEN if self.machine.flags[pfn + k] & PG_WRITTEN else 0)
+            # a page cache page is uptodate once mapped; a write fault dirties it
+            self.machine.flags[pfn + k] = (self.machine.flags[pfn + k] & ~PG_FALLOCATED) \
+                | (PG_DIRTY if write else 0)
             self.machine.mapcount[pfn + k] = self.machine.mapcount[pfn + k] + 1
             folio = self.machine.folio_of(pfn + k)
             if folio != NULL:
@@ -1873,7 +1950,8 @@ cdef class MMCore:
         cdef int64_t pte_off = pte_index(addr)
         cdef int64_t vma_off = <int64_t>((addr - self.vm_start[vma]) >> PAGE_SHIFT)
         cdef int64_t vma_pages = <int64_t>((self.vm_end[vma] - self.vm_start[vma]) >> PAGE_SHIFT)
-        cdef int64_t from_pte, to_pte, i, index, pfn, first = -1
+        cdef int64_t from_pte, to_pte, i, index, pfn, first = -1, nr, head
+        cdef uint64_t start
         cdef int64_t *pages = self.machine.file_pages[fid]
         cdef int64_t size = self.machine.file_size[fid]
         cdef uint64_t *pte
@@ -1884,23 +1962,45 @@ cdef class MMCore:
         to_pte = min(min(from_pte + FAULT_AROUND_PAGES, <int64_t>PTRS_PER_TABLE), pte_off + vma_pages - vma_off)
         index = self.folio_index_at(vma, addr) - pte_off
         for i in range(from_pte, to_pte):
-            if index + i < size and pages[index + i]:
+            if self.cached_uptodate(pages, size, index + i):
                 first = i
                 break
         if first < 0:
             return 0                               # nothing cached: no table either
         pfn = pages[index + first]
         folio = self.machine.folio_of(pfn)
-        if not pmdp[0] and folio != NULL and self.shmem_pmd_suitable(vma, addr):
+        if not pmdp[0] and folio != NULL and folio.order == HPAGE_PMD_ORDER \
+                and self.shmem_pmd_suitable(vma, addr):
             self.shmem_map_pmd(vma, pmdp, self.machine.folio_pfn(folio), False)   # filemap_map_pmd
             return 0
         if self.pte_alloc(pmdp) == NULL:
             return VM_FAULT_HOSTMEM
         pte = self.pte_entry(pmdp[0], 0)
-        for i in range(first, to_pte):
-            if index + i < size and pages[index + i] and not pte[i]:
-                self.shmem_map_ptes(vma, pte + i, pages[index + i], 1, False)
+        i = first
+        while i < to_pte:
+            if not self.cached_uptodate(pages, size, index + i):
+                i += 1
+                continue
+            pfn = pages[index + i]
+            folio = self.machine.folio_of(pfn)
+            nr = 1 if folio == NULL else (<int64_t>1) << folio.order
+            head = pfn if folio == NULL else self.machine.folio_pfn(folio)
+            start = self.vm_start[vma] + (<uint64_t>(index + i - (pfn - head) - <int64_t>self.vm_pgoff[vma]) << PAGE_SHIFT)
+            if folio != NULL and index + i - (pfn - head) >= <int64_t>self.vm_pgoff[vma] \
+                    and self.folio_fits(vma, start, nr):
+                # filemap_map_folio_range: a large folio inside the VMA and the table, whole
+                self.shmem_map_ptes(vma, pte + pte_index(start), head, nr, False)
+                i = pte_index(start) + nr
+            else:
+                if not pte[i]:
+                    self.shmem_map_ptes(vma, pte + i, pfn, 1, False)
+                i += 1
         return 0
+
+    cdef bint cached_uptodate(self, const int64_t *pages, int64_t size, int64_t index) noexcept nogil:
+        """next_uptodate_folio: a page in the cache that holds data (not just fallocated)."""
+        return 0 <= index < size and pages[index] != 0 \
+            and not (self.machine.flags[pages[index]] & PG_FALLOCATED)
 
     cdef void zap_shmem_pte(self, uint64_t e) noexcept nogil:
         """Drop one PTE mapping of a shmem page: the page stays in the page cache; a dirty PTE
@@ -1930,9 +2030,71 @@ cdef class MMCore:
                 self.machine.flags[k] = self.machine.flags[k] | PG_DIRTY
         self.rss_shmem -= HPAGE_PMD_NR
 
-    def unmap_file_range(self, int32_t fid, int64_t first, int64_t last):
+    def collapse_file(self, int64_t vma, uint64_t haddr):
+        """MADV_COLLAPSE of one aligned 2 MiB of a shared mapping (collapse_file, then
+        collapse_pte_mapped_thp): the file's pages there become one THP (holes zero-filled,
+        shmem_enabled ignored), every process's PTEs of them go (retract_page_tables), and this
+        process maps the THP by its PMD. Returns 0 or the errno name."""
+        cdef int32_t fid
+        cdef int64_t hidx, k, pfn, old, present = 0
+        cdef uint64_t *pmdp
+        cdef int64_t *pages
+        cdef folio_t *folio
+        cdef MMCore mm
+        if not 0 <= vma < self.nr_vmas or not self.vm_file[vma]:
+            raise ValueError("collapse_file: not a shared mapping")
+        fid = self.vm_file[vma]
+        if haddr & ~PMD_MASK or not self.shmem_pmd_suitable(vma, haddr) \
+                or self.vm_flags[vma] & VM_NOHUGEPAGE or self.thp_disable == THP_DISABLE_COMPLETELY:
+            return "EINVAL"
+        hidx = self.folio_index_at(vma, haddr)
+        if hidx + HPAGE_PMD_NR > self.machine.file_size[fid]:
+            return "EINVAL"
+        pmdp = self.pmd_entry(haddr)
+        if pmdp != NULL and pmdp[0] & _PAGE_PSE:
+            return 0                                  # SCAN_PMD_MAPPED
+        pages = self.machine.file_pages[fid]
+        folio = self.machine.folio_of(pages[hidx]) if pages[hidx] else NULL
+        if folio == NULL or folio.order != HPAGE_PMD_ORDER:
+            pfn = self.machine.alloc_pmd_folio(True)
+            if pfn < 0:
+                self.count_vm(THP_COLLAPSE_ALLOC_FAILED, 1)
+                return "ENOMEM"
+            self.count_vm(THP_COLLAPSE_ALLOC, 1)
+            if not self.machine.try_charge(HPAGE_PMD_NR):
+                self.machine.free_frames(pfn, HPAGE_PMD_ORDER)
+                return "EBUSY"
+            for mm in list(self.machine.mms):         # retract_page_tables
+                mm.unmap_file_range(fid, hidx, hidx + HPAGE_PMD_NR, True)
+            for k in range(HPAGE_PMD_NR):
+                old = pages[hidx + k]
+                self.machine.flags[pfn + k] = PG_SHMEM | PG_DIRTY \
+                    | (self.machine.flags[old] & PG_WRITTEN if old else 0)
+                present += old != 0
+            self.machine.file_free_range(fid, hidx, hidx + HPAGE_PMD_NR)
+            folio = &self.machine.pmd_folio[pfn >> HPAGE_PMD_ORDER]
+            folio.flags = PG_HEAD
+            folio.order = HPAGE_PMD_ORDER
+            folio.index = hidx
+            for k in range(HPAGE_PMD_NR):
+                pages[hidx + k] = pfn + k
+                if self.machine.flags[pfn + k] & PG_WRITTEN:
+                    folio.written += 1
+            self.count_vm(NR_SHMEM, HPAGE_PMD_NR)
+            self.count_vm(NR_SHMEM_THPS, 1)
+        else:
+            self.unmap_file_range(fid, hidx, hidx + HPAGE_PMD_NR, True)
+        pmdp = self.pmd_alloc(haddr)
+        if pmdp == NULL:
+            raise MemoryError("cannot grow the page-table pool")
+        self.shmem_map_pmd(vma, pmdp, self.machine.folio_pfn(folio), False)
+        self.tlb_flush()
+        return 0
+
+    def unmap_file_range(self, int32_t fid, int64_t first, int64_t last, bint retract=False):
         """unmap_mapping_range: zap every mapping this process has of pages [first, last) of
-        shmem file fid (a PMD mapping only partly inside is cleared whole)."""
+        shmem file fid (a PMD mapping only partly inside is cleared whole); with ``retract``,
+        a PTE table emptied over a whole 2 MiB is freed too (retract_page_tables)."""
         cdef int64_t vma, lo, hi
         cdef uint64_t start, end
         cdef int ret = 0
@@ -1947,7 +2109,7 @@ cdef class MMCore:
             start = self.vm_start[vma] + (<uint64_t>(lo - <int64_t>self.vm_pgoff[vma]) << PAGE_SHIFT)
             end = start + (<uint64_t>(hi - lo) << PAGE_SHIFT)
             with nogil:
-                ret = self._zap(start, end, False)
+                ret = self._zap(start, end, retract)
             if ret:
                 return ret
         self.tlb_flush()

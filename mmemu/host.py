@@ -294,11 +294,15 @@ class HostFile:
         except OSError as exc:
             raise SyscallError(exc.errno, "ftruncate") from None
 
-    def fallocate(self, offset, length, punch_hole=True) -> None:
+    def fallocate(self, offset, length, punch_hole=False, keep_size=False) -> None:
         """fallocate(2): ``punch_hole`` FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE (frees the
-        pages, unmaps them from every mapping), else mode 0 (allocates the range)."""
+        pages, unmaps them from every mapping), else allocates the range (mode 0, or
+        FALLOC_FL_KEEP_SIZE with ``keep_size``) -- as :meth:`mmemu.Memfd.fallocate`."""
         self._ensure_open()
-        mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE if punch_hole else 0
+        if punch_hole:
+            mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE
+        else:
+            mode = FALLOC_FL_KEEP_SIZE if keep_size else 0
         err, _ = _host.fallocate(self.fd, mode, _uint(offset, "offset"), _uint(length, "length"))
         if err:
             raise SyscallError(err, "fallocate")
@@ -1306,8 +1310,8 @@ class _MemcgFile:
     def ftruncate(self, size):
         self._call("ftruncate", size)
 
-    def fallocate(self, offset, length, punch_hole=True):
-        self._call("fallocate", offset, length, punch_hole)
+    def fallocate(self, offset, length, punch_hole=False, keep_size=False):
+        self._call("fallocate", offset, length, punch_hole, keep_size)
 
     def close(self):
         if not self.closed:

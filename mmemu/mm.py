@@ -85,7 +85,7 @@ _MODELLED_ADVICE = _NOOP_ADVICE | set(_FLAG_ADVICE) | {
 #: advice that private anonymous memory only takes (EINVAL on a shared mapping)
 _PRIVATE_ONLY = {"free", "wipeonfork", "keeponfork"}
 #: advice mmemu does not model on shared memory yet
-_NOT_ON_SHARED = {"pageout", "collapse"}
+_NOT_ON_SHARED = {"pageout"}
 
 
 def _page_align(n):
@@ -677,10 +677,24 @@ class MM:
 
     def _collapse(self, addr, end, pieces, hole):
         """MADV_COLLAPSE, VMA by VMA; the first VMA that fails ends the call (R64)."""
-        for s, e, _, _ in pieces:
-            ret = self._core.madvise_collapse(s, e)
+        for s, e, flags, _ in pieces:
+            if flags & VM_SHARED:
+                ret = self._collapse_file(s, e)
+            else:
+                ret = self._core.madvise_collapse(s, e)
             if ret:
                 raise SyscallError(getattr(errno, ret), "madvise", "MADV_COLLAPSE")
+
+    def _collapse_file(self, start, end):
+        """MADV_COLLAPSE of a shared mapping, 2 MiB by 2 MiB; the first failure ends it."""
+        vma = self._core.vma_index(start)
+        addr = (start + PMD_SIZE - 1) & ~(PMD_SIZE - 1)
+        while addr + PMD_SIZE <= end:
+            ret = self._core.collapse_file(vma, addr)
+            if ret:
+                return ret
+            addr += PMD_SIZE
+        return 0
 
     def _flag_madvise(self, pieces, set_bits, clear_bits):
         """madvise_update_vma: new flags on each piece, splitting and merging VMAs."""
@@ -1239,23 +1253,35 @@ class Memfd:
                 _punch_hole(self._machine, self._fid, pages, f.size)
             self._machine.file_set_size(self._fid, pages)
 
-    def fallocate(self, offset: int, length: int, punch_hole: bool = True) -> None:
-        """fallocate(2) with FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE: the whole pages of
-        [offset, offset+length) are unmapped from every process and freed (a THP partly inside
-        is split first).  Allocation without punching is not modelled."""
+    def fallocate(self, offset: int, length: int, punch_hole: bool = False, keep_size: bool = False) -> None:
+        """fallocate(2).  ``punch_hole=True`` (FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE): the
+        whole pages of [offset, offset+length) are unmapped from every process and freed (a
+        large folio partly inside is split around the hole first).  Otherwise the pages are
+        allocated without data (they are not "uptodate", so fault-around skips them until a
+        fault touches them), and the file grows to offset+length unless ``keep_size``."""
         offset = _uint(offset, "offset")
         length = _uint(length, "length")
-        if not isinstance(punch_hole, bool):
-            raise TypeError("punch_hole must be True or False")
-        if not punch_hole:
-            raise NotImplementedError("fallocate without FALLOC_FL_PUNCH_HOLE is not modelled")
+        for name, value in (("punch_hole", punch_hole), ("keep_size", keep_size)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be True or False")
         with self._lock:
-            self._file("fallocate")
+            f = self._file("fallocate")
             if length == 0:
                 raise SyscallError(errno.EINVAL, "fallocate", "length 0")
-            first = (offset + PAGE_SIZE - 1) // PAGE_SIZE      # partial pages are zeroed, not freed
-            last = (offset + length) // PAGE_SIZE
-            _punch_hole(self._machine, self._fid, first, last)
+            if offset + length > TASK_SIZE:
+                raise SyscallError(errno.EFBIG, "fallocate")
+            if punch_hole:
+                first = (offset + PAGE_SIZE - 1) // PAGE_SIZE      # partial pages are zeroed, not freed
+                last = (offset + length) // PAGE_SIZE
+                _punch_hole(self._machine, self._fid, first, last)
+                return
+            end = _page_align(offset + length) // PAGE_SIZE
+            old_size = f.size
+            if end > f.size and not keep_size:
+                self._machine.file_set_size(self._fid, end)
+            if not self._machine.file_fallocate(self._fid, offset // PAGE_SIZE, min(end, f.size)):
+                self._machine.file_set_size(self._fid, max(old_size, f.size if keep_size else old_size))
+                raise SyscallError(errno.ENOMEM, "fallocate", "out of memory")
 
     def close(self) -> None:
         """close(2): the file lives on while a mapping holds it."""

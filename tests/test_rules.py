@@ -117,7 +117,7 @@ def test_R4_a_page_faulted_into_a_read_only_vma_without_zeropage_is_clean():
 def test_R5_rssanon_and_vmpte_follow_faults():
     mm = MM()
     a = hp_mapping(mm, 4 * MB)
-    assert mm.status == {"VmRSS": 0, "RssAnon": 0, "VmPTE": 0}
+    assert mm.status == {"VmRSS": 0, "RssAnon": 0, "RssShmem": 0, "VmPTE": 0}
     mm.write(a)                                   # PUD + PMD tables + deposit
     assert mm.status["RssAnon"] == 2048 and mm.status["VmPTE"] == 12
     mm.madvise(a + 2 * MB, 2 * MB, "nohugepage")
