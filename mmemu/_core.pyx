@@ -769,7 +769,8 @@ cdef class Machine:
     def file_fallocate(self, int32_t fid, int64_t first, int64_t last):
         """shmem_fallocate without PUNCH_HOLE: allocate the missing pages of [first, last) (THPs
         where shmem_enabled is always, or within_size and the file covers them; advise needs a
-        VMA) without data: not uptodate until faulted. On failure the pages allocated by this
+        VMA) without data: not uptodate until faulted, and dirty (so that reclaim would swap
+        rather than drop them), as every page of the range is. On failure the pages allocated by this
         call are freed again (shmem_undo_range(unfalloc)). Returns False if out of memory."""
         cdef ShmemFile f = self.files[fid]
         cdef int64_t index, pfn, head, nr
@@ -781,6 +782,8 @@ cdef class Machine:
         index = first
         while index < last:
             if f.pages[index]:
+                # shmem_fallocate marks every folio of the range dirty, old ones too
+                self.flags[f.pages[index]] = self.flags[f.pages[index]] | PG_DIRTY
                 index += 1
                 continue
             pfn = self.shmem_alloc_folio(fid, index, huge and (index & (HPAGE_PMD_NR - 1)) == 0
@@ -792,7 +795,7 @@ cdef class Machine:
             folio = self.folio_of(pfn)
             nr = 1 if folio == NULL else HPAGE_PMD_NR
             for head in range(pfn, pfn + nr):
-                self.flags[head] = self.flags[head] | PG_FALLOCATED
+                self.flags[head] = self.flags[head] | PG_FALLOCATED | PG_DIRTY
             new.append((index, nr))
             index += nr
         return True

@@ -23,7 +23,7 @@ import dataclasses
 from .config import Config
 from .errors import OutOfMemory, SegmentationFault, SyscallError
 from .mm import MM
-from .scenarios import (BEFORE, EXTRA_ROWS, HOST_ORACLE_SCENARIOS, ISSUE4_ROWS, NO_ANCHOR, OFFSETS, PAGE, ROWS,
+from .scenarios import (BEFORE, EXTRA_ROWS, HOST_ORACLE_SCENARIOS, ISSUE4_ROWS, ISSUE5_ROWS, NO_ANCHOR, OFFSETS, PAGE, ROWS,
                         Run, describe, host_view, mismatches, needs)
 
 #: where both sides lay a scenario out: an empty, 512 GiB-aligned part of the address space
@@ -32,7 +32,7 @@ BASE = 0x500000000000
 KNOBS = ("thp", "hugepages", "use_zero_page", "zero_page", "huge_zero_write", "pt_reclaim",
          "mmap_thp_align", "arch", "khugepaged_max_ptes_none", "khugepaged_max_ptes_swap",
          "khugepaged_max_ptes_shared", "khugepaged_pages_to_scan", "shrink_underused",
-         "remap_zero_subpages", "reuse_large_folios")
+         "remap_zero_subpages", "reuse_large_folios", "shmem_enabled")
 
 STATUSES = ("agrees", "differs", "host differs", "pending", "skipped")
 
@@ -134,13 +134,14 @@ def compare(name, config, length, hp, steps, host_config, row=None, change_setti
     changed = [k for k in KNOBS if getattr(want, k) != getattr(host_config, k)]
     if change_settings is None:
         change_settings = os.geteuid() == 0
-    settable = set(SETTABLE) | {"hugepages"}
+    settable = set(SETTABLE) | {"hugepages", "shmem_enabled"}
     if changed and not (change_settings and set(changed) <= settable):
         return Result(name, "skipped", "needs host settings " + ", ".join(
             _setting(k, getattr(want, k), getattr(host_config, k)) for k in changed))
     target = dataclasses.replace(host_config, **{k: getattr(want, k) for k in changed})
     # the host first, while no emulator's arrays are in this process to be copied by its forks
-    with host_settings(target), HostMM() as host:
+    memcg = any(s[0] == "memory_headroom" for s in steps)
+    with host_settings(target), HostMM(memcg=memcg) as host:
         real = play(host, name, length, hp, steps, row)
     try:
         emulated = play(MM(dataclasses.replace(target, memory=16 << 30)), name, length, hp, steps)
@@ -159,7 +160,7 @@ def compare(name, config, length, hp, steps, host_config, row=None, change_setti
 
 def cases():
     """Every scenario: (name, config, length, hp, steps, expected row or None)."""
-    out = [(*r[:5], r) for r in ROWS + ISSUE4_ROWS + EXTRA_ROWS]
+    out = [(*r[:5], r) for r in ROWS + ISSUE4_ROWS + EXTRA_ROWS + ISSUE5_ROWS]
     out += [(*s, None) for s in HOST_ORACLE_SCENARIOS]
     return out
 

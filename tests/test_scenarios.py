@@ -8,7 +8,7 @@ emulator that lacks a feature they use (NotImplementedError, or no such method) 
 import pytest
 
 from mmemu import MM, Config
-from mmemu.scenarios import EXTRA_ROWS, ISSUE4_ROWS, ROWS, mismatches, play_row, short
+from mmemu.scenarios import EXTRA_ROWS, ISSUE4_ROWS, ISSUE5_ROWS, ROWS, mismatches, play_row, short
 
 
 @pytest.mark.parametrize("row", ROWS, ids=[r[0] for r in ROWS])
@@ -18,6 +18,19 @@ def test_scenario_table_row(row):
     if name in ("S53", "S54"):
         assert run.mm.smaps(run.addr)["THPeligible"] == int(name == "S54")
     assert mismatches(run, row) == []
+
+
+@pytest.mark.parametrize("row", ISSUE5_ROWS, ids=[short(r[0]) for r in ISSUE5_ROWS])
+def test_issue5_row(row):
+    """mTHP, shared memory, memfd and the memory cgroup as the 6.18 host showed them (laid out
+    where the host run put them: alignments matter here)."""
+    run = play_row(MM(Config(**row[1])), row, base=0x500000000000)
+    try:
+        wrong = mismatches(run, row)
+    finally:
+        if run.child is not None:
+            run.child.close()
+    assert wrong == []
 
 
 @pytest.mark.parametrize("row", ISSUE4_ROWS + EXTRA_ROWS, ids=[short(r[0]) for r in ISSUE4_ROWS + EXTRA_ROWS])

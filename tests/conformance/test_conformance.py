@@ -15,7 +15,7 @@ import pytest
 from mmemu import ClosedError, Config, SegmentationFault, _host
 from mmemu.conformance import STATUSES, cases, compare, format_table, run_all
 from mmemu.host import HostMM, host_settings, host_supported
-from mmemu.scenarios import EXTRA_ROWS, HOST_ORACLE_SCENARIOS, ISSUE4_ROWS, MB, ROWS, short
+from mmemu.scenarios import EXTRA_ROWS, HOST_ORACLE_SCENARIOS, ISSUE4_ROWS, ISSUE5_ROWS, MB, ROWS, short
 
 SUPPORTED, WHY = host_supported()
 pytestmark = pytest.mark.skipif(not SUPPORTED, reason=WHY)
@@ -53,6 +53,13 @@ def test_issue4_scenario(row, host_config):
     if short(row[0]) in EMULATOR_DIFFERS and result.status == "differs":
         pytest.xfail(result.detail)
     assert result.status in ("agrees", "pending"), result.detail
+
+
+@pytest.mark.parametrize("row", ISSUE5_ROWS, ids=[short(r[0]) for r in ISSUE5_ROWS])
+def test_issue5_scenario(row, host_config):
+    # mTHP, shared memory and the memory cgroup, measured on the 6.18 host
+    result = compare(*row[:5], host_config, row)
+    assert result.status == "agrees", result.detail
 
 
 def test_the_table_reports_every_scenario():
