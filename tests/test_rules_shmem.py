@@ -1,0 +1,285 @@
+"""Shared memory: MAP_SHARED|MAP_ANONYMOUS and memfd mappings over shmem files (issue 5; the
+6.18 host's behaviour is in docs/shmem-host-findings.md and the SH/ST rows of
+mmemu.scenarios).  One test per behaviour, named after it."""
+import errno
+
+import numpy as np
+import pytest
+from helpers import delta
+
+from mmemu import BusError, Config, Memfd, MM, OutOfMemory, PageState, SegmentationFault, SyscallError
+
+MB = 1 << 20
+PAGE = 4096
+BASE = 0x500000000000          # 2 MiB aligned
+PS = PageState
+
+
+def counters(mm):
+    out = dict(mm.vmstat)
+    out.update({f"2048kB/{k}": v for k, v in mm.mthp_stats[2048].items()})
+    return out
+
+
+def test_a_read_fault_allocates_a_shmem_page_mapped_writable():
+    mm = MM()
+    a = mm.mmap(2 * MB, shared=True)
+    before = counters(mm)
+    assert mm.read(a) == 1
+    assert mm.page_states(a, PAGE)[0] == PS.SHMEM
+    assert mm.write(a) == 0                       # no write-notify on shmem: already writable
+    assert mm.status["RssShmem"] == 4 and mm.status["RssAnon"] == 0
+    d = delta(before, counters(mm))
+    assert d["nr_shmem"] == 1 and "nr_anon_pages" not in d
+    s = mm.smaps(a)
+    assert (s["Rss"], s["Anonymous"], s["Private_Dirty"]) == (4, 0, 4)
+    assert mm.maps()[-1][2] == "rw-s" and "sh" in s["VmFlags"].split()
+
+
+def test_fault_around_maps_the_cached_pages_of_the_64k_window_on_a_read():
+    mm = MM()
+    f = mm.memfd_create()
+    f.ftruncate(2 * MB)
+    writer = mm.mmap(2 * MB, fd=f)
+    mm.access(np.arange(writer, writer + 32 * PAGE, PAGE, dtype=np.uint64), 1)   # 32 pages cached
+    reader = mm.mmap(2 * MB, fd=f, addr=BASE, fixed=True)
+    assert mm.read(reader + 20 * PAGE) == 1
+    states = mm.page_states(reader, 32 * PAGE)
+    assert (states[16:32] == PS.SHMEM).all() and (states[:16] == PS.NONE).all()
+    assert mm.write(reader + 23 * PAGE) == 0             # mapped by fault-around, writable
+    assert mm.read(reader + 3 * PAGE) == 1               # the next window
+
+
+def test_write_faults_map_only_their_page():
+    mm = MM()
+    a = mm.mmap(2 * MB, shared=True)
+    mm.write(a)
+    mm.madvise(a, PAGE, "dontneed")
+    mm.write(a + PAGE)
+    assert (mm.page_states(a, 16 * PAGE) != PS.NONE).sum() == 1
+
+
+def test_dontneed_only_unmaps_and_the_data_comes_back():
+    mm = MM()
+    a = mm.mmap(2 * MB, shared=True)
+    mm.write(a)
+    mm.madvise(a, 2 * MB, "dontneed")
+    assert mm.page_states(a, PAGE)[0] == PS.NONE and mm.vmstat["nr_shmem"] == 1
+    mm.read(a)
+    assert mm.smaps(a)["Private_Dirty"] == 4             # the written page, still dirty
+
+
+def test_fork_shares_the_object_and_the_childs_tables_start_empty():
+    mm = MM()
+    a = mm.mmap(2 * MB, shared=True)
+    mm.write(a)
+    child = mm.fork()
+    assert child.page_states(a, PAGE)[0] == PS.NONE and child.status["VmPTE"] < mm.status["VmPTE"]
+    assert child.read(a) == 1 and child.page_states(a, PAGE)[0] == PS.SHMEM
+    assert child.vmstat["nr_shmem"] == 1                 # the same page, not a copy
+    assert child.write(a) == 0 and mm.smaps(a)["Shared_Dirty"] == 4
+    child.close()
+
+
+def test_madv_remove_frees_the_page_from_every_process():
+    mm = MM()
+    a = mm.mmap(2 * MB, shared=True)
+    mm.write(a)
+    child = mm.fork()
+    child.read(a)
+    mm.madvise(a, PAGE, "remove")
+    assert mm.page_states(a, PAGE)[0] == PS.NONE and child.page_states(a, PAGE)[0] == PS.NONE
+    assert mm.vmstat["nr_shmem"] == 0 and child.status["RssShmem"] == 0
+    child.close()
+
+
+@pytest.mark.parametrize("advice, err", [("remove", errno.EINVAL)])
+def test_madv_remove_needs_a_shared_mapping(advice, err):
+    mm = MM()
+    a = mm.mmap(2 * MB)
+    with pytest.raises(SyscallError) as exc:
+        mm.madvise(a, PAGE, advice)
+    assert exc.value.errno == err
+
+
+@pytest.mark.parametrize("advice", ["free", "wipeonfork"])
+def test_private_only_advice_on_shared_memory_is_einval(advice):
+    mm = MM()
+    a = mm.mmap(2 * MB, shared=True)
+    with pytest.raises(SyscallError) as exc:
+        mm.madvise(a, PAGE, advice)
+    assert exc.value.errno == errno.EINVAL
+
+
+def test_a_shared_anonymous_object_goes_with_its_last_mapping():
+    mm = MM()
+    a = mm.mmap(4 * MB, shared=True)
+    mm.access(np.arange(a, a + 4 * MB, PAGE, dtype=np.uint64), 1)
+    child = mm.fork()
+    mm.munmap(a, 4 * MB)
+    assert mm.vmstat["nr_shmem"] == 1024                 # the child still maps it
+    child.close()
+    assert mm.vmstat["nr_shmem"] == 0 and mm.memory_current < 4 * MB
+
+
+def test_a_memfd_keeps_its_pages_while_the_fd_is_open():
+    mm = MM()
+    with mm.memfd_create("guest-ram") as f:
+        assert isinstance(f, Memfd) and f.size == 0
+        f.ftruncate(2 * MB)
+        a = mm.mmap(2 * MB, fd=f)
+        mm.write(a + 3 * PAGE)
+        mm.munmap(a, 2 * MB)
+        assert mm.vmstat["nr_shmem"] == 1
+        b = mm.mmap(2 * MB, fd=f)
+        mm.read(b + 3 * PAGE)
+        assert mm.smaps(b)["Private_Dirty"] == 4          # the same page, written before
+    assert mm.vmstat["nr_shmem"] == 1                     # closed, but still mapped
+    mm.munmap(b, 2 * MB)
+    assert mm.vmstat["nr_shmem"] == 0
+
+
+def test_punch_hole_and_ftruncate_unmap_and_free():
+    mm = MM()
+    f = mm.memfd_create()
+    f.ftruncate(64 * PAGE)
+    a = mm.mmap(64 * PAGE, fd=f)
+    mm.access(np.arange(a, a + 64 * PAGE, PAGE, dtype=np.uint64), 1)
+    f.fallocate(4 * PAGE, 4 * PAGE, punch_hole=True)
+    assert (mm.page_states(a, 16 * PAGE)[4:8] == PS.NONE).all() and mm.vmstat["nr_shmem"] == 60
+    f.ftruncate(32 * PAGE)
+    assert mm.vmstat["nr_shmem"] == 28
+    with pytest.raises(BusError) as exc:
+        mm.read(a + 40 * PAGE)                            # beyond i_size: SIGBUS
+    assert isinstance(exc.value, SegmentationFault) and "SIGBUS" in str(exc.value)
+
+
+def test_fallocated_pages_are_skipped_by_fault_around():
+    mm = MM()
+    f = mm.memfd_create()
+    f.ftruncate(2 * MB)
+    f.fallocate(0, 16 * PAGE)
+    a = mm.mmap(2 * MB, fd=f)
+    assert mm.vmstat["nr_shmem"] == 16
+    mm.read(a + 5 * PAGE)
+    assert (mm.page_states(a, 16 * PAGE) == PS.SHMEM).sum() == 1
+
+
+@pytest.mark.parametrize("mode, hp, thp", [("always", False, True), ("within_size", False, True),
+                                           ("advise", False, False), ("advise", True, True),
+                                           ("never", True, False)])
+def test_shmem_enabled_decides_whether_a_fault_gets_a_pmd_mapped_thp(mode, hp, thp):
+    mm = MM(Config(shmem_enabled=mode))
+    a = mm.mmap(2 * MB, shared=True)
+    assert a % (2 * MB) == 0 or mode == "never"
+    if hp:
+        mm.madvise(a, 2 * MB, "hugepage")
+    before = counters(mm)
+    mm.read(a)
+    d = delta(before, counters(mm))
+    if thp:
+        assert (mm.page_states(a, 2 * MB) == PS.SHMEM_THP).all()
+        assert d["thp_file_alloc"] == 1 and d["thp_file_mapped"] == 1 and d["nr_shmem_pmdmapped"] == 1
+        assert d["2048kB/shmem_alloc"] == 1 and mm.smaps(a)["ShmemPmdMapped"] == 2048
+        assert mm.smaps(a)["AnonHugePages"] == 0 and mm.smaps(a)["THPeligible"] == 1
+    else:
+        assert mm.page_states(a, PAGE)[0] == PS.SHMEM and "thp_file_alloc" not in d
+
+
+def test_a_shmem_pmd_has_no_deposited_table_and_a_partial_dontneed_clears_it():
+    mm = MM(Config(shmem_enabled="always"))
+    a = mm.mmap(2 * MB, shared=True)
+    mm.write(mm.mmap(PAGE))                               # upper tables in place
+    pte_before = mm.status["VmPTE"]
+    mm.read(a)
+    assert mm.status["VmPTE"] == pte_before
+    before = counters(mm)
+    mm.madvise(a, PAGE, "dontneed")
+    assert (mm.page_states(a, 2 * MB) == PS.NONE).all()
+    d = delta(before, counters(mm))
+    assert d == {"thp_split_pmd": 1, "nr_shmem_pmdmapped": -1}
+    assert mm.read(a + PAGE) == 1 and (mm.page_states(a, 2 * MB) == PS.SHMEM_THP).all()
+
+
+def test_punching_a_hole_in_a_shmem_thp_splits_it_around_the_hole():
+    mm = MM(Config(shmem_enabled="always"))
+    f = mm.memfd_create()
+    f.ftruncate(2 * MB)
+    a = mm.mmap(2 * MB, fd=f)
+    mm.write(a)
+    before = counters(mm)
+    f.fallocate(256 * PAGE, 256 * PAGE, punch_hole=True)
+    d = delta(before, counters(mm))
+    assert d["thp_split_page"] == 1 and d["2048kB/split"] == 1 and d["nr_shmem"] == -256
+    assert mm.read(a + 100 * PAGE) == 1                   # the 1 MiB folio left is mapped whole
+    assert (mm.page_states(a, 2 * MB) == PS.SHMEM).sum() == 256
+
+
+def test_a_shmem_thp_that_cannot_be_charged_falls_back_to_4k():
+    mm = MM(Config(shmem_enabled="always"))
+    a = mm.mmap(2 * MB, shared=True)
+    mm.write(mm.mmap(PAGE))
+    mm.memory_max = mm.memory_current + 1 * MB
+    before = counters(mm)
+    mm.read(a)
+    d = delta(before, counters(mm))
+    assert d["thp_file_fallback"] == 1 and d["thp_file_fallback_charge"] == 1
+    assert d["2048kB/shmem_fallback"] == 1 and d["2048kB/shmem_fallback_charge"] == 1
+    assert mm.page_states(a, PAGE)[0] == PS.SHMEM
+
+
+def test_a_shmem_page_that_cannot_be_charged_is_out_of_memory():
+    mm = MM()
+    a = mm.mmap(2 * MB, shared=True)
+    mm.read(a)
+    mm.memory_max = mm.memory_current
+    with pytest.raises(OutOfMemory):
+        mm.read(a + 100 * PAGE)
+    assert mm.vmstat["nr_shmem"] == 1
+
+
+def test_madv_collapse_makes_a_shmem_thp_whatever_shmem_enabled_says():
+    mm = MM()
+    b = mm.mmap(2 * MB, shared=True, addr=BASE, fixed=True)
+    for i in range(8):
+        mm.write(b + i * PAGE)
+    mm.madvise(b, 2 * MB, "collapse")
+    assert (mm.page_states(b, 2 * MB) == PS.SHMEM_THP).all()
+    assert mm.vmstat["thp_collapse_alloc"] == 1 and mm.vmstat["nr_shmem_hugepages"] == 1
+
+
+def test_mremap_of_a_shared_mapping_keeps_its_file_pages():
+    mm = MM()
+    a = mm.mmap(2 * MB, shared=True)
+    mm.write(a + 5 * PAGE)
+    b = mm.mremap(a, 2 * MB, 4 * MB, maymove=True)
+    assert mm.page_states(b, 8 * PAGE)[5] in (PS.SHMEM, PS.NONE)
+    mm.read(b + 5 * PAGE)
+    assert mm.smaps(b)["Private_Dirty"] == 4
+    with pytest.raises(BusError):
+        mm.read(b + 3 * MB)                               # the object stays 2 MiB
+    c = mm.mremap(b, 0, 2 * MB, maymove=True)             # a second mapping of the same pages
+    mm.read(c + 5 * PAGE)
+    assert mm.smaps(c)["Shared_Dirty"] == 4
+
+
+def test_mmap_checks_its_shared_arguments():
+    mm = MM()
+    with pytest.raises(TypeError):
+        mm.mmap(PAGE, shared=1)
+    with pytest.raises(TypeError):
+        mm.mmap(PAGE, fd=3)
+    with pytest.raises(ValueError):
+        mm.mmap(PAGE, offset=PAGE)
+    f = MM().memfd_create()
+    with pytest.raises(ValueError):
+        mm.mmap(PAGE, fd=f)                               # another machine's file
+    g = mm.memfd_create()
+    with pytest.raises(SyscallError):
+        mm.mmap(PAGE, fd=g, offset=100)
+    g.close()
+    with pytest.raises(SyscallError) as exc:
+        mm.mmap(PAGE, fd=g)
+    assert exc.value.errno == errno.EBADF
+    with pytest.raises(SyscallError):
+        g.ftruncate(PAGE)
