@@ -71,12 +71,11 @@ def main():
     print(f"| workload | before ({args.base}) | after | after / before |")
     print("|---|---|---|---|")
     for workload, r in best.items():
-        if r["before"] < 0:
-            print(f"| {workload} | {-r['before']:.2f} bytes | {-r['after']:.2f} bytes | "
-                  f"{r['after'] / r['before']:.2f}x |")
+        ratio = f"{r['after'] / r['before']:.2f}x" if r["before"] else "n/a"
+        if r["before"] <= 0 and r["after"] <= 0:        # state bytes: recorded negated
+            print(f"| {workload} | {-r['before']:.2f} bytes | {-r['after']:.2f} bytes | {ratio} |")
         else:
-            print(f"| {workload} | {r['before'] / 1e6:,.2f} M/s | {r['after'] / 1e6:,.2f} M/s | "
-                  f"{r['after'] / r['before']:.2f}x |")
+            print(f"| {workload} | {r['before'] / 1e6:,.2f} M/s | {r['after'] / 1e6:,.2f} M/s | {ratio} |")
 
 
 if __name__ == "__main__":
