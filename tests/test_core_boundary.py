@@ -27,7 +27,8 @@ def test_every_range_method_refuses_a_bad_range(core, start, end):
                  lambda: core.madvise_cold(start, end, True, True),
                  lambda: core.madvise_collapse(start, end),
                  lambda: core.move_page_tables(start, 1 << 40, (end - start) % (1 << 64)),
-                 lambda: core.move_page_tables(1 << 40, start, (end - start) % (1 << 64))):
+                 lambda: core.move_page_tables(1 << 40, start, (end - start) % (1 << 64)),
+                 lambda: core.contpte_blocks(start, end), lambda: core.clear_young_range(start, end)):
         with pytest.raises(ValueError):
             call()
 
@@ -84,3 +85,48 @@ def test_issue4_entry_points_check_indices_blocks_and_processes(core):
         core.fork_into(core)
     with pytest.raises(AttributeError):
         core.machine.register_mm(core)                        # C-level only
+
+
+def test_issue5_entry_points_check_their_arguments(core):
+    m = core.machine
+    with pytest.raises(ValueError):
+        core.rmap_migrate(0, np.zeros(4, np.int32))           # wrong dtype
+    with pytest.raises(ValueError):
+        core.rmap_migrate(m.nr_frames - 2, np.full(4, -1, np.int64))     # beyond RAM
+    with pytest.raises(ValueError):
+        core.rmap_migrate(512, np.full(4, m.nr_frames, np.int64))        # targets beyond RAM
+    with pytest.raises(ValueError):
+        core.collapse_file(0, 0)                              # not a shared mapping
+    with pytest.raises(ValueError):
+        core.collapse_file(99, 0)
+    with pytest.raises(ValueError):
+        core.vma_insert(1 << 40, (1 << 40) + 4096, 3 | 0x8)   # VM_SHARED without its file
+    with pytest.raises(ValueError):
+        core.vma_insert(1 << 40, (1 << 40) + 4096, 3, 0, None, 77)       # no such file
+    for bad in ((0.5, 11, False), (-0.1, 9, False), (1.5, 9, False)):
+        with pytest.raises(ValueError):
+            m.fragment(*bad)
+    with pytest.raises(ValueError):
+        m.set_memory_max(-1)
+    fid = m.new_file(False)
+    with pytest.raises(ValueError):
+        m.file_set_size(fid, -1)
+    m.file_set_size(fid, 8)
+    for first, last in ((4, 2), (-1, 2), (0, 9)):
+        with pytest.raises(ValueError):
+            m.file_free_range(fid, first, last)
+        with pytest.raises(ValueError):
+            m.file_fallocate(fid, first, last)
+    with pytest.raises(KeyError):
+        m.file_set_size(fid + 1, 8)
+    with pytest.raises(ValueError):
+        _core.MMCore(m, thp_always=False, thp_madvise=True, use_zero_page=True, zero_page=True,
+                     huge_zero_write_thp=True, pt_reclaim=True, arm64=False, atomic_write_fault=False,
+                     mthp_always=1 << 9)                      # mTHP orders are 2..8
+    with pytest.raises(ValueError):
+        _core.MMCore(m, thp_always=False, thp_madvise=True, use_zero_page=True, zero_page=True,
+                     huge_zero_write_thp=True, pt_reclaim=True, arm64=False, atomic_write_fault=False,
+                     defrag=9)
+    for head in (-1, 0, 512, 1 << 40):
+        with pytest.raises(ValueError):
+            core.rmap_maps_locked(head)
