@@ -262,6 +262,7 @@ cdef class Machine:
     cdef int64_t *file_size
     cdef int64_t file_slots
     cdef public int shmem_enabled           # SHMEM_HUGE_*
+    cdef public bint folio_split_nonuniform # 6.15+: truncation splits a large folio around the cut
     cdef int64_t *vmstat
     cdef int64_t *mthp_stat
     cdef readonly int64_t huge_zero_pfn  # -1: not allocated

@@ -284,6 +284,7 @@ cdef class Machine:
         self.file_slots = 0
         self._grow_file_table(16)
         self.shmem_enabled = SHMEM_HUGE_NEVER
+        self.folio_split_nonuniform = True
         self.huge_zero_pfn = -1
         self.huge_zero_users = 0
         self.mms = []
@@ -826,6 +827,8 @@ cdef class Machine:
         else:
             self.forget_mthp(head, order)
         self.count_mthp(order, MTHP_SPLIT, 1)
+        if not self.folio_split_nonuniform:
+            return                                # before 6.15: split_folio, to order 0
         for j in range(order - 1, -1, -1):
             start = head + ((((at - head) >> j) ^ 1) << j)
             if j >= MIN_MTHP_ORDER:

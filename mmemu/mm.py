@@ -193,6 +193,7 @@ class MM:
         self._closed = False
         self._lock = threading.Lock()
         self._machine.shmem_enabled = _core.SHMEM_ENABLED_MODES[config.shmem_enabled]
+        self._machine.folio_split_nonuniform = _version(config.kernel) >= (6, 15)
         if memory_max is not None:
             self.memory_max = memory_max
 

@@ -215,6 +215,17 @@ def test_punching_a_hole_in_a_shmem_thp_splits_it_around_the_hole():
     assert (mm.page_states(a, 2 * MB) == PS.SHMEM).sum() == 256
 
 
+def test_before_6_15_a_hole_splits_a_shmem_thp_into_4k_pages():
+    mm = MM(Config.for_kernel("6.12", shmem_enabled="always"))
+    f = mm.memfd_create()
+    f.ftruncate(2 * MB)
+    a = mm.mmap(2 * MB, fd=f)
+    mm.write(a)
+    f.fallocate(256 * PAGE, 256 * PAGE, punch_hole=True)
+    assert mm.read(a + 100 * PAGE) == 1
+    assert (mm.page_states(a, 2 * MB) == PS.SHMEM).sum() == 16      # fault-around's window only
+
+
 def test_a_shmem_thp_that_cannot_be_charged_falls_back_to_4k():
     mm = MM(Config(shmem_enabled="always"))
     a = mm.mmap(2 * MB, shared=True)
