@@ -578,7 +578,7 @@ class MM:
                 break                        # the kernel stops at the first hole
             new = (flags & ~VM_ACCESS) | bits
             if bits & VM_WRITE:
-                if not flags & (VM_ACCOUNT | VM_WRITE):
+                if not flags & (VM_ACCOUNT | VM_WRITE | VM_SHARED):   # private writable only
                     new |= VM_ACCOUNT
             elif flags & VM_ACCOUNT and not anon:
                 new &= ~VM_ACCOUNT           # a private anon VMA never written: unaccount

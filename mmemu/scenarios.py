@@ -371,6 +371,35 @@ HOST_ORACLE_SCENARIOS = [
 #: scenarios laid out in an empty 512 GiB region, with no anchor page: the upper tables are new
 NO_ANCHOR = {"S81"}
 
+#: shared memory on the paths the SH/ST rows do not take (protections, mlock, fork, population,
+#: within_size): the host is their oracle
+SHARED_ORACLE_SCENARIOS = [
+    ("X1 shared: read, mprotect r then rw, write", {}, 2 * MB, False,
+     [("read", 0), ("mprotect", 0, 512, "r"), ("mprotect", 0, 512, "rw"), ("write", 0), ("write", 1)]),
+    ("X2 shared: write, mprotect r then rw, write", {}, 2 * MB, False,
+     [("write", 0), ("mprotect", 0, 512, "r"), ("mprotect", 0, 512, "rw"), ("write", 0)]),
+    ("X3 shared THP: read, mprotect r then rw, write", {"shmem_enabled": "always"}, 2 * MB, False,
+     [("read", 0), ("mprotect", 0, 512, "r"), ("mprotect", 0, 512, "rw"), ("write", 0)]),
+    ("X4 shared: mlock populates by reads", {}, 2 * MB, False, [("mlock", 0, 32)]),
+    ("X5 shared: fork, the child writes, the parent reads", {}, 2 * MB, False,
+     [("write", 0), ("fork",), ("child", "write", 1), ("read", 1)]),
+    ("X6 shared THP: munmap of a quarter, read", {"shmem_enabled": "always"}, 4 * MB, False,
+     [("read", 0), ("munmap", 256, 256), ("read", 600)]),
+    ("X7 shared: dontneed, populate_read faults around", {}, 2 * MB, False,
+     [("write", 0), ("write", 40), ("dontneed", 0, 512), ("populate_read", 0, 64)]),
+    ("X8 shared: MADV_COLD", {}, 2 * MB, False, [("write", 0), ("cold", 0, 512)]),
+    ("X9 shared read-only mapping: reads", {}, 2 * MB, False,
+     [("mprotect", 0, 512, "r"), ("read", 0), ("read", 1)]),
+    ("X10 shared THP: read, populate_write", {"shmem_enabled": "always"}, 2 * MB, False,
+     [("read", 0), ("populate_write", 0, 512)]),
+    ("X11 shared, advise + MADV_HUGEPAGE: populate_write", {"shmem_enabled": "advise"}, 2 * MB, True,
+     [("populate_write", 0, 512)]),
+    ("X12 shared, within_size: write, dontneed, read", {"shmem_enabled": "within_size"}, 2 * MB, False,
+     [("write", 1), ("dontneed", 0, 512), ("read", 3)]),
+]
+BEFORE.update({name: [("shared",)] for name, *_ in SHARED_ORACLE_SCENARIOS})
+HOST_ORACLE_SCENARIOS += SHARED_ORACLE_SCENARIOS
+
 HOST_ORACLE_SCENARIOS += [
     # S6: LOCK CMPXCHG with a failing compare; on x86 every locked read-modify-write is reported
     # as a write (R25), so the library's atomic (LOCK XADD of 0) stands for it
