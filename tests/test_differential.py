@@ -220,6 +220,8 @@ def run(procs, who, action):
             child = mm.fork()
         except NotImplementedError:
             return ("notimpl",)
+        except OutOfMemory as e:            # the memory cgroup refused the child's tables
+            return ("oom", e.address, e.index)
         procs.append(child)
         return ("ok", "process")
     return apply(procs, who, action)

@@ -1193,3 +1193,315 @@ def test_mremap_to_unaligned_address_splits_and_keeps_pgoff():
     assert mm.vmstat["thp_deferred_split_page"] == 1
     b = mm.mmap(P, addr=dest + 2 * MiB, fixed=True)      # vm_pgoff differs: no merge
     assert len([m for m in mm.maps() if m[0] in (dest, b)]) == 2
+
+# ================================================================ issue 5: mTHP
+
+
+def msnap(mm, sizes=(16, 32, 64, 2048)):
+    """snap() plus the per-size stats of `sizes` as "<kB>kB/<name>"."""
+    out = snap(mm)
+    for kb in sizes:
+        out.update({f"{kb}kB/" + k: v for k, v in mm.mthp_stats[kb].items()})
+    return out
+
+
+def mthp_setup(length=2 * MiB, hp=False, **config):
+    """setup() with 64 kB mTHPs "always" unless the config says otherwise."""
+    config.setdefault("hugepages", {64: "always"})
+    return setup(length, hp=hp, **config)
+
+
+def test_mthp_stats_have_all_eight_sizes():
+    mm = ReferenceMM()
+    stats = mm.mthp_stats
+    assert sorted(stats) == [16, 32, 64, 128, 256, 512, 1024, 2048]
+    assert all(set(d) == set(mm.mthp_stats[2048]) and not any(d.values()) for d in stats.values())
+
+
+def test_mthp_write_fault_maps_largest_enabled_order():
+    """S64: the whole aligned 64 KiB block, in one fault; only its per-size stats move."""
+    mm, a = mthp_setup(hugepages={16: "always", 64: "always"})
+    s0 = msnap(mm)
+    assert mm.write(a + 5 * P) == 1
+    assert states(mm, a)[:17] == [L] * 16 + [N]
+    assert rss_ahp(mm, a) == (64, 0)
+    assert delta(s0, msnap(mm)) == {**fault(), **pte(), **anon(16), "64kB/anon_fault_alloc": 1,
+                                    "64kB/nr_anon": 1}
+    sm = mm.smaps(a)
+    assert sm["Private_Dirty"] == sm["Anonymous"] == 64 and sm["THPeligible"] == 1
+    mm._check_invariants()
+
+
+def test_mthp_read_fault_maps_the_zeropage():
+    """R30: mTHPs are never allocated for reads."""
+    mm, a = mthp_setup()
+    s0 = msnap(mm)
+    assert mm.read(a) == 1
+    assert states(mm, a)[:2] == [Z, N]
+    assert delta(s0, msnap(mm)) == {**fault(), **pte()}
+
+
+def test_mthp_read_fault_without_zero_pages_allocates_mthp():
+    """R30: with zero pages forbidden a read is handled as a write."""
+    mm, a = mthp_setup(zero_page=False)
+    assert mm.read(a) == 1
+    assert states(mm, a)[:17] == [L] * 16 + [N]
+
+
+def test_mthp_zeropage_pte_blocks_its_block():
+    """S65: a zeropage PTE is not none: the 64 KiB block of p1 cannot be used."""
+    mm, a = mthp_setup()
+    mm.read(a)
+    s0 = msnap(mm)
+    assert mm.write(a + P) == 1
+    assert mm.write(a + 16 * P) == 1
+    assert states(mm, a)[:33] == [Z, A] + [N] * 14 + [L] * 16 + [N]
+    assert delta(s0, msnap(mm)) == {**fault(2), **anon(17), "64kB/anon_fault_alloc": 1, "64kB/nr_anon": 1}
+
+
+def test_mthp_falls_to_the_highest_order_whose_block_is_none():
+    """S66, R36: blocked orders are skipped without a fallback count; a lower order whose
+    block is all none is used."""
+    mm, a = mthp_setup(hugepages={16: "always", 64: "always"})
+    mm.read(a + 16 * P)
+    mm.write(a + 17 * P)                    # both blocks of p17 hold p16's zeropage: a 4K page
+    mm.read(a + 36 * P)
+    s0 = msnap(mm)
+    assert mm.write(a + 40 * P) == 1        # the 64 KiB block [32, 48) holds p36; [40, 44) is none
+    st = states(mm, a)
+    assert st[16:18] == [Z, A] and st[32:48] == [N] * 4 + [Z] + [N] * 3 + [L] * 4 + [N] * 4
+    assert delta(s0, msnap(mm)) == {**fault(), **anon(4), "16kB/anon_fault_alloc": 1, "16kB/nr_anon": 1}
+
+
+def test_mthp_block_must_lie_inside_the_vma():
+    """R21: a VMA starting 4 KiB after a 64 KiB boundary cannot use its first block."""
+    mm = ReferenceMM(Config(hugepages={64: "always"}))
+    a = mm.mmap(2 * MiB - P, addr=HP_BASE + P, fixed=True)
+    assert mm.write(a) == 1 and mm.write(a + 15 * P) == 1
+    assert mm.page_states(a, 32 * P).tolist() == [A] + [N] * 14 + [L] * 16 + [N]
+
+
+def test_mthp_populate_write_faults_once_per_block():
+    """S67."""
+    mm, a = mthp_setup()
+    s0 = msnap(mm)
+    mm.madvise(a, 2 * MiB, "populate_write")
+    assert states(mm, a) == [L] * 512
+    assert delta(s0, msnap(mm)) == {**fault(32), **pte(), **anon(512), "64kB/anon_fault_alloc": 32,
+                                    "64kB/nr_anon": 32}
+
+
+@pytest.mark.parametrize("mode, top, hp, expect", [
+    ("always", "never", False, True), ("madvise", "never", False, False), ("madvise", "never", True, True),
+    ("inherit", "always", False, True), ("inherit", "madvise", False, False), ("inherit", "madvise", True, True),
+    ("inherit", "never", True, False), ("never", "always", True, False)])
+def test_mthp_per_size_mode_follows_r19(mode, top, hp, expect):
+    mm, a = mthp_setup(hp=hp, thp=top, hugepages={64: mode, 2048: "never"})
+    mm.write(a)
+    assert states(mm, a)[1] == (L if expect else N)
+    assert mm.smaps(a)["THPeligible"] == int(expect)
+
+
+@pytest.mark.parametrize("veto", ["nohugepage", "prctl", "prctl_except_advised"])
+def test_mthp_vetoes_of_r20(veto):
+    mm, a = mthp_setup(hugepages={64: "always", 2048: "never"})
+    if veto == "nohugepage":
+        mm.madvise(a, 2 * MiB, "nohugepage")
+    else:
+        mm.prctl("PR_SET_THP_DISABLE", 1, 2 if veto == "prctl_except_advised" else 0)
+    mm.write(a)
+    assert states(mm, a)[:2] == [A, N]
+    if veto == "prctl_except_advised":        # still allowed in a VM_HUGEPAGE VMA
+        b = mm.mmap(2 * MiB)
+        mm.madvise(b, 2 * MiB, "hugepage")
+        mm.write(b)
+        assert mm.page_states(b, 2 * P).tolist() == [L, L]
+
+
+def test_mthp_tried_in_the_same_fault_when_the_pmd_thp_falls_back():
+    """R36, R38: no 2 MiB block and no compaction (defrag never): the PMD fault falls back and
+    the PTE level gets an mTHP; one fault."""
+    mm = ReferenceMM(Config(memory=4 * MiB, defrag="never", hugepages={64: "always"}))
+    a = mm.mmap(2 * MiB, addr=HP_BASE, fixed=True)
+    mm.madvise(a, 2 * MiB, "hugepage")
+    assert mm.fragment_memory(1.0, 9) == 1  # the one free 2 MiB block loses its first page
+    s0 = msnap(mm)
+    assert mm.write(a) == 1
+    assert mm.page_states(a, 17 * P).tolist() == [L] * 16 + [N]
+    assert delta(s0, msnap(mm)) == {**fault(), **pte(3), **anon(16), "thp_fault_fallback": 1,
+                                    "2048kB/anon_fault_fallback": 1, "64kB/anon_fault_alloc": 1,
+                                    "64kB/nr_anon": 1}
+
+
+def test_mthp_allocation_failure_tries_the_next_order():
+    mm = ReferenceMM(Config(memory=4 * MiB, defrag="never", hugepages={64: "always", 16: "always"}))
+    a = mm.mmap(2 * MiB, addr=HP_BASE, fixed=True)
+    assert mm.fragment_memory(1.0, 4) == 32  # a page held in every 64 KiB: 16 KiB blocks only
+    s0 = msnap(mm)
+    assert mm.write(a) == 1
+    assert mm.page_states(a, 5 * P).tolist() == [L] * 4 + [N]
+    d = delta(s0, msnap(mm))
+    assert d["64kB/anon_fault_fallback"] == 1 and d["16kB/anon_fault_alloc"] == 1
+    assert "compact_stall" not in d
+
+
+def test_mthp_partial_dontneed_queues_it_as_partially_mapped():
+    """S68, R50, R58: per-size split_deferred and nr_anon_partially_mapped; no PMD counters."""
+    mm, a = mthp_setup()
+    mm.write(a)
+    s0 = msnap(mm)
+    mm.madvise(a + 2 * P, P, "dontneed")
+    assert states(mm, a)[:4] == [L, L, N, L]
+    assert rss_ahp(mm, a) == (60, 0)
+    assert delta(s0, msnap(mm)) == {**anon(-1), "64kB/split_deferred": 1, "64kB/nr_anon_partially_mapped": 1}
+    s1 = msnap(mm)
+    mm.madvise(a + 3 * P, P, "dontneed")    # only the first transition counts
+    assert delta(s1, msnap(mm)) == anon(-1)
+    mm.madvise(a, 16 * P, "dontneed")       # the rest: freed, flag and all
+    assert delta(s0, msnap(mm)) == {**anon(-16), "64kB/split_deferred": 1, "64kB/nr_anon": -1}
+    mm._check_invariants()
+
+
+def test_mthp_whole_zap_frees_it_without_split_counters():
+    mm, a = mthp_setup()
+    mm.write(a)
+    s0 = msnap(mm)
+    mm.madvise(a, 16 * P, "dontneed")
+    assert delta(s0, msnap(mm)) == {**anon(-16), "64kB/nr_anon": -1}
+
+
+def test_mthp_fork_shares_it_and_a_write_copies_4k():
+    """S69: both sides write-protected and not exclusive; the COW copy is 4 KiB."""
+    mm, a = mthp_setup()
+    mm.write(a)
+    child = mm.fork()
+    assert child.page_states(a, 17 * P).tolist() == [L] * 16 + [N]
+    s0 = msnap(mm)
+    assert mm.write(a + P) == 1
+    assert states(mm, a)[:3] == [L, A, L]
+    assert delta(s0, msnap(mm)) == {**fault(), "nr_anon_pages": 1}     # RssAnon unchanged
+    assert shared_private(mm, a) == (4, 60)
+    mm._check_invariants()
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_mthp_write_after_the_child_exits_reuses_it(reuse):
+    """R40 (6.15+): a folio mapped only by this process (MM_ID) is reused."""
+    mm, a = mthp_setup(reuse_large_folios=reuse)
+    mm.write(a)
+    mm.fork().close()
+    s0 = msnap(mm)
+    assert mm.write(a + P) == 1
+    assert states(mm, a)[:2] == ([L, L] if reuse else [L, A])
+    # a copy leaves p1 of the folio mapped nowhere: partially mapped (R50)
+    assert delta(s0, msnap(mm)) == ({**fault()} if reuse else
+                                    {**fault(), "64kB/split_deferred": 1, "64kB/nr_anon_partially_mapped": 1})
+
+
+def test_mthp_madv_free_whole_marks_it_lazy_free():
+    mm, a = mthp_setup()
+    mm.write(a)
+    s0 = msnap(mm)
+    mm.madvise(a, 16 * P, "free")
+    assert delta(s0, msnap(mm)) == {}
+    sm = mm.smaps(a)
+    assert sm["LazyFree"] == 64 and sm["Private_Clean"] == 64
+
+
+@pytest.mark.parametrize("advice", ["free", "cold", "pageout"])
+def test_mthp_partial_free_cold_pageout_split_it(advice):
+    """R60, R61: a partly covered mTHP mapped by this process only is split (zero subpages to
+    the zeropage) before the advice acts per page."""
+    mm, a = mthp_setup()
+    mm.write(a + 4 * P)
+    s0 = msnap(mm)
+    mm.madvise(a, 8 * P, advice)
+    assert states(mm, a)[:17] == [Z] * 4 + [A] + [Z] * 11 + [N]
+    assert delta(s0, msnap(mm)) == {**anon(-15), "64kB/split": 1, "64kB/nr_anon": -1}
+    if advice == "free":
+        assert mm.smaps(a)["LazyFree"] == 4
+
+
+def test_mthp_partial_free_skips_a_shared_one():
+    mm, a = mthp_setup()
+    mm.write(a)
+    child = mm.fork()
+    s0 = msnap(mm)
+    mm.madvise(a, 8 * P, "free")
+    assert delta(s0, msnap(mm)) == {} and states(mm, a)[:16] == [L] * 16
+    child.close()
+
+
+def test_mthp_whole_pageout_without_swap_splits_it():
+    mm, a = mthp_setup()
+    mm.write(a)
+    s0 = msnap(mm)
+    mm.madvise(a, 16 * P, "pageout")
+    assert states(mm, a)[:2] == [A, Z]
+    assert delta(s0, msnap(mm)) == {**anon(-15), "64kB/split": 1, "64kB/nr_anon": -1}
+
+
+def test_mthp_shrinker_splits_a_partially_mapped_one():
+    """R54 for mTHPs: split +1, partially mapped -1, nr_anon -1, no thp_split_page."""
+    mm, a = mthp_setup()
+    mm.write(a)
+    mm.madvise(a + 8 * P, P, "dontneed")
+    s0 = msnap(mm)
+    mm.drop_caches(2)
+    assert states(mm, a)[:10] == [A] + [Z] * 7 + [N, Z]
+    assert delta(s0, msnap(mm)) == {**anon(-14), "64kB/split": 1, "64kB/nr_anon": -1,
+                                    "64kB/nr_anon_partially_mapped": -1}
+    mm._check_invariants()
+
+
+def test_mthp_fully_mapped_is_not_queued_for_the_shrinker():
+    mm, a = mthp_setup(khugepaged_max_ptes_none=0)     # the underused check would be on
+    mm.write(a)
+    s0 = msnap(mm)
+    mm.drop_caches(2)
+    assert delta(s0, msnap(mm)) == {}
+
+
+def test_mthp_collapse_copies_its_pages_and_frees_the_folio():
+    """MADV_COLLAPSE and khugepaged treat mTHP pages as present pages."""
+    mm, a = mthp_setup()
+    mm.write(a)
+    mm.write(a + 16 * P)
+    s0 = msnap(mm)
+    mm.madvise(a, 2 * MiB, "collapse")
+    assert states(mm, a) == [T] * 512
+    assert delta(s0, msnap(mm)) == {**anon(480), "thp_collapse_alloc": 1, "nr_anon_transparent_hugepages": 1,
+                                    "2048kB/nr_anon": 1, "64kB/nr_anon": -2}
+    b = mm.mmap(2 * MiB)
+    mm.write(b + 100 * P)
+    mm.madvise(b, 2 * MiB, "hugepage")
+    mm.khugepaged_scan(full_scans=1)
+    assert mm.page_states(b, 2 * MiB).tolist() == [T] * 512
+    assert mm.mthp_stats[64]["nr_anon"] == 0
+    mm._check_invariants()
+
+
+def test_contpte_blocks():
+    mm, a = mthp_setup(hp=True, hugepages={64: "always", 16: "always"})
+    b = mm.mmap(2 * MiB)                    # not HP: mTHPs, no THP
+    mm.write(b)                             # a 64 KiB mTHP: one block
+    mm.read(b + 20 * P)
+    mm.write(b + 16 * P)                    # a 16 KiB mTHP: none
+    assert mm.contpte_blocks(b, 2 * MiB) == 1
+    assert mm.contpte_blocks(b, 15 * P) == 0 and mm.contpte_blocks(b, 16 * P) == 1
+    assert mm.contpte_blocks(b + P, 2 * MiB - P) == 0
+    mm.write(a)                             # a PMD-mapped THP: not counted
+    assert mm.contpte_blocks(a, 2 * MiB) == 0
+    mm.mprotect(a + 40 * P, P, "r")         # PTE-mapped now; one block loses its write bit
+    assert mm.contpte_blocks(a, 2 * MiB) == 31
+    mm.mprotect(a + 40 * P, P, "rw")        # an exclusive page is made writable again
+    assert mm.contpte_blocks(a, 2 * MiB) == 32
+    child = mm.fork()                       # write-protected alike on both sides: still blocks
+    assert mm.contpte_blocks(a, 2 * MiB) == child.contpte_blocks(a, 2 * MiB) == 32
+    mm.write(a + 40 * P)                    # a 4K copy breaks one block
+    assert mm.contpte_blocks(a, 2 * MiB) == 31
+    child.close()
+    c = mm.mremap(b, 16 * P, 16 * P, True, HP_BASE + P)     # not 64 KiB aligned any more
+    assert mm.contpte_blocks(c - P, 32 * P) == 0
+    with pytest.raises(ValueError):
+        mm.contpte_blocks(a + 1, P)
