@@ -1505,3 +1505,368 @@ def test_contpte_blocks():
     assert mm.contpte_blocks(c - P, 32 * P) == 0
     with pytest.raises(ValueError):
         mm.contpte_blocks(a + 1, P)
+
+# ================================================================ issue 5: the buddy allocator, compaction
+
+
+def bi(mm):
+    return mm.buddyinfo().tolist()
+
+
+def fixed_hp(mm, length=2 * MiB, hp=True):
+    a = mm.mmap(length, addr=HP_BASE, fixed=True)
+    if hp:
+        mm.madvise(a, length, "hugepage")
+    return a
+
+
+def test_buddy_starts_with_maximal_blocks_above_the_reserved_2mib():
+    assert bi(ReferenceMM(Config(memory=16 * MiB))) == [0] * 9 + [1, 3]
+    assert bi(ReferenceMM(Config(memory=6 * MiB))) == [0] * 9 + [2, 0]
+    assert bi(ReferenceMM(Config(memory=2 * MiB))) == [0] * 11
+    mm = ReferenceMM(Config(memory=2 * MiB))
+    with pytest.raises(OutOfMemory):                    # nothing free at all
+        mm.write(fixed_hp(mm, hp=False))
+
+
+def test_buddy_alloc_splits_the_lowest_smallest_block_keeping_the_lower_half():
+    mm = ReferenceMM(Config(memory=16 * MiB))
+    a = fixed_hp(mm, hp=False)
+    mm.write(a)                                         # frame 512, from the order-9 block
+    assert bi(mm) == [1] * 9 + [0, 3]
+    assert [p.frame for p in mm._m.pages.values()] == [512]
+    mm.write(a + P)                                     # the order-0 block: 513
+    assert bi(mm) == [0] + [1] * 8 + [0, 3]
+    mm.write(a + 2 * P)                                 # splits the order-1 block: 514, 515 free
+    assert bi(mm) == [1, 0] + [1] * 7 + [0, 3]
+    assert sorted(mm._m.pages) == [512, 513, 514]
+    b = mm.mmap(2 * MiB, addr=HP_BASE + 2 * MiB, fixed=True)
+    mm.madvise(b, 2 * MiB, "hugepage")
+    mm.write(b)                                         # a THP: no order-9 block: splits 1024
+    assert bi(mm) == [1, 0] + [1] * 8 + [2]
+    mm.munmap(a, 4 * MiB)                               # everything merges back
+    assert bi(mm) == [0] * 9 + [1, 3]
+
+
+def test_fragment_memory_holds_pages_in_every_wholly_free_region():
+    mm = ReferenceMM(Config(memory=16 * MiB))
+    assert mm.fragment_memory() == 7 * 256              # 7 free 2 MiB regions, half held
+    assert bi(mm) == [7 * 256] + [0] * 10
+    s0 = snap(mm)
+    mm.release_fragmentation()
+    assert bi(mm) == [0] * 9 + [1, 3]
+    assert mm.fragment_memory(1.0, 10) == 3             # one page of each free 4 MiB block
+    assert bi(mm) == [3] * 9 + [4, 0]
+    # every wholly free 16 KiB, all of it: not frames 1..3 beside each page held above
+    assert mm.fragment_memory(0.0, 2) == 4096 - 512 - 3 - 3 * 3
+    assert bi(mm) == [3, 3] + [0] * 9
+    assert mm.fragment_memory() == 0
+    a = fixed_hp(mm, hp=False)
+    with pytest.raises(OutOfMemory):
+        mm.write(a)
+    mm.release_fragmentation()
+    mm.write(a)
+    assert delta(s0, snap(mm))["nr_anon_pages"] == 1 and mm.memory_current == 4 * P   # held pages are not charged
+    for args, exc in [((1.5,), ValueError), ((0.5, 11), ValueError), (("x",), TypeError),
+                      ((0.5, 9, 1), TypeError), ((0.5, 2.0), TypeError)]:
+        with pytest.raises(exc):
+            mm.fragment_memory(*args)
+    mm._check_invariants()
+
+
+def test_fragment_memory_rounds_the_held_count():
+    mm = ReferenceMM(Config(memory=4 * MiB))
+    assert mm.fragment_memory(0.375, 2) == 128 * 2      # round(2.5) == 2 held per 16 KiB
+    assert bi(mm) == [256] + [0] * 10                   # offsets 0, 2 held: frames 1, 3 free
+
+
+def test_thp_fault_compacts_movable_fragmentation():
+    """The design notes' compaction: the lowest 2 MiB whose used frames are movable and fit in
+    the free frames outside it is emptied (pages migrate to the lowest order-0 blocks)."""
+    mm = ReferenceMM(Config(memory=8 * MiB))
+    a = fixed_hp(mm)
+    assert mm.fragment_memory(0.5, 9, movable=True) == 768
+    s0 = snap(mm)
+    assert mm.write(a) == 1
+    assert states(mm, a) == [T] * 512
+    assert delta(s0, snap(mm)) == {**THP, **fault(), **pte(3), "compact_stall": 1, "compact_success": 1,
+                                   "pgmigrate_success": 256}
+    assert bi(mm) == [256] + [0] * 10
+    # the migrated pages took the lowest order-0 blocks: 1025, 1027, ..., 1535
+    assert sorted(mm._m.held)[:512] == list(range(1024, 1536))
+    mm._check_invariants()
+
+
+def test_compaction_fails_on_unmovable_pages_and_the_fault_falls_back():
+    mm = ReferenceMM(Config(memory=8 * MiB))
+    a = fixed_hp(mm)
+    mm.fragment_memory(0.5, 9)
+    s0 = snap(mm)
+    assert mm.write(a) == 1
+    assert states(mm, a)[:2] == [A, N]
+    assert delta(s0, snap(mm)) == {**fault(), **pte(3), **anon(1), "compact_stall": 1, "compact_fail": 1,
+                                   "thp_fault_fallback": 1, "2048kB/anon_fault_fallback": 1}
+
+
+def test_compaction_needs_room_outside_the_range():
+    mm = ReferenceMM(Config(memory=4 * MiB))
+    a = fixed_hp(mm)
+    mm.fragment_memory(0.5, 9, movable=True)            # 256 used, 256 free, all in one range
+    mm.write(a)
+    assert mm.vmstat["compact_fail"] == 1 and states(mm, a)[0] == A
+
+
+@pytest.mark.parametrize("defrag, hp, direct", [
+    ("always", False, True), ("always", True, True), ("madvise", False, False), ("madvise", True, True),
+    ("defer+madvise", False, False), ("defer+madvise", True, True), ("defer", True, False),
+    ("never", True, False)])
+def test_defrag_decides_whether_a_fault_compacts(defrag, hp, direct):
+    """R23 as vma_thp_gfp_mask has it, for THPs and mTHPs alike."""
+    for hugepages in ({2048: "always"}, {2048: "never", 64: "always"}):
+        mm = ReferenceMM(Config(memory=8 * MiB, defrag=defrag, hugepages=hugepages))
+        a = fixed_hp(mm, hp=hp)
+        mm.fragment_memory(1.0, 4, movable=True)        # no 64 KiB block anywhere
+        mm.write(a)
+        assert mm.vmstat["compact_stall"] == int(direct), hugepages
+        assert states(mm, a)[1] == ((T if 2048 in hugepages and hugepages[2048] == "always" else L)
+                                    if direct else N)
+
+
+def test_compaction_migrates_anon_pages_keeping_every_mapping():
+    mm = ReferenceMM(Config(memory=8 * MiB))
+    a = fixed_hp(mm, hp=False)
+    mm.madvise(a, 2 * MiB, "populate_write")            # frames 512..1023
+    for i in range(0, 512, 2):
+        mm.madvise(a + i * P, P, "dontneed")            # every other one freed
+    child = mm.fork()
+    mm.fragment_memory(0.5, 9)                          # 1024..2047: unmovable, half free
+    b = mm.mmap(2 * MiB, addr=HP_BASE + 2 * MiB, fixed=True)
+    mm.madvise(b, 2 * MiB, "hugepage")
+    before = [(p.states, p.smaps) for p in (types.SimpleNamespace(states=states(x, a), smaps=x.smaps(a))
+                                            for x in (mm, child))]
+    s0 = snap(mm)
+    mm.write(b)
+    assert states(mm, b) == [T] * 512
+    assert delta(s0, snap(mm)) == {**THP, **fault(), **pte(1), "compact_stall": 1, "compact_success": 1,
+                                   "pgmigrate_success": 256}
+    assert before == [(states(x, a), x.smaps(a)) for x in (mm, child)]
+    assert min(mm._m.pages) >= 1024                     # all moved out of 512..1023
+    assert child.write(a + P) == 1 and child.page_states(a + P, P).tolist() == [A]
+    mm._check_invariants()
+
+
+def test_huge_zeropage_allocation_compacts_and_its_failure_falls_back():
+    mm = ReferenceMM(Config(memory=4 * MiB, defrag="never"))
+    a = fixed_hp(mm)
+    mm.fragment_memory(1.0, 9)
+    s0 = snap(mm)
+    assert mm.read(a) == 1
+    assert states(mm, a)[:2] == [Z, N]
+    assert delta(s0, snap(mm)) == {**fault(), **pte(3), "thp_zero_page_alloc_failed": 1, "thp_fault_fallback": 1,
+                                   "compact_stall": 1, "compact_fail": 1}
+
+
+def test_collapse_compacts_before_failing():
+    mm = ReferenceMM(Config(memory=6 * MiB))
+    a = mm.mmap(4 * MiB, addr=HP_BASE, fixed=True)
+    mm.write(a)
+    mm.write(a + 2 * MiB)                               # frames 512, 513
+    mm.fragment_memory(1.0, 9)                          # frame 1024 held: no 2 MiB block
+    s0 = snap(mm)
+    mm.madvise(a, 2 * MiB, "collapse")
+    assert states(mm, a) == [T] * 512 and states(mm, a + 2 * MiB)[0] == A
+    assert delta(s0, snap(mm)) == {**anon(511), "thp_collapse_alloc": 1, "nr_anon_transparent_hugepages": 1,
+                                   "2048kB/nr_anon": 1, "compact_stall": 1, "compact_success": 1,
+                                   "pgmigrate_success": 2}
+    with pytest.raises(SyscallError) as e:
+        mm.madvise(a + 2 * MiB, 2 * MiB, "collapse")
+    assert e.value.errno == errno.ENOMEM
+    assert mm.vmstat["thp_collapse_alloc_failed"] == 1 and mm.vmstat["compact_fail"] == 1
+
+# ================================================================ issue 5: the memory cgroup
+
+
+def test_memory_current_counts_anon_folios_and_page_tables():
+    mm = ReferenceMM(Config(hugepages={64: "always"}))
+    a = fixed_hp(mm, 4 * MiB, hp=False)
+    mm.madvise(a, 2 * MiB, "hugepage")                  # the upper half gets mTHPs, no THP
+    mm.read(a)                                          # PUD, PMD tables, the deposit; the HZP is free
+    assert mm.memory_current == 3 * P
+    mm.write(a)                                         # a THP over the HZP: the deposit is kept
+    assert mm.memory_current == (3 + 512) * P
+    mm.write(a + 2 * MiB)                               # a PTE table and a 64 KiB mTHP
+    assert mm.memory_current == (4 + 512 + 16) * P
+    child = mm.fork()                                   # the child's tables; pages are shared
+    assert mm.memory_current == (8 + 512 + 16) * P == child.memory_current
+    child.write(a + 2 * MiB)                            # a COW copy
+    assert mm.memory_current == (8 + 512 + 17) * P
+    child.close()
+    mm.munmap(a, 2 * MiB)
+    assert mm.memory_current == (3 + 16) * P
+    mm.close()
+    assert mm.memory_current == 0
+
+
+def test_memory_max_is_settable_but_not_below_memory_current():
+    mm = ReferenceMM(memory_max=8 * MiB)
+    assert mm.memory_max == 8 * MiB
+    a = fixed_hp(mm, hp=False)
+    mm.write(a)
+    with pytest.raises(OutOfMemory):
+        mm.memory_max = 3 * P
+    assert mm.memory_max == 8 * MiB
+    mm.memory_max = 8 * P
+    assert mm.fork().memory_max == 8 * P                # one cgroup for the machine
+    mm.memory_max = None
+    for bad, exc in [(-1, ValueError), (True, TypeError), (1.0, TypeError)]:
+        with pytest.raises(exc):
+            mm.memory_max = bad
+        with pytest.raises(exc):
+            ReferenceMM(memory_max=bad)
+
+
+def test_s62_thp_charge_refused_falls_back_to_a_4k_page():
+    mm = ReferenceMM(memory_max=3 * MiB)
+    a = fixed_hp(mm, 4 * MiB)
+    mm.write(a)
+    s0 = snap(mm)
+    assert mm.write(a + 2 * MiB) == 1
+    assert states(mm, a + 2 * MiB)[:2] == [A, N]
+    assert delta(s0, snap(mm)) == {**fault(), **pte(), **anon(1), "thp_fault_fallback": 1,
+                                   "thp_fault_fallback_charge": 1, "2048kB/anon_fault_fallback": 1,
+                                   "2048kB/anon_fault_fallback_charge": 1}
+
+
+def test_s63_hzp_write_with_the_thp_charge_refused_splits_it():
+    mm = ReferenceMM(memory_max=3 * MiB)
+    a = fixed_hp(mm, 4 * MiB)
+    mm.write(a)
+    s0 = snap(mm)
+    assert mm.read(a + 2 * MiB) == 1 and mm.write(a + 2 * MiB) == 1
+    assert states(mm, a + 2 * MiB)[:2] == [A, Z]
+    assert delta(s0, snap(mm)) == {**fault(2), **pte(), **anon(1), "thp_fault_fallback": 1,
+                                   "thp_fault_fallback_charge": 1, "2048kB/anon_fault_fallback": 1,
+                                   "2048kB/anon_fault_fallback_charge": 1, "thp_split_pmd": 1,
+                                   "thp_zero_page_alloc": 1}
+
+
+def test_mthp_charge_refused_tries_the_next_order():
+    mm = ReferenceMM(Config(hugepages={16: "always", 64: "always"}), memory_max=(3 + 10) * P)
+    a = fixed_hp(mm, hp=False)
+    s0 = msnap(mm)
+    assert mm.write(a) == 1
+    assert states(mm, a)[:5] == [L] * 4 + [N]
+    assert delta(s0, msnap(mm)) == {**fault(), **pte(3), **anon(4), "64kB/anon_fault_fallback": 1,
+                                    "64kB/anon_fault_fallback_charge": 1, "16kB/anon_fault_alloc": 1,
+                                    "16kB/nr_anon": 1}
+
+
+def test_order0_charge_refused_is_an_oom_that_leaves_no_trace():
+    mm = ReferenceMM(Config(hugepages={16: "always"}), memory_max=3 * P)
+    a = fixed_hp(mm)                                    # THP and mTHP both tried first
+    s0, b0 = msnap(mm), bi(mm)
+    with pytest.raises(OutOfMemory) as e:
+        mm.write(a)
+    assert (e.value.address, e.value.index) == (a, None)
+    assert msnap(mm) == s0 and bi(mm) == b0 and states(mm, a)[0] == N
+    mm.memory_max = 4 * P
+    assert mm.write(a) == 1 and mm.memory_current == 4 * P
+
+
+def test_access_trace_oom_keeps_the_accesses_before_it():
+    mm = ReferenceMM(memory_max=4 * P)
+    a = fixed_hp(mm, 4 * MiB, hp=False)
+    s0 = snap(mm)
+    with pytest.raises(OutOfMemory) as e:
+        mm.access([a, a + P, a + 2 * MiB], [1, 0, 1])   # the third needs a PTE table and a page
+    assert e.value.index == 2 and e.value.address == a + 2 * MiB
+    assert delta(s0, snap(mm)) == {**fault(2), **pte(3), **anon(1)}
+
+
+@pytest.mark.parametrize("limit", [0, 1, 2])
+def test_page_table_charge_refused_is_an_oom(limit):
+    mm = ReferenceMM(memory_max=limit * P)
+    a = fixed_hp(mm, hp=False)
+    s0 = snap(mm)
+    with pytest.raises(OutOfMemory):
+        mm.read(a)
+    assert snap(mm) == s0 and mm.memory_current == 0
+
+
+def test_thp_deposit_charge_refused_is_an_oom():
+    """__do_huge_pmd_anonymous_page charges the THP, then allocates the deposit: a THP that
+    just fits leaves no room for its deposit, and the fault is an OOM (not a fallback)."""
+    mm = ReferenceMM(memory_max=(2 + 512) * P)
+    a = fixed_hp(mm)
+    s0 = snap(mm)
+    with pytest.raises(OutOfMemory):
+        mm.write(a)
+    assert snap(mm) == s0
+
+
+def test_arm64_atomic_oom_undoes_its_read_fault_too():
+    mm = ReferenceMM(Config(arch="arm64"), memory_max=3 * P)
+    a = fixed_hp(mm, hp=False)
+    s0 = snap(mm)
+    with pytest.raises(OutOfMemory):
+        mm.atomic(a)                                    # read fault (zeropage), then the write
+    assert snap(mm) == s0 and states(mm, a)[0] == N
+
+
+@pytest.mark.parametrize("how", ["populate_write", "mlock"])
+def test_population_stops_at_a_refused_charge(how):
+    mm = ReferenceMM(memory_max=(3 + 10) * P)
+    a = fixed_hp(mm, hp=False)
+    s0 = snap(mm)
+    with pytest.raises(SyscallError) as e:
+        if how == "mlock":
+            mm.mlock(a, 2 * MiB)
+        else:
+            mm.madvise(a, 2 * MiB, how)
+    assert e.value.errno == (errno.EAGAIN if how == "mlock" else errno.ENOMEM)
+    assert states(mm, a)[:11] == [A] * 10 + [N]
+    assert delta(s0, snap(mm)) == {**fault(10), **pte(3), **anon(10)}     # the 11th left no trace
+
+
+def test_fork_with_the_charge_refused_is_an_oom_and_undone():
+    mm = ReferenceMM()
+    a = fixed_hp(mm, hp=False)
+    mm.write(a)
+    mm.memory_max = mm.memory_current + 2 * P           # the child needs 3 tables
+    s0 = snap(mm)
+    with pytest.raises(OutOfMemory):
+        mm.fork()
+    assert snap(mm) == s0 and len(mm._m.mms) == 1
+    assert mm.write(a) == 0                             # still writable: nothing was write-protected
+    mm.memory_max = None
+    child = mm.fork()
+    assert mm.write(a) == 1 and child.memory_current == mm.memory_current
+
+
+def test_mremap_with_the_charge_refused_is_an_oom_and_undone():
+    mm = ReferenceMM()
+    a = fixed_hp(mm, hp=False)
+    mm.write(a)
+    mm.memory_max = mm.memory_current
+    maps = mm.maps()
+    with pytest.raises(OutOfMemory) as e:
+        mm.mremap(a, 2 * MiB, 2 * MiB, True, a + (1 << 30))   # a PMD table and a PTE table
+    assert (e.value.address, e.value.index) == (0, None)
+    assert mm.maps() == maps and states(mm, a)[0] == A
+    mm.memory_max = None
+    assert mm.mremap(a, 2 * MiB, 2 * MiB, True, a + (1 << 30)) == a + (1 << 30)
+
+
+def test_collapse_with_the_charge_refused_is_ebusy():
+    mm = ReferenceMM()
+    a = fixed_hp(mm, hp=False)
+    mm.write(a)
+    mm.memory_max = mm.memory_current + 100 * P
+    s0 = snap(mm)
+    with pytest.raises(SyscallError) as e:
+        mm.madvise(a, 2 * MiB, "collapse")
+    assert e.value.errno == errno.EBUSY
+    assert delta(s0, snap(mm)) == {"thp_collapse_alloc": 1}
+    mm.madvise(a, 2 * MiB, "hugepage")
+    mm.khugepaged_scan(full_scans=1)
+    assert mm.khugepaged["pages_collapsed"] == 0 and delta(s0, snap(mm)) == {"thp_collapse_alloc": 2}
