@@ -1561,6 +1561,7 @@ def test_fragment_memory_holds_pages_in_every_wholly_free_region():
     assert mm.fragment_memory(0.0, 2) == 4096 - 512 - 3 - 3 * 3
     assert bi(mm) == [3, 3] + [0] * 9
     assert mm.fragment_memory() == 0
+    assert mm.fragment_memory(0.7, 0) == 9              # order 0: every free page
     a = fixed_hp(mm, hp=False)
     with pytest.raises(OutOfMemory):
         mm.write(a)
