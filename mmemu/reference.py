@@ -949,6 +949,33 @@ class ReferenceMM:
             out[i] = self._page_state(addr + i * PAGE_SIZE)
         return out
 
+    def _frames(self, addr, length):
+        """For the differential tests: per 4K page of [addr, addr+length) the emulated PFN
+        /proc/pid/pagemap shows (0 for no entry; the zeropage is frame 0) and the compound bits
+        /proc/kpageflags shows (KPF_THP with KPF_COMPOUND_HEAD or _TAIL for every page of a
+        large folio, and of the huge zeropage)."""
+        n = length // PAGE_SIZE
+        pfns = np.zeros(n, dtype=np.uint64)
+        flags = np.zeros(n, dtype=np.uint64)
+        thp, head, tail = 1 << 22, 1 << 15, 1 << 16
+        for i in range(n):
+            va = addr + i * PAGE_SIZE
+            entry = self._pmds.get(va >> 21)
+            if isinstance(entry, HugePmd):
+                idx = (va >> 12) % PTRS
+                pfns[i] = (entry.folio.pfn if entry.kind == "thp" else self._m.huge_zero_pfn) + idx
+                flags[i] = thp | (tail if idx else head)
+                continue
+            pte = entry.get(va >> 12) if entry is not None else None
+            if pte is None or pte.kind == "zero":
+                continue
+            if isinstance(pte.page, Folio):
+                pfns[i] = pte.page.pfn + pte.idx
+                flags[i] = thp | (tail if pte.idx else head)
+            else:
+                pfns[i] = pte.page.frame
+        return pfns, flags
+
     def _page_state(self, addr):
         entry = self._pmds.get(addr >> 21)
         if isinstance(entry, HugePmd):

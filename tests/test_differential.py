@@ -239,7 +239,23 @@ def observe_process(mm, issue5=ISSUE5_ENGINE):
     }
     if issue5:
         out["contpte"] = mm.contpte_blocks(WINDOW, 2 * WINDOW_PAGES * PAGE)
+        out["frames"] = frames(mm, WINDOW, 2 * WINDOW_PAGES * PAGE)
     return out
+
+
+PFN_MASK = (1 << 55) - 1
+COMPOUND = (1 << 22) | (1 << 15) | (1 << 16)        # KPF_THP, KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL
+
+
+def frames(mm, addr, length):
+    """Each page's PFN (where the buddy allocator and compaction put it) and its THP/compound
+    kpageflags bits (any large folio shows THP)."""
+    if isinstance(mm, ReferenceMM):
+        pfns, flags = mm._frames(addr, length)
+    else:
+        pagemap, _, kflags = mm.pagemap(addr, length)
+        pfns, flags = pagemap & PFN_MASK, kflags & COMPOUND
+    return (pfns.tolist(), flags.tolist())
 
 
 def vmstat(mm, issue5=ISSUE5_ENGINE):
@@ -268,7 +284,7 @@ def new_machine(engine, config, memory_max):
 
 
 def diff(a, b):
-    states = [k for k in a if k.startswith(("window", "placed"))]
+    states = [k for k in a if k.startswith(("window", "placed", "frames"))]
     return {k: (a[k], b[k]) for k in a if a[k] != b[k] and k not in states} | {
         k: "differs" for k in states if a[k] != b[k]}
 
