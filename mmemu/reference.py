@@ -11,11 +11,22 @@ Page tables: ``_pud_tables`` holds the PGD indices (addr >> 39) that have a PUD 
 PMD index (addr >> 21) to its entry: a dict (a PTE table: page number -> Pte) or a HugePmd
 (a THP or the huge zeropage, mapped by the PMD; its deposited PTE table is implied).
 
-Memory: an order-0 anonymous page is a :class:`Page`, a PMD-order THP a :class:`Folio`
-(per-subpage mapcounts and written marks, the entire mapcount, the MM_ID slots).  Entries
-point at them; what /proc/vmstat counts about them (nr_anon_pages, nr_anon_transparent_hugepages,
-nr_anon, nr_anon_partially_mapped) and each process's RssAnon are computed from the live
-objects when asked, so they cannot drift from the page tables.
+Memory: an order-0 anonymous page is a :class:`Page`, a large folio (a THP of order 9, or an
+mTHP of order 2..8) a :class:`Folio` (per-subpage mapcounts and written marks, the entire
+mapcount, the MM_ID slots).  Entries point at them; what /proc/vmstat counts about them
+(nr_anon_pages, nr_anon_transparent_hugepages, the per-size nr_anon, nr_anon_partially_mapped)
+and each process's RssAnon are computed from the live objects when asked, so they cannot drift
+from the page tables.
+
+Frames (issue 5, the design notes' exact policy): emulated RAM is ``Config.memory // 4096``
+frames behind a buddy allocator of orders 0..10; frames 0..511 are reserved (frame 0 is the
+zeropage).  An allocation takes the lowest block of the smallest sufficient order and splits it
+keeping the lower half; a free merges with free buddies.  The free lists are thus always the
+canonical decomposition of the free frames.  A THP/mTHP/huge-zeropage allocation that finds no
+block compacts directly when the defrag policy allows it (_Machine.compact).  The memory cgroup
+charges anonymous folios and page tables; a refused charge of a THP/mTHP falls back, of a 4K
+page or a page table is an OOM that undoes the access or call it happened in (_Machine.guard:
+a snapshot of the machine, restored on the OOM).
 """
 from __future__ import annotations
 
