@@ -1871,3 +1871,20 @@ def test_collapse_with_the_charge_refused_is_ebusy():
     mm.madvise(a, 2 * MiB, "hugepage")
     mm.khugepaged_scan(full_scans=1)
     assert mm.khugepaged["pages_collapsed"] == 0 and delta(s0, snap(mm)) == {"thp_collapse_alloc": 2}
+
+
+@pytest.mark.parametrize("how", ["munmap", "mremap shrink", "dontneed"])
+def test_mthp_any_partial_unmap_flags_it_once(how):
+    """The design notes: zap, munmap, DONTNEED and mremap shrinking all partially map it."""
+    mm, a = mthp_setup()
+    mm.write(a)
+    s0 = msnap(mm)
+    if how == "munmap":
+        mm.munmap(a + 8 * P, 8 * P)
+    elif how == "mremap shrink":
+        mm.mremap(a, 2 * MiB, 8 * P)
+    else:
+        mm.madvise(a + 8 * P, 8 * P, "dontneed")
+    assert states(mm, a, 8 * P) == [L] * 8
+    assert delta(s0, msnap(mm)) == {**anon(-8), "64kB/split_deferred": 1, "64kB/nr_anon_partially_mapped": 1}
+    mm._check_invariants()
