@@ -45,8 +45,11 @@ def config_strategy(issue5):
     """Configurations: with issue5, mTHP sizes (each "always", "inherit", "madvise" or "never"),
     RAM small enough for the buddy allocator to run out, and every defrag mode."""
     modes = st.sampled_from(["inherit", "always", "madvise", "never"])
-    if issue5:
-        hugepages = st.fixed_dictionaries({2048: modes}, optional={kb: modes for kb in HUGEPAGE_SIZES_KB[:-1]})
+    if issue5:     # up to three mTHP sizes, mostly enabled, besides 2048 kB
+        mthp_modes = st.lists(st.sampled_from(["always", "always", "inherit", "madvise", "never"]),
+                              min_size=3, max_size=3)
+        sizes = st.lists(st.sampled_from(HUGEPAGE_SIZES_KB[:-1]), min_size=1, max_size=3, unique=True)
+        hugepages = st.tuples(modes, sizes, mthp_modes).map(lambda t: {2048: t[0], **dict(zip(t[1], t[2]))})
         memory = st.sampled_from([4 * MB, 6 * MB, 8 * MB, 8 * MB, 12 * MB, 16 * MB, 32 * MB, 64 * MB])
         defrag = st.sampled_from(DEFRAG_MODES)
     else:
@@ -125,6 +128,8 @@ common_actions = (
     st.tuples(st.sampled_from(["mlock", "munlock"]), page_offsets, page_counts),
 )
 issue5_actions = (
+    # DONTNEED of every stride-th page of a range, in one step: order-0 pages spread over RAM
+    st.tuples(st.just("punch"), page_offsets, page_counts, st.integers(2, 8)),
     st.tuples(st.just("fragment"), st.sampled_from([0.5, 0.5, 0.25, 0.75, 0.0, 0.9, 1.0]),
               st.sampled_from([9, 9, 4, 2, 0, 3, 10]), st.booleans()),
     st.tuples(st.just("release_fragmentation")),
@@ -201,6 +206,9 @@ def apply(procs, who, action):
         return outcome(getattr(mm, kind), WINDOW + action[1] * PAGE, action[2] * PAGE)
     if kind == "fragment":
         return outcome(mm.fragment_memory, action[1], action[2], action[3])
+    if kind == "punch":
+        _, off, n, stride = action
+        return tuple(outcome(mm.madvise, WINDOW + i * PAGE, PAGE, "dontneed") for i in range(off, off + n, stride))
     if kind == "release_fragmentation":
         return outcome(mm.release_fragmentation)
     if kind == "memory_max":
@@ -294,7 +302,25 @@ def diff(a, b):
 mapped = st.sampled_from(["rw", "rw", "rw", "r", "none"]).map(lambda p: [(0, ("mmap_fixed", 0, WINDOW_PAGES, p))])
 mapped_hp = st.sampled_from(["rw", "rw", "r"]).map(lambda p: [(0, ("mmap_fixed", 0, WINDOW_PAGES, p)),
                                                             (0, ("madvise", 0, WINDOW_PAGES, "hugepage"))])
-prologues = st.one_of(st.just([]), mapped, mapped, mapped_hp, mapped_hp, mapped_hp)
+prologues_today = st.one_of(st.just([]), mapped, mapped, mapped_hp, mapped_hp, mapped_hp)
+# with issue 5, the mapping is often followed by order-0 pages spread over RAM (a populated
+# range with holes punched) and held fragmentation, so that THP/mTHP allocations need compaction
+spread = st.tuples(st.integers(0, 3), st.integers(2, 5)).map(
+    lambda t: [(0, ("madvise", 512 * t[0], 512, "populate_write")), (0, ("punch", 512 * t[0], 512, t[1]))])
+fragmented = st.tuples(st.sampled_from([0.5, 0.5, 0.25, 0.75, 0.9, 1.0]), st.sampled_from([9, 9, 10, 4, 2]),
+                       st.booleans()).map(lambda t: [(0, ("fragment", *t))])
+writes = st.lists(page_offsets, min_size=1, max_size=8).map(lambda offs: [(0, ("trace", [(o, 1) for o in offs]))])
+prologues_issue5 = st.tuples(prologues_today, st.sampled_from([False, True]), spread,
+                             st.one_of(st.just([]), fragmented, fragmented),
+                             st.one_of(st.just([]), writes)).map(
+    lambda t: t[0] + (t[2] if t[1] and t[0] else []) + t[3] + (t[4] if t[0] else []))
+
+
+def prologue_strategy(issue5):
+    return prologues_issue5 if issue5 else prologues_today
+
+
+prologues = prologue_strategy(ISSUE5_ENGINE)
 
 
 #: in CI a failing script is reported as found, not shrunk: shrinking a 25-step script can take
@@ -326,7 +352,7 @@ def test_engine_matches_reference_model(config, memory_max, prologue, body):
 
 @settings(max_examples=int(os.environ.get("MMEMU_EXAMPLES", 2000)) // 4, deadline=None,
           suppress_health_check=[HealthCheck.too_slow], phases=PHASES)
-@given(config=config_strategy(True), memory_max=memory_max_strategy(True), prologue=prologues,
+@given(config=config_strategy(True), memory_max=memory_max_strategy(True), prologue=prologue_strategy(True),
        body=st.lists(step_strategy(True), min_size=1, max_size=25))
 def test_reference_model_keeps_its_invariants(config, memory_max, prologue, body):
     """The reference alone, with every issue-5 draw whatever ISSUE5_ENGINE says: the mapcounts,
