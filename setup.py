@@ -31,7 +31,7 @@ extensions = [
         define_macros=macros,
         extra_compile_args=["-O0", "-g"] if debug else ["-O3"],
     )
-    for name in ("_core", "_host")
+    for name in ("_core", "_host", "_buddy")
 ]
 
 setup(ext_modules=cythonize(extensions, compiler_directives=directives))

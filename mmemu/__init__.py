@@ -8,13 +8,13 @@
 """
 from .config import Config
 from .constants import ATOMIC, READ, WRITE, PageState
-from .errors import ClosedError, MMError, OutOfMemory, SegmentationFault, SyscallError
-from .mm import MM
+from .errors import BusError, ClosedError, MMError, OutOfMemory, SegmentationFault, SyscallError
+from .mm import MM, Memfd
 
 try:
     from ._version import version as __version__
 except ImportError:  # a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["MM", "Config", "PageState", "READ", "WRITE", "ATOMIC", "SegmentationFault",
-           "OutOfMemory", "SyscallError", "MMError", "ClosedError", "__version__"]
+__all__ = ["MM", "Memfd", "Config", "PageState", "READ", "WRITE", "ATOMIC", "SegmentationFault",
+           "BusError", "OutOfMemory", "SyscallError", "MMError", "ClosedError", "__version__"]

@@ -10,7 +10,8 @@ Rule numbers (Rnn) refer to shared/spec/linux-mm-semantics.md.
 import numpy as np
 cimport numpy as cnp
 from libc.string cimport memset, memcpy
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, INT64_MAX
+from mmemu._buddy cimport FreeArea, MAX_PAGE_ORDER
 
 cnp.import_array()
 
@@ -50,6 +51,14 @@ cdef uint64_t PMD_SIZE = 1 << PMD_SHIFT
 cdef uint64_t PUD_SIZE = 1 << PUD_SHIFT
 cdef uint64_t PGDIR_SIZE = 1ULL << PGDIR_SHIFT
 cdef uint64_t PMD_MASK = ~((1ULL << PMD_SHIFT) - 1)
+# arm64 with 4K pages: 16 PTEs (64 KiB) make one contiguous-PTE block
+cdef enum:
+    CONT_PTE_ORDER = 4
+    CONT_PTES = 16
+cdef uint64_t CONT_PTE_SIZE = CONT_PTES * 4096
+# fault_around_bytes (64 KiB) in pages
+cdef enum:
+    FAULT_AROUND_PAGES = 16
 cdef uint64_t PFN_MASK = 0xFFFFFFFFFF      # 40 bits of frame / table number
 cdef uint64_t TASK_SIZE = (1ULL << 47) - 4096
 #: the end of the user address range, as the ceiling of free_pgtables
@@ -58,20 +67,29 @@ cdef uint64_t TLB_INVALID = 1              # no masked address equals it
 cdef uint64_t TABLE_BITS = _PAGE_PRESENT | _PAGE_RW | _PAGE_USER | _PAGE_ACCESSED
 cdef uint64_t ZERO_PTE = _PAGE_PRESENT | _PAGE_USER | _PAGE_SPECIAL | _PAGE_ACCESSED
 
-PAGE_STATE_VALUES = (PS_NONE, PS_ZERO, PS_HUGE_ZERO, PS_ANON, PS_LARGE, PS_THP)
+PAGE_STATE_VALUES = (PS_NONE, PS_ZERO, PS_HUGE_ZERO, PS_ANON, PS_LARGE, PS_THP, PS_SHMEM, PS_SHMEM_THP)
 OP_VALUES = (OP_READ, OP_WRITE, OP_ATOMIC)
 VM_FLAG_VALUES = dict(VM_READ=VM_READ, VM_WRITE=VM_WRITE, VM_EXEC=VM_EXEC, VM_MAYREAD=VM_MAYREAD,
                       VM_MAYWRITE=VM_MAYWRITE, VM_MAYEXEC=VM_MAYEXEC, VM_ACCOUNT=VM_ACCOUNT,
                       VM_HUGEPAGE=VM_HUGEPAGE, VM_NOHUGEPAGE=VM_NOHUGEPAGE, VM_LOCKED=VM_LOCKED, VM_SEQ_READ=VM_SEQ_READ,
                       VM_RAND_READ=VM_RAND_READ, VM_DONTCOPY=VM_DONTCOPY, VM_WIPEONFORK=VM_WIPEONFORK,
-                      VM_DONTDUMP=VM_DONTDUMP)
+                      VM_DONTDUMP=VM_DONTDUMP, VM_SHARED=VM_SHARED, VM_MAYSHARE=VM_MAYSHARE)
 FAULT_OOM = VM_FAULT_OOM
 FAULT_SIGSEGV = VM_FAULT_SIGSEGV
 FAULT_HOSTMEM = VM_FAULT_HOSTMEM
 FAULT_NOTIMPL = VM_FAULT_NOTIMPL
+FAULT_SIGBUS = VM_FAULT_SIGBUS
+#: /sys/kernel/mm/transparent_hugepage/shmem_enabled values for Machine.shmem_enabled
+SHMEM_ENABLED_MODES = {"never": SHMEM_HUGE_NEVER, "always": SHMEM_HUGE_ALWAYS,
+                       "within_size": SHMEM_HUGE_WITHIN_SIZE, "advise": SHMEM_HUGE_ADVISE}
 #: prctl(PR_SET_THP_DISABLE) modes of MMCore.set_thp_disable
 DISABLE_COMPLETELY = THP_DISABLE_COMPLETELY
 DISABLE_EXCEPT_ADVISED = THP_DISABLE_EXCEPT_ADVISED
+#: /sys/kernel/mm/transparent_hugepage/defrag values for MMCore(defrag=...)
+DEFRAG_MODES = {"always": DEFRAG_ALWAYS, "defer": DEFRAG_DEFER, "defer+madvise": DEFRAG_DEFER_MADVISE,
+                "madvise": DEFRAG_MADVISE, "never": DEFRAG_NEVER}
+#: per-size THP stats are kept for these orders: 16 kB .. 2 MiB
+STAT_ORDERS = tuple(range(MIN_MTHP_ORDER, MAX_FOLIO_ORDER + 1))
 
 cdef enum:
     # populate() results besides a fault code
@@ -97,6 +115,7 @@ cdef uint64_t PM_MMAP_EXCLUSIVE = 1ULL << 56
 # /proc/kpageflags bits (include/uapi/linux/kernel-page-flags.h; 32+ are the kernel-hacking ones)
 cdef uint64_t KPF_REFERENCED = 1ULL << 2
 cdef uint64_t KPF_UPTODATE = 1ULL << 3
+cdef uint64_t KPF_DIRTY = 1ULL << 4
 cdef uint64_t KPF_LRU = 1ULL << 5
 cdef uint64_t KPF_MMAP = 1ULL << 11
 cdef uint64_t KPF_ANON = 1ULL << 12
@@ -147,10 +166,11 @@ cdef inline bint table_empty(const uint64_t *table) noexcept nogil:
     return True
 
 
-cdef inline int64_t folio_pte_batch(const uint64_t *pte, int64_t i, int64_t last, int64_t pfn) noexcept nogil:
-    """How many PTEs from i (below last) map consecutive pages of pfn's PMD-order folio."""
+cdef inline int64_t folio_pte_batch(const uint64_t *pte, int64_t i, int64_t last, int64_t pfn,
+                                   int order) noexcept nogil:
+    """How many PTEs from i (below last) map consecutive pages of pfn's folio of this order."""
     cdef int64_t nr = 1
-    cdef int64_t end_pfn = (pfn | (HPAGE_PMD_NR - 1)) + 1
+    cdef int64_t end_pfn = (pfn | ((<int64_t>1 << order) - 1)) + 1
     cdef uint64_t e
     while i + nr < last and pfn + nr < end_pfn:
         e = pte[i + nr]
@@ -158,6 +178,15 @@ cdef inline int64_t folio_pte_batch(const uint64_t *pte, int64_t i, int64_t last
             break
         nr += 1
     return nr
+
+
+cdef inline bint ptes_none(const uint64_t *pte, int64_t nr) noexcept nogil:
+    """pte_range_none: no entry at all (a zeropage PTE is an entry)."""
+    cdef int64_t k
+    for k in range(nr):
+        if pte[k]:
+            return False
+    return True
 
 
 cdef inline uint64_t umin(uint64_t a, uint64_t b) noexcept nogil:
@@ -181,65 +210,80 @@ cdef inline uint64_t tlb_perm_of(uint64_t e) noexcept nogil:
 # Machine: emulated physical memory
 # =============================================================================================
 
-cdef class Machine:
-    """Frames of emulated RAM in 2 MiB blocks, their allocator and the system-wide counters.
+cdef class ShmemFile:
+    """A shmem inode: the object behind a MAP_SHARED|MAP_ANONYMOUS mapping or a memfd. Its page
+    cache maps page indices to frames; pages beyond ``size`` do not exist (SIGBUS)."""
 
-    Block 0 is reserved (frame 0 is the shared zeropage, outside RAM).  A 4K page comes from a
-    partly used block when there is one, else from a wholly free block; a PMD-size folio takes a
-    wholly free block.  Freed pages go back to their block, which is whole again when all its
-    pages are free.  Arrays are zero-filled lazily by the OS, so unused RAM costs no host memory.
+    def __cinit__(self, int32_t fid, bint anonymous):
+        self.fid = fid
+        self.anonymous = anonymous
+        self.fd_open = not anonymous
+        self.size = 0
+        self._pages = np.zeros(1, np.int64)
+        self.pages = <int64_t *>cnp.PyArray_DATA(self._pages)
+
+    def page(self, int64_t index):
+        """The frame holding page ``index`` (0: not in the page cache)."""
+        if not 0 <= index < self.size:
+            raise IndexError(f"page {index} is beyond the file's {self.size} pages")
+        return self.pages[index]
+
+    def resident(self):
+        """A copy of the page cache: frame per page index, 0 for a hole."""
+        return self._pages[:self.size].copy()
+
+    @property
+    def nr_pages(self):
+        """Pages in the page cache."""
+        return int(np.count_nonzero(self._pages[:self.size]))
+
+
+cdef class Machine:
+    """Frames of emulated RAM, their buddy allocator, the memory cgroup and the system-wide
+    counters.
+
+    Frames 0..511 are reserved (frame 0 stands for the shared zeropage, outside RAM).  Free
+    memory is a buddy allocator of orders 0..10 (mmemu._buddy.FreeArea).  Per-frame arrays are
+    zero-filled lazily by the OS, so unused RAM costs no host memory.
     """
 
     def __cinit__(self, int64_t memory_bytes):
-        cdef int64_t words
         if memory_bytes < <int64_t>PMD_SIZE or memory_bytes % <int64_t>PMD_SIZE:
             raise ValueError("memory must be a positive multiple of 2 MiB")
         self.nr_blocks = memory_bytes // <int64_t>PMD_SIZE + 1
         self.nr_frames = self.nr_blocks * HPAGE_PMD_NR
-        words = (self.nr_blocks + 63) // 64
+        self.area = FreeArea(self.nr_frames, HPAGE_PMD_NR)
         self._refcount = huge_zeros(self.nr_frames, np.int32)
         self._mapcount = huge_zeros(self.nr_frames, np.int32)
         self._flags = huge_zeros(self.nr_frames, np.uint8)
-        self._block_free = np.full(self.nr_blocks, HPAGE_PMD_NR, np.uint16)
-        self._free_bitmap = huge_zeros(self.nr_blocks * 8, np.uint64)
-        self._partial_blocks = np.zeros(words, np.uint64)
-        self._free_blocks = np.zeros(words, np.uint64)
-        self._entire_mapcount = np.zeros(self.nr_blocks, np.int32)
-        self._block_refcount = np.zeros(self.nr_blocks, np.int32)
-        self._block_flags = np.zeros(self.nr_blocks, np.uint8)
-        self._block_mm_id = np.zeros(self.nr_blocks * 2, np.int32)
-        self._block_mm_count = np.zeros(self.nr_blocks * 2, np.int32)
-        self._block_written = np.zeros(self.nr_blocks, np.uint16)
-        self._block_index = np.zeros(self.nr_blocks, np.int64)
+        # structs in byte arrays (numpy has no dtype for a C struct); zero-filled lazily, so
+        # the mTHP descriptors of RAM that never held an mTHP cost no host memory
+        self._pmd_folio = np.zeros(self.nr_blocks * sizeof(folio_t), np.uint8)
+        self._mthp_folio = huge_zeros((self.nr_frames >> 2) * sizeof(folio_t), np.uint8)
+        self._mthp_blocks = np.zeros(self.nr_blocks, np.uint8)
+        self._block_pinned = np.zeros(self.nr_blocks, np.int32)
         self._vmstat = np.zeros(NR_VMSTAT, np.int64)
-        self._mthp_stat = np.zeros(NR_MTHP_STAT, np.int64)
-        # every block but the reserved block 0 starts wholly free
-        bits = np.ones(words * 64, np.bool_)
-        bits[0] = False
-        bits[self.nr_blocks:] = False
-        self._free_blocks[:] = np.packbits(bits, bitorder="little").view(np.uint64)
-        self._block_free[0] = 0
+        self._mthp_stat = np.zeros((MAX_FOLIO_ORDER + 1) * NR_MTHP_STAT, np.int64)
         self.refcount = <int32_t *>cnp.PyArray_DATA(self._refcount)
         self.mapcount = <int32_t *>cnp.PyArray_DATA(self._mapcount)
         self.flags = <uint8_t *>cnp.PyArray_DATA(self._flags)
-        self.block_free = <uint16_t *>cnp.PyArray_DATA(self._block_free)
-        self.free_bitmap = <uint64_t *>cnp.PyArray_DATA(self._free_bitmap)
-        self.partial_blocks = <uint64_t *>cnp.PyArray_DATA(self._partial_blocks)
-        self.free_blocks = <uint64_t *>cnp.PyArray_DATA(self._free_blocks)
-        self.entire_mapcount = <int32_t *>cnp.PyArray_DATA(self._entire_mapcount)
-        self.block_refcount = <int32_t *>cnp.PyArray_DATA(self._block_refcount)
-        self.block_flags = <uint8_t *>cnp.PyArray_DATA(self._block_flags)
-        self.block_mm_id = <int32_t *>cnp.PyArray_DATA(self._block_mm_id)
-        self.block_mm_count = <int32_t *>cnp.PyArray_DATA(self._block_mm_count)
-        self.block_written = <uint16_t *>cnp.PyArray_DATA(self._block_written)
-        self.block_index = <int64_t *>cnp.PyArray_DATA(self._block_index)
+        self.pmd_folio = <folio_t *>cnp.PyArray_DATA(self._pmd_folio)
+        self.mthp_folio = <folio_t *>cnp.PyArray_DATA(self._mthp_folio)
+        self.mthp_blocks = <uint8_t *>cnp.PyArray_DATA(self._mthp_blocks)
+        self.block_pinned = <int32_t *>cnp.PyArray_DATA(self._block_pinned)
         self.vmstat = <int64_t *>cnp.PyArray_DATA(self._vmstat)
         self.mthp_stat = <int64_t *>cnp.PyArray_DATA(self._mthp_stat)
-        self.block_words = words
-        self.partial_hint = 0
-        self.free_hint = 0
-        self.nr_free_pages = (self.nr_blocks - 1) * HPAGE_PMD_NR
-        self.nr_free_blocks = self.nr_blocks - 1
+        self.memcg_usage = 0
+        self.memcg_max = INT64_MAX
+        self.compact_considered = 0
+        self.compact_defer_shift = 0
+        self.compact_order_failed = 0
+        self.nr_foreign = 0
+        self.files = {}
+        self.next_fid = 1
+        self.file_slots = 0
+        self._grow_file_table(16)
+        self.shmem_enabled = SHMEM_HUGE_NEVER
         self.huge_zero_pfn = -1
         self.huge_zero_users = 0
         self.mms = []
@@ -251,216 +295,318 @@ cdef class Machine:
         self.pages_collapsed = 0
         self.full_scans = 0
 
-    # ---- the allocator ---------------------------------------------------------------------
-    # Deterministic and simple to state: a 4K page is the lowest free frame of the lowest partly
-    # used block, else of the lowest wholly free block; a 2 MiB folio is the lowest wholly free
-    # block.  Two bitmaps over blocks keep "partly used" and "wholly free"; each has a hint
-    # below which no bit is set.
+    # ---- the page allocator (mm/page_alloc.c) -----------------------------------------------
+    # The buddy allocator hands out the lowest block of the smallest sufficient order.  Frames
+    # compaction cannot move (large folios, the huge zeropage, unmovable foreign pages) are
+    # counted per 2 MiB pageblock so compaction finds its candidates without a scan.
 
-    cdef int64_t first_block(self, uint64_t *bits, int64_t *hint) noexcept nogil:
-        cdef int64_t w
-        for w in range(hint[0], self.block_words):
-            if bits[w]:
-                hint[0] = w
-                return w * 64 + __builtin_ctzll(bits[w])
-        hint[0] = self.block_words
-        return -1
-
-    cdef inline void set_block_bit(self, uint64_t *bits, int64_t *hint, int64_t block) noexcept nogil:
-        bits[block >> 6] |= (<uint64_t>1) << (block & 63)
-        if (block >> 6) < hint[0]:
-            hint[0] = block >> 6
-
-    cdef inline void clear_block_bit(self, uint64_t *bits, int64_t block) noexcept nogil:
-        bits[block >> 6] &= ~((<uint64_t>1) << (block & 63))
-
-    cdef int64_t take_free_block(self) noexcept nogil:
-        cdef int64_t block = self.first_block(self.free_blocks, &self.free_hint)
-        if block >= 0:
-            self.clear_block_bit(self.free_blocks, block)
-            self.nr_free_blocks -= 1
-        return block
-
-    cdef void give_free_block(self, int64_t block) noexcept nogil:
-        self.block_free[block] = HPAGE_PMD_NR
-        self.set_block_bit(self.free_blocks, &self.free_hint, block)
-        self.nr_free_blocks += 1
+    @property
+    def nr_free_pages(self):
+        return self.area.free_pages
 
     cdef int64_t alloc_page(self) noexcept nogil:
         """One order-0 frame, or -1 when RAM is exhausted."""
-        cdef int64_t block = self.first_block(self.partial_blocks, &self.partial_hint), w
-        cdef uint64_t word
-        cdef uint64_t *bits
-        if block < 0:
-            block = self.take_free_block()
-            if block < 0:
-                return -1
-            bits = self.free_bitmap + block * 8
-            for w in range(8):
-                bits[w] = ~(<uint64_t>0)
-            self.block_free[block] = HPAGE_PMD_NR
-            self.set_block_bit(self.partial_blocks, &self.partial_hint, block)
-        bits = self.free_bitmap + block * 8
-        for w in range(8):
-            word = bits[w]
-            if word:
-                bits[w] = word & (word - 1)
-                self.block_free[block] -= 1
-                if self.block_free[block] == 0:
-                    self.clear_block_bit(self.partial_blocks, block)
-                self.nr_free_pages -= 1
-                return block * HPAGE_PMD_NR + w * 64 + __builtin_ctzll(word)
-        return -1   # unreachable: a partly used block has a free frame
+        return self.area.alloc(0)
+
+    cdef int64_t alloc_pages(self, int order, bint compact) noexcept nogil:
+        """The head of a free block of 2**order frames, or -1. A large block that is not to be
+        had triggers direct compaction where the caller's gfp allows it (__alloc_pages_slowpath
+        -> __alloc_pages_direct_compact), then one more try."""
+        cdef int64_t pfn = self.area.alloc(order)
+        if pfn < 0 and compact and order > 0 and not self.compaction_deferred(order):
+            if self.compact_zone(order):
+                pfn = self.area.alloc(order)
+        if pfn >= 0 and order > 0:
+            self.block_pinned[pfn >> HPAGE_PMD_ORDER] += 1 << order
+        return pfn
+
+    cdef void free_frames(self, int64_t pfn, int order) noexcept nogil:
+        """Give 2**order frames back to the buddy allocator, their metadata cleared."""
+        cdef int64_t nr = (<int64_t>1) << order
+        memset(self.flags + pfn, 0, nr)
+        memset(self.mapcount + pfn, 0, nr * sizeof(int32_t))
+        memset(self.refcount + pfn, 0, nr * sizeof(int32_t))
+        if order > 0:
+            self.block_pinned[pfn >> HPAGE_PMD_ORDER] -= <int32_t>nr
+        self.area.free(pfn, order)
 
     cdef void free_page(self, int64_t pfn) noexcept nogil:
-        cdef int64_t block = pfn >> HPAGE_PMD_ORDER
-        cdef int64_t bit = pfn & (HPAGE_PMD_NR - 1)
-        self.refcount[pfn] = 0
-        self.mapcount[pfn] = 0
-        self.flags[pfn] = 0
-        self.free_bitmap[block * 8 + (bit >> 6)] |= (<uint64_t>1) << (bit & 63)
-        self.block_free[block] += 1
-        self.nr_free_pages += 1
-        if self.block_free[block] == 1:
-            self.set_block_bit(self.partial_blocks, &self.partial_hint, block)
-        if self.block_free[block] == HPAGE_PMD_NR:
-            self.clear_block_bit(self.partial_blocks, block)
-            self.give_free_block(block)
+        """An order-0 anonymous page is freed: uncharged and given back."""
+        self.uncharge(1)
+        self.free_frames(pfn, 0)
 
-    cdef int64_t alloc_pmd_folio(self) noexcept nogil:
-        """The head frame of a free, aligned 2 MiB block, or -1 when none is free."""
-        cdef int64_t block = self.take_free_block()
-        if block < 0:
-            return -1
-        self.block_free[block] = 0
-        self.nr_free_pages -= HPAGE_PMD_NR
-        return block * HPAGE_PMD_NR
+    cdef int64_t alloc_pmd_folio(self, bint compact) noexcept nogil:
+        """The head frame of a free, aligned 2 MiB block, or -1 when none is to be had."""
+        return self.alloc_pages(HPAGE_PMD_ORDER, compact)
+
+    cdef folio_t *new_mthp(self, int64_t pfn, int order) noexcept nogil:
+        """Describe a freshly allocated block as an mTHP: every quad of it knows the order."""
+        cdef int64_t q
+        for q in range(pfn >> 2, (pfn >> 2) + ((<int64_t>1) << (order - 2))):
+            self.mthp_folio[q].order = <uint8_t>order
+        self.mthp_blocks[pfn >> HPAGE_PMD_ORDER] = 1
+        return &self.mthp_folio[pfn >> 2]
+
+    # ---- the memory cgroup (mm/memcontrol.c: try_charge, uncharge) ----------------------------
+
+    cdef bint try_charge(self, int64_t nr) noexcept nogil:
+        """Charge nr pages to the cgroup, unless that would pass memory.max (no swap, nothing to
+        reclaim: the charge fails)."""
+        if nr > self.memcg_max - self.memcg_usage:
+            return False
+        self.memcg_usage += nr
+        return True
+
+    cdef inline void uncharge(self, int64_t nr) noexcept nogil:
+        self.memcg_usage -= nr
+
+    # ---- compaction (mm/compaction.c) ---------------------------------------------------------
+
+    cdef bint compaction_deferred(self, int order) noexcept nogil:
+        """compaction_deferred: after a failure, skip the next 2**compact_defer_shift tries."""
+        if order < self.compact_order_failed:
+            return False
+        self.compact_considered += 1
+        if self.compact_considered >= (1 << self.compact_defer_shift):
+            self.compact_considered = 1 << self.compact_defer_shift
+            return False
+        return True
+
+    cdef bint compact_zone(self, int order) noexcept nogil:
+        """Direct compaction for one free block of 2**order frames (R23). The migration scanner
+        takes the lowest pageblock (2 MiB) holding only movable pages (order-0 anonymous pages,
+        movable foreign pages) and in it the lowest aligned block of the order; its used frames
+        move to the lowest free frames outside it, the PTEs that mapped them, in every process,
+        follow, and the block is free. Fails when no such pageblock exists or too little memory
+        is free elsewhere. Returns whether the block was freed."""
+        cdef int64_t block, lo = -1, used = 0
+        cdef bint ok = False
+        self.vmstat[COMPACT_STALL] += 1
+        for block in range(1, self.nr_blocks):
+            # merging is complete: a wholly free pageblock lies in a free block of order >= 9
+            if self.block_pinned[block] == 0 \
+                    and self.area.free_order_of(block << HPAGE_PMD_ORDER) < HPAGE_PMD_ORDER:
+                lo = block << HPAGE_PMD_ORDER
+                break
+        if lo >= 0:
+            used = self.used_frames(lo, order)
+            if used <= self.area.free_pages - (((<int64_t>1) << order) - used):
+                with gil:
+                    ok = self.migrate_block(lo, order) == 0
+        if ok:
+            self.vmstat[COMPACT_SUCCESS] += 1
+            self.compact_considered = 0       # compaction_defer_reset
+            self.compact_defer_shift = 0
+            if order + 1 > self.compact_order_failed:
+                self.compact_order_failed = order + 1
+        else:
+            self.vmstat[COMPACT_FAIL] += 1
+            self.compact_considered = 0       # defer_compaction
+            if self.compact_defer_shift < COMPACT_MAX_DEFER_SHIFT:
+                self.compact_defer_shift += 1
+            if order < self.compact_order_failed:
+                self.compact_order_failed = order
+        return ok
+
+    cdef int64_t used_frames(self, int64_t lo, int order) noexcept nogil:
+        cdef int64_t pfn, used = 0
+        for pfn in range(lo, lo + ((<int64_t>1) << order)):
+            if self.area.free_order_of(pfn) < 0:
+                used += 1
+        return used
+
+    cdef int migrate_block(self, int64_t lo, int order) except -1:
+        """migrate_pages for every used frame of [lo, lo + 2**order), in ascending order: the
+        block's free frames are taken first so that no copy lands inside it; then it is freed
+        whole."""
+        cdef int64_t nr = (<int64_t>1) << order, pfn, new
+        cdef cnp.ndarray moved = np.full(nr, -1, np.int64)
+        cdef int64_t *to = <int64_t *>cnp.PyArray_DATA(moved)
+        cdef MMCore mm
+        for pfn in range(lo, lo + nr):
+            if self.area.free_order_of(pfn) >= 0:
+                self.area.take(pfn, 0)
+                to[pfn - lo] = -2                     # was free: nothing to move
+        for pfn in range(lo, lo + nr):
+            if to[pfn - lo] == -2:
+                to[pfn - lo] = -1
+                continue
+            new = self.area.alloc(0)
+            to[pfn - lo] = new
+            self.refcount[new] = self.refcount[pfn]
+            self.mapcount[new] = self.mapcount[pfn]
+            self.flags[new] = self.flags[pfn]
+            self.vmstat[PGMIGRATE_SUCCESS] += 1
+        for mm in self.mms:
+            mm.rmap_migrate(lo, moved)
+        memset(self.flags + lo, 0, nr)
+        memset(self.mapcount + lo, 0, nr * sizeof(int32_t))
+        memset(self.refcount + lo, 0, nr * sizeof(int32_t))
+        self.area.free(lo, order)
+        return 0
 
     cdef void clear_folio(self, int64_t block) noexcept nogil:
         """Forget the PMD-order folio that filled a block (freed, or split into pages)."""
-        self.block_flags[block] = 0
-        self.block_refcount[block] = 0
-        self.entire_mapcount[block] = 0
-        self.block_written[block] = 0
-        self.block_mm_id[2 * block] = self.block_mm_id[2 * block + 1] = 0
-        self.block_mm_count[2 * block] = self.block_mm_count[2 * block + 1] = 0
+        memset(&self.pmd_folio[block], 0, sizeof(folio_t))
 
     cdef void free_pmd_folio(self, int64_t pfn) noexcept nogil:
-        cdef int64_t block = pfn >> HPAGE_PMD_ORDER
-        self.clear_folio(block)
+        """Free a PMD-order folio (a THP, or the huge zeropage, which was never charged)."""
+        self.clear_folio(pfn >> HPAGE_PMD_ORDER)
         # subpages carry written marks, and PTE mappings once the PMD was split
-        memset(self.flags + pfn, 0, HPAGE_PMD_NR)
-        memset(self.mapcount + pfn, 0, HPAGE_PMD_NR * sizeof(int32_t))
-        self.nr_free_pages += HPAGE_PMD_NR
-        self.give_free_block(block)
+        self.free_frames(pfn, HPAGE_PMD_ORDER)
 
     cdef inline bint in_pmd_folio(self, int64_t pfn) noexcept nogil:
         """Whether pfn is a page of a PMD-order folio: the block's first frame is its head."""
-        return (self.block_flags[pfn >> HPAGE_PMD_ORDER] & PG_HEAD) != 0
+        return (self.pmd_folio[pfn >> HPAGE_PMD_ORDER].flags & PG_HEAD) != 0
 
     cdef int64_t get_huge_zero_folio(self) noexcept nogil:
         """The huge zeropage, allocated on first need (mm/huge_memory.c: get_huge_zero_folio)."""
         cdef int64_t pfn
         if self.huge_zero_pfn >= 0:
             return self.huge_zero_pfn
-        pfn = self.alloc_pmd_folio()
+        pfn = self.alloc_pmd_folio(True)       # GFP_TRANSHUGE: direct compaction
         if pfn < 0:
             self.vmstat[THP_ZERO_PAGE_ALLOC_FAILED] += 1
             return -1
-        self.block_flags[pfn >> HPAGE_PMD_ORDER] = PG_HUGE_ZERO | PG_HEAD
+        self.pmd_folio[pfn >> HPAGE_PMD_ORDER].flags = PG_HUGE_ZERO | PG_HEAD
+        self.pmd_folio[pfn >> HPAGE_PMD_ORDER].order = HPAGE_PMD_ORDER
         self.vmstat[THP_ZERO_PAGE_ALLOC] += 1
         self.huge_zero_pfn = pfn
         return pfn
 
     # ---- large folios as the rmap sees them (mm/rmap.c, mm/huge_memory.c) -----------------------
 
-    cdef void folio_mm_add(self, int64_t block, int32_t mm_id, int32_t nr) noexcept nogil:
+    cdef inline folio_t *folio_of(self, int64_t pfn) noexcept nogil:
+        """page_folio for a large folio: the folio pfn belongs to, or NULL for an order-0 page."""
+        cdef int64_t block = pfn >> HPAGE_PMD_ORDER
+        cdef uint8_t order
+        if self.pmd_folio[block].flags & PG_HEAD:
+            return &self.pmd_folio[block]
+        if not self.mthp_blocks[block]:
+            return NULL
+        order = self.mthp_folio[pfn >> 2].order
+        if not order:
+            return NULL
+        return &self.mthp_folio[((pfn >> order) << order) >> 2]
+
+    cdef inline bint page_is_shmem(self, int64_t pfn, folio_t *folio) noexcept nogil:
+        """Whether frame pfn (of folio, NULL for an order-0 page) is in a shmem page cache."""
+        if folio == NULL:
+            return (self.flags[pfn] & PG_SHMEM) != 0
+        return (folio.flags & (PG_ANON | PG_HUGE_ZERO)) == 0
+
+    cdef inline int64_t folio_pfn(self, folio_t *folio) noexcept nogil:
+        """The head frame of a large folio."""
+        if folio.order == HPAGE_PMD_ORDER:
+            return (folio - self.pmd_folio) << HPAGE_PMD_ORDER
+        return (folio - self.mthp_folio) << 2
+
+    cdef inline void count_mthp(self, int order, int item, int64_t delta) noexcept nogil:
+        self.mthp_stat[order * NR_MTHP_STAT + item] += delta
+
+    cdef void folio_mm_add(self, folio_t *folio, int32_t mm_id, int32_t nr) noexcept nogil:
         """Account nr more mappings of the folio to process mm_id (folio_add_return_large_mapcount
         with MM_ID): a process takes a free slot; a third process finds none."""
-        cdef int64_t s = 2 * block
-        if self.block_mm_count[s] and self.block_mm_id[s] == mm_id:
-            self.block_mm_count[s] += nr
-        elif self.block_mm_count[s + 1] and self.block_mm_id[s + 1] == mm_id:
-            self.block_mm_count[s + 1] += nr
-        elif self.block_mm_count[s] == 0:
-            self.block_mm_id[s] = mm_id
-            self.block_mm_count[s] = nr
-        elif self.block_mm_count[s + 1] == 0:
-            self.block_mm_id[s + 1] = mm_id
-            self.block_mm_count[s + 1] = nr
+        if folio.mm_count[0] and folio.mm_id[0] == mm_id:
+            folio.mm_count[0] += nr
+        elif folio.mm_count[1] and folio.mm_id[1] == mm_id:
+            folio.mm_count[1] += nr
+        elif folio.mm_count[0] == 0:
+            folio.mm_id[0] = mm_id
+            folio.mm_count[0] = nr
+        elif folio.mm_count[1] == 0:
+            folio.mm_id[1] = mm_id
+            folio.mm_count[1] = nr
 
-    cdef void folio_mm_sub(self, int64_t block, int32_t mm_id, int32_t nr) noexcept nogil:
-        cdef int64_t s = 2 * block
-        if self.block_mm_count[s] and self.block_mm_id[s] == mm_id:
-            self.block_mm_count[s] -= nr
-        elif self.block_mm_count[s + 1] and self.block_mm_id[s + 1] == mm_id:
-            self.block_mm_count[s + 1] -= nr
+    cdef void folio_mm_sub(self, folio_t *folio, int32_t mm_id, int32_t nr) noexcept nogil:
+        if folio.mm_count[0] and folio.mm_id[0] == mm_id:
+            folio.mm_count[0] -= nr
+        elif folio.mm_count[1] and folio.mm_id[1] == mm_id:
+            folio.mm_count[1] -= nr
 
-    cdef bint folio_maybe_mapped_shared(self, int64_t block) noexcept nogil:
+    cdef bint folio_maybe_mapped_shared(self, folio_t *folio) noexcept nogil:
         """Unless one process's slot holds every mapping (the refcount: no pins here)."""
-        cdef int64_t s = 2 * block
-        cdef int32_t total = self.block_refcount[block]
-        return not (self.block_mm_count[s] == total or self.block_mm_count[s + 1] == total)
+        return not (folio.mm_count[0] == folio.refcount or folio.mm_count[1] == folio.refcount)
 
-    cdef void free_large_folio(self, int64_t block) noexcept nogil:
-        """The last reference of a PMD-order anonymous folio went (folio_put -> free)."""
-        self.mthp_stat[MTHP_NR_ANON] -= 1
-        if self.block_flags[block] & PG_PARTIAL:
-            self.mthp_stat[MTHP_NR_ANON_PARTIALLY_MAPPED] -= 1
-        self.free_pmd_folio(block * HPAGE_PMD_NR)
+    cdef void free_large_folio(self, folio_t *folio) noexcept nogil:
+        """The last reference of a large anonymous folio went (folio_put -> free)."""
+        cdef int order = folio.order
+        cdef int64_t head = self.folio_pfn(folio), nr = (<int64_t>1) << order, k
+        self.count_mthp(order, MTHP_NR_ANON, -1)
+        if folio.flags & PG_PARTIAL:
+            self.count_mthp(order, MTHP_NR_ANON_PARTIALLY_MAPPED, -1)
+        self.uncharge(nr)
+        if order == HPAGE_PMD_ORDER:
+            self.free_pmd_folio(head)
+            return
+        self.forget_mthp(head, order)
+        self.free_frames(head, order)
 
-    cdef void deferred_split_folio(self, int64_t block, bint partially_mapped) noexcept nogil:
+    cdef void forget_mthp(self, int64_t head, int order) noexcept nogil:
+        """The frames of an mTHP are order-0 frames again (freed, or split)."""
+        memset(&self.mthp_folio[head >> 2], 0, ((<int64_t>1) << (order - 2)) * sizeof(folio_t))
+
+    cdef void deferred_split_folio(self, folio_t *folio, bint partially_mapped) noexcept nogil:
         """mm/huge_memory.c: deferred_split_folio. A partially mapped folio is flagged and
         counted the first time (6.12+); a new THP is only queued, uncounted (R50, R55)."""
-        cdef uint8_t f = self.block_flags[block]
         if partially_mapped:
-            if f & PG_PARTIAL:
+            if folio.flags & PG_PARTIAL:
                 return
-            self.block_flags[block] = f | PG_PARTIAL | PG_DEFERRED
-            self.vmstat[THP_DEFERRED_SPLIT_PAGE] += 1
-            self.mthp_stat[MTHP_SPLIT_DEFERRED] += 1
-            self.mthp_stat[MTHP_NR_ANON_PARTIALLY_MAPPED] += 1
+            folio.flags = folio.flags | PG_PARTIAL | PG_DEFERRED
+            if folio.order == HPAGE_PMD_ORDER:
+                self.vmstat[THP_DEFERRED_SPLIT_PAGE] += 1
+            self.count_mthp(folio.order, MTHP_SPLIT_DEFERRED, 1)
+            self.count_mthp(folio.order, MTHP_NR_ANON_PARTIALLY_MAPPED, 1)
         else:
-            self.block_flags[block] = f | PG_DEFERRED
+            folio.flags = folio.flags | PG_DEFERRED
 
     cdef void folio_mark_written(self, int64_t pfn) noexcept nogil:
         """A store reached page pfn: its contents are no longer all zero."""
-        cdef int64_t block
+        cdef folio_t *folio
         if self.flags[pfn] & PG_WRITTEN:
             return
         self.flags[pfn] |= PG_WRITTEN
-        if self.in_pmd_folio(pfn):
-            block = pfn >> HPAGE_PMD_ORDER
-            self.block_written[block] += 1
-            if self.block_written[block] == HPAGE_PMD_NR:
-                self.block_flags[block] |= PG_WRITTEN
+        folio = self.folio_of(pfn)
+        if folio != NULL:
+            folio.written += 1
+            if folio.written == (1 << folio.order):
+                folio.flags = folio.flags | PG_WRITTEN
 
-    cdef int split_folio(self, int64_t block, bint zero_remap) except -1:
+    cdef int split_folio(self, folio_t *folio, bint zero_remap) except -1:
         """split_folio to order 0 (R51, R52): split every PMD mapping of the folio in every
         process (unmap_folio), turn its subpages into order-0 pages, free the unmapped ones
         and, with zero_remap, map every unwritten subpage to the shared zeropage."""
-        cdef int64_t head = block * HPAGE_PMD_NR, pfn
-        cdef uint8_t folio_flags = self.block_flags[block]
+        cdef int64_t head = self.folio_pfn(folio), pfn
+        cdef int order = folio.order
+        cdef int64_t nr = (<int64_t>1) << order
+        cdef uint8_t folio_flags = folio.flags
         cdef MMCore mm
-        cdef int i, w
-        if zero_remap and self.folio_mlocked(block):
+        cdef int64_t i
+        if zero_remap and self.folio_mlocked(head):
             zero_remap = False                # mlocked subpages stay mapped (R52)
-        for mm in list(self.mms):
-            mm.rmap_split_pmds(block)
-        self.vmstat[THP_SPLIT_PAGE] += 1
-        self.mthp_stat[MTHP_SPLIT] += 1
-        self.mthp_stat[MTHP_NR_ANON] -= 1
+        if self.unmap_leaves_partial(folio, head):
+            # unmap_folio -> try_to_migrate takes the PTEs away one at a time: the folio is
+            # partially mapped for a moment and __folio_remove_rmap queues it (counted)
+            self.deferred_split_folio(folio, True)
+            folio_flags = folio.flags
+        if order == HPAGE_PMD_ORDER:
+            for mm in list(self.mms):
+                mm.rmap_split_pmds(head)
+            self.vmstat[THP_SPLIT_PAGE] += 1
+        self.count_mthp(order, MTHP_SPLIT, 1)
+        self.count_mthp(order, MTHP_NR_ANON, -1)
         if folio_flags & PG_PARTIAL:
-            self.mthp_stat[MTHP_NR_ANON_PARTIALLY_MAPPED] -= 1
+            self.count_mthp(order, MTHP_NR_ANON_PARTIALLY_MAPPED, -1)
         if zero_remap:
             for mm in list(self.mms):
-                mm.rmap_remap_zero(block)
-        # the block becomes 512 order-0 frames: all in use, then the unmapped ones are freed
-        self.clear_folio(block)
-        for w in range(8):
-            self.free_bitmap[block * 8 + w] = 0
-        self.block_free[block] = 0
-        for i in range(HPAGE_PMD_NR):
+                mm.rmap_remap_zero(head)
+        # the folio becomes order-0 frames: all in use, then the unmapped ones are freed
+        if order == HPAGE_PMD_ORDER:
+            self.clear_folio(head >> HPAGE_PMD_ORDER)
+        else:
+            self.forget_mthp(head, order)
+        self.block_pinned[head >> HPAGE_PMD_ORDER] -= <int32_t>nr     # order-0 pages move
+        for i in range(nr):
             pfn = head + i
             if self.mapcount[pfn] > 0:
                 self.refcount[pfn] = self.mapcount[pfn]
@@ -470,33 +616,59 @@ cdef class Machine:
                 self.free_page(pfn)
         return 0
 
-    cdef bint folio_mlocked(self, int64_t block) except -1:
+    cdef bint unmap_leaves_partial(self, folio_t *folio, int64_t head) noexcept nogil:
+        """Whether unmapping the folio for a split passes through a partially mapped state: it
+        has PTE mappings, and some page will lose its last mapping while another page is
+        still mapped (a folio mapped by PMDs only is frozen whole: split_huge_pmd_locked)."""
+        cdef int64_t i, nr = (<int64_t>1) << folio.order, pte_mapped = 0
+        if folio.flags & PG_PARTIAL:
+            return False
+        for i in range(nr):
+            if self.mapcount[head + i] > 0:
+                pte_mapped += 1
+        return pte_mapped > 0 and (folio.entire_mapcount > 0 or pte_mapped >= 2)
+
+    cdef bint folio_mlocked(self, int64_t head) except -1:
         """folio_test_mlocked: some VM_LOCKED VMA maps the folio."""
         cdef MMCore mm
         for mm in self.mms:
-            if mm.rmap_maps_locked(block):
+            if mm.rmap_maps_locked(head):
                 return True
         return False
 
     def shrink_slab(self, bint shrink_underused, int max_ptes_none, bint zero_remap):
         """echo 2 > /proc/sys/vm/drop_caches: the deferred-split shrinker (R54), then the
         huge-zeropage shrinker (R56)."""
-        cdef int64_t block, i, zeros
-        cdef uint8_t f
+        cdef int64_t block, q, zeros
+        cdef folio_t *folio
+        cdef bint remains
         for block in range(self.nr_blocks):
-            f = self.block_flags[block]
-            if not (f & PG_DEFERRED):
+            if self.mthp_blocks[block]:
+                remains = False
+                for q in range(block << (HPAGE_PMD_ORDER - 2), (block + 1) << (HPAGE_PMD_ORDER - 2)):
+                    folio = &self.mthp_folio[q]
+                    if not folio.order or q & ((1 << (folio.order - 2)) - 1):
+                        continue                      # not the head quad of an mTHP
+                    if folio.flags & PG_PARTIAL:
+                        self.split_folio(folio, zero_remap)
+                    else:
+                        folio.flags = folio.flags & ~PG_DEFERRED
+                        remains = True
+                self.mthp_blocks[block] = remains     # no mTHP left: folio_of skips the block
+            folio = &self.pmd_folio[block]
+            if not (folio.flags & PG_DEFERRED):
                 continue
-            if f & PG_PARTIAL:
-                self.split_folio(block, zero_remap)
+            if folio.flags & PG_PARTIAL:
+                self.split_folio(folio, zero_remap)
                 continue
-            if shrink_underused and max_ptes_none < HPAGE_PMD_NR - 1 and not self.folio_mlocked(block):
-                zeros = HPAGE_PMD_NR - self.block_written[block]
+            if shrink_underused and max_ptes_none < HPAGE_PMD_NR - 1 \
+                    and not self.folio_mlocked(block << HPAGE_PMD_ORDER):
+                zeros = HPAGE_PMD_NR - folio.written
                 if zeros > max_ptes_none:
                     self.vmstat[THP_UNDERUSED_SPLIT_PAGE] += 1
-                    self.split_folio(block, zero_remap)
+                    self.split_folio(folio, zero_remap)
                     continue
-            self.block_flags[block] = f & ~PG_DEFERRED
+            folio.flags = folio.flags & ~PG_DEFERRED
         if self.huge_zero_pfn >= 0 and self.huge_zero_users == 0:
             self.free_pmd_folio(self.huge_zero_pfn)
             self.huge_zero_pfn = -1
@@ -516,18 +688,231 @@ cdef class Machine:
         else:
             mm.khugepaged_seq = 0
 
+    # ---- shmem files (mm/shmem.c) ----------------------------------------------------------------
+
+    def _grow_file_table(self, int64_t slots):
+        cdef cnp.ndarray pages = np.zeros(slots, np.uint64)
+        cdef cnp.ndarray size = np.zeros(slots, np.int64)
+        if self.file_slots:
+            pages[:self.file_slots] = self._file_pages
+            size[:self.file_slots] = self._file_size
+        self._file_pages = pages
+        self._file_size = size
+        self.file_pages = <int64_t **>cnp.PyArray_DATA(pages)
+        self.file_size = <int64_t *>cnp.PyArray_DATA(size)
+        self.file_slots = slots
+
+    def new_file(self, bint anonymous):
+        """A new, empty shmem file (shmem_file_setup); its id."""
+        cdef int32_t fid = self.next_fid
+        cdef ShmemFile f
+        if fid >= self.file_slots:
+            self._grow_file_table(self.file_slots * 2)
+        f = ShmemFile(fid, anonymous)
+        self.next_fid += 1
+        self.files[fid] = f
+        self.file_pages[fid] = f.pages
+        self.file_size[fid] = 0
+        return fid
+
+    def file_set_size(self, int32_t fid, int64_t size):
+        """ftruncate: a new i_size in pages; shrinking frees what lies beyond (the caller has
+        unmapped it from every process first)."""
+        cdef ShmemFile f = self.files[fid]
+        cdef cnp.ndarray pages
+        if size < 0:
+            raise ValueError("size must not be negative")
+        if size < f.size:
+            self.file_free_range(fid, size, f.size)
+        elif size > f._pages.shape[0]:
+            pages = np.zeros(size, np.int64)
+            pages[:f.size] = f._pages[:f.size]
+            f._pages = pages
+            f.pages = <int64_t *>cnp.PyArray_DATA(pages)
+            self.file_pages[fid] = f.pages
+        f.size = size
+        self.file_size[fid] = size
+
+    def file_free_range(self, int32_t fid, int64_t first, int64_t last):
+        """shmem_undo_range: free the pages of [first, last) from the page cache (mapped
+        nowhere any more). A THP only partly inside is split first (a uniform split to
+        order 0; 6.15+ splits it around the hole into smaller folios)."""
+        cdef ShmemFile f = self.files[fid]
+        cdef int64_t index, pfn, head, hidx
+        cdef folio_t *folio
+        if not 0 <= first <= last <= f.size:
+            raise ValueError("file_free_range: bad range")
+        index = first
+        while index < last:
+            pfn = f.pages[index]
+            if not pfn:
+                index += 1
+                continue
+            folio = self.folio_of(pfn)
+            if folio == NULL:
+                f.pages[index] = 0
+                self.shmem_free_page(pfn)
+                index += 1
+                continue
+            head = self.folio_pfn(folio)
+            hidx = index - (pfn - head)
+            if hidx >= first and hidx + HPAGE_PMD_NR <= last:
+                for pfn in range(hidx, hidx + HPAGE_PMD_NR):
+                    f.pages[pfn] = 0
+                self.shmem_free_thp(folio)
+                index = hidx + HPAGE_PMD_NR
+            else:
+                self.shmem_split_thp(folio)           # then free its pages one by one
+        return 0
+
+    cdef void shmem_free_thp(self, folio_t *folio) noexcept nogil:
+        self.uncharge(HPAGE_PMD_NR)
+        self.vmstat[NR_SHMEM] -= HPAGE_PMD_NR
+        self.vmstat[NR_SHMEM_THPS] -= 1
+        self.free_pmd_folio(self.folio_pfn(folio))
+
+    cdef void shmem_split_thp(self, folio_t *folio) noexcept nogil:
+        """split_folio of a shmem THP that no PMD maps: 512 order-0 pages of the cache."""
+        cdef int64_t head = self.folio_pfn(folio), pfn
+        self.vmstat[THP_SPLIT_PAGE] += 1
+        self.count_mthp(HPAGE_PMD_ORDER, MTHP_SPLIT, 1)
+        self.vmstat[NR_SHMEM_THPS] -= 1
+        self.clear_folio(head >> HPAGE_PMD_ORDER)     # frames stay pinned: order-0 shmem pages
+        for pfn in range(head, head + HPAGE_PMD_NR):
+            self.flags[pfn] = self.flags[pfn] | PG_SHMEM
+
+    cdef void shmem_free_page(self, int64_t pfn) noexcept nogil:
+        """An order-0 page leaves the page cache: uncharged and freed."""
+        self.uncharge(1)
+        self.vmstat[NR_SHMEM] -= 1
+        self.block_pinned[pfn >> HPAGE_PMD_ORDER] -= 1
+        self.free_frames(pfn, 0)
+
+    cdef int64_t shmem_alloc_folio(self, int32_t fid, int64_t index, bint huge, bint compact) noexcept nogil:
+        """shmem_get_folio_gfp for a page not in the cache: a THP for the aligned 2 MiB when
+        ``huge`` and none of its pages exists, else one page; added to the cache and charged.
+        Returns the frame of page ``index``, or -1 when out of memory."""
+        cdef int64_t *pages = self.file_pages[fid]
+        cdef int64_t hidx = index & ~(<int64_t>HPAGE_PMD_NR - 1), pfn, k
+        cdef folio_t *folio
+        if huge and hidx + HPAGE_PMD_NR <= self.file_size[fid]:
+            for k in range(hidx, hidx + HPAGE_PMD_NR):
+                if pages[k]:
+                    huge = False
+                    break
+        else:
+            huge = False
+        if huge:
+            pfn = self.alloc_pmd_folio(compact)
+            if pfn >= 0 and not self.try_charge(HPAGE_PMD_NR):
+                self.free_frames(pfn, HPAGE_PMD_ORDER)
+                self.vmstat[THP_FILE_FALLBACK_CHARGE] += 1
+                self.count_mthp(HPAGE_PMD_ORDER, MTHP_SHMEM_FALLBACK_CHARGE, 1)
+                pfn = -1
+            if pfn < 0:
+                self.vmstat[THP_FILE_FALLBACK] += 1
+                self.count_mthp(HPAGE_PMD_ORDER, MTHP_SHMEM_FALLBACK, 1)
+            else:
+                folio = &self.pmd_folio[pfn >> HPAGE_PMD_ORDER]
+                folio.flags = PG_HEAD
+                folio.order = HPAGE_PMD_ORDER
+                folio.index = hidx
+                for k in range(HPAGE_PMD_NR):
+                    pages[hidx + k] = pfn + k
+                self.vmstat[THP_FILE_ALLOC] += 1
+                self.count_mthp(HPAGE_PMD_ORDER, MTHP_SHMEM_ALLOC, 1)
+                self.vmstat[NR_SHMEM] += HPAGE_PMD_NR
+                self.vmstat[NR_SHMEM_THPS] += 1
+                return pfn + (index - hidx)
+        if not self.try_charge(1):
+            return -1
+        pfn = self.alloc_page()
+        if pfn < 0:
+            self.uncharge(1)
+            return -1
+        self.flags[pfn] = PG_SHMEM
+        self.block_pinned[pfn >> HPAGE_PMD_ORDER] += 1      # not migrated by compaction here
+        pages[index] = pfn
+        self.vmstat[NR_SHMEM] += 1
+        return pfn
+
     # ---- views for Python --------------------------------------------------------------------
 
     def vmstat_values(self):
         return self._vmstat.copy()
 
     def mthp_values(self):
-        return self._mthp_stat.copy()
+        """Per-size stats: one row per order 0..9, MTHP_STAT_NAMES columns."""
+        return self._mthp_stat.reshape(MAX_FOLIO_ORDER + 1, NR_MTHP_STAT).copy()
 
     @property
     def free_blocks_count(self):
         """Wholly free 2 MiB blocks (a THP can be had while this is above 0)."""
-        return self.nr_free_blocks
+        info = self.area.buddyinfo()
+        return int(info[HPAGE_PMD_ORDER] + 2 * info[HPAGE_PMD_ORDER + 1])
+
+    def buddyinfo(self):
+        """Free blocks of each order 0..10 (/proc/buddyinfo)."""
+        return self.area.buddyinfo()
+
+    def fragment(self, double free_fraction, int order, bint movable):
+        """Hold pages of every wholly free, aligned block of 2**order frames, spread evenly,
+        so that no free block of that order is left (as another tenant's memory would).
+        Unmovable ones also stop compaction in their pageblock. Returns the pages held."""
+        cdef int64_t region = (<int64_t>1) << order, start, pfn, i, h, held = 0
+        if not 0 <= order <= MAX_PAGE_ORDER:
+            raise ValueError(f"order must be 0..{MAX_PAGE_ORDER}, not {order}")
+        if not 0.0 <= free_fraction <= 1.0:
+            raise ValueError(f"free_fraction must be between 0 and 1, not {free_fraction}")
+        h = max(1, <int64_t>round((1.0 - free_fraction) * region))
+        for start in range(0, self.nr_frames, region):
+            if self.area.free_order_of(start) < order:
+                continue                               # not wholly free
+            for i in range(h):
+                pfn = start + (i * region) // h
+                self.area.take(pfn, 0)
+                self.flags[pfn] = PG_FOREIGN | (PG_FOREIGN_MOVABLE if movable else 0)
+                if not movable:
+                    self.block_pinned[pfn >> HPAGE_PMD_ORDER] += 1
+                held += 1
+        self.nr_foreign += held
+        return held
+
+    def release_fragmentation(self):
+        """Free every page fragment() holds. Returns how many."""
+        cdef int64_t pfn, freed = 0
+        with nogil:
+            for pfn in range(self.nr_frames):
+                if self.flags[pfn] & PG_FOREIGN:
+                    if not (self.flags[pfn] & PG_FOREIGN_MOVABLE):
+                        self.block_pinned[pfn >> HPAGE_PMD_ORDER] -= 1
+                    self.free_frames(pfn, 0)
+                    freed += 1
+        self.nr_foreign -= freed
+        return freed
+
+    @property
+    def memory_current(self):
+        """Pages charged to the memory cgroup (memory.current / 4096)."""
+        return self.memcg_usage
+
+    @property
+    def memory_max(self):
+        """memory.max in pages, or None for no limit."""
+        return None if self.memcg_max == INT64_MAX else self.memcg_max
+
+    def set_memory_max(self, pages):
+        """Set memory.max (pages, or None). Below the current usage it is refused (no swap:
+        nothing could be reclaimed): returns False and keeps the old limit."""
+        if pages is None:
+            self.memcg_max = INT64_MAX
+            return True
+        if pages < 0:
+            raise ValueError("memory.max must not be negative")
+        if pages < self.memcg_usage:
+            return False
+        self.memcg_max = pages
+        return True
 
     def frame_info(self, int64_t pfn):
         """(refcount, mapcount, flags) of one frame, for tests and invariant checks."""
@@ -539,7 +924,7 @@ cdef class Machine:
         """(refcount, entire_mapcount, flags) of the PMD-order folio filling a block."""
         if block < 0 or block >= self.nr_blocks:
             raise IndexError(f"block {block} out of range")
-        return (self.block_refcount[block], self.entire_mapcount[block], self.block_flags[block])
+        return (self.pmd_folio[block].refcount, self.pmd_folio[block].entire_mapcount, self.pmd_folio[block].flags)
 
 
 # =============================================================================================
@@ -551,9 +936,17 @@ cdef class MMCore:
 
     def __cinit__(self, Machine machine, *, bint thp_always, bint thp_madvise, bint use_zero_page,
                   bint zero_page, bint huge_zero_write_thp, bint pt_reclaim, bint arm64,
-                  bint atomic_write_fault, bint reuse_large_folios=True):
+                  bint atomic_write_fault, bint reuse_large_folios=True, uint32_t mthp_always=0,
+                  uint32_t mthp_madvise=0, int defrag=DEFRAG_MADVISE):
         cdef int level
+        if (mthp_always | mthp_madvise) & ~(<uint32_t>0x1fc):
+            raise ValueError("mTHP orders must be 2..8")
+        if not DEFRAG_ALWAYS <= defrag <= DEFRAG_NEVER:
+            raise ValueError(f"bad defrag mode {defrag}")
         self.machine = machine
+        self.mthp_always = mthp_always
+        self.mthp_madvise = mthp_madvise
+        self.defrag = defrag
         self.thp_always = thp_always
         self.thp_madvise = thp_madvise
         self.use_zero_page = use_zero_page
@@ -627,10 +1020,6 @@ cdef class MMCore:
         cdef int64_t *vmstat = self.machine.vmstat
         vmstat[item] += delta
 
-    cdef inline void count_mthp(self, int item, int64_t delta) noexcept nogil:
-        cdef int64_t *stat = self.machine.mthp_stat
-        stat[item] += delta
-
     cdef void count_table(self, int level, int delta) noexcept nogil:
         if level == LVL_PTE:
             self.nr_tables_pte += delta
@@ -639,6 +1028,7 @@ cdef class MMCore:
         else:
             self.nr_tables_pud += delta
         self.count_vm(NR_PAGETABLE, delta)
+        self.machine.memcg_usage += delta      # charged (__GFP_ACCOUNT), never refused
 
     cdef void pool_release(self, int level, int64_t index) noexcept nogil:
         memset(self.pool[level] + index * PTRS_PER_TABLE, 0, PTRS_PER_TABLE * sizeof(uint64_t))
@@ -651,6 +1041,7 @@ cdef class MMCore:
         # never looked at until a split makes it the live table.
         self.nr_deposited += delta
         self.count_vm(NR_PAGETABLE, delta)
+        self.machine.memcg_usage += delta
 
     # ---- the walk ------------------------------------------------------------------------------
 
@@ -742,12 +1133,13 @@ cdef class MMCore:
         arrays = []
         for old, dtype in ((self._vm_start, np.uint64), (self._vm_end, np.uint64),
                            (self._vm_flags, np.uint32), (self._vm_anon, np.int32),
-                           (self._vm_pgoff, np.uint64)):
+                           (self._vm_pgoff, np.uint64), (self._vm_file, np.int32)):
             new = np.zeros(new_cap, dtype)
             if old is not None:
                 new[:self.nr_vmas] = old[:self.nr_vmas]
             arrays.append(new)
-        self._vm_start, self._vm_end, self._vm_flags, self._vm_anon, self._vm_pgoff = arrays
+        self._vm_start, self._vm_end, self._vm_flags, self._vm_anon, self._vm_pgoff, self._vm_file = arrays
+        self.vm_file = <int32_t *>cnp.PyArray_DATA(self._vm_file)
         self.vm_start = <uint64_t *>cnp.PyArray_DATA(self._vm_start)
         self.vm_end = <uint64_t *>cnp.PyArray_DATA(self._vm_end)
         self.vm_flags = <uint32_t *>cnp.PyArray_DATA(self._vm_flags)
@@ -792,6 +1184,50 @@ cdef class MMCore:
         if self.thp_disable == THP_DISABLE_EXCEPT_ADVISED and not (vm_flags & VM_HUGEPAGE):
             return False
         return self.thp_always or (self.thp_madvise and (vm_flags & VM_HUGEPAGE) != 0)
+
+    cdef bint thp_direct_compact(self, uint32_t vm_flags) noexcept nogil:
+        """vma_thp_gfp_mask: whether a fault's THP/mTHP allocation may compact (R23)."""
+        if self.defrag == DEFRAG_ALWAYS:
+            return True
+        if self.defrag == DEFRAG_MADVISE or self.defrag == DEFRAG_DEFER_MADVISE:
+            return (vm_flags & VM_HUGEPAGE) != 0
+        return False
+
+    cdef int64_t alloc_anon_page(self) noexcept nogil:
+        """An order-0 page for an anonymous fault, charged; -1: out of memory (RAM or memcg)."""
+        cdef int64_t pfn
+        if not self.machine.try_charge(1):
+            return -1
+        pfn = self.machine.alloc_page()
+        if pfn < 0:
+            self.machine.uncharge(1)
+        return pfn
+
+    def mthp_orders_for(self, uint32_t vm_flags):
+        """The orders below 9 a fault may use in a VMA with these flags (a bitmask)."""
+        return self.mthp_orders(vm_flags)
+
+    def clear_young_range(self, uint64_t start, uint64_t end):
+        """Clear the accessed bit of every PTE of [start, end) (MADV_COLD of shared memory:
+        the pages are deactivated, nothing else changes)."""
+        cdef uint64_t addr = start, e
+        cdef uint64_t *pmdp
+        check_range(start, end)
+        self.tlb_flush()
+        while addr < end:
+            pmdp = self.pmd_entry(addr)
+            if pmdp == NULL:
+                addr = self.skip_hole(addr)
+                continue
+            if pmdp[0] & _PAGE_PSE:
+                pmdp[0] = pmdp[0] & ~(<uint64_t>_PAGE_ACCESSED)
+                addr = (addr & PMD_MASK) + PMD_SIZE
+                continue
+            if pmdp[0]:
+                e = self.pte_entry(pmdp[0], addr)[0]
+                if e:
+                    self.pte_entry(pmdp[0], addr)[0] = e & ~(<uint64_t>_PAGE_ACCESSED)
+            addr += PAGE_SIZE
 
     def thp_allowed_for(self, uint32_t vm_flags):
         """Whether order 9 is allowed for a VMA with these flags (smaps THPeligible)."""
@@ -853,8 +1289,9 @@ cdef class MMCore:
         """Drop one PTE mapping of an anonymous page (folio_remove_rmap_pte + folio_put). A
         large folio that keeps other mappings but has a subpage mapped nowhere now is
         partially mapped (R50)."""
-        if self.machine.in_pmd_folio(pfn):
-            self.remove_anon_ptes(pfn, 1)
+        cdef folio_t *folio = self.machine.folio_of(pfn)
+        if folio != NULL:
+            self.remove_anon_ptes(folio, pfn, 1)
             return
         self.machine.mapcount[pfn] = self.machine.mapcount[pfn] - 1
         self.machine.refcount[pfn] = self.machine.refcount[pfn] - 1
@@ -864,58 +1301,59 @@ cdef class MMCore:
         if self.machine.refcount[pfn] == 0:
             self.machine.free_page(pfn)
 
-    cdef void remove_anon_ptes(self, int64_t pfn, int64_t nr) noexcept nogil:
+    cdef void remove_anon_ptes(self, folio_t *folio, int64_t pfn, int64_t nr) noexcept nogil:
         """folio_remove_rmap_ptes: drop nr PTE mappings of consecutive pages of one large
         folio at once; the folio is partially mapped if some of them are mapped nowhere now
-        while it keeps other mappings (R50)."""
-        cdef int64_t block = pfn >> HPAGE_PMD_ORDER, k
+        while it keeps other mappings (R50, R58)."""
+        cdef int64_t k
         cdef bint unmapped = False
         for k in range(pfn, pfn + nr):
             self.machine.mapcount[k] = self.machine.mapcount[k] - 1
-            if self.machine.mapcount[k] == 0 and self.machine.entire_mapcount[block] == 0:
+            if self.machine.mapcount[k] == 0 and folio.entire_mapcount == 0:
                 self.count_vm(NR_ANON_MAPPED, -1)
                 unmapped = True
-        self.machine.block_refcount[block] = self.machine.block_refcount[block] - nr
-        self.machine.folio_mm_sub(block, self.mm_id, <int32_t>nr)
+        folio.refcount = folio.refcount - <int32_t>nr
+        self.machine.folio_mm_sub(folio, self.mm_id, <int32_t>nr)
         self.rss_anon -= nr
-        if self.machine.block_refcount[block] == 0:
-            self.machine.free_large_folio(block)
+        if folio.refcount == 0:
+            self.machine.free_large_folio(folio)
         elif unmapped:
-            self.machine.deferred_split_folio(block, True)
+            self.machine.deferred_split_folio(folio, True)
 
     cdef void page_dup_pte(self, int64_t pfn) noexcept nogil:
         """One more PTE mapping of a mapped page, in this process (fork's copy): shared now."""
-        cdef int64_t block = pfn >> HPAGE_PMD_ORDER
+        cdef folio_t *folio = self.machine.folio_of(pfn)
         self.machine.mapcount[pfn] = self.machine.mapcount[pfn] + 1
         self.machine.flags[pfn] = self.machine.flags[pfn] & (~PG_ANON_EXCLUSIVE)
-        if self.machine.in_pmd_folio(pfn):
-            self.machine.block_refcount[block] = self.machine.block_refcount[block] + 1
-            self.machine.folio_mm_add(block, self.mm_id, 1)
+        if folio != NULL:
+            folio.refcount = folio.refcount + 1
+            self.machine.folio_mm_add(folio, self.mm_id, 1)
         else:
             self.machine.refcount[pfn] = self.machine.refcount[pfn] + 1
         self.rss_anon += 1
 
     cdef void zap_pmd_mapping(self, int64_t block) noexcept nogil:
         """Drop this process's PMD mapping of a THP (zap_huge_pmd's rmap side)."""
+        cdef folio_t *folio = &self.machine.pmd_folio[block]
         cdef int64_t head = block * HPAGE_PMD_NR, unmapped = 0
         cdef int i
-        self.machine.entire_mapcount[block] = self.machine.entire_mapcount[block] - 1
-        self.machine.block_refcount[block] = self.machine.block_refcount[block] - 1
-        self.machine.folio_mm_sub(block, self.mm_id, 1)
+        folio.entire_mapcount = folio.entire_mapcount - 1
+        folio.refcount = folio.refcount - 1
+        self.machine.folio_mm_sub(folio, self.mm_id, 1)
         self.rss_anon -= HPAGE_PMD_NR
-        if self.machine.entire_mapcount[block] == 0:
+        if folio.entire_mapcount == 0:
             self.count_vm(NR_ANON_THPS, -1)
-            if self.machine.block_refcount[block] == 0:
+            if folio.refcount == 0:
                 unmapped = HPAGE_PMD_NR
             else:
                 for i in range(HPAGE_PMD_NR):
                     if self.machine.mapcount[head + i] == 0:
                         unmapped += 1
             self.count_vm(NR_ANON_MAPPED, -unmapped)
-            if 0 < unmapped and self.machine.block_refcount[block] > 0:
-                self.machine.deferred_split_folio(block, True)
-        if self.machine.block_refcount[block] == 0:
-            self.machine.free_large_folio(block)
+            if 0 < unmapped and folio.refcount > 0:
+                self.machine.deferred_split_folio(folio, True)
+        if folio.refcount == 0:
+            self.machine.free_large_folio(folio)
 
     cdef void mark_written(self, uint64_t addr) noexcept nogil:
         """The store of an access completed on the leaf of the last walk: mark the page's
@@ -929,7 +1367,7 @@ cdef class MMCore:
         if self.last_leaf_pmd:
             pfn += pte_index(addr)
             self.machine.folio_mark_written(pfn)
-            if self.machine.block_flags[pfn >> HPAGE_PMD_ORDER] & PG_WRITTEN:
+            if self.machine.pmd_folio[pfn >> HPAGE_PMD_ORDER].flags & PG_WRITTEN:
                 leaf[0] = e | _PAGE_WRITTEN
                 self.tlb_perm = tlb_perm_of(leaf[0])
             else:
@@ -948,28 +1386,34 @@ cdef class MMCore:
             | _PAGE_ACCESSED | _PAGE_DIRTY
         if self.vm_flags[vma] & VM_WRITE:
             e |= _PAGE_RW
-        cdef int64_t block = pfn >> HPAGE_PMD_ORDER
         # A PMD-order folio is described per block (as the kernel keeps it in the folio, not
         # in 512 struct pages), so a THP fault touches no per-frame metadata.
-        self.machine.block_flags[block] = PG_ANON | PG_HEAD | PG_ANON_EXCLUSIVE | PG_DEFERRED
-        self.machine.block_refcount[block] = 1
-        self.machine.entire_mapcount[block] = 1
-        self.machine.block_index[block] = self.folio_index_at(vma, haddr)
-        self.machine.folio_mm_add(block, self.mm_id, 1)
+        cdef folio_t *folio = &self.machine.pmd_folio[pfn >> HPAGE_PMD_ORDER]
+        folio.flags = PG_ANON | PG_HEAD | PG_ANON_EXCLUSIVE | PG_DEFERRED
+        folio.order = HPAGE_PMD_ORDER
+        folio.refcount = 1
+        folio.entire_mapcount = 1
+        folio.index = self.folio_index_at(vma, haddr)
+        self.machine.folio_mm_add(folio, self.mm_id, 1)
         pmdp[0] = e
         self.rss_anon += HPAGE_PMD_NR
         self.count_vm(NR_ANON_MAPPED, HPAGE_PMD_NR)
         self.count_vm(NR_ANON_THPS, 1)
         self.count_vm(THP_FAULT_ALLOC, 1)
-        self.count_mthp(MTHP_ANON_FAULT_ALLOC, 1)
-        self.count_mthp(MTHP_NR_ANON, 1)
+        self.machine.count_mthp(HPAGE_PMD_ORDER, MTHP_ANON_FAULT_ALLOC, 1)
+        self.machine.count_mthp(HPAGE_PMD_ORDER, MTHP_NR_ANON, 1)
 
-    cdef int64_t alloc_anon_folio_pmd(self) noexcept nogil:
-        """vma_alloc_anon_folio_pmd: a THP, or -1 with the fallback counted (R38)."""
-        cdef int64_t pfn = self.machine.alloc_pmd_folio()
+    cdef int64_t alloc_anon_folio_pmd(self, int64_t vma) noexcept nogil:
+        """vma_alloc_anon_folio_pmd: a charged THP, or -1 with the fallback counted (R38)."""
+        cdef int64_t pfn = self.machine.alloc_pmd_folio(self.thp_direct_compact(self.vm_flags[vma]))
+        if pfn >= 0 and not self.machine.try_charge(HPAGE_PMD_NR):
+            self.machine.free_frames(pfn, HPAGE_PMD_ORDER)
+            self.count_vm(THP_FAULT_FALLBACK_CHARGE, 1)
+            self.machine.count_mthp(HPAGE_PMD_ORDER, MTHP_ANON_FAULT_FALLBACK_CHARGE, 1)
+            pfn = -1
         if pfn < 0:
             self.count_vm(THP_FAULT_FALLBACK, 1)
-            self.count_mthp(MTHP_ANON_FAULT_FALLBACK, 1)
+            self.machine.count_mthp(HPAGE_PMD_ORDER, MTHP_ANON_FAULT_FALLBACK, 1)
         return pfn
 
     # ---- the fault path (mm/memory.c) ------------------------------------------------------
@@ -994,6 +1438,8 @@ cdef class MMCore:
         cdef int ret
         if pmdp == NULL:
             return VM_FAULT_HOSTMEM
+        if self.vm_file[vma]:
+            return self.handle_shmem_fault(vma, addr, pmdp, write)
         pmd = pmdp[0]
         if not pmd:
             if self.thp_allowed(self.vm_flags[vma]):
@@ -1032,7 +1478,7 @@ cdef class MMCore:
             pmdp[0] = (<uint64_t>pfn << PAGE_SHIFT) | _PAGE_PRESENT | _PAGE_USER | _PAGE_PSE \
                 | _PAGE_ACCESSED
             return VM_FAULT_OK
-        pfn = self.alloc_anon_folio_pmd()
+        pfn = self.alloc_anon_folio_pmd(vma)
         if pfn < 0:
             return VM_FAULT_FALLBACK
         self.deposit(1)
@@ -1051,9 +1497,9 @@ cdef class MMCore:
                     return ret
             ret = self.split_huge_zero_pmd(pmdp)       # R42, R43
             return ret if ret else VM_FAULT_FALLBACK
-        cdef int64_t block = pfn >> HPAGE_PMD_ORDER
-        if (self.machine.block_flags[block] & PG_ANON_EXCLUSIVE) or self.machine.block_refcount[block] == 1:
-            self.machine.block_flags[block] = self.machine.block_flags[block] | PG_ANON_EXCLUSIVE  # reuse (R44)
+        cdef folio_t *folio = &self.machine.pmd_folio[pfn >> HPAGE_PMD_ORDER]
+        if (folio.flags & PG_ANON_EXCLUSIVE) or folio.refcount == 1:
+            folio.flags = folio.flags | PG_ANON_EXCLUSIVE       # reuse (R44)
             pmdp[0] = e | _PAGE_RW | _PAGE_DIRTY | _PAGE_ACCESSED
             return VM_FAULT_OK
         # shared: split this process's PMD, then copy the one 4K page at PTE level (R44)
@@ -1063,7 +1509,7 @@ cdef class MMCore:
     cdef int do_huge_zero_wp_pmd(self, int64_t vma, uint64_t addr, uint64_t *pmdp) noexcept nogil:
         """6.13+: replace the huge zeropage by a new THP, keeping the deposit; no eligibility
         re-check (R41)."""
-        cdef int64_t pfn = self.alloc_anon_folio_pmd()
+        cdef int64_t pfn = self.alloc_anon_folio_pmd(vma)
         if pfn < 0:
             return VM_FAULT_FALLBACK
         self.map_anon_folio_pmd(vma, addr & PMD_MASK, pmdp, pfn)
@@ -1091,15 +1537,22 @@ cdef class MMCore:
         """__split_huge_pmd_locked for this process's PMD mapping of a THP or the huge zeropage:
         the deposit becomes the live table of 512 PTEs with the PMD's bits (R47, R48)."""
         cdef uint64_t e = pmdp[0]
-        cdef int64_t pfn = <int64_t>entry_index(e), block = pfn >> HPAGE_PMD_ORDER
+        cdef int64_t pfn = <int64_t>entry_index(e)
+        cdef folio_t *folio = &self.machine.pmd_folio[pfn >> HPAGE_PMD_ORDER]
         cdef uint64_t bits = e & (_PAGE_PRESENT | _PAGE_RW | _PAGE_USER | _PAGE_ACCESSED
                                   | _PAGE_DIRTY | _PAGE_WRITTEN)
-        cdef bint exclusive = (self.machine.block_flags[block] & PG_ANON_EXCLUSIVE) != 0
+        cdef bint exclusive = (folio.flags & PG_ANON_EXCLUSIVE) != 0
         cdef int32_t index
         cdef uint64_t *pte
         cdef int i
         if pfn == self.machine.huge_zero_pfn:
             return self.split_huge_zero_pmd(pmdp)
+        if self.machine.page_is_shmem(pfn, folio):
+            # __split_huge_pmd_locked of a file PMD: cleared, the pages fault back in
+            self.zap_shmem_pmd(pmdp)
+            self.count_vm(THP_SPLIT_PMD, 1)
+            self.tlb_flush()
+            return VM_FAULT_OK
         index = self.pool_alloc(LVL_PTE)
         if index < 0:
             return VM_FAULT_HOSTMEM
@@ -1111,12 +1564,12 @@ cdef class MMCore:
             if exclusive:
                 self.machine.flags[pfn + i] = self.machine.flags[pfn + i] | PG_ANON_EXCLUSIVE
         pmdp[0] = mk_table_entry(index)
-        self.machine.entire_mapcount[block] = self.machine.entire_mapcount[block] - 1
-        self.machine.block_refcount[block] = self.machine.block_refcount[block] + (HPAGE_PMD_NR - 1)
-        self.machine.folio_mm_add(block, self.mm_id, HPAGE_PMD_NR - 1)
-        if self.machine.entire_mapcount[block] == 0:
+        folio.entire_mapcount = folio.entire_mapcount - 1
+        folio.refcount = folio.refcount + (HPAGE_PMD_NR - 1)
+        self.machine.folio_mm_add(folio, self.mm_id, HPAGE_PMD_NR - 1)
+        if folio.entire_mapcount == 0:
             self.count_vm(NR_ANON_THPS, -1)
-            self.machine.block_flags[block] = self.machine.block_flags[block] & (~PG_ANON_EXCLUSIVE)
+            folio.flags = folio.flags & (~PG_ANON_EXCLUSIVE)
         self.count_vm(THP_SPLIT_PMD, 1)
         self.tlb_flush()
         return VM_FAULT_OK
@@ -1150,11 +1603,12 @@ cdef class MMCore:
         return VM_FAULT_OK
 
     cdef int do_anonymous_page(self, int64_t vma, uint64_t addr, uint64_t *pmdp, bint write) noexcept nogil:
-        """A fault on a none PTE: the zeropage for a read, a new page for a write (R30, R35)."""
-        cdef int32_t index
+        """A fault on a none PTE: the zeropage for a read, a new page or mTHP for a write (R30,
+        R35, R36)."""
         cdef uint64_t *ptep
         cdef uint64_t e
         cdef int64_t pfn
+        cdef int order = 0
         if self.pte_alloc(pmdp) == NULL:      # pte_alloc, before anything else
             return VM_FAULT_HOSTMEM
         ptep = self.pte_entry(pmdp[0], addr)
@@ -1162,9 +1616,12 @@ cdef class MMCore:
             ptep[0] = ZERO_PTE
             return VM_FAULT_OK
         self.anon_vma_prepare(vma)
-        pfn = self.machine.alloc_page()
+        pfn = self.alloc_anon_folio(vma, addr, self.pte_entry(pmdp[0], 0), &order)
         if pfn < 0:
             return VM_FAULT_OOM
+        if order:
+            self.map_anon_folio_pte(vma, addr & ~((PAGE_SIZE << order) - 1), pmdp, pfn, order)
+            return VM_FAULT_OK
         e = (<uint64_t>pfn << PAGE_SHIFT) | _PAGE_PRESENT | _PAGE_USER | _PAGE_ACCESSED
         if self.vm_flags[vma] & VM_WRITE:
             e |= _PAGE_RW | _PAGE_DIRTY
@@ -1172,20 +1629,82 @@ cdef class MMCore:
         ptep[0] = e
         return VM_FAULT_OK
 
+    cdef uint32_t mthp_orders(self, uint32_t vm_flags) noexcept nogil:
+        """thp_vma_allowable_orders for the orders below PMD order at fault time (R19, R20)."""
+        if vm_flags & VM_NOHUGEPAGE or self.thp_disable == THP_DISABLE_COMPLETELY:
+            return 0
+        if vm_flags & VM_HUGEPAGE:
+            return self.mthp_always | self.mthp_madvise
+        if self.thp_disable == THP_DISABLE_EXCEPT_ADVISED:
+            return 0
+        return self.mthp_always
+
+    cdef int64_t alloc_anon_folio(self, int64_t vma, uint64_t addr, uint64_t *pte,
+                                  int *order_out) noexcept nogil:
+        """mm/memory.c: alloc_anon_folio (R36). The highest enabled order whose aligned block
+        lies in the VMA and has only none PTEs (pte is the PTE table of addr's 2 MiB), then
+        lower orders as allocation or charge fails; else one 4K page (-1: out of memory)."""
+        cdef uint32_t orders = self.mthp_orders(self.vm_flags[vma])
+        cdef uint64_t start
+        cdef int64_t pfn
+        cdef int order
+        for order in range(HPAGE_PMD_ORDER - 1, MIN_MTHP_ORDER - 1, -1):
+            if not (orders >> order) & 1:
+                continue
+            start = addr & ~((PAGE_SIZE << order) - 1)
+            if start < self.vm_start[vma] or start + (PAGE_SIZE << order) > self.vm_end[vma] \
+                    or not ptes_none(pte + pte_index(start), (<int64_t>1) << order):
+                continue                      # thp_vma_suitable_order, pte_range_none
+            pfn = self.machine.alloc_pages(order, self.thp_direct_compact(self.vm_flags[vma]))
+            if pfn >= 0 and not self.machine.try_charge((<int64_t>1) << order):
+                self.machine.free_frames(pfn, order)
+                self.machine.count_mthp(order, MTHP_ANON_FAULT_FALLBACK_CHARGE, 1)
+                pfn = -1
+            if pfn >= 0:
+                order_out[0] = order
+                return pfn
+            self.machine.count_mthp(order, MTHP_ANON_FAULT_FALLBACK, 1)
+        order_out[0] = 0
+        return self.alloc_anon_page()
+
+    cdef void map_anon_folio_pte(self, int64_t vma, uint64_t start, uint64_t *pmdp, int64_t pfn,
+                                 int order) noexcept nogil:
+        """do_anonymous_page's tail for an mTHP: folio_add_new_anon_rmap(RMAP_EXCLUSIVE), then
+        set_ptes of all its pages, young, dirty and writable (R36, R37)."""
+        cdef int64_t nr = (<int64_t>1) << order, k
+        cdef uint64_t *ptep = self.pte_entry(pmdp[0], start)
+        cdef uint64_t e = _PAGE_PRESENT | _PAGE_USER | _PAGE_ACCESSED
+        cdef folio_t *folio = self.machine.new_mthp(pfn, order)
+        if self.vm_flags[vma] & VM_WRITE:
+            e |= _PAGE_RW | _PAGE_DIRTY
+        folio.flags = PG_ANON
+        folio.refcount = <int32_t>nr
+        folio.index = self.folio_index_at(vma, start)
+        self.machine.folio_mm_add(folio, self.mm_id, <int32_t>nr)
+        for k in range(nr):
+            self.machine.mapcount[pfn + k] = 1
+            self.machine.flags[pfn + k] = PG_ANON | PG_ANON_EXCLUSIVE
+            ptep[k] = (<uint64_t>(pfn + k) << PAGE_SHIFT) | e
+        self.rss_anon += nr
+        self.count_vm(NR_ANON_MAPPED, nr)
+        self.machine.count_mthp(order, MTHP_ANON_FAULT_ALLOC, 1)
+        self.machine.count_mthp(order, MTHP_NR_ANON, 1)
+
     cdef int do_wp_page(self, int64_t vma, uint64_t addr, uint64_t *ptep) noexcept nogil:
         """A write to a read-only PTE: copy the zeropage, reuse an exclusive page (R39, R40)."""
         cdef uint64_t pte = ptep[0]
         cdef int64_t pfn = <int64_t>entry_index(pte)
-        cdef int64_t block = pfn >> HPAGE_PMD_ORDER
+        cdef folio_t *folio
         if pte & _PAGE_SPECIAL:
             return self.wp_page_copy(vma, ptep, -1)
-        if self.machine.in_pmd_folio(pfn):
+        folio = self.machine.folio_of(pfn)
+        if folio != NULL:
             # R40: exclusive, or (6.15+) a large folio all of whose mappings are this
             # process's (__wp_can_reuse_large_anon_folio; a folio mapped once is copied to
             # free it); else a 4K copy
             if (self.machine.flags[pfn] & PG_ANON_EXCLUSIVE) or (
-                    self.reuse_large_folios and self.machine.block_refcount[block] > 1
-                    and not self.machine.folio_maybe_mapped_shared(block)):
+                    self.reuse_large_folios and folio.refcount > 1
+                    and not self.machine.folio_maybe_mapped_shared(folio)):
                 self.machine.flags[pfn] = self.machine.flags[pfn] | PG_ANON_EXCLUSIVE
                 ptep[0] = pte | _PAGE_RW | _PAGE_DIRTY | _PAGE_ACCESSED
                 return VM_FAULT_OK
@@ -1200,7 +1719,7 @@ cdef class MMCore:
         """A new page replacing the zeropage (zero-filled) or a shared page (copied)."""
         cdef int64_t pfn
         self.anon_vma_prepare(vma)
-        pfn = self.machine.alloc_page()
+        pfn = self.alloc_anon_page()
         if pfn < 0:
             return VM_FAULT_OOM
         self.new_anon_page(pfn)
@@ -1211,6 +1730,228 @@ cdef class MMCore:
             self.machine.flags[pfn] = self.machine.flags[pfn] | (self.machine.flags[old_pfn] & PG_WRITTEN)
             self.remove_anon_pte(old_pfn)
         return VM_FAULT_OK
+
+    # ---- shared memory: do_read_fault / do_shared_fault over shmem_fault (mm/memory.c,
+    # ---- mm/filemap.c, mm/shmem.c)
+
+    cdef int handle_shmem_fault(self, int64_t vma, uint64_t addr, uint64_t *pmdp, bint write) noexcept nogil:
+        """A fault in a shared mapping: find the page in the shmem file's page cache (a read
+        first maps what is cached around it: fault-around), allocate it if missing (a read
+        too: there is no zeropage here), and map it: a THP by its PMD where it fits, else PTEs."""
+        cdef int32_t fid = self.vm_file[vma]
+        cdef int64_t index = self.folio_index_at(vma, addr), pfn, head, nr
+        cdef uint64_t pmd = pmdp[0]
+        cdef uint64_t *pte
+        cdef folio_t *folio
+        cdef int ret
+        if index >= self.machine.file_size[fid]:
+            return VM_FAULT_SIGBUS
+        if pmd & _PAGE_PSE:
+            if not write or (pmd & _PAGE_RW):
+                pmdp[0] = pmd | _PAGE_ACCESSED | (_PAGE_DIRTY if write else 0)   # spurious
+                return VM_FAULT_OK
+            # wp_huge_pmd: shmem has no huge_fault, so the PMD is split (cleared) and the
+            # fault goes on at PTE level, where finish_fault maps the folio again
+            self.zap_shmem_pmd(pmdp)
+            self.count_vm(THP_SPLIT_PMD, 1)
+            self.tlb_flush()
+        elif pmd:
+            pte = self.pte_entry(pmd, addr)
+            if pte[0]:
+                if write and not (pte[0] & _PAGE_RW):
+                    pte[0] = pte[0] | _PAGE_RW | _PAGE_DIRTY | _PAGE_ACCESSED    # wp_page_shared
+                else:
+                    pte[0] = pte[0] | _PAGE_ACCESSED | (_PAGE_DIRTY if write else 0)
+                return VM_FAULT_OK
+        if not write:
+            ret = self.shmem_fault_around(vma, addr, pmdp)
+            if ret:
+                return ret
+            if pmdp[0] & _PAGE_PSE or (pmdp[0] and self.pte_entry(pmdp[0], addr)[0]):
+                return VM_FAULT_OK             # VM_FAULT_NOPAGE: fault-around mapped it
+        pfn = self.machine.file_pages[fid][index]
+        if not pfn:
+            pfn = self.machine.shmem_alloc_folio(fid, index, self.shmem_huge_allowed(vma, addr, index),
+                                                 self.thp_direct_compact(self.vm_flags[vma]))
+            if pfn < 0:
+                return VM_FAULT_OOM
+        folio = self.machine.folio_of(pfn)
+        # finish_fault
+        if folio != NULL and not pmdp[0] and self.shmem_pmd_suitable(vma, addr):
+            self.shmem_map_pmd(vma, pmdp, self.machine.folio_pfn(folio), write)
+            return VM_FAULT_OK
+        if self.pte_alloc(pmdp) == NULL:
+            return VM_FAULT_HOSTMEM
+        pte = self.pte_entry(pmdp[0], addr)
+        if folio != NULL:
+            head = self.machine.folio_pfn(folio)
+            nr = pfn - head                       # pages of the folio before this one
+            if (addr & ~PMD_MASK) == (<uint64_t>nr << PAGE_SHIFT) and self.shmem_pmd_suitable(vma, addr) \
+                    and ptes_none(pte - nr, HPAGE_PMD_NR):
+                self.shmem_map_ptes(vma, pte - nr, head, HPAGE_PMD_NR, write)    # the whole folio
+                return VM_FAULT_OK
+        self.shmem_map_ptes(vma, pte, pfn, 1, write)
+        return VM_FAULT_OK
+
+    cdef bint shmem_pmd_suitable(self, int64_t vma, uint64_t addr) noexcept nogil:
+        """thp_vma_suitable_order(PMD_ORDER) for a file VMA: the aligned 2 MiB of addr lies in
+        the VMA and file offsets there are 2 MiB-aligned too."""
+        cdef uint64_t haddr = addr & PMD_MASK
+        return (haddr >= self.vm_start[vma] and haddr + PMD_SIZE <= self.vm_end[vma]
+                and (((self.vm_start[vma] >> PAGE_SHIFT) - self.vm_pgoff[vma]) & (HPAGE_PMD_NR - 1)) == 0)
+
+    cdef bint shmem_huge_allowed(self, int64_t vma, uint64_t addr, int64_t index) noexcept nogil:
+        """shmem_allowable_huge_orders for a fault: shmem_enabled, the VMA's advice and vetoes,
+        and that the THP can be mapped by a PMD here."""
+        cdef uint32_t flags = self.vm_flags[vma]
+        cdef int mode = self.machine.shmem_enabled
+        cdef int64_t hidx = index & ~(<int64_t>HPAGE_PMD_NR - 1)
+        if flags & VM_NOHUGEPAGE or self.thp_disable == THP_DISABLE_COMPLETELY:
+            return False
+        if self.thp_disable == THP_DISABLE_EXCEPT_ADVISED and not (flags & VM_HUGEPAGE):
+            return False
+        if not self.shmem_pmd_suitable(vma, addr):
+            return False
+        if mode == SHMEM_HUGE_ALWAYS:
+            return True
+        if mode == SHMEM_HUGE_WITHIN_SIZE:
+            return hidx + HPAGE_PMD_NR <= self.machine.file_size[self.vm_file[vma]]
+        if mode == SHMEM_HUGE_ADVISE:
+            return (flags & VM_HUGEPAGE) != 0
+        return False
+
+    cdef void shmem_map_pmd(self, int64_t vma, uint64_t *pmdp, int64_t head, bint write) noexcept nogil:
+        """do_set_pmd: a shmem THP mapped by one PMD (no deposited table on x86)."""
+        cdef folio_t *folio = &self.machine.pmd_folio[head >> HPAGE_PMD_ORDER]
+        cdef uint64_t e = (<uint64_t>head << PAGE_SHIFT) | _PAGE_PRESENT | _PAGE_PSE | _PAGE_ACCESSED
+        cdef uint32_t flags = self.vm_flags[vma]
+        if flags & VM_ACCESS_FLAGS:
+            e |= _PAGE_USER
+            if flags & VM_WRITE:
+                e |= _PAGE_RW               # a shared writable mapping needs no write-notify
+        if write:
+            e |= _PAGE_DIRTY
+        if folio.written == HPAGE_PMD_NR:
+            e |= _PAGE_WRITTEN
+        pmdp[0] = e
+        folio.entire_mapcount += 1
+        folio.refcount += 1
+        if folio.entire_mapcount == 1:
+            self.count_vm(NR_SHMEM_PMDMAPPED, 1)
+        self.count_vm(THP_FILE_MAPPED, 1)
+        self.rss_shmem += HPAGE_PMD_NR
+
+    cdef void shmem_map_ptes(self, int64_t vma, uint64_t *pte, int64_t pfn, int64_t nr, bint write) noexcept nogil:
+        """set_pte_range for shmem pages: writable in a writable shared mapping, dirty on a
+        write; only none entries are filled."""
+        cdef uint64_t e = _PAGE_PRESENT | _PAGE_ACCESSED
+        cdef uint32_t flags = self.vm_flags[vma]
+        cdef folio_t *folio
+        cdef int64_t k
+        if flags & VM_ACCESS_FLAGS:
+            e |= _PAGE_USER
+            if flags & VM_WRITE:
+                e |= _PAGE_RW
+        if write:
+            e |= _PAGE_DIRTY
+        for k in range(nr):
+            if pte[k]:
+                continue
+            pte[k] = (<uint64_t>(pfn + k) << PAGE_SHIFT) | e \
+                | (_PAGE_WRITTEN if self.machine.flags[pfn + k] & PG_WRITTEN else 0)
+            self.machine.mapcount[pfn + k] = self.machine.mapcount[pfn + k] + 1
+            folio = self.machine.folio_of(pfn + k)
+            if folio != NULL:
+                folio.refcount += 1
+            self.rss_shmem += 1
+
+    cdef int shmem_fault_around(self, int64_t vma, uint64_t addr, uint64_t *pmdp) noexcept nogil:
+        """do_fault_around -> filemap_map_pages: map the cached pages of the 64 KiB window of
+        the fault (clamped to the VMA and the PTE table) whose entries are none; a THP in the
+        cache is mapped by its PMD where the PMD is none and it fits."""
+        cdef int32_t fid = self.vm_file[vma]
+        cdef int64_t pte_off = pte_index(addr)
+        cdef int64_t vma_off = <int64_t>((addr - self.vm_start[vma]) >> PAGE_SHIFT)
+        cdef int64_t vma_pages = <int64_t>((self.vm_end[vma] - self.vm_start[vma]) >> PAGE_SHIFT)
+        cdef int64_t from_pte, to_pte, i, index, pfn, first = -1
+        cdef int64_t *pages = self.machine.file_pages[fid]
+        cdef int64_t size = self.machine.file_size[fid]
+        cdef uint64_t *pte
+        cdef folio_t *folio
+        from_pte = pte_off & ~(<int64_t>FAULT_AROUND_PAGES - 1)
+        if pte_off - min(pte_off, vma_off) > from_pte:
+            from_pte = pte_off - min(pte_off, vma_off)
+        to_pte = min(min(from_pte + FAULT_AROUND_PAGES, <int64_t>PTRS_PER_TABLE), pte_off + vma_pages - vma_off)
+        index = self.folio_index_at(vma, addr) - pte_off
+        for i in range(from_pte, to_pte):
+            if index + i < size and pages[index + i]:
+                first = i
+                break
+        if first < 0:
+            return 0                               # nothing cached: no table either
+        pfn = pages[index + first]
+        folio = self.machine.folio_of(pfn)
+        if not pmdp[0] and folio != NULL and self.shmem_pmd_suitable(vma, addr):
+            self.shmem_map_pmd(vma, pmdp, self.machine.folio_pfn(folio), False)   # filemap_map_pmd
+            return 0
+        if self.pte_alloc(pmdp) == NULL:
+            return VM_FAULT_HOSTMEM
+        pte = self.pte_entry(pmdp[0], 0)
+        for i in range(first, to_pte):
+            if index + i < size and pages[index + i] and not pte[i]:
+                self.shmem_map_ptes(vma, pte + i, pages[index + i], 1, False)
+        return 0
+
+    cdef void zap_shmem_pte(self, uint64_t e) noexcept nogil:
+        """Drop one PTE mapping of a shmem page: the page stays in the page cache; a dirty PTE
+        leaves the folio dirty (zap_present_folio_ptes -> folio_mark_dirty)."""
+        cdef int64_t pfn = <int64_t>entry_index(e)
+        cdef folio_t *folio = self.machine.folio_of(pfn)
+        self.machine.mapcount[pfn] = self.machine.mapcount[pfn] - 1
+        if folio != NULL:
+            folio.refcount -= 1
+        if e & _PAGE_DIRTY:
+            self.machine.flags[pfn] = self.machine.flags[pfn] | PG_DIRTY
+        self.rss_shmem -= 1
+
+    cdef void zap_shmem_pmd(self, uint64_t *pmdp) noexcept nogil:
+        """Clear a PMD mapping of a shmem THP (zap_huge_pmd, and a file PMD's split, which
+        leaves no PTE table: the pages fault back in)."""
+        cdef uint64_t e = pmdp[0]
+        cdef int64_t head = <int64_t>entry_index(e), k
+        cdef folio_t *folio = &self.machine.pmd_folio[head >> HPAGE_PMD_ORDER]
+        pmdp[0] = 0
+        folio.entire_mapcount -= 1
+        folio.refcount -= 1
+        if folio.entire_mapcount == 0:
+            self.count_vm(NR_SHMEM_PMDMAPPED, -1)
+        if e & _PAGE_DIRTY:
+            for k in range(head, head + HPAGE_PMD_NR):
+                self.machine.flags[k] = self.machine.flags[k] | PG_DIRTY
+        self.rss_shmem -= HPAGE_PMD_NR
+
+    def unmap_file_range(self, int32_t fid, int64_t first, int64_t last):
+        """unmap_mapping_range: zap every mapping this process has of pages [first, last) of
+        shmem file fid (a PMD mapping only partly inside is cleared whole)."""
+        cdef int64_t vma, lo, hi
+        cdef uint64_t start, end
+        cdef int ret = 0
+        self.tlb_flush()
+        for vma in range(self.nr_vmas):
+            if self.vm_file[vma] != fid:
+                continue
+            lo = max(first, <int64_t>self.vm_pgoff[vma])
+            hi = min(last, <int64_t>(self.vm_pgoff[vma] + ((self.vm_end[vma] - self.vm_start[vma]) >> PAGE_SHIFT)))
+            if lo >= hi:
+                continue
+            start = self.vm_start[vma] + (<uint64_t>(lo - <int64_t>self.vm_pgoff[vma]) << PAGE_SHIFT)
+            end = start + (<uint64_t>(hi - lo) << PAGE_SHIFT)
+            with nogil:
+                ret = self._zap(start, end, False)
+            if ret:
+                return ret
+        self.tlb_flush()
+        return 0
 
     # ---- accesses -------------------------------------------------------------------------------
 
@@ -1397,6 +2138,9 @@ cdef class MMCore:
 
     cdef void zap_huge_pmd(self, uint64_t *pmdp) noexcept nogil:
         cdef int64_t pfn = <int64_t>entry_index(pmdp[0])
+        if self.machine.page_is_shmem(pfn, self.machine.folio_of(pfn)):
+            self.zap_shmem_pmd(pmdp)            # a file PMD has no deposit
+            return
         pmdp[0] = 0
         self.deposit(-1)
         if pfn != self.machine.huge_zero_pfn:
@@ -1407,6 +2151,7 @@ cdef class MMCore:
         folio go in one batch (zap_present_ptes)."""
         cdef int64_t i = first, nr, pfn, k
         cdef uint64_t e
+        cdef folio_t *folio
         while i < last:
             e = pte[i]
             if not e:
@@ -1417,15 +2162,21 @@ cdef class MMCore:
                 i += 1
                 continue
             pfn = <int64_t>entry_index(e)
-            nr = 1
-            if self.machine.in_pmd_folio(pfn):
-                nr = folio_pte_batch(pte, i, last, pfn)
+            folio = self.machine.folio_of(pfn)
+            if self.machine.page_is_shmem(pfn, folio):
+                pte[i] = 0
+                self.zap_shmem_pte(e)
+                i += 1
+                continue
+            if folio == NULL:
+                pte[i] = 0
+                self.remove_anon_pte(pfn)
+                i += 1
+                continue
+            nr = folio_pte_batch(pte, i, last, pfn, folio.order)
             for k in range(i, i + nr):
                 pte[k] = 0
-            if nr > 1 or self.machine.in_pmd_folio(pfn):
-                self.remove_anon_ptes(pfn, nr)
-            else:
-                self.remove_anon_pte(pfn)
+            self.remove_anon_ptes(folio, pfn, nr)
             i += nr
 
     cdef int _zap(self, uint64_t start, uint64_t end, bint reclaim) noexcept nogil:
@@ -1456,6 +2207,9 @@ cdef class MMCore:
                 ret = self.split_huge_pmd(pmdp)
                 if ret:
                     return ret
+                if not pmdp[0]:                  # a shmem PMD's split clears it
+                    addr = next_addr
+                    continue
             pte = self.pte_entry(pmdp[0], 0)
             self.zap_pte_range(pte, pte_index(addr), pte_index(next_addr - 1) + 1)
             if reclaim and addr == haddr and next_addr == haddr + PMD_SIZE and table_empty(pte):
@@ -1540,10 +2294,13 @@ cdef class MMCore:
             return e & ~(<uint64_t>_PAGE_RW)
         if e & (_PAGE_RW | _PAGE_SPECIAL):
             return e
-        # can_change_pte_writable: only exclusive anonymous pages become writable without a fault
+        # can_change_pte_writable: only exclusive anonymous pages become writable without a fault;
+        # a shared mapping's new protection is writable (shmem wants no write-notify)
         pfn = <int64_t>entry_index(e)
+        if self.machine.page_is_shmem(pfn, self.machine.folio_of(pfn)):
+            return e | _PAGE_RW
         if pmd:
-            exclusive = self.machine.block_flags[pfn >> HPAGE_PMD_ORDER] & PG_ANON_EXCLUSIVE
+            exclusive = self.machine.pmd_folio[pfn >> HPAGE_PMD_ORDER].flags & PG_ANON_EXCLUSIVE
         else:
             exclusive = self.machine.flags[pfn] & PG_ANON_EXCLUSIVE
         if exclusive:
@@ -1586,6 +2343,10 @@ cdef class MMCore:
         """A copy of the VMAs' vm_pgoff."""
         return self._vm_pgoff[:self.nr_vmas].copy()
 
+    def vma_files(self):
+        """A copy of the VMAs' shmem file ids (0: private anonymous)."""
+        return self._vm_file[:self.nr_vmas].copy()
+
     def vma_index(self, uint64_t addr):
         """Index of the VMA containing addr, or -1."""
         return self.find_vma(addr)
@@ -1594,8 +2355,14 @@ cdef class MMCore:
         """Index of the first VMA that ends above addr (nr_vmas if none)."""
         return self.vma_lower_bound(addr)
 
-    def vma_insert(self, uint64_t start, uint64_t end, uint32_t flags, int32_t anon_vma=0, pgoff=None):
-        """A new VMA; its vm_pgoff is start's page number unless given (a moved or split VMA)."""
+    def vma_insert(self, uint64_t start, uint64_t end, uint32_t flags, int32_t anon_vma=0, pgoff=None,
+                   int32_t file=0):
+        """A new VMA; its vm_pgoff is start's page number unless given (a moved or split VMA, or
+        the file offset of a shared mapping of shmem file ``file``)."""
+        if file and (file not in self.machine.files or not (flags & VM_SHARED)):
+            raise ValueError("vma_insert: a file mapping needs a live shmem file and VM_SHARED")
+        if (flags & VM_SHARED) and not file:
+            raise ValueError("vma_insert: a VM_SHARED mapping needs its shmem file")
         cdef int64_t i = self.vma_lower_bound(start)
         check_range(start, end)
         if start == end:
@@ -1605,13 +2372,15 @@ cdef class MMCore:
         if self.nr_vmas == self.vma_cap:
             self._grow_vmas(self.vma_cap * 2)
         n = self.nr_vmas
-        for arr in (self._vm_start, self._vm_end, self._vm_flags, self._vm_anon, self._vm_pgoff):
+        for arr in (self._vm_start, self._vm_end, self._vm_flags, self._vm_anon, self._vm_pgoff,
+                    self._vm_file):
             arr[i + 1:n + 1] = arr[i:n]
         self.vm_start[i] = start
         self.vm_end[i] = end
         self.vm_flags[i] = flags
         self.vm_anon_vma[i] = anon_vma
         self.vm_pgoff[i] = (start >> PAGE_SHIFT) if pgoff is None else <uint64_t>pgoff
+        self.vm_file[i] = file
         self.nr_vmas += 1
         self.vma_cache = -1
         return i
@@ -1621,7 +2390,8 @@ cdef class MMCore:
         n = self.nr_vmas
         if not 0 <= first <= last <= n:
             raise IndexError("vma_delete")
-        for arr in (self._vm_start, self._vm_end, self._vm_flags, self._vm_anon, self._vm_pgoff):
+        for arr in (self._vm_start, self._vm_end, self._vm_flags, self._vm_anon, self._vm_pgoff,
+                    self._vm_file):
             arr[first:n - (last - first)] = arr[last:n]
         self.nr_vmas -= last - first
         self.vma_cache = -1
@@ -1639,10 +2409,10 @@ cdef class MMCore:
         if addr & ~PMD_MASK and haddr >= self.vm_start[i] and haddr + PMD_SIZE <= self.vm_end[i]:
             if self.split_pmd_at(addr):
                 raise MemoryError("cannot grow the page-table pool")
-        end, flags, anon = self.vm_end[i], self.vm_flags[i], self.vm_anon_vma[i]
+        end, flags, anon, file = self.vm_end[i], self.vm_flags[i], self.vm_anon_vma[i], self.vm_file[i]
         pgoff = self.vm_pgoff[i] + ((addr - self.vm_start[i]) >> PAGE_SHIFT)
         self.vm_end[i] = addr
-        self.vma_insert(addr, end, flags, anon, pgoff)
+        self.vma_insert(addr, end, flags, anon, pgoff, file)
         self.tlb_flush()
         return True
 
@@ -1668,7 +2438,7 @@ cdef class MMCore:
             return False
         a, b = self.vm_anon_vma[i], self.vm_anon_vma[i + 1]
         if (self.vm_end[i] != self.vm_start[i + 1] or self.vm_flags[i] != self.vm_flags[i + 1]
-                or (a and b and a != b)
+                or (a and b and a != b) or self.vm_file[i] != self.vm_file[i + 1]
                 or self.vm_pgoff[i + 1] != self.vm_pgoff[i] + ((self.vm_end[i] - self.vm_start[i]) >> PAGE_SHIFT)):
             return False
         self.vm_end[i] = self.vm_end[i + 1]
@@ -1735,7 +2505,7 @@ cdef class MMCore:
             child._grow_vmas(max(16, self.vma_cap))
         for src, dst in ((self._vm_start, child._vm_start), (self._vm_end, child._vm_end),
                          (self._vm_flags, child._vm_flags), (self._vm_anon, child._vm_anon),
-                         (self._vm_pgoff, child._vm_pgoff)):
+                         (self._vm_pgoff, child._vm_pgoff), (self._vm_file, child._vm_file)):
             dst[:n] = src[:self.nr_vmas][keep]
         child._vm_flags[:n] &= ~np.uint32(VM_LOCKED)   # dup_mmap: mlock is not inherited
         wipe = (child._vm_flags[:n] & VM_WIPEONFORK) != 0
@@ -1815,7 +2585,8 @@ cdef class MMCore:
 
     cdef int copy_huge_pmd(self, MMCore child, uint64_t *src, uint64_t *dst) noexcept nogil:
         cdef uint64_t e = src[0]
-        cdef int64_t pfn = <int64_t>entry_index(e), block = pfn >> HPAGE_PMD_ORDER
+        cdef int64_t pfn = <int64_t>entry_index(e)
+        cdef folio_t *folio = &self.machine.pmd_folio[pfn >> HPAGE_PMD_ORDER]
         child.deposit(1)
         if pfn == self.machine.huge_zero_pfn:
             if not child.holds_huge_zero:
@@ -1823,10 +2594,10 @@ cdef class MMCore:
                 self.machine.huge_zero_users += 1
             dst[0] = e
             return 0
-        self.machine.entire_mapcount[block] = self.machine.entire_mapcount[block] + 1
-        self.machine.block_refcount[block] = self.machine.block_refcount[block] + 1
-        self.machine.folio_mm_add(block, child.mm_id, 1)
-        self.machine.block_flags[block] = self.machine.block_flags[block] & (~PG_ANON_EXCLUSIVE)
+        folio.entire_mapcount = folio.entire_mapcount + 1
+        folio.refcount = folio.refcount + 1
+        self.machine.folio_mm_add(folio, child.mm_id, 1)
+        folio.flags = folio.flags & (~PG_ANON_EXCLUSIVE)
         child.rss_anon += HPAGE_PMD_NR
         e &= ~(<uint64_t>_PAGE_RW)
         src[0] = e
@@ -1835,13 +2606,13 @@ cdef class MMCore:
 
     # ---- the rmap walk of a folio split (mm/rmap.c: try_to_migrate, remove_migration_ptes) ------
 
-    cdef bint rmap_vma_range(self, int64_t vma, int64_t block, uint64_t *lo, uint64_t *hi) noexcept nogil:
+    cdef bint rmap_vma_range(self, int64_t vma, folio_t *folio, uint64_t *lo, uint64_t *hi) noexcept nogil:
         """[lo, hi): where the folio's pages would sit in the VMA (vma_address), if anywhere."""
-        cdef int64_t idx = self.machine.block_index[block]
+        cdef int64_t idx = folio.index
         cdef int64_t first = <int64_t>self.vm_pgoff[vma]
         cdef int64_t npages = <int64_t>((self.vm_end[vma] - self.vm_start[vma]) >> PAGE_SHIFT)
         cdef int64_t a = idx if idx > first else first
-        cdef int64_t b = idx + HPAGE_PMD_NR
+        cdef int64_t b = idx + ((<int64_t>1) << folio.order)
         if not self.vm_anon_vma[vma]:
             return False
         if b > first + npages:
@@ -1852,45 +2623,88 @@ cdef class MMCore:
         hi[0] = self.vm_start[vma] + (<uint64_t>(b - first) << PAGE_SHIFT)
         return True
 
-    cdef int check_large_folio(self, int64_t block) except -1:
-        if not 0 <= block < self.machine.nr_blocks or not (self.machine.block_flags[block] & PG_HEAD) \
-                or (self.machine.block_flags[block] & PG_HUGE_ZERO):
-            raise ValueError(f"block {block} holds no anonymous THP")
-        return 0
+    cdef folio_t *anon_folio_at(self, int64_t head) except NULL:
+        """The anonymous large folio whose head frame is head (checked: Python-level calls)."""
+        cdef folio_t *folio
+        if not 0 <= head < self.machine.nr_frames:
+            raise ValueError(f"pfn {head} is not in RAM")
+        folio = self.machine.folio_of(head)
+        if folio == NULL or self.machine.folio_pfn(folio) != head or (folio.flags & PG_HUGE_ZERO):
+            raise ValueError(f"pfn {head} is not the head of an anonymous large folio")
+        return folio
 
-    def rmap_maps_locked(self, int64_t block):
-        """Whether a VM_LOCKED VMA of this process maps a page of the folio."""
-        cdef int64_t vma, head = block * HPAGE_PMD_NR, pfn
-        cdef uint64_t lo, hi, addr, e
+    cdef int64_t rmap_pfn(self, uint64_t addr) noexcept nogil:
+        """The frame mapped at addr (by a PTE or within a PMD mapping), or -1."""
+        cdef uint64_t *pmdp = self.pmd_entry(addr)
+        cdef uint64_t e
+        if pmdp == NULL or not pmdp[0]:
+            return -1
+        if pmdp[0] & _PAGE_PSE:
+            return <int64_t>entry_index(pmdp[0]) + pte_index(addr)
+        e = self.pte_entry(pmdp[0], addr)[0]
+        if not e or (e & _PAGE_SPECIAL):
+            return -1
+        return <int64_t>entry_index(e)
+
+    def rmap_migrate(self, int64_t lo, cnp.ndarray moved not None):
+        """remove_migration_ptes for compaction: every PTE of this process mapping frame
+        lo + i now maps moved[i] (where moved[i] >= 0), with the same bits."""
+        cdef int64_t nr, vma, pfn
+        cdef const int64_t *to
+        cdef uint64_t addr, end, e
         cdef uint64_t *pmdp
-        self.check_large_folio(block)
+        cdef uint64_t *pte
+        cdef int64_t i
+        if not is_vector(moved, cnp.NPY_INT64):
+            raise ValueError("rmap_migrate: moved must be a contiguous int64 vector")
+        nr = cnp.PyArray_DIM(moved, 0)
+        if lo < 0 or lo + nr > self.machine.nr_frames:
+            raise ValueError("rmap_migrate: frames out of range")
+        to = <const int64_t *>cnp.PyArray_DATA(moved)
+        for i in range(nr):
+            if not -1 <= to[i] < self.machine.nr_frames:
+                raise ValueError("rmap_migrate: a target frame is out of range")
+        with nogil:
+            for vma in range(self.nr_vmas):
+                addr = self.vm_start[vma]
+                end = self.vm_end[vma]
+                while addr < end:
+                    pmdp = self.pmd_entry(addr)
+                    if pmdp == NULL:
+                        addr = self.skip_hole(addr)
+                        continue
+                    if pmdp[0] and not (pmdp[0] & _PAGE_PSE):
+                        pte = self.pte_entry(pmdp[0], 0)
+                        for i in range(pte_index(addr), pte_index(umin((addr & PMD_MASK) + PMD_SIZE, end) - 1) + 1):
+                            e = pte[i]
+                            pfn = <int64_t>entry_index(e)
+                            if e and not (e & _PAGE_SPECIAL) and lo <= pfn < lo + nr and to[pfn - lo] >= 0:
+                                pte[i] = (e & ~(PFN_MASK << PAGE_SHIFT)) | (<uint64_t>to[pfn - lo] << PAGE_SHIFT)
+                    addr = (addr & PMD_MASK) + PMD_SIZE
+        self.tlb_flush()
+
+    def rmap_maps_locked(self, int64_t head):
+        """Whether a VM_LOCKED VMA of this process maps a page of the folio."""
+        cdef folio_t *folio = self.anon_folio_at(head)
+        cdef int64_t vma, pfn, nr = (<int64_t>1) << folio.order
+        cdef uint64_t lo, hi, addr
         for vma in range(self.nr_vmas):
-            if not (self.vm_flags[vma] & VM_LOCKED) or not self.rmap_vma_range(vma, block, &lo, &hi):
+            if not (self.vm_flags[vma] & VM_LOCKED) or not self.rmap_vma_range(vma, folio, &lo, &hi):
                 continue
-            addr = lo
-            while addr < hi:
-                pmdp = self.pmd_entry(addr)
-                if pmdp != NULL and pmdp[0]:
-                    if pmdp[0] & _PAGE_PSE:
-                        e = pmdp[0]
-                        pfn = <int64_t>entry_index(e) + pte_index(addr)
-                    else:
-                        e = self.pte_entry(pmdp[0], addr)[0]
-                        pfn = <int64_t>entry_index(e)
-                    if e and not (e & _PAGE_SPECIAL) and head <= pfn < head + HPAGE_PMD_NR:
-                        return True
-                addr += PAGE_SIZE
+            for addr in range(lo, hi, PAGE_SIZE):
+                pfn = self.rmap_pfn(addr)
+                if head <= pfn < head + nr:
+                    return True
         return False
 
-    def rmap_split_pmds(self, int64_t block):
+    def rmap_split_pmds(self, int64_t head):
         """Split every PMD mapping of the folio in this process."""
+        cdef folio_t *folio = self.anon_folio_at(head)
         cdef int64_t vma
         cdef uint64_t lo, hi, addr
         cdef uint64_t *pmdp
-        cdef int64_t head = block * HPAGE_PMD_NR
-        self.check_large_folio(block)
         for vma in range(self.nr_vmas):
-            if not self.rmap_vma_range(vma, block, &lo, &hi):
+            if not self.rmap_vma_range(vma, folio, &lo, &hi):
                 continue
             addr = lo & PMD_MASK
             while addr < hi:
@@ -1900,32 +2714,31 @@ cdef class MMCore:
                         raise MemoryError("cannot grow the page-table pool")
                 addr += PMD_SIZE
 
-    def rmap_remap_zero(self, int64_t block):
+    def rmap_remap_zero(self, int64_t head):
         """try_to_map_unused_to_zeropage: each PTE of this process mapping an unwritten subpage
         of the folio becomes a zeropage PTE (R52)."""
-        cdef int64_t vma, pfn, head = block * HPAGE_PMD_NR
+        cdef folio_t *folio = self.anon_folio_at(head)
+        cdef int64_t vma, pfn, nr = (<int64_t>1) << folio.order
         cdef uint64_t lo, hi, addr, e
         cdef uint64_t *pmdp
         cdef uint64_t *ptep
-        self.check_large_folio(block)
         for vma in range(self.nr_vmas):
-            if not self.rmap_vma_range(vma, block, &lo, &hi):
+            if not self.rmap_vma_range(vma, folio, &lo, &hi):
                 continue
-            addr = lo
-            while addr < hi:
+            for addr in range(lo, hi, PAGE_SIZE):
                 pmdp = self.pmd_entry(addr)
-                if pmdp != NULL and pmdp[0] and not (pmdp[0] & _PAGE_PSE):
-                    ptep = self.pte_entry(pmdp[0], addr)
-                    e = ptep[0]
-                    pfn = <int64_t>entry_index(e)
-                    if (e and not (e & _PAGE_SPECIAL) and head <= pfn < head + HPAGE_PMD_NR
-                            and not (self.machine.flags[pfn] & PG_WRITTEN)):
-                        ptep[0] = (ZERO_PTE & ~(<uint64_t>_PAGE_USER)) | (e & _PAGE_USER)
-                        self.machine.mapcount[pfn] = self.machine.mapcount[pfn] - 1
-                        self.rss_anon -= 1
-                        if self.machine.mapcount[pfn] == 0:
-                            self.count_vm(NR_ANON_MAPPED, -1)
-                addr += PAGE_SIZE
+                if pmdp == NULL or not pmdp[0] or (pmdp[0] & _PAGE_PSE):
+                    continue
+                ptep = self.pte_entry(pmdp[0], addr)
+                e = ptep[0]
+                pfn = <int64_t>entry_index(e)
+                if (e and not (e & _PAGE_SPECIAL) and head <= pfn < head + nr
+                        and not (self.machine.flags[pfn] & PG_WRITTEN)):
+                    ptep[0] = (ZERO_PTE & ~(<uint64_t>_PAGE_USER)) | (e & _PAGE_USER)
+                    self.machine.mapcount[pfn] = self.machine.mapcount[pfn] - 1
+                    self.rss_anon -= 1
+                    if self.machine.mapcount[pfn] == 0:
+                        self.count_vm(NR_ANON_MAPPED, -1)
         self.tlb_flush()
 
     # ---- MADV_FREE, MADV_COLD, MADV_PAGEOUT (mm/madvise.c) ---------------------------------------
@@ -1943,7 +2756,8 @@ cdef class MMCore:
         shared is split first (split_folio), whether PMD- or PTE-mapped."""
         cdef uint64_t addr = start, next_addr, e
         cdef uint64_t *pmdp
-        cdef int64_t pfn, block
+        cdef int64_t pfn
+        cdef folio_t *folio
         check_range(start, end)
         self.tlb_flush()
         while addr < end:
@@ -1958,21 +2772,24 @@ cdef class MMCore:
                 continue
             if e & _PAGE_PSE:
                 pfn = <int64_t>entry_index(e)
-                block = pfn >> HPAGE_PMD_ORDER
-                if pfn == self.machine.huge_zero_pfn or self.machine.folio_maybe_mapped_shared(block):
+                if pfn == self.machine.huge_zero_pfn:
+                    addr = next_addr
+                    continue
+                folio = &self.machine.pmd_folio[pfn >> HPAGE_PMD_ORDER]
+                if self.machine.folio_maybe_mapped_shared(folio):
                     addr = next_addr
                     continue
                 if next_addr - addr == PMD_SIZE:
                     if mode == 0:
                         pmdp[0] = e & ~(<uint64_t>(_PAGE_DIRTY | _PAGE_ACCESSED))
-                        self.machine.block_flags[block] = self.machine.block_flags[block] | PG_LAZYFREE
+                        folio.flags = folio.flags | PG_LAZYFREE
                     elif mode == 1:
                         pmdp[0] = e & ~(<uint64_t>_PAGE_ACCESSED)
                     else:
-                        self.pageout_huge_pmd(pmdp, block, zero_remap)
+                        self.pageout_huge_pmd(pmdp, folio, zero_remap)
                     addr = next_addr
                     continue
-                self.machine.split_folio(block, zero_remap and self.zero_page)
+                self.machine.split_folio(folio, zero_remap and self.zero_page)
                 pmdp = self.pmd_entry(addr)
             self.madvise_pte_range(pmdp, addr, next_addr, mode, zero_remap)
             addr = next_addr
@@ -1984,32 +2801,31 @@ cdef class MMCore:
         (1: cold, 2: pageout). A large folio only partly mapped by the batch of PTEs here is
         split unless mapped shared, and the same PTE looked at again."""
         cdef uint64_t *pte = self.pte_entry(pmdp[0], 0)
-        cdef int64_t i = pte_index(addr), last = pte_index(next_addr - 1) + 1, nr, pfn, block
+        cdef int64_t i = pte_index(addr), last = pte_index(next_addr - 1) + 1, nr, pfn
         cdef uint64_t e
-        cdef bint large
+        cdef folio_t *folio
         while i < last:
             e = pte[i]
             if not e or (e & _PAGE_SPECIAL):
                 i += 1
                 continue
             pfn = <int64_t>entry_index(e)
-            block = pfn >> HPAGE_PMD_ORDER
-            large = self.machine.in_pmd_folio(pfn)
-            nr = folio_pte_batch(pte, i, last, pfn) if large else 1
-            if large and nr < HPAGE_PMD_NR:
-                if not self.machine.folio_maybe_mapped_shared(block):
-                    self.machine.split_folio(block, zero_remap and self.zero_page)
+            folio = self.machine.folio_of(pfn)
+            nr = 1 if folio == NULL else folio_pte_batch(pte, i, last, pfn, folio.order)
+            if folio != NULL and nr < (1 << folio.order):
+                if not self.machine.folio_maybe_mapped_shared(folio):
+                    self.machine.split_folio(folio, zero_remap and self.zero_page)
                     pte = self.pte_entry(pmdp[0], 0)
                     continue                          # the same PTE, now an order-0 page
             elif mode == 0:
                 self.lazyfree_ptes(pte, i, nr, pfn)
-            elif (self.machine.block_refcount[block] if large else self.machine.mapcount[pfn]) != nr:
+            elif (self.machine.mapcount[pfn] if folio == NULL else folio.refcount) != nr:
                 pass                                  # mapped elsewhere too: leave it alone
             elif mode == 1:
                 self.clear_young(pte, i, nr)
-            elif large and not (self.machine.block_flags[block] & PG_LAZYFREE):
+            elif folio != NULL and not (folio.flags & PG_LAZYFREE):
                 # no swap: reclaim splits the large folio it cannot swap out (R61)
-                self.machine.split_folio(block, zero_remap and self.zero_page)
+                self.machine.split_folio(folio, zero_remap and self.zero_page)
                 pte = self.pte_entry(pmdp[0], 0)
             else:
                 self.reclaim_ptes(pte, i, nr, pfn)
@@ -2019,11 +2835,11 @@ cdef class MMCore:
         """MADV_FREE of one folio mapped by these nr PTEs (whoever else maps it: a fresh
         anonymous folio is not PG_dirty): clean and old entries, the folio lazy-free."""
         cdef int64_t k
+        cdef folio_t *folio = self.machine.folio_of(pfn)
         for k in range(i, i + nr):
             pte[k] = pte[k] & ~(<uint64_t>(_PAGE_DIRTY | _PAGE_ACCESSED))
-        if self.machine.in_pmd_folio(pfn):
-            self.machine.block_flags[pfn >> HPAGE_PMD_ORDER] = \
-                self.machine.block_flags[pfn >> HPAGE_PMD_ORDER] | PG_LAZYFREE
+        if folio != NULL:
+            folio.flags = folio.flags | PG_LAZYFREE
         else:
             self.machine.flags[pfn] = self.machine.flags[pfn] | PG_LAZYFREE
 
@@ -2032,14 +2848,14 @@ cdef class MMCore:
         for k in range(i, i + nr):
             pte[k] = pte[k] & ~(<uint64_t>_PAGE_ACCESSED)
 
-    cdef void pageout_huge_pmd(self, uint64_t *pmdp, int64_t block, bint zero_remap) except *:
+    cdef void pageout_huge_pmd(self, uint64_t *pmdp, folio_t *folio, bint zero_remap) except *:
         """Reclaim of a PMD-mapped THP mapped by this process only, with no swap (as the 6.18
         host does it): try_to_unmap splits the PMD of a lazy-free folio, then discards the
         folio if every PTE is clean (the table stays) or keeps it whole, PTE-mapped, if it was
         written again; an ordinary THP cannot be swapped out and is split into 4K pages."""
-        cdef int64_t pfn = block * HPAGE_PMD_NR
-        if not (self.machine.block_flags[block] & PG_LAZYFREE):
-            self.machine.split_folio(block, zero_remap and self.zero_page)
+        cdef int64_t pfn = self.machine.folio_pfn(folio)
+        if not (folio.flags & PG_LAZYFREE):
+            self.machine.split_folio(folio, zero_remap and self.zero_page)
             return
         if self.split_huge_pmd(pmdp):
             raise MemoryError("cannot grow the page-table pool")
@@ -2049,8 +2865,8 @@ cdef class MMCore:
         """shrink_folio_list without swap for a folio mapped only by these nr PTEs: a lazy-free
         folio is discarded while every PTE is clean, made ordinary again if one is dirty;
         any other anonymous folio stays."""
-        cdef bint large = self.machine.in_pmd_folio(pfn)
-        cdef uint8_t *flagp = &self.machine.block_flags[pfn >> HPAGE_PMD_ORDER] if large else &self.machine.flags[pfn]
+        cdef folio_t *folio = self.machine.folio_of(pfn)
+        cdef uint8_t *flagp = &self.machine.flags[pfn] if folio == NULL else &folio.flags
         cdef int64_t k
         if not (flagp[0] & PG_LAZYFREE):
             return
@@ -2060,8 +2876,8 @@ cdef class MMCore:
                 return
         for k in range(i, i + nr):
             pte[k] = 0
-        if large:
-            self.remove_anon_ptes(pfn, nr)
+        if folio != NULL:
+            self.remove_anon_ptes(folio, pfn, nr)
         else:
             self.remove_anon_pte(pfn)
 
@@ -2072,6 +2888,7 @@ cdef class MMCore:
         cdef int64_t none_or_zero = 0, shared = 0, referenced = 0, pfn
         cdef uint64_t e
         cdef bint is_shared
+        cdef folio_t *folio
         cdef int i
         for i in range(PTRS_PER_TABLE):
             e = pte[i]
@@ -2082,8 +2899,9 @@ cdef class MMCore:
                     return 1
                 continue
             pfn = <int64_t>entry_index(e)
-            if self.machine.in_pmd_folio(pfn):
-                is_shared = self.machine.folio_maybe_mapped_shared(pfn >> HPAGE_PMD_ORDER)
+            folio = self.machine.folio_of(pfn)
+            if folio != NULL:
+                is_shared = self.machine.folio_maybe_mapped_shared(folio)
             else:
                 is_shared = self.machine.mapcount[pfn] > 1
             if is_shared:
@@ -2098,15 +2916,20 @@ cdef class MMCore:
     cdef int collapse_huge_page(self, int64_t vma, uint64_t haddr, uint64_t *pmdp, bint khugepaged) noexcept nogil:
         """collapse_huge_page (R64, R70): a new THP holding a copy of the PTE table's pages
         (none and zeropage entries read as zero); the old table becomes its deposit."""
-        cdef int64_t pfn = self.machine.alloc_pmd_folio(), block, old, nr, i, written = 0
+        cdef int64_t pfn = self.machine.alloc_pmd_folio(True), old, nr, i, written = 0
         cdef uint64_t *pte
         cdef uint64_t e, entry
         cdef uint32_t flags = self.vm_flags[vma]
+        cdef folio_t *folio
+        cdef folio_t *old_folio
         if pfn < 0:
             self.count_vm(THP_COLLAPSE_ALLOC_FAILED, 1)
             return VM_FAULT_OOM
         self.count_vm(THP_COLLAPSE_ALLOC, 1)
-        block = pfn >> HPAGE_PMD_ORDER
+        if not self.machine.try_charge(HPAGE_PMD_NR):      # SCAN_CGROUP_CHARGE_FAIL
+            self.machine.free_frames(pfn, HPAGE_PMD_ORDER)
+            return VM_FAULT_FALLBACK
+        folio = &self.machine.pmd_folio[pfn >> HPAGE_PMD_ORDER]
         pte = self.pte_entry(pmdp[0], 0)
         for i in range(PTRS_PER_TABLE):
             e = pte[i]
@@ -2121,11 +2944,12 @@ cdef class MMCore:
                 i += 1
                 continue
             old = <int64_t>entry_index(e)
-            if self.machine.in_pmd_folio(old):
-                nr = folio_pte_batch(pte, i, PTRS_PER_TABLE, old)
+            old_folio = self.machine.folio_of(old)
+            if old_folio != NULL:
+                nr = folio_pte_batch(pte, i, PTRS_PER_TABLE, old, old_folio.order)
                 for k in range(i, i + nr):
                     pte[k] = 0
-                self.remove_anon_ptes(old, nr)
+                self.remove_anon_ptes(old_folio, old, nr)
             else:
                 nr = 1
                 pte[i] = 0
@@ -2134,13 +2958,14 @@ cdef class MMCore:
         self.pool_release(LVL_PTE, <int64_t>entry_index(pmdp[0]))    # the table ...
         self.deposit(1)                                               # ... is the deposit now
         # a new THP, queued for the deferred-split shrinker uncounted (deferred_split_folio)
-        self.machine.block_flags[block] = PG_ANON | PG_HEAD | PG_ANON_EXCLUSIVE | PG_DEFERRED \
+        folio.flags = PG_ANON | PG_HEAD | PG_ANON_EXCLUSIVE | PG_DEFERRED \
             | (PG_WRITTEN if written == HPAGE_PMD_NR else 0)
-        self.machine.block_refcount[block] = 1
-        self.machine.entire_mapcount[block] = 1
-        self.machine.block_written[block] = <uint16_t>written
-        self.machine.block_index[block] = self.folio_index_at(vma, haddr)
-        self.machine.folio_mm_add(block, self.mm_id, 1)
+        folio.order = HPAGE_PMD_ORDER
+        folio.refcount = 1
+        folio.entire_mapcount = 1
+        folio.written = <uint16_t>written
+        folio.index = self.folio_index_at(vma, haddr)
+        self.machine.folio_mm_add(folio, self.mm_id, 1)
         entry = (<uint64_t>pfn << PAGE_SHIFT) | _PAGE_PRESENT | _PAGE_PSE | _PAGE_ACCESSED | _PAGE_DIRTY
         if written == HPAGE_PMD_NR:
             entry |= _PAGE_WRITTEN
@@ -2152,7 +2977,7 @@ cdef class MMCore:
         self.rss_anon += HPAGE_PMD_NR
         self.count_vm(NR_ANON_MAPPED, HPAGE_PMD_NR)
         self.count_vm(NR_ANON_THPS, 1)
-        self.count_mthp(MTHP_NR_ANON, 1)
+        self.machine.count_mthp(HPAGE_PMD_ORDER, MTHP_NR_ANON, 1)
         if khugepaged:
             self.machine.pages_collapsed += 1
         self.tlb_flush()
@@ -2187,8 +3012,10 @@ cdef class MMCore:
                 return "EINVAL"                  # SCAN_PMD_NONE ends the call
             elif not (pmdp[0] & _PAGE_PSE):      # a PMD mapping already: nothing to do
                 ret = self.collapse_huge_page(vma, addr, pmdp, False)
-                if ret:
+                if ret == VM_FAULT_OOM:
                     return "ENOMEM"              # SCAN_ALLOC_HUGE_PAGE_FAIL ends the call
+                if ret:
+                    return "EBUSY"               # SCAN_CGROUP_CHARGE_FAIL ends it too
             addr += PMD_SIZE
         return 0 if last_fail is None else last_fail
 
@@ -2202,9 +3029,11 @@ cdef class MMCore:
         return ((self.vm_start[vma] + PMD_SIZE - 1) & PMD_MASK, self.vm_end[vma] & PMD_MASK)
 
     def khugepaged_scan_pmd(self, int64_t vma, uint64_t haddr, int64_t max_none, int64_t max_shared):
-        """hpage_collapse_scan_pmd, then collapse_huge_page: 0 if the block was left alone, 1 if
-        a collapse was attempted and made a THP, 2 if its allocation failed."""
+        """hpage_collapse_scan_pmd, then collapse_huge_page: 0 if the block was left alone (or
+        the new THP could not be charged), 1 if a collapse made a THP, 2 if its allocation
+        failed."""
         cdef uint64_t *pmdp
+        cdef int ret
         self._check_open()
         if not 0 <= vma < self.nr_vmas:
             raise IndexError(f"no VMA {vma}")
@@ -2215,7 +3044,8 @@ cdef class MMCore:
             return 0                              # SCAN_PMD_NULL, SCAN_PMD_NONE, SCAN_PMD_MAPPED
         if self.scan_pmd(self.pte_entry(pmdp[0], 0), max_none, max_shared):
             return 0
-        return 2 if self.collapse_huge_page(vma, haddr, pmdp, True) else 1
+        ret = self.collapse_huge_page(vma, haddr, pmdp, True)
+        return 2 if ret == VM_FAULT_OOM else (0 if ret else 1)
 
     # ---- mremap (mm/mremap.c: move_page_tables) ------------------------------------------------
 
@@ -2292,6 +3122,8 @@ cdef class MMCore:
             ret = self.split_huge_pmd(old_pmdp)
             if ret:
                 return ret
+            if not old_pmdp[0]:
+                return 0                             # a shmem PMD: cleared, nothing to move
         new_pte = self.pte_alloc(new_pmdp)
         if new_pte == NULL:
             return VM_FAULT_HOSTMEM
@@ -2318,8 +3150,9 @@ cdef class MMCore:
         cdef uint64_t addr = start, next_addr, e
         cdef uint64_t *pmdp
         cdef uint64_t *pte
-        cdef int64_t i, k = 0, count
+        cdef int64_t i, k = 0, count, pfn
         cdef uint8_t state
+        cdef folio_t *folio
         while addr < end:
             next_addr = umin((addr & PMD_MASK) + PMD_SIZE, end)
             count = (next_addr - addr) >> PAGE_SHIFT
@@ -2330,7 +3163,13 @@ cdef class MMCore:
             elif not pmdp[0]:
                 k += count
             elif pmdp[0] & _PAGE_PSE:
-                state = PS_HUGE_ZERO if <int64_t>entry_index(pmdp[0]) == self.machine.huge_zero_pfn else PS_THP
+                pfn = <int64_t>entry_index(pmdp[0])
+                if pfn == self.machine.huge_zero_pfn:
+                    state = PS_HUGE_ZERO
+                elif self.machine.page_is_shmem(pfn, self.machine.folio_of(pfn)):
+                    state = PS_SHMEM_THP
+                else:
+                    state = PS_THP
                 memset(out + k, state, count)
                 k += count
             else:
@@ -2342,10 +3181,54 @@ cdef class MMCore:
                     elif e & _PAGE_SPECIAL:
                         state = PS_ZERO
                     else:
-                        state = PS_LARGE if self.machine.in_pmd_folio(<int64_t>entry_index(e)) else PS_ANON
+                        pfn = <int64_t>entry_index(e)
+                        folio = self.machine.folio_of(pfn)
+                        if self.machine.page_is_shmem(pfn, folio):
+                            state = PS_SHMEM
+                        else:
+                            state = PS_ANON if folio == NULL else PS_LARGE
                     out[k] = state
                     k += 1
             addr = next_addr
+
+    def contpte_blocks(self, uint64_t start, uint64_t end):
+        """64 KiB-aligned blocks inside [start, end) whose 16 PTEs map 16 consecutive pages of
+        one large folio from a 16-aligned frame with the same permissions: where arm64 with 4K
+        pages sets the contiguous bit (contpte_try_fold). PMD mappings are not counted."""
+        cdef uint64_t addr = (start + CONT_PTE_SIZE - 1) & ~(CONT_PTE_SIZE - 1)
+        cdef uint64_t *pmdp
+        cdef uint64_t *pte
+        cdef int64_t count = 0
+        check_range(start, end)
+        with nogil:
+            while addr + CONT_PTE_SIZE <= end:
+                pmdp = self.pmd_entry(addr)
+                if pmdp == NULL:
+                    addr = (self.skip_hole(addr) + CONT_PTE_SIZE - 1) & ~(CONT_PTE_SIZE - 1)
+                    continue
+                if pmdp[0] and not (pmdp[0] & _PAGE_PSE):
+                    pte = self.pte_entry(pmdp[0], addr)
+                    if self.contpte_foldable(pte):
+                        count += 1
+                addr += CONT_PTE_SIZE
+        return count
+
+    cdef bint contpte_foldable(self, const uint64_t *pte) noexcept nogil:
+        cdef uint64_t e = pte[0], perm = e & (_PAGE_PRESENT | _PAGE_RW | _PAGE_USER)
+        cdef int64_t pfn = <int64_t>entry_index(e)
+        cdef folio_t *folio
+        cdef int i
+        if not (e & _PAGE_PRESENT) or (e & _PAGE_SPECIAL) or pfn & (CONT_PTES - 1):
+            return False
+        folio = self.machine.folio_of(pfn)
+        if folio == NULL or folio.order < CONT_PTE_ORDER:
+            return False
+        for i in range(1, CONT_PTES):
+            e = pte[i]
+            if (e & _PAGE_SPECIAL) or <int64_t>entry_index(e) != pfn + i \
+                    or (e & (_PAGE_PRESENT | _PAGE_RW | _PAGE_USER)) != perm:
+                return False
+        return True
 
     def pageinfo(self, uint64_t start, uint64_t end):
         """/proc/pid/pagemap entries, /proc/kpagecount and /proc/kpageflags for each 4K page of
@@ -2378,10 +3261,10 @@ cdef class MMCore:
                             uint64_t *kflags, int32_t *kcount) noexcept nogil:
         """fs/proc/task_mmu.c: pte_to_pagemap_entry / pagemap_pmd_range; fs/proc/page.c:
         stable_page_flags, for one present page."""
-        cdef int64_t block = pfn >> HPAGE_PMD_ORDER
         cdef bint head = (pfn & (HPAGE_PMD_NR - 1)) == 0
         cdef int32_t mapcount
         cdef bint exclusive
+        cdef folio_t *folio
         pagemap[0] = PM_PRESENT | <uint64_t>pfn
         if e & _PAGE_SPECIAL:                         # the 4K zeropage: no struct page behind it
             kflags[0] = KPF_ZERO_PAGE | KPF_RESERVED | KPF_REFERENCED
@@ -2390,12 +3273,24 @@ cdef class MMCore:
             pagemap[0] |= PM_FILE                     # the huge zeropage is not an anon folio
             kflags[0] = KPF_ZERO_PAGE | KPF_THP | (KPF_COMPOUND_HEAD if head else KPF_COMPOUND_TAIL)
             return
-        cdef bint large = self.machine.in_pmd_folio(pfn)
         cdef uint8_t folio_flags
-        if large:
+        folio = self.machine.folio_of(pfn)
+        if self.machine.page_is_shmem(pfn, folio):
+            mapcount = self.machine.mapcount[pfn] + (0 if folio == NULL else folio.entire_mapcount)
+            kcount[0] = mapcount
+            pagemap[0] |= PM_FILE | (PM_MMAP_EXCLUSIVE if mapcount == 1 else 0)
+            kflags[0] = KPF_MMAP | KPF_UPTODATE | KPF_SWAPBACKED
+            if self.machine.flags[pfn] & PG_DIRTY:
+                kflags[0] |= KPF_DIRTY
+            if folio != NULL:
+                kflags[0] |= KPF_THP | KPF_LRU | (KPF_COMPOUND_HEAD if pfn == self.machine.folio_pfn(folio)
+                                                  else KPF_COMPOUND_TAIL)
+            return
+        if folio != NULL:
+            head = pfn == self.machine.folio_pfn(folio)
             # page_mapcount of a subpage: its PTE mappings plus the folio's PMD mappings
-            mapcount = self.machine.entire_mapcount[block] + self.machine.mapcount[pfn]
-            folio_flags = self.machine.block_flags[block]
+            mapcount = folio.entire_mapcount + self.machine.mapcount[pfn]
+            folio_flags = folio.flags
             if pmd_mapped:
                 exclusive = (folio_flags & PG_ANON_EXCLUSIVE) != 0
             else:
@@ -2430,33 +3325,41 @@ cdef class MMCore:
     cdef void account_page(self, smaps_acc *acc, int64_t pfn, uint64_t e, int64_t nr,
                            bint pmd_mapped) noexcept nogil:
         cdef int32_t mapcount
-        cdef int64_t block = pfn >> HPAGE_PMD_ORDER
         cdef uint8_t folio_flags
-        if self.machine.in_pmd_folio(pfn):
-            folio_flags = self.machine.block_flags[block]
+        cdef folio_t *folio = self.machine.folio_of(pfn)
+        cdef bint shmem = self.machine.page_is_shmem(pfn, folio)
+        cdef bint dirty = (e & _PAGE_DIRTY) != 0
+        if folio != NULL:
+            folio_flags = folio.flags
             # the page's mapcount: the folio's PMD mappings and its own PTE mappings (for a
             # PMD mapping, the head page's stands for all 512)
-            mapcount = self.machine.entire_mapcount[block] + self.machine.mapcount[pfn]
+            mapcount = folio.entire_mapcount + self.machine.mapcount[pfn]
         else:
             folio_flags = self.machine.flags[pfn]
             mapcount = self.machine.mapcount[pfn]
-        if (folio_flags & PG_LAZYFREE) and not (e & _PAGE_DIRTY):
+        if shmem and (self.machine.flags[pfn] & PG_DIRTY):
+            dirty = True                          # smaps_account: pte_dirty || folio_test_dirty
+        if (folio_flags & PG_LAZYFREE) and not dirty and not shmem:
             acc.lazyfree += nr
         acc.rss += nr
-        acc.anonymous += nr
+        if not shmem:
+            acc.anonymous += nr
         acc.pss += (nr * (PAGE_SIZE << 12)) // (mapcount if mapcount > 0 else 1)
-        if e & _PAGE_DIRTY:
+        if dirty:
             acc.pss_dirty += (nr * (PAGE_SIZE << 12)) // (mapcount if mapcount > 0 else 1)
         if pmd_mapped:
-            acc.anon_huge += nr
+            if shmem:
+                acc.shmem_pmd += nr
+            else:
+                acc.anon_huge += nr
         if e & _PAGE_ACCESSED:
             acc.referenced += nr
         if mapcount > 1:
-            if e & _PAGE_DIRTY:
+            if dirty:
                 acc.shared_dirty += nr
             else:
                 acc.shared_clean += nr
-        elif e & _PAGE_DIRTY:
+        elif dirty:
             acc.private_dirty += nr
         else:
             acc.private_clean += nr
@@ -2478,7 +3381,8 @@ cdef class MMCore:
                     block = pfn >> HPAGE_PMD_ORDER
                     if pfn == self.machine.huge_zero_pfn:     # R4: the zeropages never count
                         pass
-                    elif self.machine.block_refcount[block] == self.machine.entire_mapcount[block]:
+                    elif self.machine.pmd_folio[pfn >> HPAGE_PMD_ORDER].refcount \
+                            == self.machine.pmd_folio[pfn >> HPAGE_PMD_ORDER].entire_mapcount:
                         self.account_page(acc, pfn, e, (next_addr - addr) >> PAGE_SHIFT, True)
                     else:
                         # PTE mappings too (another process split its PMD): page by page, each

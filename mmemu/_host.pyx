@@ -147,12 +147,30 @@ cdef extern from *:
         return err;
     }
 
-    static int mmemu_host_mmap(uint64_t addr, uint64_t len, int prot, int fixed, uint64_t *out) {
-        void *p = mmap((void *)(uintptr_t)addr, len, prot,
-                       MAP_PRIVATE | MAP_ANONYMOUS | (fixed ? MAP_FIXED : 0), -1, 0);
+    /* mmap(2): private anonymous; shared: MAP_SHARED|MAP_ANONYMOUS (shmem); fd >= 0: MAP_SHARED
+       of that file at offset */
+    static int mmemu_host_mmap(uint64_t addr, uint64_t len, int prot, int fixed, int shared, int fd,
+                               uint64_t offset, uint64_t *out) {
+        int flags = (fixed ? MAP_FIXED : 0);
+        if (fd >= 0) flags |= MAP_SHARED;
+        else flags |= MAP_ANONYMOUS | (shared ? MAP_SHARED : MAP_PRIVATE);
+        void *p = mmap((void *)(uintptr_t)addr, len, prot, flags, fd, (off_t)offset);
         if (p == MAP_FAILED) return errno;
         *out = (uint64_t)(uintptr_t)p;
         return 0;
+    }
+
+    /* fallocate(2) with its mode bits (FALLOC_FL_KEEP_SIZE 1, FALLOC_FL_PUNCH_HOLE 2), with the
+       faults it took: returns 0 or errno */
+    static int mmemu_host_fallocate(int fd, int mode, uint64_t offset, uint64_t len, long *faults) {
+        long before;
+        int ret;
+        errno = 0;
+        before = mmemu_host_minflt();
+        ret = (int)syscall(SYS_fallocate, fd, mode, (off_t)offset, (off_t)len);
+        int err = ret ? errno : 0;
+        *faults = mmemu_host_minflt() - before;
+        return err;
     }
 
     static int mmemu_host_munmap(uint64_t addr, uint64_t len) {
@@ -210,7 +228,8 @@ cdef extern from *:
     static int64_t mmemu_host_replay(const uint64_t *a, const uint8_t *o, int op0, int64_t n, uint8_t *f) { return -1; }
     static int mmemu_host_madvise(uint64_t a, uint64_t l, int adv, long *f) { return ENOSYS; }
     static int mmemu_host_mlock(uint64_t a, uint64_t l, int lock, long *f) { return ENOSYS; }
-    static int mmemu_host_mmap(uint64_t a, uint64_t l, int p, int fx, uint64_t *o) { return ENOSYS; }
+    static int mmemu_host_mmap(uint64_t a, uint64_t l, int p, int fx, int sh, int fd, uint64_t off, uint64_t *o) { return ENOSYS; }
+    static int mmemu_host_fallocate(int fd, int mode, uint64_t off, uint64_t len, long *f) { return ENOSYS; }
     static int mmemu_host_mremap(uint64_t a, uint64_t o, uint64_t n, int fl, uint64_t na, uint64_t *out, long *f) { return ENOSYS; }
     static int mmemu_host_munmap(uint64_t a, uint64_t l) { return ENOSYS; }
     static int mmemu_host_mprotect(uint64_t a, uint64_t l, int p) { return ENOSYS; }
@@ -225,7 +244,9 @@ cdef extern from *:
                               uint8_t *faults) nogil
     int mmemu_host_madvise(uint64_t addr, uint64_t length, int advice, long *faults) nogil
     int mmemu_host_mlock(uint64_t addr, uint64_t len, int lock, long *faults) nogil
-    int mmemu_host_mmap(uint64_t addr, uint64_t length, int prot, int fixed, uint64_t *out) nogil
+    int mmemu_host_mmap(uint64_t addr, uint64_t length, int prot, int fixed, int shared, int fd,
+                        uint64_t offset, uint64_t *out) nogil
+    int mmemu_host_fallocate(int fd, int mode, uint64_t offset, uint64_t length, long *faults) nogil
     int mmemu_host_mremap(uint64_t addr, uint64_t old_len, uint64_t new_len, int flags,
                           uint64_t new_addr, uint64_t *out, long *faults) nogil
     int mmemu_host_munmap(uint64_t addr, uint64_t length) nogil
@@ -280,11 +301,22 @@ def mlock(uint64_t addr, uint64_t length, bint lock):
     return err, faults
 
 
-def mmap(uint64_t addr, uint64_t length, int prot, bint fixed):
-    """(errno or 0, address)."""
+def mmap(uint64_t addr, uint64_t length, int prot, bint fixed, bint shared=False, int fd=-1,
+         uint64_t offset=0):
+    """(errno or 0, address).  Private anonymous; ``shared``: MAP_SHARED|MAP_ANONYMOUS;
+    ``fd`` >= 0: MAP_SHARED of that file at ``offset``."""
     cdef uint64_t out = 0
-    cdef int err = mmemu_host_mmap(addr, length, prot, fixed, &out)
+    cdef int err = mmemu_host_mmap(addr, length, prot, fixed, shared, fd, offset, &out)
     return err, out
+
+
+def fallocate(int fd, int mode, uint64_t offset, uint64_t length):
+    """fallocate(2): (errno or 0, faults taken); mode FALLOC_FL_KEEP_SIZE 1, FALLOC_FL_PUNCH_HOLE 2."""
+    cdef long faults = 0
+    cdef int err
+    with nogil:
+        err = mmemu_host_fallocate(fd, mode, offset, length, &faults)
+    return err, faults
 
 
 def mremap(uint64_t addr, uint64_t old_len, uint64_t new_len, int flags, uint64_t new_addr):

@@ -9,6 +9,7 @@ field                  kernel counterpart
 ``defrag``             /sys/kernel/mm/transparent_hugepage/defrag
 ``use_zero_page``      /sys/kernel/mm/transparent_hugepage/use_zero_page (the huge zeropage)
 ``hugepages``          /sys/kernel/mm/transparent_hugepage/hugepages-<size>kB/enabled
+``shmem_enabled``      /sys/kernel/mm/transparent_hugepage/shmem_enabled (shmem THPs)
 ``zero_page``          False models mm_forbids_zeropage() (s390x KVM guests with storage keys)
 ``huge_zero_write``    write fault on the huge zeropage: "thp" allocates a THP (6.13+),
                        "split" splits the PMD and maps one 4K page (before 6.13)
@@ -48,6 +49,7 @@ THP_MODES = ("always", "madvise", "never")
 DEFRAG_MODES = ("always", "defer", "defer+madvise", "madvise", "never")
 HUGEPAGE_MODES = ("always", "inherit", "madvise", "never")
 HUGE_ZERO_WRITE = ("thp", "split")
+SHMEM_ENABLED = ("never", "always", "within_size", "advise")
 MMAP_THP_ALIGN = ("none", "any", "pmd_multiple")
 ARCHES = ("x86_64", "arm64")
 #: the per-size THP directories of a 4K-page kernel (hugepages-<kB>kB); 8 kB has no anon knob
@@ -95,6 +97,7 @@ class Config:
     defrag: str = "madvise"
     use_zero_page: bool = True
     hugepages: Mapping[int, str] = field(default_factory=_default_hugepages)
+    shmem_enabled: str = "never"
     zero_page: bool = True
     huge_zero_write: str = "thp"
     pt_reclaim: bool = True
@@ -116,6 +119,7 @@ class Config:
         _choice("thp", self.thp, THP_MODES)
         _choice("defrag", self.defrag, DEFRAG_MODES)
         _choice("huge_zero_write", self.huge_zero_write, HUGE_ZERO_WRITE)
+        _choice("shmem_enabled", self.shmem_enabled, SHMEM_ENABLED)
         _choice("mmap_thp_align", self.mmap_thp_align, MMAP_THP_ALIGN)
         for name in ("use_zero_page", "zero_page", "pt_reclaim", "atomic_write_fault",
                      "shrink_underused", "remap_zero_subpages", "reuse_large_folios"):
@@ -230,6 +234,10 @@ class Config:
             if os.path.exists(path):
                 with open(path) as f:
                     khugepaged[f"khugepaged_{knob}"] = int(f.read())
+        if os.path.exists(f"{sysfs}/shmem_enabled"):
+            mode = bracketed(f"{sysfs}/shmem_enabled")
+            if mode in SHMEM_ENABLED:               # "deny" and "force" are not modelled
+                khugepaged["shmem_enabled"] = mode
         if os.path.exists(f"{sysfs}/shrink_underused"):
             with open(f"{sysfs}/shrink_underused") as f:
                 khugepaged["shrink_underused"] = f.read().strip() == "1"
@@ -250,6 +258,21 @@ class Config:
         if mode == "inherit":
             mode = self.thp
         return mode == "always", mode in ("always", "madvise")
+
+    def mthp_modes(self):
+        """(always, madvise): bitmasks of the orders 2..8 enabled for every VMA / for
+        VM_HUGEPAGE VMAs (R19), "inherit" resolved against the top-level mode."""
+        always = madvise = 0
+        for kb in HUGEPAGE_SIZES_KB[:-1]:
+            mode = self.hugepages[kb]
+            if mode == "inherit":
+                mode = self.thp
+            order = (kb // 4).bit_length() - 1
+            if mode == "always":
+                always |= 1 << order
+            elif mode == "madvise":
+                madvise |= 1 << order
+        return always, madvise
 
     def mthp_enabled(self):
         """The sizes below 2 MiB whose per-size knob can enable them."""

@@ -27,9 +27,11 @@ class PageState(enum.IntEnum):
     ANON = 3        #: a 4K anonymous page
     LARGE = 4       #: a 4K PTE into a large folio (an mTHP, or part of a PTE-mapped THP)
     THP = 5         #: part of a PMD-mapped anonymous THP
+    SHMEM = 6       #: a 4K PTE to a shmem page (MAP_SHARED|MAP_ANONYMOUS, memfd)
+    SHMEM_THP = 7   #: part of a PMD-mapped shmem THP
 
 
-#: /proc/vmstat names mmemu keeps, in the kernel's order (system-wide: all MMs of a machine)
+#: /proc/vmstat names mmemu keeps (system-wide: all MMs of a machine)
 VMSTAT_NAMES = (
     "nr_anon_pages",
     "nr_anon_transparent_hugepages",
@@ -51,6 +53,17 @@ VMSTAT_NAMES = (
     "thp_scan_exceed_none_pte",
     "thp_scan_exceed_swap_pte",
     "thp_scan_exceed_share_pte",
+    "pgmigrate_success",
+    "compact_stall",
+    "compact_fail",
+    "compact_success",
+    "nr_shmem",
+    "nr_shmem_hugepages",
+    "nr_shmem_pmdmapped",
+    "thp_file_alloc",
+    "thp_file_fallback",
+    "thp_file_fallback_charge",
+    "thp_file_mapped",
 )
 
 #: files of /sys/kernel/mm/transparent_hugepage/hugepages-<size>kB/stats/ that mmemu keeps
@@ -63,6 +76,9 @@ MTHP_STAT_NAMES = (
     "split_deferred",
     "nr_anon",
     "nr_anon_partially_mapped",
+    "shmem_alloc",
+    "shmem_fallback",
+    "shmem_fallback_charge",
 )
 
 #: khugepaged's own statistics (/sys/kernel/mm/transparent_hugepage/khugepaged/)

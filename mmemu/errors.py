@@ -9,7 +9,7 @@ memory is the kernel's OOM and raises :class:`OutOfMemory` (not the host's
 import errno as _errno
 import os as _os
 
-__all__ = ["MMError", "SyscallError", "SegmentationFault", "OutOfMemory", "ClosedError"]
+__all__ = ["MMError", "SyscallError", "SegmentationFault", "BusError", "OutOfMemory", "ClosedError"]
 
 
 class MMError(Exception):
@@ -55,6 +55,17 @@ class SegmentationFault(MMError):
 
     def __reduce__(self):
         return (type(self), (self.address, self.index, self.op))
+
+
+class BusError(SegmentationFault):
+    """The kernel would have sent SIGBUS: an access to a shared mapping beyond the end of its
+    file.  A subclass of :class:`SegmentationFault` (both kill a process that does not catch
+    them), with the same ``address`` and ``index``."""
+
+    def __init__(self, address, index=None, op=None):
+        super().__init__(address, index, op)
+        where = "" if self.index is None else f" (access {self.index})"
+        self.args = (f"SIGBUS at {self.address:#x}{where}",)
 
 
 class OutOfMemory(MMError):

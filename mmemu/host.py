@@ -11,6 +11,11 @@ the process (the interpreter's own allocations): ``status`` (RssAnon, VmPTE).  W
 system-wide and may be disturbed by every other process and by khugepaged: ``vmstat`` and
 ``mthp_stats`` (changes since the HostMM was made).
 
+Issue 5: shared anonymous mappings and memfds (``mmap(shared=True)``, ``memfd_create``), shmem
+page states (SHMEM 6, SHMEM_THP 7), the per-size stats of all eight THP sizes, shmem_enabled in
+``host_settings``, and a memory cgroup (``HostMM(memory_max=...)``: :class:`MemcgHostMM`, a
+worker process of its own in a child memory cgroup).  docs/host-oracle.md has the details.
+
 HostMM only ever touches memory it mapped itself: an access or a system call on an address
 outside its own mappings is refused (as SIGSEGV for an access, ValueError for a call) before it
 reaches the kernel, so it can never write into the interpreter's memory.
@@ -30,14 +35,15 @@ from .config import Config
 from .constants import (ADVICE, ATOMIC, KHUGEPAGED_STAT_NAMES, MTHP_STAT_NAMES, PAGE_SIZE, PMD_SIZE, READ,
                         VMSTAT_NAMES, WRITE,
                         PageState)
-from .errors import ClosedError, SegmentationFault, SyscallError
+from .errors import ClosedError, OutOfMemory, SegmentationFault, SyscallError
 from .mm import _PRCTL, _prot_bits, _trace_addrs, _trace_ops, _uint
 
-__all__ = ["HostMM", "HostChild", "host_supported", "host_settings", "host_lock", "SETTABLE"]
+__all__ = ["HostMM", "HostChild", "HostFile", "MemcgHostMM", "host_supported", "host_settings", "host_lock", "SETTABLE",
+           "MTHP_SIZES_KB", "HOST_VMSTAT_NAMES", "HOST_MTHP_STAT_NAMES"]
 
 THP_SYSFS = "/sys/kernel/mm/transparent_hugepage"
 # PAGEMAP_SCAN categories (include/uapi/linux/fs.h)
-PAGE_IS_PRESENT, PAGE_IS_SWAPPED, PAGE_IS_PFNZERO, PAGE_IS_HUGE = 1 << 3, 1 << 4, 1 << 5, 1 << 6
+PAGE_IS_FILE, PAGE_IS_PRESENT, PAGE_IS_SWAPPED, PAGE_IS_PFNZERO, PAGE_IS_HUGE = 1 << 2, 1 << 3, 1 << 4, 1 << 5, 1 << 6
 KPF_ANON, KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL = 1 << 12, 1 << 15, 1 << 16
 PFN_MASK = (1 << 55) - 1
 SMAPS_KB_FIELDS = ("Size", "KernelPageSize", "MMUPageSize", "Rss", "Pss", "Pss_Dirty",
@@ -45,6 +51,23 @@ SMAPS_KB_FIELDS = ("Size", "KernelPageSize", "MMUPageSize", "Rss", "Pss", "Pss_D
                    "Anonymous", "KSM", "LazyFree", "AnonHugePages", "ShmemPmdMapped",
                    "FilePmdMapped", "Shared_Hugetlb", "Private_Hugetlb", "Swap", "SwapPss",
                    "Locked")
+#: page states of shared memory (issue 5): PageState.SHMEM / SHMEM_THP once constants has them
+SHMEM_STATE = int(getattr(PageState, "SHMEM", 6))          # a PTE to a shmem page
+SHMEM_THP_STATE = int(getattr(PageState, "SHMEM_THP", 7))  # part of a PMD-mapped shmem THP
+#: the per-size THP directories with anonymous stats (hugepages-<kB>kB/stats)
+MTHP_SIZES_KB = (16, 32, 64, 128, 256, 512, 1024, 2048)
+#: the per-size stats the host reports: the anonymous ones mmemu keeps, and shmem's
+HOST_MTHP_STAT_NAMES = MTHP_STAT_NAMES + tuple(
+    n for n in ("shmem_alloc", "shmem_fallback", "shmem_fallback_charge") if n not in MTHP_STAT_NAMES)
+#: the /proc/vmstat names the host reports: mmemu's, and those of shmem and compaction (issue 5)
+HOST_VMSTAT_NAMES = VMSTAT_NAMES + tuple(n for n in (
+    "nr_shmem", "nr_shmem_hugepages", "nr_shmem_pmdmapped", "nr_file_hugepages", "nr_file_pmdmapped",
+    "thp_file_alloc", "thp_file_fallback", "thp_file_fallback_charge", "thp_file_mapped",
+    "compact_stall", "compact_fail", "compact_success", "pgmigrate_success") if n not in VMSTAT_NAMES)
+#: /proc/self/status fields the host reports (kB)
+STATUS_NAMES = ("VmRSS", "RssAnon", "RssShmem", "VmPTE")
+MFD_CLOEXEC = 1
+FALLOC_FL_KEEP_SIZE, FALLOC_FL_PUNCH_HOLE = 1, 2
 
 
 def host_supported():
@@ -73,6 +96,8 @@ SETTABLE = {"thp": "enabled", "defrag": "defrag", "use_zero_page": "use_zero_pag
             "khugepaged_max_ptes_swap": "khugepaged/max_ptes_swap",
             "khugepaged_max_ptes_shared": "khugepaged/max_ptes_shared",
             "khugepaged_pages_to_scan": "khugepaged/pages_to_scan"}
+#: Config fields of issue 5 host_settings applies when the Config has them (else the default)
+SETTABLE_ISSUE5 = {"shmem_enabled": ("shmem_enabled", "never")}
 KHUGEPAGED_SYSFS = f"{THP_SYSFS}/khugepaged"
 #: khugepaged's pause while host_settings holds it off (ms): longer than any scenario, so it
 #: collapses nothing between two steps; khugepaged_scan() shortens it for the scan it waits for
@@ -99,10 +124,27 @@ def _sysfs_files(config):
         path = f"{THP_SYSFS}/{name}"
         if os.path.exists(path):
             out[path] = _sysfs_value(getattr(config, field))
+    for field, (name, default) in SETTABLE_ISSUE5.items():
+        path = f"{THP_SYSFS}/{name}"
+        if os.path.exists(path):
+            out[path] = _sysfs_value(getattr(config, field, default))
     for kb, mode in config.hugepages.items():
         path = f"{THP_SYSFS}/hugepages-{kb}kB/enabled"
         if os.path.exists(path):
             out[path] = mode
+    return out
+
+
+def with_settings(config, **fields):
+    """``config`` with fields it may not have yet (issue 5's ``shmem_enabled``): known fields
+    through Config.replace, the others set on the frozen instance, for host_settings to read."""
+    known = {k: v for k, v in fields.items() if hasattr(config, k) and k in Config.__dataclass_fields__}
+    out = config.replace(**known) if known else config.replace()
+    for k, v in fields.items():
+        if k not in known:
+            if k not in SETTABLE_ISSUE5:
+                raise ValueError(f"unknown setting {k!r}")
+            object.__setattr__(out, k, v)
     return out
 
 
@@ -157,7 +199,10 @@ def host_settings(config, hold_khugepaged=True):
     use_zero_page, shrink_underused and khugepaged's max_ptes_none/_swap/_shared and
     pages_to_scan.  With ``hold_khugepaged`` khugepaged also sleeps HOLD_SLEEP_MS between
     scans inside the block (its scan_sleep_millisecs), so that it collapses nothing between two
-    steps of a scenario; :meth:`HostMM.khugepaged_scan` runs it on demand."""
+    steps of a scenario; :meth:`HostMM.khugepaged_scan` runs it on demand.
+
+    Issue 5: also the top-level ``shmem_enabled`` (``getattr(config, "shmem_enabled", "never")``
+    while Config lacks the field; :func:`with_settings` gives a Config one)."""
     if os.geteuid() != 0:
         raise PermissionError("changing /sys/kernel/mm/transparent_hugepage needs root")
     wanted = _sysfs_files(config)
@@ -206,21 +251,193 @@ def _khugepaged_stats():
 
 
 def _mthp_stats():
-    base = f"{THP_SYSFS}/hugepages-2048kB/stats"
+    """{size in kB: {stat: value}} for the eight anonymous THP sizes."""
     out = {}
-    for name in MTHP_STAT_NAMES:
-        try:
-            with open(f"{base}/{name}") as f:
-                out[name] = int(f.read())
-        except OSError:
-            out[name] = 0
+    for kb in MTHP_SIZES_KB:
+        base = f"{THP_SYSFS}/hugepages-{kb}kB/stats"
+        stats = out[kb] = {}
+        for name in HOST_MTHP_STAT_NAMES:
+            try:
+                with open(f"{base}/{name}") as f:
+                    stats[name] = int(f.read())
+            except OSError:
+                stats[name] = 0
     return out
 
 
-class HostMM:
-    """The real kernel, through the API of :class:`mmemu.MM` (see the module docstring)."""
+class HostFile:
+    """A memfd of a HostMM (memfd_create(2)): ``ftruncate``, ``fallocate``, ``close``, ``size``;
+    map it with ``HostMM.mmap(length, prot, fd=file, offset=0)`` (MAP_SHARED).  Pickled as its
+    descriptor number, so a forked HostChild (which inherits the descriptor) can map it too."""
+
+    def __init__(self, fd, name="mmemu"):
+        self.fd = fd
+        self.name = name
+        self.closed = False
+
+    def __reduce__(self):
+        return (HostFile, (self.fd, self.name))
+
+    def _ensure_open(self):
+        if self.closed:
+            raise ClosedError("this memfd is closed")
+
+    @property
+    def size(self) -> int:
+        self._ensure_open()
+        return os.fstat(self.fd).st_size
+
+    def ftruncate(self, size) -> None:
+        self._ensure_open()
+        try:
+            os.ftruncate(self.fd, _uint(size, "size"))
+        except OSError as exc:
+            raise SyscallError(exc.errno, "ftruncate") from None
+
+    def fallocate(self, offset, length, punch_hole=True) -> None:
+        """fallocate(2): ``punch_hole`` FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE (frees the
+        pages, unmaps them from every mapping), else mode 0 (allocates the range)."""
+        self._ensure_open()
+        mode = FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE if punch_hole else 0
+        err, _ = _host.fallocate(self.fd, mode, _uint(offset, "offset"), _uint(length, "length"))
+        if err:
+            raise SyscallError(err, "fallocate")
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self.fd)
+            self.closed = True
+
+
+
+# ---- the memory cgroup (issue 5) ------------------------------------------------------------
+
+def _mounts():
+    """[(mount point, fstype, super options)] of /proc/self/mountinfo."""
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields, rest = left.split(), right.split()
+            if len(fields) >= 5 and len(rest) >= 3:
+                out.append((fields[4], rest[0], rest[2]))
+    return out
+
+
+class _Memcg:
+    """A memory cgroup of its own, a child of this process's memory cgroup: cgroup v2
+    (memory.max, memory.current, memory.events) where the memory controller is on the unified
+    hierarchy, else the v1 memory controller (memory.limit_in_bytes, memory.usage_in_bytes,
+    memory.failcnt, memory.oom_control).  Nothing is ever moved into it but the process
+    :class:`HostMM` forks for itself (and that process's own children)."""
+
+    _serial = 0
 
     def __init__(self):
+        if os.geteuid() != 0:
+            raise PermissionError("a memory cgroup needs root")
+        with open("/proc/self/cgroup") as f:
+            lines = [line.rstrip("\n").split(":", 2) for line in f]
+        mounts = _mounts()
+        v2 = next((m for m, fstype, _ in mounts if fstype == "cgroup2"
+                   and "memory" in _read_text(f"{m}/cgroup.controllers").split()), None)
+        v1 = next((m for m, fstype, opts in mounts if fstype == "cgroup" and "memory" in opts.split(",")), None)
+        _Memcg._serial += 1
+        name = f"mmemu-{os.getpid()}-{_Memcg._serial}"
+        if v2 is not None:
+            self.version = 2
+            rel = next((p for h, c, p in lines if h == "0" and c == ""), "/")
+            parent = os.path.join(v2, rel.lstrip("/"))
+            if "memory" not in _read_text(f"{parent}/cgroup.subtree_control").split():
+                try:
+                    _write(f"{parent}/cgroup.subtree_control", "+memory")
+                except OSError:                  # a non-root cgroup with processes: no controllers
+                    parent = v2                  # for its children (the no-internal-process rule)
+                    _write(f"{parent}/cgroup.subtree_control", "+memory")
+            self.files = {"max": "memory.max", "current": "memory.current"}
+        elif v1 is not None:
+            self.version = 1
+            rel = next((p for h, c, p in lines if "memory" in c.split(",")), "/")
+            parent = os.path.join(v1, rel.lstrip("/"))
+            self.files = {"max": "memory.limit_in_bytes", "current": "memory.usage_in_bytes"}
+        else:
+            raise OSError(errno.ENOSYS, "no memory cgroup controller is mounted")
+        self.path = os.path.join(parent, name)
+        os.mkdir(self.path)
+
+    def _file(self, key):
+        return os.path.join(self.path, self.files.get(key, key))
+
+    def attach(self, pid):
+        _write(self._file("cgroup.procs"), str(pid))
+
+    def current(self):
+        return int(_read_text(self._file("current")))
+
+    def limit(self):
+        text = _read_text(self._file("max")).strip()
+        value = None if text == "max" else int(text)
+        return None if value is None or value >= (1 << 62) else value
+
+    def set_limit(self, value):
+        """memory.max (v2) / memory.limit_in_bytes (v1) in bytes; None: no limit."""
+        if value is None:
+            _write(self._file("max"), "max" if self.version == 2 else "-1")
+        else:
+            _write(self._file("max"), str(int(value)))
+
+    def events(self):
+        """{"max": charges that hit the limit, "oom": memcg OOMs, "oom_kill": processes the memcg
+        OOM killer killed}.  v1 has no "oom" count (0) and counts in "max" its failcnt: every
+        failed try of the page counter, a per-CPU batch of 64 pages that did not fit included."""
+        if self.version == 2:
+            ev = _read_kv(self._file("memory.events"))
+            return {k: int(ev.get(k, 0)) for k in ("max", "oom", "oom_kill")}
+        oom = _read_kv(self._file("memory.oom_control"))
+        return {"max": int(_read_text(self._file("memory.failcnt"))), "oom": 0,
+                "oom_kill": int(oom.get("oom_kill", 0))}
+
+    def pids(self):
+        return [int(p) for p in _read_text(self._file("cgroup.procs")).split()]
+
+    def remove(self, timeout=5.0):
+        """rmdir the cgroup once its processes (this HostMM's own) have exited; any still there
+        after ``timeout`` are killed first (by pid: they are processes HostMM forked)."""
+        import signal
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                os.rmdir(self.path)
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    for pid in self.pids():
+                        with contextlib.suppress(OSError):
+                            os.kill(pid, signal.SIGKILL)
+                    deadline = time.monotonic() + timeout
+                time.sleep(0.02)
+
+
+def _read_text(path):
+    with open(path) as f:
+        return f.read()
+
+
+class HostMM:
+    """The real kernel, through the API of :class:`mmemu.MM` (see the module docstring).
+
+    ``HostMM(memory_max=bytes)`` or ``HostMM(memcg=True)``: the HostMM runs in a process of its
+    own, forked for it and moved into a memory cgroup of its own (see :class:`MemcgHostMM`), so
+    that the limit applies to the accesses and never to the calling process."""
+
+    def __new__(cls, memory_max=None, memcg=False):
+        if cls is HostMM and (memory_max is not None or memcg):
+            return MemcgHostMM(memory_max)
+        return super().__new__(cls)
+
+    def __init__(self, memory_max=None, memcg=False):
         ok, why = host_supported()
         if not ok:
             raise OSError(errno.ENOSYS, f"HostMM needs Linux with pagemap, root and PAGEMAP_SCAN: {why}")
@@ -230,6 +447,7 @@ class HostMM:
         self._pagemap = os.open("/proc/self/pagemap", os.O_RDONLY)
         self._kpageflags = os.open("/proc/kpageflags", os.O_RDONLY)
         self._ranges = []                # [start, end) of the mappings this HostMM made
+        self._files = []                 # the memfds this HostMM made (closed on close)
         self._min_flt = 0
         self._closed = False
         self._is_child = False
@@ -325,12 +543,29 @@ class HostMM:
         """The running kernel's settings (Config.from_host())."""
         return self._config
 
+    @property
+    def memory_max(self):
+        """None: a plain HostMM runs in no memory cgroup of its own (see MemcgHostMM)."""
+        return None
+
+    @memory_max.setter
+    def memory_max(self, value):
+        raise NotImplementedError("a memory limit needs HostMM(memcg=True) or HostMM(memory_max=...)")
+
+    @property
+    def memory_current(self):
+        """None: a plain HostMM runs in no memory cgroup of its own (see MemcgHostMM)."""
+        return None
+
     def close(self):
         if self._closed:
             return
         for start, end in self._ranges:
             _host.munmap(start, end - start)
         self._ranges = []
+        for f in self._files:
+            f.close()
+        self._files = []
         if self._drain_page is not None:
             _host.munmap(self._drain_page, PAGE_SIZE)
         if not self._is_child:
@@ -395,7 +630,9 @@ class HostMM:
 
     # ---- system calls --------------------------------------------------------------------------
 
-    def mmap(self, length, prot="rw", addr=None, fixed=False) -> int:
+    def mmap(self, length, prot="rw", addr=None, fixed=False, shared=False, fd=None, offset=0) -> int:
+        """mmap(2): private anonymous; ``shared``: MAP_SHARED|MAP_ANONYMOUS (shmem); ``fd`` (a
+        HostFile from memfd_create, or a descriptor): MAP_SHARED of it at ``offset``."""
         length = _uint(length, "length")
         bits = _prot_bits(prot) & 7
         self._ensure_open()
@@ -406,11 +643,27 @@ class HostMM:
             addr = _uint(addr, "addr")
             if self._foreign_overlap(addr, addr + size):
                 raise ValueError(f"mmap: [{addr:#x}, {addr + size:#x}) overlaps memory HostMM did not map")
-        err, start = _host.mmap(addr or 0, length, bits, fixed)
+        fdno = -1
+        if fd is not None:
+            fdno = fd.fd if isinstance(fd, HostFile) else int(fd)
+            if isinstance(fd, HostFile):
+                fd._ensure_open()
+        err, start = _host.mmap(addr or 0, length, bits, fixed, bool(shared), fdno, _uint(offset, "offset"))
         if err:
             raise SyscallError(err, "mmap")
         self._add_range(start, start + size)
         return start
+
+    def memfd_create(self, name="mmemu") -> HostFile:
+        """memfd_create(2) (MFD_CLOEXEC): a shmem file of size 0; see HostFile."""
+        self._ensure_open()
+        try:
+            fd = os.memfd_create(str(name), MFD_CLOEXEC)
+        except OSError as exc:
+            raise SyscallError(exc.errno, "memfd_create") from None
+        f = HostFile(fd, str(name))
+        self._files.append(f)
+        return f
 
     def _foreign_overlap(self, start, end):
         with open("/proc/self/maps") as f:
@@ -610,12 +863,12 @@ class HostMM:
     @staticmethod
     def _vmstat_now():
         raw = _read_kv("/proc/vmstat")
-        return {name: int(raw.get(name, 0)) for name in VMSTAT_NAMES}
+        return {name: int(raw.get(name, 0)) for name in HOST_VMSTAT_NAMES}
 
     @staticmethod
     def _status_now():
         raw = _read_kv("/proc/self/status")
-        return {name: int(raw.get(name, 0)) for name in ("VmRSS", "RssAnon", "VmPTE")}
+        return {name: int(raw.get(name, 0)) for name in STATUS_NAMES}
 
     @property
     def vmstat(self) -> dict:
@@ -625,8 +878,10 @@ class HostMM:
 
     @property
     def mthp_stats(self) -> dict:
+        """{size in kB: per-size stats} for the eight sizes 16..2048 kB: changes since this HostMM
+        was made (system-wide).  Besides MTHP_STAT_NAMES, shmem_alloc/_fallback/_fallback_charge."""
         now = _mthp_stats()
-        return {2048: {k: now[k] - self._base_mthp[k] for k in now}}
+        return {kb: {k: now[kb][k] - self._base_mthp[kb][k] for k in now[kb]} for kb in now}
 
     @property
     def rusage(self) -> dict:
@@ -687,15 +942,19 @@ class HostMM:
             raise ValueError("addr and length must be multiples of 4096")
         self._ensure_open()
         cats = _host.scan(self._pagemap, addr, addr + length,
-                          PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_PFNZERO | PAGE_IS_HUGE)
+                          PAGE_IS_FILE | PAGE_IS_PRESENT | PAGE_IS_SWAPPED | PAGE_IS_PFNZERO | PAGE_IS_HUGE)
         states = np.full(cats.shape, PageState.NONE, np.uint8)
         present = (cats & PAGE_IS_PRESENT) != 0
         zero = present & ((cats & PAGE_IS_PFNZERO) != 0)
         huge = present & ((cats & PAGE_IS_HUGE) != 0)
+        # PAGE_IS_FILE: a page that is not anonymous (vm_normal_page && !PageAnon): shmem here
+        shared = present & ~zero & ((cats & PAGE_IS_FILE) != 0)
         states[zero & huge] = PageState.HUGE_ZERO
         states[zero & ~huge] = PageState.ZERO
-        states[huge & ~zero] = PageState.THP
-        for i in np.flatnonzero(present & ~zero & ~huge):
+        states[huge & ~zero & ~shared] = PageState.THP
+        states[huge & shared] = SHMEM_THP_STATE
+        states[~huge & shared] = SHMEM_STATE
+        for i in np.flatnonzero(present & ~zero & ~huge & ~shared):
             entry = int.from_bytes(os.pread(self._pagemap, 8, ((addr >> 12) + int(i)) * 8), "little")
             flags = int.from_bytes(os.pread(self._kpageflags, 8, (entry & PFN_MASK) * 8), "little")
             states[i] = PageState.LARGE if flags & (KPF_COMPOUND_HEAD | KPF_COMPOUND_TAIL) else PageState.ANON
@@ -710,6 +969,8 @@ class HostChild:
 
     _CALLS = ("read", "write", "atomic", "access", "page_states", "smaps", "maps", "mmap", "munmap",
               "mprotect", "madvise", "mremap", "prctl", "drop_caches", "khugepaged_scan")
+    #: properties of the child's HostMM read over the pipe
+    _VIEWS = ("rusage", "status", "vmstat", "mthp_stats", "khugepaged")
 
     def __init__(self, parent):
         import pickle
@@ -730,10 +991,10 @@ class HostChild:
                             break
                         if request is None:
                             break
-                        name, args = request
+                        name, args, kwargs = (request + ({},))[:3]
                         try:
                             value = getattr(parent, name)
-                            reply = ("ok", value(*args) if callable(value) else value)
+                            reply = ("ok", value(*args, **kwargs) if callable(value) else value)
                         except Exception as exc:        # sent back to the parent, raised there
                             reply = ("error", exc)
                         pickle.dump(reply, outbox)
@@ -749,10 +1010,10 @@ class HostChild:
         self._outbox = os.fdopen(down_w, "wb")
         self._pickle = pickle
 
-    def _call(self, name, *args):
+    def _call(self, name, *args, **kwargs):
         if self._pid is None:
             raise ClosedError("this child has exited")
-        self._pickle.dump((name, args), self._outbox)
+        self._pickle.dump((name, args, kwargs), self._outbox)
         self._outbox.flush()
         kind, value = self._pickle.load(self._inbox)
         if kind == "error":
@@ -761,7 +1022,7 @@ class HostChild:
 
     def __getattr__(self, name):
         if name in self._CALLS:
-            return lambda *args: self._call(name, *args)
+            return lambda *args, **kwargs: self._call(name, *args, **kwargs)
         raise AttributeError(name)
 
     @property
@@ -807,3 +1068,307 @@ class HostChild:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class MemcgHostMM:
+    """A HostMM in a memory cgroup of its own (``HostMM(memory_max=...)``/``HostMM(memcg=True)``).
+
+    The HostMM lives in a worker process forked for it, which moves itself into a new child of
+    this process's memory cgroup before it maps anything (cgroup v2 where the memory controller
+    is there, else v1); every call goes to it over a pipe, as to a HostChild.  Its forks are its
+    children, in the same cgroup.  The calling process never joins the cgroup.
+
+    ``memory_current`` and ``memory_max`` are in bytes above the cgroup's usage when the worker
+    was ready (the interpreter's own pages in it: ``memcg["base"]``), as the emulator counts
+    only its MM.  The usage the kernel shows includes the per-CPU charge stock (charges are
+    taken from the page counter 64 pages at a time and handed out from a per-CPU stock), so
+    ``memory_current`` is exact only to that batch.  Setting ``memory_max`` below
+    ``memory_current`` raises OutOfMemory and keeps the old limit (as the emulator does).
+
+    A charge the kernel cannot make for an order-0 page (or a page table) with no swap is the
+    memcg OOM: the kernel kills the worker.  The call raises OutOfMemory (``exc.signal`` is the
+    signal that ended the worker) and the HostMM is closed; ``memcg`` still shows the events.
+    """
+
+    _METHODS = ("read", "write", "atomic", "access", "page_states", "smaps", "maps", "mmap", "munmap",
+                "mprotect", "madvise", "mremap", "prctl", "drop_caches", "khugepaged_scan", "mlock",
+                "munlock")
+    _VIEWS = ("rusage", "status", "vmstat", "mthp_stats", "khugepaged", "config")
+
+    def __init__(self, memory_max=None):
+        import pickle
+        self._pickle = pickle
+        self._pid = None
+        self._closed = False
+        self._lock = host_lock()
+        self._lock.__enter__()
+        try:
+            self._cg = _Memcg()
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
+        self._dead = None
+        up_r, up_w = os.pipe()
+        down_r, down_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(up_r)
+            os.close(down_w)
+            status = 0
+            try:
+                with os.fdopen(down_r, "rb") as inbox, os.fdopen(up_w, "wb") as outbox:
+                    _memcg_serve(self._cg, inbox, outbox, pickle)
+            except BaseException:
+                status = 1
+            finally:
+                os._exit(status)
+        os.close(up_w)
+        os.close(down_r)
+        self._pid = pid
+        self._inbox = os.fdopen(up_r, "rb")
+        self._outbox = os.fdopen(down_w, "wb")
+        try:
+            kind, value = self._pickle.load(self._inbox)
+            if kind == "error":
+                raise value
+            self._base = self._cg.current()
+            self._max = None
+            if memory_max is not None:
+                self.memory_max = memory_max
+        except BaseException:
+            self.close()
+            raise
+
+    # ---- the pipe -----------------------------------------------------------------------------
+
+    def _send(self, request, address=0):
+        if self._closed or self._pid is None:
+            raise ClosedError("this HostMM is closed" + (f" ({self._dead})" if self._dead else ""))
+        try:
+            self._pickle.dump(request, self._outbox)
+            self._outbox.flush()
+            kind, value = self._pickle.load(self._inbox)
+        except (EOFError, BrokenPipeError, ConnectionResetError, self._pickle.UnpicklingError):
+            self._worker_died(address)
+        if kind == "error":
+            raise value
+        return self._wrap(value)
+
+    def _worker_died(self, address):
+        import signal
+        _, status = os.waitpid(self._pid, 0)
+        self._pid = None
+        sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+        self._dead = f"the worker was killed by {signal.Signals(sig).name}" if sig else "the worker exited"
+        exc = OutOfMemory(address)
+        exc.signal = sig
+        exc.events = self._cg.events()
+        self.close()
+        raise exc
+
+    def _wrap(self, value):
+        if isinstance(value, tuple) and len(value) == 3 and value[0] == "__child__":
+            return _MemcgChild(self, value[1])
+        if isinstance(value, tuple) and len(value) == 3 and value[0] == "__file__":
+            return _MemcgFile(self, value[1], value[2])
+        return value
+
+    def _call(self, name, *args, **kwargs):
+        address = 0
+        if args and name in ("read", "write", "atomic"):
+            address = int(args[0])
+        elif args and name == "access":
+            with contextlib.suppress(Exception):
+                address = int(np.asarray(args[0]).reshape(-1)[0])
+        return self._send(("call", name, args, kwargs), address)
+
+    def __getattr__(self, name):
+        if name in self._METHODS:
+            return lambda *args, **kwargs: self._call(name, *args, **kwargs)
+        if name in self._VIEWS:
+            return self._call(name)
+        raise AttributeError(name)
+
+    def fork(self):
+        return self._call("fork")
+
+    def memfd_create(self, name="mmemu"):
+        return self._call("memfd_create", name)
+
+    # ---- the cgroup -----------------------------------------------------------------------------
+
+    @property
+    def memory_current(self) -> int:
+        """Bytes charged to the cgroup above its usage when the worker was ready (memory.current
+        or memory.usage_in_bytes, minus ``memcg["base"]``; includes the per-CPU charge stock)."""
+        return self._cg.current() - self._base
+
+    @property
+    def memory_max(self):
+        """The limit in bytes above the base (None: no limit).  Set: memory.max (v2) or
+        memory.limit_in_bytes (v1) = base + value."""
+        return self._max
+
+    @memory_max.setter
+    def memory_max(self, value):
+        if value is not None:
+            value = _uint(value, "memory_max")
+            if value < self.memory_current:
+                raise OutOfMemory(0)
+        self._cg.set_limit(None if value is None else self._base + value)
+        self._max = value
+
+    @property
+    def memcg(self) -> dict:
+        """The cgroup as the kernel shows it: version, path, current and limit (bytes, raw),
+        base, and events (see _Memcg.events)."""
+        return {"version": self._cg.version, "path": self._cg.path, "current": self._cg.current(),
+                "limit": self._cg.limit(), "base": self._base, **self._cg.events()}
+
+    @property
+    def closed(self):
+        return self._closed
+
+    def close(self):
+        if self._closed:
+            return
+        self._closed = True
+        if self._pid is not None:
+            with contextlib.suppress(OSError):
+                self._pickle.dump(None, self._outbox)
+                self._outbox.flush()
+        for f in (self._outbox, self._inbox):
+            with contextlib.suppress(OSError):
+                f.close()
+        if self._pid is not None:
+            os.waitpid(self._pid, 0)
+            self._pid = None
+        self._cg.remove()
+        self._lock.__exit__(None, None, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class _MemcgChild:
+    """A HostChild of a MemcgHostMM's worker, driven through the worker."""
+
+    def __init__(self, owner, cid):
+        self._owner, self._cid, self._closed = owner, cid, False
+
+    def _call(self, name, *args, **kwargs):
+        if self._closed:
+            raise ClosedError("this child has exited")
+        return self._owner._send(("child", self._cid, name, args, kwargs))
+
+    def __getattr__(self, name):
+        if name in HostChild._CALLS:
+            return lambda *args, **kwargs: self._call(name, *args, **kwargs)
+        if name in HostChild._VIEWS:
+            return self._call(name)
+        raise AttributeError(name)
+
+    @property
+    def closed(self):
+        return self._closed
+
+    def close(self):
+        if not self._closed and not self._owner.closed:
+            self._owner._send(("child_close", self._cid))
+        self._closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class _MemcgFile:
+    """A memfd of a MemcgHostMM's worker (the descriptor is the worker's)."""
+
+    def __init__(self, owner, fd, name):
+        self._owner, self.fd, self.name, self.closed = owner, fd, name, False
+
+    def __reduce__(self):                  # the worker gets its own HostFile of that descriptor
+        return (HostFile, (self.fd, self.name))
+
+    def _call(self, name, *args, **kwargs):
+        return self._owner._send(("file", self.fd, name, args, kwargs))
+
+    @property
+    def size(self):
+        return self._call("size")
+
+    def ftruncate(self, size):
+        self._call("ftruncate", size)
+
+    def fallocate(self, offset, length, punch_hole=True):
+        self._call("fallocate", offset, length, punch_hole)
+
+    def close(self):
+        if not self.closed:
+            self._call("close")
+            self.closed = True
+
+
+def _memcg_serve(cg, inbox, outbox, pickle):
+    """The worker of a MemcgHostMM: join the cgroup, make a HostMM, serve calls until told to
+    stop (None) or the pipe closes."""
+    def reply(kind, value):
+        pickle.dump((kind, value), outbox)
+        outbox.flush()
+
+    try:
+        cg.attach(os.getpid())
+        mm = HostMM()
+    except Exception as exc:
+        reply("error", exc)
+        return
+    children, serial = {}, 0
+    try:
+        reply("ok", None)
+        while True:
+            try:
+                request = pickle.load(inbox)
+            except EOFError:
+                break
+            if request is None:
+                break
+            try:
+                kind = request[0]
+                if kind == "call":
+                    _, name, args, kwargs = request
+                    value = getattr(mm, name)
+                    value = value(*args, **kwargs) if callable(value) else value
+                elif kind == "child":
+                    _, cid, name, args, kwargs = request
+                    child = children[cid]
+                    value = getattr(child, name)
+                    value = value(*args, **kwargs) if callable(value) else value
+                elif kind == "child_close":
+                    children.pop(request[1]).close()
+                    value = None
+                elif kind == "file":
+                    _, fd, name, args, kwargs = request
+                    f = next(f for f in mm._files if f.fd == fd and not f.closed)
+                    value = getattr(f, name)
+                    value = value(*args, **kwargs) if callable(value) else value
+                else:
+                    raise ValueError(f"unknown request {kind!r}")
+                if isinstance(value, HostChild):
+                    serial += 1
+                    children[serial] = value
+                    value = ("__child__", serial, None)
+                elif isinstance(value, HostFile):
+                    value = ("__file__", value.fd, value.name)
+                reply("ok", value)
+            except Exception as exc:               # sent back, raised in the caller
+                reply("error", exc)
+    finally:
+        for child in children.values():
+            child.close()
+        mm.close()

@@ -18,9 +18,9 @@ from . import _core
 from .config import Config
 from .constants import (ADVICE, ATOMIC, MTHP_STAT_NAMES, PAGE_SIZE, PMD_SIZE, READ, TASK_SIZE,
                         VMSTAT_NAMES, WRITE)
-from .errors import ClosedError, OutOfMemory, SegmentationFault, SyscallError
+from .errors import BusError, ClosedError, OutOfMemory, SegmentationFault, SyscallError
 
-__all__ = ["MM"]
+__all__ = ["MM", "Memfd"]
 
 _F = _core.VM_FLAG_VALUES
 VM_READ, VM_WRITE, VM_EXEC = _F["VM_READ"], _F["VM_WRITE"], _F["VM_EXEC"]
@@ -29,6 +29,7 @@ VM_MAY = _F["VM_MAYREAD"] | _F["VM_MAYWRITE"] | _F["VM_MAYEXEC"]
 VM_ACCOUNT = _F["VM_ACCOUNT"]
 VM_HUGEPAGE, VM_NOHUGEPAGE = _F["VM_HUGEPAGE"], _F["VM_NOHUGEPAGE"]
 VM_LOCKED = _F["VM_LOCKED"]
+VM_SHARED = _F["VM_SHARED"] | _F["VM_MAYSHARE"]
 #: advice refused on mlocked VMAs (madvise_dontneed_free_valid_vma, can_madv_lru_vma)
 _NOT_ON_LOCKED = {"dontneed", "free", "cold", "pageout"}
 
@@ -41,8 +42,9 @@ USER_TOP = 1 << 47
 U64_MAX = (1 << 64) - 1
 
 # fs/proc/task_mmu.c: show_smap_vma_flags, in the kernel's order
-_VMFLAG_LETTERS = ((VM_READ, "rd"), (VM_WRITE, "wr"), (VM_EXEC, "ex"), (_F["VM_MAYREAD"], "mr"),
-                   (_F["VM_MAYWRITE"], "mw"), (_F["VM_MAYEXEC"], "me"), (_F["VM_LOCKED"], "lo"),
+_VMFLAG_LETTERS = ((VM_READ, "rd"), (VM_WRITE, "wr"), (VM_EXEC, "ex"), (_F["VM_SHARED"], "sh"),
+                   (_F["VM_MAYREAD"], "mr"), (_F["VM_MAYWRITE"], "mw"), (_F["VM_MAYEXEC"], "me"),
+                   (_F["VM_MAYSHARE"], "ms"), (_F["VM_LOCKED"], "lo"),
                    (_F["VM_SEQ_READ"], "sr"),
                    (_F["VM_RAND_READ"], "rr"), (_F["VM_DONTCOPY"], "dc"), (VM_ACCOUNT, "ac"),
                    (_F["VM_WIPEONFORK"], "wf"), (_F["VM_DONTDUMP"], "dd"),
@@ -64,6 +66,7 @@ _FLAG_ADVICE = {
 }
 
 #: prctl options mmemu models, with the kernel's numbers (include/uapi/linux/prctl.h)
+_DEFRAG = _core.DEFRAG_MODES
 _PRCTL = {"PR_SET_THP_DISABLE": 41, "PR_GET_THP_DISABLE": 42}
 PR_THP_DISABLE_EXCEPT_ADVISED = 1 << 1
 
@@ -77,7 +80,12 @@ def _version(kernel):
 _NOOP_ADVICE = {"willneed"}
 #: advice mmemu models
 _MODELLED_ADVICE = _NOOP_ADVICE | set(_FLAG_ADVICE) | {
-    "dontneed", "dontneed_locked", "free", "cold", "pageout", "populate_read", "populate_write", "collapse"}
+    "dontneed", "dontneed_locked", "free", "cold", "pageout", "populate_read", "populate_write", "collapse",
+    "remove"}
+#: advice that private anonymous memory only takes (EINVAL on a shared mapping)
+_PRIVATE_ONLY = {"free", "wipeonfork", "keeponfork"}
+#: advice mmemu does not model on shared memory yet
+_NOT_ON_SHARED = {"pageout", "collapse"}
 
 
 def _page_align(n):
@@ -174,29 +182,31 @@ class MM:
     full contract.
     """
 
-    def __init__(self, config: Optional[Config] = None):
+    def __init__(self, config: Optional[Config] = None, memory_max: Optional[int] = None):
         if config is None:
             config = Config()
         if not isinstance(config, Config):
             raise TypeError(f"config must be a mmemu.Config, not {type(config).__name__}")
-        enabled = config.mthp_enabled()
-        if enabled:
-            raise NotImplementedError(f"multi-size THP (hugepages {enabled} kB enabled) arrives with issue 5")
         self._config = config
         self._machine = _core.Machine(config.memory)
         self._core = self._new_core()
         self._closed = False
         self._lock = threading.Lock()
+        self._machine.shmem_enabled = _core.SHMEM_ENABLED_MODES[config.shmem_enabled]
+        if memory_max is not None:
+            self.memory_max = memory_max
 
     def _new_core(self):
         config = self._config
         always, madvise = config.pmd_thp_modes()
+        mthp_always, mthp_madvise = config.mthp_modes()
         return _core.MMCore(
             self._machine, thp_always=always, thp_madvise=madvise,
             use_zero_page=config.use_zero_page, zero_page=config.zero_page,
             huge_zero_write_thp=config.huge_zero_write == "thp", pt_reclaim=config.pt_reclaim,
             arm64=config.arch == "arm64", atomic_write_fault=config.atomic_write_fault,
-            reuse_large_folios=config.reuse_large_folios)
+            reuse_large_folios=config.reuse_large_folios, mthp_always=mthp_always,
+            mthp_madvise=mthp_madvise, defrag=_DEFRAG[config.defrag])
 
     # ---- life ------------------------------------------------------------------------------
 
@@ -222,6 +232,7 @@ class MM:
         self._core.set_closed()
         self._machine.unregister_mm(self._core)
         self._closed = True
+        _release_files(self._machine)
 
     def __enter__(self):
         return self
@@ -257,6 +268,8 @@ class MM:
             return
         if ret & _core.FAULT_SIGSEGV:
             raise SegmentationFault(address, index)
+        if ret & _core.FAULT_SIGBUS:
+            raise BusError(address, index)
         if ret & _core.FAULT_OOM:
             raise OutOfMemory(address, index)
         if ret & _core.FAULT_HOSTMEM:
@@ -311,11 +324,14 @@ class MM:
     # ---- mmap and munmap (mm/mmap.c, mm/vma.c) ------------------------------------------------
 
     @_serialized
-    def mmap(self, length, prot="rw", addr=None, fixed=False) -> int:
-        """MAP_PRIVATE|MAP_ANONYMOUS mapping of ``length`` bytes; returns its address.
+    def mmap(self, length, prot="rw", addr=None, fixed=False, shared=False, fd=None, offset=0) -> int:
+        """A mapping of ``length`` bytes; returns its address.
 
-        ``addr`` is a hint, or with ``fixed=True`` the address (MAP_FIXED: whatever was mapped
-        there is unmapped first).
+        MAP_PRIVATE|MAP_ANONYMOUS by default; ``shared=True`` is MAP_SHARED|MAP_ANONYMOUS (a
+        shmem object of its own, gone with its last mapping); ``fd=`` a :class:`Memfd` (from
+        :meth:`memfd_create`) maps that file MAP_SHARED from byte ``offset``.  ``addr`` is a
+        hint, or with ``fixed=True`` the address (MAP_FIXED: whatever was mapped there is
+        unmapped first).
         """
         length = _uint(length, "length")
         bits = _prot_bits(prot) & VM_ACCESS       # do_mmap ignores PROT bits it does not know
@@ -323,6 +339,20 @@ class MM:
             addr = _uint(addr, "addr")
         if not isinstance(fixed, bool):
             raise TypeError("fixed must be True or False")
+        if not isinstance(shared, bool):
+            raise TypeError("shared must be True or False")
+        offset = _uint(offset, "offset")
+        if fd is not None:
+            if not isinstance(fd, Memfd):
+                raise TypeError(f"fd must be a mmemu Memfd, not {type(fd).__name__}")
+            if fd._machine is not self._machine:
+                raise ValueError("fd belongs to another emulated machine")
+            if fd.closed:
+                raise SyscallError(errno.EBADF, "mmap", "the memfd is closed")
+        elif offset:
+            raise ValueError("offset needs fd (an anonymous mapping has none)")
+        if offset % PAGE_SIZE:
+            raise SyscallError(errno.EINVAL, "mmap", "offset not page aligned")
         self._ensure_open()
         if length == 0:
             raise SyscallError(errno.EINVAL, "mmap", "length 0")
@@ -343,11 +373,25 @@ class MM:
             self._unmap(addr, addr + size, "mmap")
             start = addr
         else:
-            start = self._get_unmapped_area(addr or 0, size)
+            start = self._get_unmapped_area(addr or 0, size, shmem=shared or fd is not None, pgoff=offset // PAGE_SIZE)
+        if fd is not None or shared:
+            return self._mmap_shared(start, size, bits, fd, offset // PAGE_SIZE)
         flags = bits | VM_MAY | (VM_ACCOUNT if bits & VM_WRITE else 0)
         i = self._core.vma_insert(start, start + size, flags)
         self._merge_around(i, i)
         self._core.khugepaged_enter_at(start)    # a merge into a VMA with an anon_vma can register
+        return start
+
+    def _mmap_shared(self, start, size, bits, fd, pgoff):
+        """shmem_zero_setup (a new object the size of the mapping) or a memfd's mmap."""
+        if fd is None:
+            fid = self._machine.new_file(True)
+            self._machine.file_set_size(fid, size // PAGE_SIZE)
+        else:
+            fid = fd._fid
+        flags = bits | VM_MAY | VM_SHARED
+        i = self._core.vma_insert(start, start + size, flags, 0, pgoff, fid)
+        self._merge_around(i, i)
         return start
 
     def _gaps_topdown(self, high):
@@ -388,13 +432,15 @@ class MM:
         mode = self._config.mmap_thp_align
         return (mode == "pmd_multiple" and size % PMD_SIZE == 0) or (mode == "any" and size >= PMD_SIZE)
 
-    def _get_unmapped_area(self, hint, size):
+    def _get_unmapped_area(self, hint, size, shmem=False, pgoff=0):
         hint &= ~(PAGE_SIZE - 1)                                 # round_hint_to_min: a hint in
         if hint:                                                 # the first page is no hint
             hint = max(hint, MMAP_MIN_ADDR)
             if hint <= TASK_SIZE - size and self._is_free(hint, hint + size):
                 return hint
-        elif self._thp_aligned_placement(size):
+        if shmem:
+            return self._shmem_unmapped_area(size, pgoff)
+        if not hint and self._thp_aligned_placement(size):
             ret = self._search_topdown(size + PMD_SIZE)          # __thp_get_unmapped_area
             if ret is not None:
                 off_sub = -ret & (PMD_SIZE - 1)          # pgoff 0: anonymous memory
@@ -403,6 +449,22 @@ class MM:
         if ret is None:
             raise SyscallError(errno.ENOMEM, "mmap", "no free address range")
         return ret
+
+    def _shmem_unmapped_area(self, size, pgoff):
+        """shmem_get_unmapped_area: with shmem THPs possible, an address whose offset in 2 MiB
+        matches the file offset's, so that the pages can be mapped by PMDs."""
+        ret = self._search_topdown(size)
+        if ret is None:
+            raise SyscallError(errno.ENOMEM, "mmap", "no free address range")
+        offset = (pgoff * PAGE_SIZE) & (PMD_SIZE - 1)
+        if (self._config.shmem_enabled == "never" or size < PMD_SIZE
+                or (offset and offset + size < 2 * PMD_SIZE) or ret & (PMD_SIZE - 1) == offset):
+            return ret
+        inflated = self._search_topdown(size + PMD_SIZE - PAGE_SIZE)
+        if inflated is None:
+            return ret
+        addr = inflated - (inflated & (PMD_SIZE - 1)) + offset
+        return addr + PMD_SIZE if (inflated & (PMD_SIZE - 1)) > offset else addr
 
     @_serialized
     def munmap(self, addr, length) -> None:
@@ -433,8 +495,11 @@ class MM:
         ceiling = int(starts[last]) if last < core.nr_vmas else USER_TOP
         for s, e in zip(starts[first:last].tolist(), ends[first:last].tolist()):
             self._check(core.zap(s, e, False), syscall)
+        files = core.vma_files()[first:last]
         core.vma_delete(first, last)
         core.free_pgtables(start, end, floor, ceiling)
+        if files.any():
+            _release_files(self._machine)
 
     # ---- VMA flag changes (mm/vma.c: vma_modify_flags) -----------------------------------------
 
@@ -553,6 +618,13 @@ class MM:
             return self._populate(addr, end, name == "populate_write")
         pieces, hole = self._vma_pieces(addr, end)
         zero_remap = self._config.remap_zero_subpages
+        if any(flags & VM_SHARED for _, _, flags, _ in pieces):
+            if name in _PRIVATE_ONLY:
+                raise SyscallError(errno.EINVAL, "madvise", f"MADV_{name.upper()} on a shared mapping")
+            if name in _NOT_ON_SHARED:
+                raise NotImplementedError(f"MADV_{name.upper()} of shared memory is not modelled")
+        if name == "remove":
+            return self._madvise_remove(pieces, hole)
         if name in _NOT_ON_LOCKED:
             for i, (_, _, flags, _) in enumerate(pieces):
                 if flags & VM_LOCKED:                # the VMAs before it are advised
@@ -568,8 +640,11 @@ class MM:
             for s, e, _, _ in pieces:
                 self._core.madvise_free(s, e, zero_remap)
         elif name in ("cold", "pageout"):
-            for s, e, _, _ in pieces:
-                self._core.madvise_cold(s, e, name == "pageout", zero_remap)
+            for s, e, flags, _ in pieces:
+                if flags & VM_SHARED:
+                    self._core.clear_young_range(s, e)    # deactivation shows as Referenced 0
+                else:
+                    self._core.madvise_cold(s, e, name == "pageout", zero_remap)
         elif name == "collapse":
             self._collapse(addr, end, pieces, hole)
         elif name in _FLAG_ADVICE:
@@ -579,6 +654,24 @@ class MM:
             self._flag_madvise(pieces, *_FLAG_ADVICE[name])
         if name in _NOT_ON_LOCKED and locked:
             raise SyscallError(errno.EINVAL, "madvise", f"MADV_{name.upper()} on an mlocked mapping")
+        if hole:
+            raise SyscallError(errno.ENOMEM, "madvise", "range not fully mapped")
+
+    def _madvise_remove(self, pieces, hole):
+        """MADV_REMOVE (madvise_remove -> fallocate PUNCH_HOLE of the shmem file): the pages go
+        from the file and from every mapping of them, in every process."""
+        for s, e, flags, _ in pieces:
+            if flags & VM_LOCKED:
+                raise SyscallError(errno.EINVAL, "madvise", "MADV_REMOVE on an mlocked mapping")
+            if not flags & VM_SHARED:
+                raise SyscallError(errno.EINVAL, "madvise", "MADV_REMOVE needs a shared mapping")
+            if not flags & VM_WRITE:
+                raise SyscallError(errno.EACCES, "madvise", "MADV_REMOVE needs a writable mapping")
+        for s, e, _, _ in pieces:
+            i = self._core.vma_index(s)
+            fid = int(self._core.vma_files()[i])
+            first = int(self._core.vma_pgoffs()[i]) + (s - int(self._core.vmas()[0][i])) // PAGE_SIZE
+            _punch_hole(self._machine, fid, first, first + (e - s) // PAGE_SIZE)
         if hole:
             raise SyscallError(errno.ENOMEM, "madvise", "range not fully mapped")
 
@@ -609,6 +702,8 @@ class MM:
             raise SyscallError(errno.EINVAL, "madvise", f"mapping at {where:#x} does not permit it")
         if err & _core.FAULT_OOM:
             raise SyscallError(errno.ENOMEM, "madvise", "out of memory")
+        if err & (_core.FAULT_SIGBUS | _core.FAULT_SIGSEGV):
+            raise SyscallError(errno.EFAULT, "madvise", f"SIGBUS at {where:#x}")
         self._check(err, "madvise", where)
 
     # ---- mlock (mm/mlock.c) ------------------------------------------------------------------
@@ -626,7 +721,7 @@ class MM:
         for s, e, flags, _ in self._vma_pieces(start, end)[0]:
             if not flags & VM_ACCESS:           # populate finds no permission: EFAULT -> ENOMEM
                 raise SyscallError(errno.ENOMEM, "mlock", f"mapping at {s:#x} is PROT_NONE")
-            err, where = self._core.populate(s, e, bool(flags & VM_WRITE), True)
+            err, where = self._core.populate(s, e, _populate_writes(flags), True)
             if err & _core.FAULT_OOM:            # __mlock_posix_error_return: ENOMEM -> EAGAIN
                 raise SyscallError(errno.EAGAIN, "mlock", "out of memory")
             self._check(err, "mlock", where)
@@ -697,7 +792,9 @@ class MM:
             raise SyscallError(errno.EFAULT, "mremap", f"no mapping at {addr:#x}")
         starts, ends, _, _ = core.vmas()
         if old_len == 0:
-            raise SyscallError(errno.EINVAL, "mremap", "old_size 0 needs a shared mapping")
+            if not int(core.vmas()[2][i]) & VM_SHARED or not maymove:
+                raise SyscallError(errno.EINVAL, "mremap", "old_size 0 needs a shared mapping and MREMAP_MAYMOVE")
+            return self._mremap_dup(i, addr, new_len, new_addr)
         if addr + old_len > int(ends[i]):
             raise SyscallError(errno.EFAULT, "mremap", "the old range spans more than one mapping")
         if new_addr is not None:
@@ -732,13 +829,27 @@ class MM:
         self._populate_locked(new_addr + old_len, new_addr + new_len)
         return new_addr
 
+    def _mremap_dup(self, i, addr, new_len, new_addr):
+        """mremap(old_size=0) of a shared mapping: a second mapping of the same file pages."""
+        core = self._core
+        flags = int(core.vmas()[2][i])
+        fid = int(core.vma_files()[i])
+        pgoff = int(core.vma_pgoffs()[i]) + (addr - int(core.vmas()[0][i])) // PAGE_SIZE
+        if new_addr is None:
+            new_addr = self._get_unmapped_area(0, new_len, shmem=True, pgoff=pgoff)
+        else:
+            self._unmap(new_addr, new_addr + new_len, "mremap")
+        j = core.vma_insert(new_addr, new_addr + new_len, flags & ~VM_LOCKED, 0, pgoff, fid)
+        self._merge_around(j, j)
+        return new_addr
+
     def _populate_locked(self, start, end):
         """mremap grew an mlocked mapping: mm_populate the new part, errors ignored."""
         i = self._core.vma_index(start) if start < end else -1
         if i >= 0:
             flags = int(self._core.vmas()[2][i])
             if flags & VM_LOCKED and flags & VM_ACCESS:
-                self._core.populate(start, end, bool(flags & VM_WRITE), True)
+                self._core.populate(start, end, _populate_writes(flags), True)
 
     def _move_vma(self, addr, old_len, new_addr, new_len):
         """move_vma: a VMA at new_addr with the old one's flags, anon_vma and page offset; the
@@ -750,9 +861,11 @@ class MM:
         core.vma_split(addr + old_len)
         i = core.vma_index(addr)
         _, _, flags, anon = core.vmas()
-        # copy_vma: a VMA never faulted takes its new address as page offset
-        pgoff = int(core.vma_pgoffs()[i]) if anon[i] else new_addr // PAGE_SIZE
-        core.vma_insert(new_addr, new_addr + new_len, int(flags[i]), int(anon[i]), pgoff)
+        # copy_vma: a VMA never faulted takes its new address as page offset; a file
+        # mapping keeps its file offset
+        fid = int(core.vma_files()[i])
+        pgoff = int(core.vma_pgoffs()[i]) if anon[i] or fid else new_addr // PAGE_SIZE
+        core.vma_insert(new_addr, new_addr + new_len, int(flags[i]), int(anon[i]), pgoff, fid)
         ret = core.move_page_tables(addr, new_addr, old_len)
         self._check(ret, "mremap")
         self._unmap(addr, addr + old_len, "mremap")
@@ -842,7 +955,81 @@ class MM:
     @_serialized
     def mthp_stats(self) -> dict:
         """/sys/kernel/mm/transparent_hugepage/hugepages-<kB>kB/stats, by size in kB."""
-        return {2048: dict(zip(MTHP_STAT_NAMES, self._machine.mthp_values().tolist()))}
+        rows = self._machine.mthp_values()
+        return {4 << order: dict(zip(MTHP_STAT_NAMES, rows[order].tolist()))
+                for order in _core.STAT_ORDERS}
+
+    @_serialized
+    def memfd_create(self, name: str = "mmemu") -> "Memfd":
+        """memfd_create(2): a new, empty shmem file (size 0: ``ftruncate`` it, then ``mmap``
+        it with ``fd=``)."""
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__name__}")
+        self._ensure_open()
+        return Memfd(self, name)
+
+    # ---- physical memory and the memory cgroup -----------------------------------------------
+
+    @_serialized
+    def buddyinfo(self) -> np.ndarray:
+        """Free blocks of each order 0..10 of the machine's RAM, as /proc/buddyinfo shows them
+        (one zone): an int64 array of 11 counts."""
+        return self._machine.buddyinfo()
+
+    @_serialized
+    def fragment_memory(self, free_fraction: float = 0.5, order: int = 9, movable: bool = False) -> int:
+        """Bring the machine's free memory into a fragmented state, as other tenants would: in
+        every wholly free, naturally aligned block of ``2**order`` pages, hold
+        ``max(1, round((1 - free_fraction) * 2**order))`` pages spread evenly, so that no free
+        block of that order is left.  Held pages belong to no process and are not charged.
+        ``movable=False`` pins them (slab, page tables of others): compaction cannot use their
+        2 MiB pageblock; ``movable=True`` lets compaction migrate them.  Returns the pages held.
+        """
+        self._ensure_open()
+        order = _uint(order, "order")
+        if isinstance(free_fraction, bool) or not isinstance(free_fraction, (int, float)) \
+                or not 0 <= free_fraction <= 1:
+            raise ValueError(f"free_fraction must be a number from 0 to 1, not {free_fraction!r}")
+        if order > 10:
+            raise ValueError(f"order must be 0..10, not {order}")
+        if not isinstance(movable, bool):
+            raise TypeError(f"movable must be True or False, not {movable!r}")
+        return self._machine.fragment(float(free_fraction), order, movable)
+
+    @_serialized
+    def release_fragmentation(self) -> int:
+        """Free every page :meth:`fragment_memory` holds. Returns how many."""
+        self._ensure_open()
+        return self._machine.release_fragmentation()
+
+    @property
+    @_serialized
+    def memory_current(self) -> int:
+        """memory.current of the memory cgroup the process (and its fork children) is in,
+        in bytes: its anonymous pages and page tables."""
+        return self._machine.memory_current * PAGE_SIZE
+
+    @property
+    @_serialized
+    def memory_max(self) -> Optional[int]:
+        """memory.max in bytes (None: no limit). A THP or mTHP that cannot be charged falls
+        back to a smaller order (``thp_fault_fallback_charge``); a 4K page that cannot be
+        charged is an :class:`OutOfMemory` (no swap: nothing can be reclaimed). Setting it
+        below ``memory_current`` raises ValueError and keeps the old limit."""
+        pages = self._machine.memory_max
+        return None if pages is None else pages * PAGE_SIZE
+
+    @memory_max.setter
+    def memory_max(self, value: Optional[int]) -> None:
+        with self._lock:
+            self._ensure_open()
+            if value is not None:
+                value = _uint(value, "memory_max")
+            pages = None if value is None else value // PAGE_SIZE
+            if not self._machine.set_memory_max(pages):
+                raise ValueError(f"memory_max {value} is below memory_current "
+                                 f"{self._machine.memory_current * PAGE_SIZE}: with nothing to reclaim "
+                                 "the kernel would OOM-kill the cgroup, which mmemu does not model")
 
     @property
     @_serialized
@@ -854,8 +1041,9 @@ class MM:
     @_serialized
     def status(self) -> dict:
         """/proc/pid/status memory fields mmemu keeps, in kB."""
-        rss = self._core.rss_anon * 4
-        return {"VmRSS": rss, "RssAnon": rss, "VmPTE": self._core.pgtables_pages * 4}
+        anon, shmem = self._core.rss_anon * 4, self._core.rss_shmem * 4
+        return {"VmRSS": anon + shmem, "RssAnon": anon, "RssShmem": shmem,
+                "VmPTE": self._core.pgtables_pages * 4}
 
     @property
     @_serialized
@@ -872,15 +1060,28 @@ class MM:
         out = []
         for s, e, f in zip(starts.tolist(), ends.tolist(), flags.tolist()):
             perms = ("r" if f & VM_READ else "-") + ("w" if f & VM_WRITE else "-") + \
-                    ("x" if f & VM_EXEC else "-") + "p"
+                    ("x" if f & VM_EXEC else "-") + ("s" if f & VM_SHARED else "p")
             out.append((s, e, perms, f))
         return out
 
-    def _thp_eligible(self, start, end, flags):
-        """smaps THPeligible: order 9 allowed and an aligned 2 MiB block inside the VMA (R21)."""
-        if not self._core.thp_allowed_for(flags):
-            return 0
-        return int(((start + PMD_SIZE - 1) & ~(PMD_SIZE - 1)) + PMD_SIZE <= end)
+    def _thp_eligible(self, start, end, flags, pgoff=0):
+        """smaps THPeligible: some THP order allowed, with an aligned block of it inside the VMA
+        (R21); for a shared mapping, shmem_enabled's say and file offsets aligned like the
+        addresses."""
+        if flags & VM_SHARED:
+            mode = self._config.shmem_enabled
+            if mode == "never" or flags & VM_NOHUGEPAGE or (mode == "advise" and not flags & VM_HUGEPAGE) \
+                    or ((start // PAGE_SIZE - pgoff) % 512):
+                return 0
+            return int(((start + PMD_SIZE - 1) & ~(PMD_SIZE - 1)) + PMD_SIZE <= end)
+        orders = self._core.mthp_orders_for(flags) | (1 << 9 if self._core.thp_allowed_for(flags) else 0)
+        for order in range(9, 1, -1):
+            block = PAGE_SIZE << order
+            if not orders >> order & 1:
+                continue
+            if ((start + block - 1) & ~(block - 1)) + block <= end:
+                return 1
+        return 0
 
     @_serialized
     def smaps(self, addr) -> dict:
@@ -892,6 +1093,7 @@ class MM:
             raise ValueError(f"no mapping contains {addr:#x}")
         starts, ends, flags, _ = self._core.vmas()
         s, e, f = int(starts[i]), int(ends[i]), int(flags[i])
+        pgoff = int(self._core.vma_pgoffs()[i])
         c = self._core.smaps_counts(s, e)
         kb = 4
         return {
@@ -910,14 +1112,14 @@ class MM:
             "KSM": 0,
             "LazyFree": c["lazyfree"] * kb,
             "AnonHugePages": c["anon_huge"] * kb,
-            "ShmemPmdMapped": 0,
+            "ShmemPmdMapped": c["shmem_pmd"] * kb,
             "FilePmdMapped": 0,
             "Shared_Hugetlb": 0,
             "Private_Hugetlb": 0,
             "Swap": 0,
             "SwapPss": 0,
             "Locked": (c["pss"] >> 22) if f & VM_LOCKED else 0,
-            "THPeligible": self._thp_eligible(s, e, f),
+            "THPeligible": self._thp_eligible(s, e, f, pgoff),
             "VmFlags": " ".join(letters for bit, letters in _VMFLAG_LETTERS if f & bit),
         }
 
@@ -933,6 +1135,14 @@ class MM:
         start, end = self._page_range(addr, length)
         pagemap, kflags, kcount = self._core.pageinfo(start, end)
         return pagemap, kcount, kflags
+
+    @_serialized
+    def contpte_blocks(self, addr, length) -> int:
+        """How many 64 KiB blocks of [addr, addr+length) arm64 (4K pages) would map with the
+        contiguous-PTE bit: 16 PTEs to 16 consecutive pages of one large folio (an mTHP of
+        64 kB or more, or a PTE-mapped THP), 16-aligned, with the same permissions."""
+        start, end = self._page_range(addr, length)
+        return self._core.contpte_blocks(start, end)
 
     @_serialized
     def page_states(self, addr, length) -> np.ndarray:
@@ -958,6 +1168,112 @@ class MM:
 # ---- khugepaged (mm/khugepaged.c), driven synchronously ---------------------------------------
 
 SCAN_LEFT_ALONE, SCAN_COLLAPSED, SCAN_ALLOC_FAILED = 0, 1, 2
+
+
+def _populate_writes(flags):
+    """populate_vma_page_range: FOLL_WRITE for private writable mappings only (a shared
+    mapping is populated by reads: no copy-on-write to break)."""
+    return bool(flags & VM_WRITE) and not flags & VM_SHARED
+
+
+def _punch_hole(machine, fid, first, last):
+    """shmem_fallocate(PUNCH_HOLE): unmap pages [first, last) of the file from every process
+    (unmap_mapping_range), then free them from the page cache."""
+    f = machine.files[fid]
+    last = min(last, f.size)
+    if first >= last:
+        return
+    for core in list(machine.mms):
+        ret = core.unmap_file_range(fid, first, last)
+        if ret:
+            raise MemoryError("the host cannot grow the page-table pool")
+    machine.file_free_range(fid, first, last)
+
+
+def _release_files(machine):
+    """Free every shmem file no fd and no mapping holds any more (the last fput)."""
+    live = set()
+    for core in machine.mms:
+        live.update(core.vma_files().tolist())
+    for fid, f in list(machine.files.items()):
+        if not f.fd_open and fid not in live:
+            machine.file_set_size(fid, 0)
+            del machine.files[fid]
+
+
+class Memfd:
+    """A memfd (memfd_create(2)): a shmem file of the emulated machine, mapped with
+    ``mm.mmap(length, fd=memfd, offset=...)`` by any process of that machine.  Its pages live
+    while the fd is open or a mapping holds the file."""
+
+    def __init__(self, mm: "MM", name: str):
+        self._mm = mm
+        self._machine = mm._machine
+        self._lock = mm._lock
+        self.name = name
+        self._fid = self._machine.new_file(False)
+
+    @property
+    def closed(self) -> bool:
+        return self._fid not in self._machine.files or not self._machine.files[self._fid].fd_open
+
+    @property
+    def size(self) -> int:
+        """i_size in bytes."""
+        return self._machine.files[self._fid].size * PAGE_SIZE if self._fid in self._machine.files else 0
+
+    def _file(self, call):
+        if self.closed:
+            raise SyscallError(errno.EBADF, call, "the memfd is closed")
+        return self._machine.files[self._fid]
+
+    def ftruncate(self, size: int) -> None:
+        """ftruncate(2): set the size; pages beyond a smaller size are unmapped and freed."""
+        size = _uint(size, "size")
+        with self._lock:
+            f = self._file("ftruncate")
+            pages = _page_align(size) // PAGE_SIZE
+            if size > TASK_SIZE:
+                raise SyscallError(errno.EFBIG, "ftruncate")
+            if pages < f.size:
+                _punch_hole(self._machine, self._fid, pages, f.size)
+            self._machine.file_set_size(self._fid, pages)
+
+    def fallocate(self, offset: int, length: int, punch_hole: bool = True) -> None:
+        """fallocate(2) with FALLOC_FL_PUNCH_HOLE|FALLOC_FL_KEEP_SIZE: the whole pages of
+        [offset, offset+length) are unmapped from every process and freed (a THP partly inside
+        is split first).  Allocation without punching is not modelled."""
+        offset = _uint(offset, "offset")
+        length = _uint(length, "length")
+        if not isinstance(punch_hole, bool):
+            raise TypeError("punch_hole must be True or False")
+        if not punch_hole:
+            raise NotImplementedError("fallocate without FALLOC_FL_PUNCH_HOLE is not modelled")
+        with self._lock:
+            self._file("fallocate")
+            if length == 0:
+                raise SyscallError(errno.EINVAL, "fallocate", "length 0")
+            first = (offset + PAGE_SIZE - 1) // PAGE_SIZE      # partial pages are zeroed, not freed
+            last = (offset + length) // PAGE_SIZE
+            _punch_hole(self._machine, self._fid, first, last)
+
+    def close(self) -> None:
+        """close(2): the file lives on while a mapping holds it."""
+        with self._lock:
+            if self.closed:
+                return
+            self._machine.files[self._fid].fd_open = False
+            _release_files(self._machine)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        state = "closed" if self.closed else f"{self.size} bytes"
+        return f"<Memfd {self.name!r}: {state}>"
 
 
 def _khugepaged_scan(machine, config, pages, full_scans):

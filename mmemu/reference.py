@@ -868,7 +868,7 @@ class ReferenceMM:
     @property
     def status(self):
         rss = self._rss_anon() * 4
-        return {"VmRSS": rss, "RssAnon": rss, "VmPTE": self._nr_tables * 4}
+        return {"VmRSS": rss, "RssAnon": rss, "RssShmem": 0, "VmPTE": self._nr_tables * 4}
 
     def _rss_anon(self):
         """MM_ANONPAGES: the anonymous pages this process maps (shared ones too)."""

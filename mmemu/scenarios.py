@@ -4,8 +4,14 @@ plays them on an :class:`mmemu.MM` or an :class:`mmemu.host.HostMM` alike.
 A scenario maps ``length`` bytes (2 MiB-aligned by placement, at ``offset`` bytes past a 2 MiB
 boundary, or at a given ``base``), optionally MADV_HUGEPAGE on all of it, then runs steps whose
 arguments are in pages of that mapping.  Expected page states are written run-length:
-"Z N*511" (N none, Z zeropage, H huge zeropage, a 4K anon page, t PTE-mapped large folio,
-T PMD-mapped THP).
+"Z N*511" (N none, Z zeropage, H huge zeropage, a 4K anon page, t PTE-mapped large folio (an
+mTHP or a PTE-mapped THP), T PMD-mapped THP, s a PTE to a shmem page, S part of a PMD-mapped
+shmem THP).
+
+Issue 5: a scenario's mapping is private anonymous unless a step run before it (BEFORE) says
+``("shared",)`` (MAP_SHARED|MAP_ANONYMOUS) or ``("memfd"[, size in pages])`` (a memfd of that
+size, default the mapping's, mapped MAP_SHARED at offset 0).  MTHP_ROWS, SHMEM_ROWS and
+MEMCG_ROWS are measured on the host and not yet in conformance.cases().
 """
 import re
 
@@ -20,14 +26,15 @@ PAGE = 4096
 #: in the same 1 GiB as the first mappings placed below mmap_base, but 384 MiB away from them
 ANCHOR = 0x7fffe0000000
 LETTER = {"N": PageState.NONE, "Z": PageState.ZERO, "H": PageState.HUGE_ZERO,
-          "a": PageState.ANON, "t": PageState.LARGE, "T": PageState.THP}
+          "a": PageState.ANON, "t": PageState.LARGE, "T": PageState.THP,
+          "s": getattr(PageState, "SHMEM", 6), "S": getattr(PageState, "SHMEM_THP", 7)}
 
 
 def expand(spec):
     """'Z N*511' -> array of PageState codes."""
     out = []
     for token in spec.split():
-        m = re.fullmatch(r"([NZHatT])(?:\*(\d+))?", token)
+        m = re.fullmatch(r"([NZHatTsS])(?:\*(\d+))?", token)
         if not m:
             raise ValueError(f"bad page-state token {token!r}")
         out += [LETTER[m.group(1)]] * int(m.group(2) or 1)
@@ -42,7 +49,7 @@ def describe(states):
         j = i
         while j < len(states) and states[j] == states[i]:
             j += 1
-        out.append(names[states[i]] + (f"*{j - i}" if j - i > 1 else ""))
+        out.append(names.get(states[i], f"<{states[i]}>") + (f"*{j - i}" if j - i > 1 else ""))
         i = j
     return " ".join(out)
 
@@ -63,29 +70,39 @@ class Run:
         instead of where mmap places it, so that a real process and the emulator lay the
         scenario out alike."""
         self.mm = mm
+        self.kind, self.file, self.file_pages, self.alias = "private", None, None, None
         for step in before:                        # steps before the mapping is made (prctl)
             self.step(*step)
         # An anchor page above the scenario mapping, so the upper page tables already exist and
         # VmPTE deltas read as in the spec, measured inside a running process.
         if anchor:
             mm.write(mm.mmap(PAGE, addr=ANCHOR if base is None else base + 512 * MB, fixed=True))
+        kw = {}
+        if self.kind == "shared":
+            kw = {"shared": True}
+        elif self.kind == "memfd":
+            self.file = mm.memfd_create("mmemu-scenario")
+            self.file.ftruncate((length // PAGE if self.file_pages is None else self.file_pages) * PAGE)
+            kw = {"fd": self.file}
         if base is not None:
             self.addr = base + offset
-            mm.mmap(length, addr=self.addr, fixed=True)
-        elif offset:
+            mm.mmap(length, addr=self.addr, fixed=True, **kw)
+        elif offset or kw:
             reserved = mm.mmap(length + 4 * MB)
             mm.munmap(reserved, length + 4 * MB)
             self.addr = ((reserved + 2 * MB - 1) & ~(2 * MB - 1)) + offset
-            mm.mmap(length, addr=self.addr, fixed=True)
+            mm.mmap(length, addr=self.addr, fixed=True, **kw)
         else:
             self.addr = mm.mmap(length)
         self.length = length
         if hp:
             mm.madvise(self.addr, length, "hugepage")
         self.base_vmstat = mm.vmstat
-        self.base_mthp = mm.mthp_stats[2048]
+        self.base_mthp = {kb: dict(v) for kb, v in mm.mthp_stats.items()}
         self.base_flt = mm.rusage["min_flt"]
         self.base_pte = mm.status["VmPTE"]
+        self.base_status = dict(mm.status)
+        self.base_memcg = getattr(mm, "memory_current", None)
         self.base_khugepaged = _khugepaged(mm)
         self.child = None
 
@@ -102,7 +119,7 @@ class Run:
             for p in range(first, first + count):
                 getattr(mm, op[:-4])(self.page(p))
         elif op in ("dontneed", "nohugepage", "hugepage", "populate_read", "populate_write", "collapse",
-                    "free", "cold", "pageout"):
+                    "free", "cold", "pageout", "remove"):
             first, count = args if args else (0, self.length // PAGE)
             mm.madvise(self.page(first), count * PAGE, op)
         elif op == "map":
@@ -141,6 +158,38 @@ class Run:
         elif op in ("mlock", "munlock"):
             first, count = args if args else (0, self.length // PAGE)
             getattr(mm, op)(self.page(first), count * PAGE)
+        # ---- issue 5: shared memory and the memory cgroup ----
+        elif op == "shared":                           # (BEFORE) the mapping is MAP_SHARED|MAP_ANONYMOUS
+            self.kind = "shared"
+        elif op == "memfd":                            # (BEFORE) the mapping is a memfd of args[0] pages
+            self.kind = "memfd"
+            self.file_pages = args[0] if args else None
+        elif op == "punch":                            # ("punch", first, count): fallocate PUNCH_HOLE
+            first, count = args if args else (0, self.length // PAGE)
+            self.file.fallocate(first * PAGE, count * PAGE, punch_hole=True)
+        elif op == "fallocate":                        # ("fallocate", first, count): allocate in the file
+            first, count = args if args else (0, self.length // PAGE)
+            self.file.fallocate(first * PAGE, count * PAGE, punch_hole=False)
+        elif op == "truncate":                         # ("truncate", pages): ftruncate the memfd
+            self.file.ftruncate(args[0] * PAGE)
+        elif op == "map_file":                         # ("map_file", first, count): map the memfd's pages
+            first, count = args                        # [first, first+count) at those pages (MAP_FIXED)
+            mm.mmap(count * PAGE, "rw", self.page(first), True, fd=self.file, offset=first * PAGE)
+        elif op == "close_fd":                         # close the memfd (its mappings stay)
+            self.file.close()
+        elif op == "map_alias":                        # ("map_alias", pages): a second mapping of the
+            count = args[0] if args else self.length // PAGE       # memfd, 256 MiB above, offset 0
+            self.alias = (self.addr + 256 * MB, count)
+            mm.mmap(count * PAGE, "rw", self.alias[0], True, fd=self.file)
+        elif op == "alias":                            # ("alias", step...): a step on the second mapping
+            addr, length = self.addr, self.length
+            self.addr, self.length = self.alias
+            try:
+                self.step(*args)
+            finally:
+                self.addr, self.length = addr, length
+        elif op == "memory_headroom":                  # ("memory_headroom", kB): memory.max = current + kB
+            mm.memory_max = mm.memory_current + args[0] * KB
         else:
             raise ValueError(op)
 
@@ -151,8 +200,9 @@ class Run:
         now = self.mm.vmstat
         d = {k: now[k] - self.base_vmstat[k] for k in now if now[k] != self.base_vmstat[k]}
         d.pop("pgfault", None)
-        mthp = self.mm.mthp_stats[2048]
-        d.update({f"2048kB/{k}": mthp[k] - self.base_mthp[k] for k in mthp if mthp[k] != self.base_mthp[k]})
+        for kb, mthp in self.mm.mthp_stats.items():
+            base = self.base_mthp.get(kb, {})
+            d.update({f"{kb}kB/{k}": mthp[k] - base.get(k, 0) for k in mthp if mthp[k] != base.get(k, 0)})
         k = _khugepaged(self.mm)
         d.update({f"khugepaged/{n}": k[n] - self.base_khugepaged[n] for n in k if k[n] != self.base_khugepaged[n]})
         return d
@@ -162,6 +212,22 @@ class Run:
 
     def vmpte_delta(self):
         return self.mm.status["VmPTE"] - self.base_pte
+
+    def view(self, key):
+        """One figure by name: "smaps/<field>" summed over the VMAs of the scenario's range,
+        "status/<field>" as a change since the mapping was made (kB)."""
+        kind, _, field = key.partition("/")
+        if kind == "status":
+            return self.mm.status[field] - self.base_status[field]
+        if kind == "smaps":
+            total, seen = 0, set()
+            for start, end, _, _ in self.mm.maps():
+                if end <= self.addr or start >= self.addr + self.length or start in seen:
+                    continue
+                seen.add(start)
+                total += self.mm.smaps(start)[field]
+            return total
+        raise ValueError(f"unknown view {key!r}")
 
     def rss_ahp(self):
         total_rss = total_ahp = 0
@@ -530,12 +596,17 @@ ERRORS = {"S37": [("collapse", "EINVAL")], "S38": [("collapse", "EINVAL")], "S40
 
 _FEATURES = {"fork": "fork", "child": "fork", "collapse": "MADV_COLLAPSE", "khugepaged": "khugepaged",
              "drop_caches": "the shrinkers", "free": "MADV_FREE", "cold": "MADV_COLD",
-             "pageout": "MADV_PAGEOUT", "mremap": "mremap"}
+             "pageout": "MADV_PAGEOUT", "mremap": "mremap",
+             # issue 5
+             "shared": "shared memory", "memfd": "memfd", "remove": "MADV_REMOVE", "punch": "fallocate",
+             "fallocate": "fallocate", "truncate": "ftruncate", "map_alias": "memfd", "map_file": "memfd",
+             "close_fd": "memfd", "memory_headroom": "memory cgroup"}
 
 
-def needs(steps):
-    """The issue-4 features a scenario's steps use (for reports while the emulator lacks them)."""
-    return sorted({_FEATURES[s[0]] for s in steps if s[0] in _FEATURES})
+def needs(steps, before=()):
+    """The issue-4/5 features a scenario's steps (and BEFORE steps) use (for reports while the
+    emulator lacks them)."""
+    return sorted({_FEATURES[s[0]] for s in list(before) + list(steps) if s[0] in _FEATURES})
 
 
 def short(name):
@@ -553,6 +624,15 @@ HOST_COUNTERS = ("thp_fault_alloc", "thp_fault_fallback", "thp_fault_fallback_ch
     f"2048kB/{n}" for n in ("anon_fault_alloc", "anon_fault_fallback", "split", "split_failed", "split_deferred",
                             "nr_anon", "nr_anon_partially_mapped"))
 #: counted once per khugepaged pass over a failing range: compared as happened / did not happen
+#: issue 5: shmem THP counters (nr_shmem_hugepages and nr_shmem_pmdmapped move by whole THPs,
+#: past the per-CPU batching; nr_shmem itself moves in 4K pages and is batched: not held) and the
+#: per-size stats of every size (no process but a scenario uses mTHP or shmem THP while held)
+HOST_COUNTERS += ("thp_file_alloc", "thp_file_fallback", "thp_file_fallback_charge", "thp_file_mapped",
+                  "nr_shmem_hugepages", "nr_shmem_pmdmapped") + tuple(
+    f"{kb}kB/{n}" for kb in (16, 32, 64, 128, 256, 512, 1024, 2048)
+    for n in ("anon_fault_alloc", "anon_fault_fallback", "anon_fault_fallback_charge", "split", "split_failed",
+              "split_deferred", "nr_anon", "nr_anon_partially_mapped", "shmem_alloc", "shmem_fallback",
+              "shmem_fallback_charge") if f"{kb}kB/{n}" not in HOST_COUNTERS)
 PER_PASS_COUNTERS = ("thp_scan_exceed_none_pte", "thp_scan_exceed_swap_pte", "thp_scan_exceed_share_pte")
 
 
@@ -607,6 +687,10 @@ def mismatches(run, row, host=False):
         keys = sorted(set(got_d) | set(want_d))
         out.append("counters " + ", ".join(f"{k} {got_d.get(k, 0):+} (expected {want_d.get(k, 0):+})"
                                            for k in keys if got_d.get(k, 0) != want_d.get(k, 0)))
+    for key, want in EXPECT.get(short(name), {}).items():
+        got = run.view(key)
+        if got != want:
+            out.append(f"{key} {got}, expected {want}")
     child = CHILD.get(short(name))
     if child is not None and run.child is not None:
         got = describe(run.child.page_states(run.addr, run.length))
@@ -614,4 +698,289 @@ def mismatches(run, row, host=False):
             out.append(f"child page states {got}, expected {child[0]}")
         if run.child.rusage["min_flt"] != child[1]:
             out.append(f"child faults {run.child.rusage['min_flt']}, expected {child[1]}")
+    return out
+
+
+# ---- issue 5: multi-size THP, shared memory (shmem/memfd), the memory cgroup ---------------------
+# Same fields as ROWS; measured on the 6.18.44 host (mmemu.host.HostMM; docs/shmem-host-findings.md
+# has each experiment).  Not in conformance.cases() yet: the emulator does not have these features.
+# mTHP rows enable their sizes as "madvise" in a MADV_HUGEPAGE mapping (2048 kB off unless the row
+# is about it): with "always" every process on the machine faults mTHPs and the system-wide
+# per-size stats are not the scenario's alone (the states and faults are the same).  Shared rows
+# say so in BEFORE: ("shared",) MAP_SHARED|MAP_ANONYMOUS, ("memfd"[, pages]) a memfd mapped at
+# offset 0.  EXPECT holds figures beyond the row's fields (Run.view).
+
+def _m(kb, alloc=1, nr=None, **more):
+    """Per-size stats of one size: anon_fault_alloc, nr_anon (default: alloc) and more."""
+    d = {f"{kb}kB/anon_fault_alloc": alloc}
+    nr = alloc if nr is None else nr
+    if nr:
+        d[f"{kb}kB/nr_anon"] = nr
+    d.update({f"{kb}kB/{k}": v for k, v in more.items() if v})
+    return d
+
+
+C64 = {"hugepages": {64: "madvise", 2048: "never"}}
+C16_64 = {"hugepages": {16: "madvise", 64: "madvise", 2048: "never"}}
+#: an mTHP split by MADV_FREE/COLD/PAGEOUT or by the shrinker: its PTEs are unmapped one by one
+#: first, so the folio is counted partially mapped (split_deferred +1) on the way (6.18)
+MSPLIT = {"64kB/split": 1, "64kB/split_deferred": 1}
+
+MTHP_ROWS = [
+    # faults (R36)
+    ("MT1 64K mTHP: a write maps its aligned 16 pages", C64, 2 * MB, True, [("write", 5)], "t*16 N*496", (64, 0), 1,
+     {**_m(64), **_anon(16)}, 4),
+    ("MT2 a zeropage blocks its 64K block", C64, 2 * MB, True, [("read", 0), ("write", 1)], "Z a N*510", (4, 0), 2,
+     _anon(1), 4),
+    ("MT3 16K+64K: a zeropage blocks both blocks, then 16K, then 64K", C16_64, 2 * MB, True,
+     [("read", 16), ("write", 17), ("write", 20), ("write", 33)], "N*16 Z a N*2 t*4 N*8 t*16 N*464", (84, 0), 4,
+     {**_m(16), **_m(64), **_anon(21)}, 4),
+    ("MT4 VMA 4K past a 64K boundary: its first block cannot be used", C64, 2 * MB, True,
+     [("write", 0), ("write", 15), ("write", 16)], "a N*14 t*16 N*481", (68, 0), 2, {**_m(64), **_anon(17)}, 4),
+    ("MT5 read faults map the zeropage", C64, 2 * MB, True, [("read", 0), ("read", 20)], "Z N*19 Z N*491", (0, 0), 2,
+     {}, 4),
+    ("MT6 64K not advised: 4K", C64, 2 * MB, False, [("write", 0)], "a N*511", (4, 0), 1, _anon(1), 4),
+    ("MT7 64K and 2048K in an HP VMA: a PMD THP", {"hugepages": {64: "madvise"}}, 2 * MB, True, [("write", 0)],
+     "T*512", (2048, 2048), 1, THP_FAULT, 4),
+    ("MT8 64K and 2048K in a 1 MiB HP VMA: 64K", {"hugepages": {64: "madvise"}}, 1 * MB, True, [("write", 0)],
+     "t*16 N*240", (64, 0), 1, {**_m(64), **_anon(16)}, 4),
+    ("MT9 all sizes below 2 MiB: the largest that fits", {"hugepages": {**{kb: "madvise" for kb in (
+        16, 32, 64, 128, 256, 512, 1024)}, 2048: "never"}}, 2 * MB, True, [("write", 3), ("write", 300)], "t*512",
+     (2048, 0), 2, {**_m(1024, 2), **_anon(512)}, 4),
+    ("MT10 populate_write: one fault per mTHP", C64, 256 * KB, True, [("populate_write",)], "t*64", (256, 0), 4,
+     {**_m(64, 4), **_anon(64)}, 4),
+    ("MT11 populate_read: zeropages", C64, 256 * KB, True, [("populate_read",)], "Z*64", (0, 0), 64, {}, 4),
+    # partial unmaps (R50, R58) and the shrinker
+    ("MT12 MADV_DONTNEED of part of an mTHP", C64, 2 * MB, True, [("write", 0), ("dontneed", 0, 4)],
+     "N*4 t*12 N*496", (48, 0), 1, {**_m(64, split_deferred=1, nr_anon_partially_mapped=1), **_anon(12)}, 4),
+    ("MT13 ... then the shrinker splits it, zero pages to the zeropage", C64, 2 * MB, True,
+     [("write", 0), ("dontneed", 0, 4), ("drop_caches",)], "N*4 Z*12 N*496", (0, 0), 1, {**_m(64, nr=0), **MSPLIT}, 4),
+    ("MT14 ... written pages stay", C64, 2 * MB, True, [("write_all", 0, 16), ("dontneed", 4, 4), ("drop_caches",)],
+     "a*4 N*4 a*8 N*496", (48, 0), 1, {**_m(64, nr=0), **MSPLIT, **_anon(12)}, 4),
+    ("MT15 munmap of part of an mTHP", C64, 2 * MB, True, [("write_all", 0, 16), ("munmap", 12, 4)], "t*12 N*500",
+     (48, 0), 1, {**_m(64, split_deferred=1, nr_anon_partially_mapped=1), **_anon(12)}, 4),
+    ("MT16 MADV_DONTNEED of a whole mTHP", C64, 2 * MB, True, [("write", 0), ("dontneed", 0, 16)], "N*512", (0, 0), 1,
+     _m(64, nr=0), 4),
+    ("MT17 a write into the hole of a partly unmapped mTHP: 4K", C64, 2 * MB, True,
+     [("write", 0), ("dontneed", 4, 4), ("write", 5)], "t*4 N a N*2 t*8 N*496", (52, 0), 2,
+     {**_m(64, split_deferred=1, nr_anon_partially_mapped=1), **_anon(13)}, 4),
+    ("MT18 mprotect of part of an mTHP: no split", C64, 2 * MB, True,
+     [("write", 0), ("mprotect", 4, 4, "r"), ("write", 1)], "t*16 N*496", (64, 0), 1, {**_m(64), **_anon(16)}, 4),
+    # fork (R40: copy 4K while shared, reuse once only this mm maps it)
+    ("MT19 fork, both write an mTHP: 4K copies", C64, 2 * MB, True,
+     [("write", 0), ("fork",), ("write", 1), ("child", "write", 2)], "t a t*14 N*496", (64, 0), 2,
+     {**_m(64), **_anon(18)}, 4),
+    ("MT20 fork, the child exits, the parent reuses the mTHP", C64, 2 * MB, True,
+     [("write", 0), ("fork",), ("child_exit",), ("write", 1)], "t*16 N*496", (64, 0), 2, {**_m(64), **_anon(16)}, 4),
+    ("MT21 fork, the parent drops half: still mapped by the child", C64, 2 * MB, True,
+     [("write", 0), ("fork",), ("dontneed", 0, 8)], "N*8 t*8 N*496", (32, 0), 1, {**_m(64), **_anon(16)}, 4),
+    # MADV_FREE / COLD / PAGEOUT (R60, R61): part splits the mTHP, whole acts on it whole
+    ("MT22 MADV_FREE of part of an mTHP", C64, 2 * MB, True, [("write", 0), ("free", 0, 8)], "a Z*15 N*496", (4, 0), 1,
+     {**_m(64, nr=0), **MSPLIT, **_anon(1)}, 4),
+    ("MT23 MADV_FREE of a whole mTHP", C64, 2 * MB, True, [("write", 0), ("free", 0, 16)], "t*16 N*496", (64, 0), 1,
+     {**_m(64), **_anon(16)}, 4),
+    ("MT24 MADV_FREE of a whole mTHP, then MADV_PAGEOUT", C64, 2 * MB, True,
+     [("write", 0), ("free", 0, 16), ("pageout", 0, 16)], "N*512", (0, 0), 1, _m(64, nr=0), 4),
+    ("MT25 MADV_PAGEOUT of a whole mTHP, no swap", C64, 2 * MB, True, [("write", 0), ("pageout", 0, 16)],
+     "a Z*15 N*496", (4, 0), 1, {**_m(64, nr=0), **MSPLIT, **_anon(1)}, 4),
+    ("MT26 MADV_COLD of part of an mTHP", C64, 2 * MB, True, [("write", 0), ("cold", 0, 8)], "a Z*15 N*496", (4, 0),
+     1, {**_m(64, nr=0), **MSPLIT, **_anon(1)}, 4),
+    # collapse (R64, R68): mTHP pages are ordinary present pages
+    ("MT27 MADV_COLLAPSE over mTHPs", C64, 2 * MB, True, [("write", 0), ("write", 100), ("collapse",)], "T*512",
+     (2048, 2048), 2, {**_m(64, 2, nr=0), **COLLAPSED, **_anon(512)}, 4),
+    ("MT28 khugepaged over mTHPs", {"hugepages": {64: "madvise"}}, 2 * MB, True,
+     [("nohugepage", 0, 512), ("write", 511), ("hugepage", 0, 512), ("write", 0), ("write", 100), ("khugepaged", 1)],
+     "T*512", (2048, 2048), 3, {**_m(64, 2, nr=0), **COLLAPSED, **_anon(512), "khugepaged/pages_collapsed": 1}, 4),
+]
+
+SH, MF = [("shared",)], [("memfd",)]
+ALWAYS = {"shmem_enabled": "always"}
+
+
+def _shm(n):
+    return {"nr_shmem": n} if n else {}
+
+
+#: a shmem THP allocated by a fault and mapped by a PMD
+SHMEM_THP = {"thp_file_alloc": 1, "thp_file_mapped": 1, "2048kB/shmem_alloc": 1, "nr_shmem_hugepages": 1,
+             "nr_shmem_pmdmapped": 1, **_shm(512)}
+
+SHMEM_ROWS = [
+    # faults: a read allocates, maps writable; a write maps one page; fault-around (64 KiB) maps
+    # the pages already in the page cache
+    ("SH1 shared anon: a read allocates, the write after it takes no fault", {}, 2 * MB, False,
+     [("read", 0), ("write", 0), ("write", 5)], "s N*4 s N*506", (8, 0), 2, _shm(2), 4),
+    ("SH2 memfd: a read allocates, the write after it takes no fault", {}, 2 * MB, False,
+     [("read", 0), ("write", 0), ("write", 5)], "s N*4 s N*506", (8, 0), 2, _shm(2), 4),
+    ("SH3 fault-around maps the cached pages of the aligned 64 KiB", {}, 2 * MB, False,
+     [("map_alias", 512), ("alias", "write_all", 0, 32), ("read", 0), ("read", 20), ("read", 16), ("write", 3)],
+     "s*32 N*480", (128, 0), 34, _shm(32), 8),
+    ("SH4 fault-around starts at the VMA when the window would cross it", {}, 2 * MB, False,
+     [("map_alias", 512), ("alias", "write_all", 0, 32), ("mprotect", 0, 1, "r"), ("read", 3)], "N s*16 N*495",
+     (64, 0), 33, _shm(32), 8),
+    ("SH5 a write fault maps one page, no fault-around", {}, 2 * MB, False,
+     [("map_alias", 512), ("alias", "write_all", 0, 32), ("write", 0), ("read", 1)], "s*16 N*496", (64, 0), 34,
+     _shm(32), 8),
+    ("SH6 fallocated pages are not mapped by fault-around (not uptodate)", {}, 2 * MB, False,
+     [("fallocate", 0, 16), ("read", 5)], "N*5 s N*506", (4, 0), 1, _shm(16), 4),
+    ("SH7 populate_read allocates every page", {}, 2 * MB, False, [("populate_read",)], "s*512", (2048, 0), 512,
+     _shm(512), 4),
+    ("SH8 populate_write", {}, 2 * MB, False, [("populate_write",)], "s*512", (2048, 0), 512, _shm(512), 4),
+    ("SH9 populate_write, dontneed, populate_read: fault-around", {}, 256 * KB, False,
+     [("populate_write",), ("dontneed",), ("populate_read",)], "s*64", (256, 0), 68, _shm(64), 4),
+    # fork: the child shares the object, its page tables start empty
+    ("SH10 fork: the child's writes, the parent's reads fault around", {}, 2 * MB, False,
+     [("fork",), ("child", "write_all", 0, 32), ("read", 5), ("read", 17)], "s*32 N*480", (128, 0), 2, _shm(32), 4),
+    ("SH11 fork: the child starts with no PTEs", {}, 2 * MB, False,
+     [("write_all", 0, 4), ("fork",), ("child", "read", 0), ("child", "write", 2), ("write", 10),
+      ("child", "read", 10)], "s*4 N*6 s N*501", (20, 0), 5, _shm(5), 4),
+    # MADV_DONTNEED unmaps only; MADV_REMOVE and PUNCH_HOLE free (from every mapping)
+    ("SH12 MADV_DONTNEED unmaps, a read maps the same pages back", {}, 2 * MB, False,
+     [("write", 0), ("write", 1), ("dontneed", 0, 2), ("read", 0)], "s*2 N*510", (8, 0), 3, _shm(2), 4),
+    ("SH13 MADV_REMOVE frees the page in the child's mapping too", {}, 2 * MB, False,
+     [("write", 0), ("write", 1), ("fork",), ("child", "read", 0), ("remove", 0, 1), ("read", 0)], "s*2 N*510",
+     (8, 0), 3, _shm(2), 4),
+    ("SH14 PUNCH_HOLE unmaps the page from every mapping", {}, 2 * MB, False,
+     [("write", 0), ("write", 1), ("map_alias", 512), ("alias", "read", 0), ("punch", 0, 1), ("alias", "read", 1)],
+     "N s N*510", (4, 0), 3, _shm(1), 8),
+    ("SH15 memfd: munmap and map again, the pages are kept", {}, 2 * MB, False,
+     [("write", 3), ("munmap", 0, 512), ("map_file", 0, 512), ("read", 0)], "s N*2 s N*508", (8, 0), 2, _shm(2), 4),
+    ("SH16 memfd: closing the fd keeps the mapping", {}, 2 * MB, False, [("write", 0), ("close_fd",), ("write", 1)],
+     "s*2 N*510", (8, 0), 2, _shm(2), 4),
+    # shmem THP (shmem_enabled)
+    ("ST1 shmem_enabled=always: a read maps a PMD shmem THP", ALWAYS, 2 * MB, False, [("read", 0), ("write", 1)],
+     "S*512", (2048, 0), 1, SHMEM_THP, 0),
+    ("ST2 within_size: the object's size covers the 2 MiB", {"shmem_enabled": "within_size"}, 2 * MB, False,
+     [("read", 0), ("write", 1)], "S*512", (2048, 0), 1, SHMEM_THP, 0),
+    ("ST3 advise, no MADV_HUGEPAGE: 4K", {"shmem_enabled": "advise"}, 2 * MB, False, [("read", 0), ("write", 1)],
+     "s*2 N*510", (8, 0), 2, _shm(2), 4),
+    ("ST4 advise with MADV_HUGEPAGE: a THP", {"shmem_enabled": "advise"}, 2 * MB, True, [("read", 0), ("write", 1)],
+     "S*512", (2048, 0), 1, SHMEM_THP, 0),
+    ("ST5 never, MADV_HUGEPAGE: 4K", {}, 2 * MB, True, [("write", 0)], "s N*511", (4, 0), 1, _shm(1), 4),
+    ("ST6 advise, memfd, MADV_HUGEPAGE: a write maps a THP", {"shmem_enabled": "advise"}, 2 * MB, True,
+     [("write", 3)], "S*512", (2048, 0), 1, SHMEM_THP, 0),
+    ("ST7 within_size, a 3 MiB memfd mapped 4 MiB: 4K past the last whole 2 MiB",
+     {"shmem_enabled": "within_size"}, 4 * MB, False, [("read", 0), ("read", 600), ("read", 700)],
+     "S*512 N*88 s N*99 s N*323", (2056, 0), 3, {**SHMEM_THP, **_shm(514)}, 4),
+    ("ST8 always, a mapping not 2 MiB-aligned: 4K", ALWAYS, 4 * MB, False, [("read", 0), ("read", 700)],
+     "s N*699 s N*323", (8, 0), 2, _shm(2), 8),
+    ("ST9 populate_read: one fault, a THP", ALWAYS, 2 * MB, False, [("populate_read",)], "S*512", (2048, 0), 1,
+     SHMEM_THP, 0),
+    ("ST10 MADV_DONTNEED of one page unmaps the whole PMD", ALWAYS, 2 * MB, False, [("read", 0), ("dontneed", 0, 1)],
+     "N*512", (0, 0), 1, {**SHMEM_THP, "nr_shmem_pmdmapped": 0, **TSP}, 0),
+    ("ST11 ... and a read maps it by a PMD again", ALWAYS, 2 * MB, False,
+     [("read", 0), ("dontneed", 0, 1), ("read", 0), ("read", 100)], "S*512", (2048, 0), 2,
+     {**SHMEM_THP, "thp_file_mapped": 2, **TSP}, 0),
+    ("ST12 MADV_REMOVE of one page splits the THP", ALWAYS, 2 * MB, False, [("write", 0), ("remove", 0, 1)], "N*512",
+     (0, 0), 1, {"thp_file_alloc": 1, "thp_file_mapped": 1, "2048kB/shmem_alloc": 1, **TSP, "thp_split_page": 1,
+                 "2048kB/split": 1, **_shm(511)}, 0),
+    ("ST13 PUNCH_HOLE of half: the other half stays one folio, mapped whole by a read", ALWAYS, 2 * MB, False,
+     [("write", 0), ("punch", 256, 256), ("read", 100)], "s*256 N*256", (1024, 0), 2,
+     {"thp_file_alloc": 1, "thp_file_mapped": 1, "2048kB/shmem_alloc": 1, **TSP, "thp_split_page": 1,
+      "2048kB/split": 1, **_shm(256)}, 4),
+    ("ST14 MADV_REMOVE of the whole THP, a read allocates a new one", ALWAYS, 2 * MB, False,
+     [("write", 0), ("remove",), ("read", 0)], "S*512", (2048, 0), 2,
+     {**SHMEM_THP, "thp_file_alloc": 2, "thp_file_mapped": 2, "2048kB/shmem_alloc": 2}, 0),
+    ("ST15 fork: the child maps the THP by a PMD on its first access", ALWAYS, 2 * MB, False,
+     [("write", 0), ("fork",), ("child", "read", 5), ("child", "write", 6)], "S*512", (2048, 0), 1,
+     {**SHMEM_THP, "thp_file_mapped": 2}, 0),
+    ("ST16 mprotect of one page: the PMD goes, fault-around maps the window", ALWAYS, 2 * MB, False,
+     [("write", 0), ("mprotect", 0, 1, "r"), ("read", 3)], "N s*16 N*495", (64, 0), 2,
+     {**SHMEM_THP, "nr_shmem_pmdmapped": 0, **TSP}, 4),
+    ("ST17 MADV_COLLAPSE of shmem with shmem_enabled=never", {}, 2 * MB, False,
+     [("write_all", 0, 8), ("collapse",)], "S*512", (2048, 0), 8,
+     {"thp_collapse_alloc": 1, "thp_file_mapped": 1, "nr_shmem_hugepages": 1, "nr_shmem_pmdmapped": 1,
+      **_shm(512)}, 0),
+    ("ST18 the shrinkers leave a shmem THP inside i_size", ALWAYS, 2 * MB, False, [("write", 0), ("drop_caches",)],
+     "S*512", (2048, 0), 1, SHMEM_THP, 0),
+]
+
+MEMCG_ROWS = [
+    # R38: less than 2 MiB left under the limit (headroom above memory_current; the host's
+    # per-CPU charge stock adds at most 256 KiB to it): the THP charge fails, one 4K page
+    ("MC1 less than 2 MiB left: THP charge fails, 4K page", {}, 2 * MB, True,
+     [("memory_headroom", 1024), ("write", 0)], "a N*511", (4, 0), 1,
+     {"thp_fault_fallback": 1, "thp_fault_fallback_charge": 1, "2048kB/anon_fault_fallback": 1,
+      "2048kB/anon_fault_fallback_charge": 1, **_anon(1)}, 4),
+    ("MC2 the THP charge fails, the same fault takes a 64K mTHP", {"hugepages": {64: "madvise"}}, 2 * MB, True,
+     [("memory_headroom", 1024), ("write", 0)], "t*16 N*496", (64, 0), 1,
+     {"thp_fault_fallback": 1, "thp_fault_fallback_charge": 1, "2048kB/anon_fault_fallback": 1,
+      "2048kB/anon_fault_fallback_charge": 1, **_m(64), **_anon(16)}, 4),
+    ("MC3 a 1024K mTHP charge fails, 64K next", {"hugepages": {1024: "madvise", 64: "madvise", 2048: "never"}},
+     2 * MB, True, [("memory_headroom", 512), ("write", 0)], "t*16 N*496", (64, 0), 1,
+     {"1024kB/anon_fault_fallback": 1, "1024kB/anon_fault_fallback_charge": 1, **_m(64), **_anon(16)}, 4),
+    ("MC4 a 1024K mTHP charge fails, 4K", {"hugepages": {1024: "madvise", 2048: "never"}}, 2 * MB, True,
+     [("memory_headroom", 512), ("write", 0)], "a N*511", (4, 0), 1,
+     {"1024kB/anon_fault_fallback": 1, "1024kB/anon_fault_fallback_charge": 1, **_anon(1)}, 4),
+    ("MC5 a shmem THP charge fails: 4K", ALWAYS, 2 * MB, False, [("memory_headroom", 1024), ("read", 0)],
+     "s N*511", (4, 0), 1, {"thp_file_fallback": 1, "thp_file_fallback_charge": 1, "2048kB/shmem_fallback": 1,
+                            "2048kB/shmem_fallback_charge": 1, **_shm(1)}, 4),
+]
+
+#: the mapping kind (BEFORE) and offsets of the issue-5 rows, by id
+_ISSUE5_BEFORE = {
+    **{i: SH for i in ("SH1", "SH7", "SH8", "SH10", "SH11", "SH12", "SH13", "ST1", "ST2", "ST3", "ST4", "ST5",
+                       "ST8", "ST9", "ST10", "ST11", "ST12", "ST14", "ST15", "ST16", "ST17", "ST18", "MC5")},
+    **{i: MF for i in ("SH2", "SH3", "SH4", "SH5", "SH6", "SH9", "SH14", "SH15", "SH16", "ST6", "ST13")},
+    "ST7": [("memfd", 768)],
+}
+_ISSUE5_OFFSETS = {"MT4": 4096, "ST8": 4096}
+# play_row and conformance look BEFORE and OFFSETS up by the row's full name
+for _row in MTHP_ROWS + SHMEM_ROWS + MEMCG_ROWS:
+    if short(_row[0]) in _ISSUE5_BEFORE:
+        BEFORE[_row[0]] = _ISSUE5_BEFORE[short(_row[0])]
+    if short(_row[0]) in _ISSUE5_OFFSETS:
+        OFFSETS[_row[0]] = _ISSUE5_OFFSETS[short(_row[0])]
+
+CHILD.update({
+    "MT19": ("t*2 a t*13 N*496", 1), "MT21": ("t*16 N*496", 0),
+    "SH10": ("s*32 N*480", 32), "SH11": ("s*4 N*6 s N*501", 2), "SH13": ("N s N*510", 1), "ST15": ("S*512", 1),
+})
+
+#: figures beyond a row's fields: "smaps/<field>" over the scenario's VMAs, "status/<field>" change (kB)
+EXPECT = {
+    "MT1": {"smaps/THPeligible": 1, "smaps/AnonHugePages": 0},
+    "MT6": {"smaps/THPeligible": 0},
+    "MT23": {"smaps/LazyFree": 64},
+    "SH1": {"status/RssShmem": 8, "smaps/Anonymous": 0, "smaps/Private_Dirty": 8},
+    "SH3": {"smaps/Shared_Dirty": 128, "smaps/Pss": 64},
+    "SH7": {"status/RssShmem": 2048, "smaps/Private_Clean": 2048},
+    "SH8": {"smaps/Private_Dirty": 2048},
+    "ST1": {"status/RssShmem": 2048, "smaps/ShmemPmdMapped": 2048, "smaps/AnonHugePages": 0,
+            "smaps/THPeligible": 1},
+    "ST3": {"smaps/THPeligible": 0},
+    "ST7": {"smaps/ShmemPmdMapped": 2048, "status/RssShmem": 2056},
+    "ST15": {"smaps/Shared_Dirty": 2048, "smaps/Pss": 1024, "smaps/ShmemPmdMapped": 2048},
+    "ST17": {"smaps/ShmemPmdMapped": 2048},
+}
+
+#: the issue-5 rows by list (not in conformance.cases() yet)
+ISSUE5_ROWS = MTHP_ROWS + SHMEM_ROWS + MEMCG_ROWS
+
+
+def check_on_host(rows, repeat=1, progress=None):
+    """Play rows on this machine's kernel (root) with their settings, each ``repeat`` times, and
+    return {row id: [mismatches of each run]} (host view of the counters).  Rows with a
+    ("memory_headroom", ...) step run in a memory cgroup (HostMM(memcg=True))."""
+    from mmemu import Config
+    from mmemu.host import HostMM, host_settings, with_settings
+    BASE = 0x500000000000
+    out = {}
+    host = Config.from_host()
+    for row in rows:
+        name, config, length, hp, steps = row[:5]
+        cfg = dict(config)
+        extra = {k: cfg.pop(k) for k in list(cfg) if k not in Config.__dataclass_fields__}
+        target = with_settings(host.replace(**cfg), **extra)
+        memcg = any(s[0] == "memory_headroom" for s in steps)
+        for _ in range(repeat):
+            if progress:
+                progress(name)
+            with host_settings(target), HostMM(memcg=memcg) as mm:
+                run = play_row(mm, row, base=BASE)
+                try:
+                    out.setdefault(short(name), []).append(mismatches(run, row, host=True))
+                finally:
+                    if run.child is not None:
+                        run.child.close()
     return out

@@ -72,11 +72,11 @@ def test_issue4_entry_points_check_indices_blocks_and_processes(core):
         core.khugepaged_scan_pmd(-1, 0, 511, 256)
     with pytest.raises(ValueError):
         core.khugepaged_scan_pmd(0, 4096, 511, 256)          # not an aligned block of the VMA
-    for block in (-1, 0, 1 << 40):                           # 0: reserved, no THP
+    for head in (-1, 0, 512, 1 << 40):                   # 0: reserved; 512: no large folio
         with pytest.raises(ValueError):
-            core.rmap_split_pmds(block)
+            core.rmap_split_pmds(head)
         with pytest.raises(ValueError):
-            core.rmap_remap_zero(block)
+            core.rmap_remap_zero(head)
     stranger = MM()
     with pytest.raises(ValueError):
         core.fork_into(stranger._core)                        # another machine

@@ -598,7 +598,7 @@ def test_close_frees_everything():
     mm.close()
     vs = mm.vmstat
     assert vs["nr_anon_pages"] == vs["nr_page_table_pages"] == vs["nr_anon_transparent_hugepages"] == 0
-    assert mm.status == {"VmRSS": 0, "RssAnon": 0, "VmPTE": 0}
+    assert mm.status == {"VmRSS": 0, "RssAnon": 0, "RssShmem": 0, "VmPTE": 0}
     with pytest.raises(ValueError):
         mm.read(a)
 

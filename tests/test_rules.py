@@ -634,11 +634,6 @@ def test_R35_a_write_allocates_one_dirty_exclusive_page():
     assert (s["Rss"], s["Private_Dirty"], s["Shared_Dirty"]) == (4, 4, 0)
 
 
-def test_R36_enabling_an_mthp_size_is_refused_until_issue_5():
-    with pytest.raises(NotImplementedError, match="issue 5"):
-        MM(Config(hugepages={64: "always"}))
-
-
 def test_R38_a_pmd_write_allocates_a_thp_with_its_counters():
     mm = MM()
     a = hp_mapping(mm)
