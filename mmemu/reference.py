@@ -18,9 +18,9 @@ mapcount, the MM_ID slots).  Entries point at them; what /proc/vmstat counts abo
 and each process's RssAnon are computed from the live objects when asked, so they cannot drift
 from the page tables.
 
-Frames (issue 5, the design notes' exact policy): emulated RAM is ``Config.memory // 4096``
-frames behind a buddy allocator of orders 0..10; frames 0..511 are reserved (frame 0 is the
-zeropage).  An allocation takes the lowest block of the smallest sufficient order and splits it
+Frames (issue 5, the design notes' exact policy): emulated RAM is 512 reserved frames (frame 0
+is the zeropage) and ``Config.memory // 4096`` frames above them, behind a buddy allocator of
+orders 0..10.  An allocation takes the lowest block of the smallest sufficient order and splits it
 keeping the lower half; a free merges with free buddies.  The free lists are thus always the
 canonical decomposition of the free frames.  A THP/mTHP/huge-zeropage allocation that finds no
 block compacts directly when the defrag policy allows it and compaction is not deferred
@@ -301,7 +301,9 @@ class _Machine:
 
     # ---- the buddy allocator (mm/page_alloc.c, one zone, orders 0..MAX_PAGE_ORDER)
     def _buddy_init(self):
-        self.nframes = self.config.memory // PAGE_SIZE
+        # frames 0..511 are reserved, Config.memory above them starts free (the engine as built
+        # reads the design notes so: Config.memory is the RAM the allocator hands out)
+        self.nframes = RESERVED_FRAMES + self.config.memory // PAGE_SIZE
         self.kind = np.full(self.nframes, K_FREE, dtype=np.uint8)
         self.kind[:RESERVED_FRAMES] = K_RESERVED
         self.free_at = {}           # first frame of a free block -> its order
@@ -479,9 +481,11 @@ class _Machine:
         return len(regions) * h
 
     def release_fragmentation(self):
+        n = len(self.held)
         for pfn in sorted(self.held):
             self.buddy_free(pfn, 0)
         self.held.clear()
+        return n
 
     # ---- the memory cgroup
     def try_charge(self, nr):
@@ -865,9 +869,9 @@ class ReferenceMM:
         return self._m.fragment(float(free_fraction), int(order), movable)
 
     def release_fragmentation(self):
-        """Free every page fragment_memory holds."""
+        """Free every page fragment_memory holds; returns how many (as the engine does)."""
         self._check_open()
-        self._m.release_fragmentation()
+        return self._m.release_fragmentation()
 
     def contpte_blocks(self, addr, length):
         """64 KiB-aligned virtual ranges inside [addr, addr+length) whose 16 PTEs are present

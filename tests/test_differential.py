@@ -50,7 +50,7 @@ def config_strategy(issue5):
                               min_size=3, max_size=3)
         sizes = st.lists(st.sampled_from(HUGEPAGE_SIZES_KB[:-1]), min_size=1, max_size=3, unique=True)
         hugepages = st.tuples(modes, sizes, mthp_modes).map(lambda t: {2048: t[0], **dict(zip(t[1], t[2]))})
-        memory = st.sampled_from([4 * MB, 6 * MB, 8 * MB, 8 * MB, 12 * MB, 16 * MB, 32 * MB, 64 * MB])
+        memory = st.sampled_from([2 * MB, 4 * MB, 6 * MB, 8 * MB, 8 * MB, 12 * MB, 16 * MB, 32 * MB, 64 * MB])
         defrag = st.sampled_from(DEFRAG_MODES)
     else:
         hugepages = st.sampled_from([{2048: m} for m in ("inherit", "always", "madvise", "never")])

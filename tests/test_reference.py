@@ -574,7 +574,7 @@ def test_segv_in_access_keeps_earlier_accesses():
 
 
 def test_out_of_memory_and_thp_fallback():
-    mm = ReferenceMM(Config(memory=4 * MiB))  # frames 0..511 are reserved: one free 2 MiB block
+    mm = ReferenceMM(Config(memory=2 * MiB))  # one 2 MiB block above the 512 reserved frames
     a = mm.mmap(4 * MiB)
     mm.madvise(a, 4 * MiB, "hugepage")
     assert mm.write(a) == 1                 # the only block becomes a THP
@@ -1153,7 +1153,7 @@ def test_khugepaged_off_with_thp_never():
 
 
 def test_collapse_alloc_failure():
-    mm = ReferenceMM(Config(memory=6 * MiB))          # two free 2 MiB blocks
+    mm = ReferenceMM(Config(memory=4 * MiB))          # two 2 MiB blocks
     a = mm.mmap(4 * MiB, addr=HP_BASE, fixed=True)
     mm.write(a)
     mm.write(a + 2 * MiB)                               # both blocks partly used
@@ -1321,7 +1321,7 @@ def test_mthp_vetoes_of_r20(veto):
 def test_mthp_tried_in_the_same_fault_when_the_pmd_thp_falls_back():
     """R36, R38: no 2 MiB block and no compaction (defrag never): the PMD fault falls back and
     the PTE level gets an mTHP; one fault."""
-    mm = ReferenceMM(Config(memory=4 * MiB, defrag="never", hugepages={64: "always"}))
+    mm = ReferenceMM(Config(memory=2 * MiB, defrag="never", hugepages={64: "always"}))
     a = mm.mmap(2 * MiB, addr=HP_BASE, fixed=True)
     mm.madvise(a, 2 * MiB, "hugepage")
     assert mm.fragment_memory(1.0, 9) == 1  # the one free 2 MiB block loses its first page
@@ -1334,7 +1334,7 @@ def test_mthp_tried_in_the_same_fault_when_the_pmd_thp_falls_back():
 
 
 def test_mthp_allocation_failure_tries_the_next_order():
-    mm = ReferenceMM(Config(memory=4 * MiB, defrag="never", hugepages={64: "always", 16: "always"}))
+    mm = ReferenceMM(Config(memory=2 * MiB, defrag="never", hugepages={64: "always", 16: "always"}))
     a = mm.mmap(2 * MiB, addr=HP_BASE, fixed=True)
     assert mm.fragment_memory(1.0, 4) == 32  # a page held in every 64 KiB: 16 KiB blocks only
     s0 = msnap(mm)
@@ -1522,16 +1522,20 @@ def fixed_hp(mm, length=2 * MiB, hp=True):
 
 
 def test_buddy_starts_with_maximal_blocks_above_the_reserved_2mib():
-    assert bi(ReferenceMM(Config(memory=16 * MiB))) == [0] * 9 + [1, 3]
-    assert bi(ReferenceMM(Config(memory=6 * MiB))) == [0] * 9 + [2, 0]
-    assert bi(ReferenceMM(Config(memory=2 * MiB))) == [0] * 11
+    """Frames 0..511 are reserved; Config.memory above them starts free (frames 512.. as the
+    engine reads the design notes)."""
+    assert bi(ReferenceMM(Config(memory=16 * MiB))) == [0] * 9 + [2, 3]     # 512, 1024..3072, 4096
+    assert bi(ReferenceMM(Config(memory=4 * MiB))) == [0] * 9 + [2, 0]
     mm = ReferenceMM(Config(memory=2 * MiB))
-    with pytest.raises(OutOfMemory):                    # nothing free at all
+    assert bi(mm) == [0] * 9 + [1, 0]
+    assert mm.fragment_memory(0.0, 9) == 512            # nothing free at all
+    with pytest.raises(OutOfMemory):
         mm.write(fixed_hp(mm, hp=False))
+    assert mm.release_fragmentation() == 512 and bi(mm) == [0] * 9 + [1, 0]
 
 
 def test_buddy_alloc_splits_the_lowest_smallest_block_keeping_the_lower_half():
-    mm = ReferenceMM(Config(memory=16 * MiB))
+    mm = ReferenceMM(Config(memory=14 * MiB))
     a = fixed_hp(mm, hp=False)
     mm.write(a)                                         # frame 512, from the order-9 block
     assert bi(mm) == [1] * 9 + [0, 3]
@@ -1550,7 +1554,7 @@ def test_buddy_alloc_splits_the_lowest_smallest_block_keeping_the_lower_half():
 
 
 def test_fragment_memory_holds_pages_in_every_wholly_free_region():
-    mm = ReferenceMM(Config(memory=16 * MiB))
+    mm = ReferenceMM(Config(memory=14 * MiB))
     assert mm.fragment_memory() == 7 * 256              # 7 free 2 MiB regions, half held
     assert bi(mm) == [7 * 256] + [0] * 10
     s0 = snap(mm)
@@ -1577,7 +1581,7 @@ def test_fragment_memory_holds_pages_in_every_wholly_free_region():
 
 
 def test_fragment_memory_rounds_the_held_count():
-    mm = ReferenceMM(Config(memory=4 * MiB))
+    mm = ReferenceMM(Config(memory=2 * MiB))
     assert mm.fragment_memory(0.375, 2) == 128 * 2      # round(2.5) == 2 held per 16 KiB
     assert bi(mm) == [256] + [0] * 10                   # offsets 0, 2 held: frames 1, 3 free
 
@@ -1585,7 +1589,7 @@ def test_fragment_memory_rounds_the_held_count():
 def test_thp_fault_compacts_movable_fragmentation():
     """The design notes' compaction: the lowest 2 MiB whose used frames are movable and fit in
     the free frames outside it is emptied (pages migrate to the lowest order-0 blocks)."""
-    mm = ReferenceMM(Config(memory=8 * MiB))
+    mm = ReferenceMM(Config(memory=6 * MiB))
     a = fixed_hp(mm)
     assert mm.fragment_memory(0.5, 9, movable=True) == 768
     s0 = snap(mm)
@@ -1600,7 +1604,7 @@ def test_thp_fault_compacts_movable_fragmentation():
 
 
 def test_compaction_fails_on_unmovable_pages_and_the_fault_falls_back():
-    mm = ReferenceMM(Config(memory=8 * MiB))
+    mm = ReferenceMM(Config(memory=6 * MiB))
     a = fixed_hp(mm)
     mm.fragment_memory(0.5, 9)
     s0 = snap(mm)
@@ -1611,7 +1615,7 @@ def test_compaction_fails_on_unmovable_pages_and_the_fault_falls_back():
 
 
 def test_compaction_needs_room_outside_the_range():
-    mm = ReferenceMM(Config(memory=4 * MiB))
+    mm = ReferenceMM(Config(memory=2 * MiB))
     a = fixed_hp(mm)
     mm.fragment_memory(0.5, 9, movable=True)            # 256 used, 256 free, all in one range
     mm.write(a)
@@ -1625,7 +1629,7 @@ def test_compaction_needs_room_outside_the_range():
 def test_defrag_decides_whether_a_fault_compacts(defrag, hp, direct):
     """R23 as vma_thp_gfp_mask has it, for THPs and mTHPs alike."""
     for hugepages in ({2048: "always"}, {2048: "never", 64: "always"}):
-        mm = ReferenceMM(Config(memory=8 * MiB, defrag=defrag, hugepages=hugepages))
+        mm = ReferenceMM(Config(memory=6 * MiB, defrag=defrag, hugepages=hugepages))
         a = fixed_hp(mm, hp=hp)
         mm.fragment_memory(1.0, 4, movable=True)        # no 64 KiB block anywhere
         mm.write(a)
@@ -1635,7 +1639,7 @@ def test_defrag_decides_whether_a_fault_compacts(defrag, hp, direct):
 
 
 def test_compaction_migrates_anon_pages_keeping_every_mapping():
-    mm = ReferenceMM(Config(memory=8 * MiB))
+    mm = ReferenceMM(Config(memory=6 * MiB))
     a = fixed_hp(mm, hp=False)
     mm.madvise(a, 2 * MiB, "populate_write")            # frames 512..1023
     for i in range(0, 512, 2):
@@ -1658,7 +1662,7 @@ def test_compaction_migrates_anon_pages_keeping_every_mapping():
 
 
 def test_huge_zeropage_allocation_compacts_and_its_failure_falls_back():
-    mm = ReferenceMM(Config(memory=4 * MiB, defrag="never"))
+    mm = ReferenceMM(Config(memory=2 * MiB, defrag="never"))
     a = fixed_hp(mm)
     mm.fragment_memory(1.0, 9)
     s0 = snap(mm)
@@ -1669,7 +1673,7 @@ def test_huge_zeropage_allocation_compacts_and_its_failure_falls_back():
 
 
 def test_collapse_compacts_before_failing():
-    mm = ReferenceMM(Config(memory=6 * MiB))
+    mm = ReferenceMM(Config(memory=4 * MiB))
     a = mm.mmap(4 * MiB, addr=HP_BASE, fixed=True)
     mm.write(a)
     mm.write(a + 2 * MiB)                               # frames 512, 513
@@ -1881,7 +1885,7 @@ def test_mthp_any_partial_unmap_flags_it_once(how):
 def test_compaction_takes_the_lowest_pageblock_without_unmovable_frames():
     """The design notes (engine as built): the pageblock is chosen first (no frame of a large
     folio, of the huge zeropage or of unmovable fragmentation), then its lowest range."""
-    mm = ReferenceMM(Config(memory=8 * MiB, defrag="always", hugepages={64: "always", 2048: "never"}))
+    mm = ReferenceMM(Config(memory=6 * MiB, defrag="always", hugepages={64: "always", 2048: "never"}))
     a = fixed_hp(mm, hp=False)
     mm.write(a)                                         # a 64 KiB mTHP at frames 512..527
     mm.fragment_memory(1.0, 4, movable=True)            # frame 0 of every other 64 KiB held
@@ -1897,7 +1901,7 @@ def test_compaction_is_deferred_after_failures():
     """mm/compaction.c as the design notes give it: after a failure, attempts at orders >=
     compact_order_failed (0 until a success) are skipped, nothing counted, until 1 << shift
     of them have been considered; each failure doubles that (up to 1 << 6)."""
-    mm = ReferenceMM(Config(memory=4 * MiB, defrag="always", hugepages={2048: "always"}))
+    mm = ReferenceMM(Config(memory=2 * MiB, defrag="always", hugepages={2048: "always"}))
     a = fixed_hp(mm, 16 * MiB, hp=False)
     mm.fragment_memory(1.0, 9)                          # unmovable: every compaction fails
     stalls = []
