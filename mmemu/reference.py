@@ -25,15 +25,12 @@ keeping the lower half; a free merges with free buddies.  The free lists are thu
 canonical decomposition of the free frames.  A THP/mTHP/huge-zeropage allocation that finds no
 block compacts directly when the defrag policy allows it and compaction is not deferred
 (_Machine.compact).  The memory cgroup charges anonymous folios and page tables (a page-table
-charge never fails); a refused charge of a THP/mTHP falls back, of a 4K page is an OOM that
-undoes the access it happened in (_Machine.guard: a snapshot of the machine, restored on the
-OOM).
+charge never fails); a refused charge of a THP/mTHP falls back, of a 4K page is an OOM, as
+when no frame is free (VM_FAULT_OOM: pgfault counts it, what the fault did before stays).
 """
 from __future__ import annotations
 
 import bisect
-import contextlib
-import copy
 import errno
 import heapq
 import numbers
@@ -116,11 +113,6 @@ class _Segv(Exception):
 
 class _Oom(Exception):
     """A 4K page could not be had (VM_FAULT_OOM)."""
-
-
-class _MemcgOom(_Oom):
-    """The memory cgroup refused a 4K page: the access (or the fault of get_user_pages) is
-    undone (_Machine.guard) and then fails as an OOM does."""
 
 
 @dataclass(eq=False)         # identity, so list.remove() removes this very VMA
@@ -290,7 +282,6 @@ class _Machine:
         # the memory cgroup every process of the machine is in
         self.memory_max = memory_max
         self.charged = 0            # pages charged (memory_current / 4096)
-        self.armed = 0              # guards that can undo a refused charge (guard())
         # khugepaged (mm/khugepaged.c: khugepaged_scan, khugepaged_mm_slot)
         self.kh_list = []           # registered mms, in registration order
         self.kh_slot = None         # the mm being scanned, or None (at the list head)
@@ -494,63 +485,8 @@ class _Machine:
         self.charged += nr
         return True
 
-    def charge_or_oom(self, nr):
-        """A charge whose refusal is an OOM (a 4K page)."""
-        if not self.try_charge(nr):
-            if not self.armed:
-                raise AssertionError("a refused charge with nothing to undo it: the guard's bound is too small")
-            raise _MemcgOom
-        return True
-
     def uncharge(self, nr):
         self.charged -= nr
-
-    def may_refuse(self, nr):
-        """Could charges of nr pages in all be refused?"""
-        return self.memory_max is not None and (self.charged + nr) * PAGE_SIZE > self.memory_max
-
-    @contextlib.contextmanager
-    def guard(self, bound):
-        """Undo everything done inside when a charge that is an OOM is refused (the design
-        notes: the state as before the access or call), so that the OOM leaves no trace.
-        `bound` is at most how many pages the body charges; if they cannot be refused, no
-        snapshot is needed."""
-        if not self.may_refuse(bound):
-            yield
-            return
-        snap = self.snapshot()
-        self.armed += 1
-        try:
-            yield
-        except _MemcgOom:
-            self.restore(snap)
-            raise
-        finally:
-            self.armed -= 1
-
-    def _all_mms(self):
-        mms = list(self.mms)
-        for mm in self.kh_list + [self.kh_slot]:
-            if mm is not None and mm not in mms:
-                mms.append(mm)
-        return mms
-
-    def snapshot(self):
-        mms = self._all_mms()
-        memo = {id(self): self, id(self.config): self.config}
-        memo.update({id(mm): mm for mm in mms})
-        state = {k: v for k, v in self.__dict__.items() if k != "armed"}
-        return mms, copy.deepcopy((state, [mm.__dict__ for mm in mms]), memo)
-
-    def restore(self, snap):
-        mms, (state, dicts) = snap
-        armed = self.armed
-        self.__dict__.clear()
-        self.__dict__.update(state)
-        self.armed = armed
-        for mm, d in zip(mms, dicts):
-            mm.__dict__.clear()
-            mm.__dict__.update(d)
 
     def new_anon_vma(self):
         self.last_anon_vma += 1
@@ -1413,30 +1349,10 @@ class ReferenceMM:
 
     def _access_one(self, addr, op):
         """One load/store/atomic: the faults it takes (0, 1 or 2). A store or an atomic that
-        completes marks its page written. A charge the memory cgroup refuses undoes it."""
+        completes marks its page written."""
         vma = self._vma_at(addr)
         if vma is None or not vma.flags & VM_ACCESS_FLAGS:
             raise _Segv
-        bound = self._fault_bound(addr) * (2 if op == ATOMIC and self.config.arch == "arm64" else 1)
-        with self._m.guard(bound):
-            return self._access_vma(vma, addr, op)
-
-    def _fault_bound(self, addr):
-        """At most how many pages one fault at addr charges: missing upper tables, a PTE table
-        or a deposit (or both, when a huge zeropage cannot be had), and one folio."""
-        n = (addr >> 39 not in self._pud_tables) + (addr >> 30 not in self._pmd_tables)
-        entry = self._pmds.get(addr >> 21)
-        if isinstance(entry, dict):
-            kbs = self.config.mthp_enabled()
-            return n + max([kb // 4 for kb in kbs] + [1])
-        return n + 2 + PTRS
-
-    def _guarded_fault(self, vma, addr, write):
-        """One fault of get_user_pages: a refused charge undoes it (then an OOM)."""
-        with self._m.guard(self._fault_bound(addr)):
-            self._fault(vma, addr, write)
-
-    def _access_vma(self, vma, addr, op):
         if op == READ:
             return self._touch(vma, addr, write=False)
         if op == WRITE or self.config.arch == "x86_64":        # x86: atomics are writes (R25)
@@ -1706,9 +1622,9 @@ class ReferenceMM:
         frame = m.alloc_page()
         if frame is None:
             raise _Oom
-        if not m.try_charge(1):
+        if not m.try_charge(1):                     # the memory cgroup refused it
             m.buddy_free(frame, 0)
-            m.charge_or_oom(1)
+            raise _Oom
         return frame
 
     # ================================================================ rmap
@@ -2214,7 +2130,7 @@ class ReferenceMM:
                 cur += step
                 continue
             try:
-                self._guarded_fault(vma, cur, write)
+                self._fault(vma, cur, write)
             except _Oom:
                 if ignore_errors:
                     return
@@ -2242,7 +2158,7 @@ class ReferenceMM:
                     cur += step
                     continue
                 try:
-                    self._guarded_fault(vma, cur, write)
+                    self._fault(vma, cur, write)
                 except _Oom:
                     raise SyscallError(errno.ENOMEM, "madvise", "out of memory") from None
 
