@@ -812,7 +812,8 @@ class ReferenceMM:
     def contpte_blocks(self, addr, length):
         """64 KiB-aligned virtual ranges inside [addr, addr+length) whose 16 PTEs are present
         and map 16 consecutive frames of one large folio from a 16-aligned frame, with the same
-        permission; arm64 folds such blocks into contiguous-PTE mappings (PMDs not counted)."""
+        permission (the write bit, and the user bit a PROT_NONE VMA clears); arm64 folds such
+        blocks into contiguous-PTE mappings (PMDs not counted)."""
         self._check_open()
         addr, length = _int_arg(addr, "addr"), _int_arg(length, "length")
         if addr % PAGE_SIZE or length % PAGE_SIZE:
@@ -834,9 +835,15 @@ class ReferenceMM:
                 if (folio.pfn + head.idx) % CONT_PTES:
                     continue
                 if all((q := entry.get(vpn + i)) is not None and q.page is folio and q.idx == head.idx + i
-                       and q.writable == head.writable for i in range(1, CONT_PTES)):
+                       and q.writable == head.writable for i in range(1, CONT_PTES)) \
+                        and len({self._pte_user(v << 12) for v in range(vpn, vpn + CONT_PTES)}) == 1:
                     n += 1
         return n
+
+    def _pte_user(self, addr):
+        """x86 _PAGE_USER of a PTE at addr: set unless its VMA is PROT_NONE (PAGE_NONE)."""
+        vma = self._vma_at(addr)
+        return vma is not None and bool(vma.flags & VM_ACCESS_FLAGS)
 
     @property
     def khugepaged(self):

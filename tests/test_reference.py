@@ -1933,3 +1933,15 @@ def test_split_of_a_pte_mapped_thp_passes_through_partially_mapped():
     mm2, b = hp_thp()
     mm2.madvise(b, MiB, "free")
     assert mm2.vmstat["thp_deferred_split_page"] == 0 and mm2.vmstat["thp_split_page"] == 1
+
+
+def test_contpte_blocks_need_the_same_user_bit():
+    """A PROT_NONE PTE (x86 PAGE_NONE: no _PAGE_USER) breaks its block even where the write
+    bits agree (all write-protected after fork)."""
+    mm, a = hp_thp()
+    child = mm.fork()
+    mm.mprotect(a, P, "none")
+    assert mm.contpte_blocks(a, 2 * MiB) == 31
+    mm.mprotect(a, P, "r")
+    assert mm.contpte_blocks(a, 2 * MiB) == 32
+    child.close()
