@@ -15,9 +15,10 @@ Issue 5 (mTHP, the buddy allocator and compaction, the memory cgroup) is drawn a
 with ``ISSUE5_ENGINE = True``: configurations with mTHP sizes, small RAM that the buddy allocator
 runs out of, every defrag mode and a memory.max; the steps fragment_memory,
 release_fragmentation and setting memory_max; and the observables buddyinfo, memory_current,
-memory_max, contpte_blocks, the compaction counters and the stats of all eight sizes. Until the
-engine has issue 5 it stays False: the configurations then keep RAM large enough (128 MiB) that
-the reference's buddy allocator and the engine's block allocator never disagree about room.
+memory_max, contpte_blocks, each window page's PFN and THP/compound kpageflags bits, the
+compaction counters and the stats of all eight sizes. While it is False the configurations keep
+RAM large enough (128 MiB) that no allocator policy is ever put to the test (as an engine with
+the old block allocator needs).
 """
 import os
 
