@@ -11,22 +11,34 @@ Page tables: ``_pud_tables`` holds the PGD indices (addr >> 39) that have a PUD 
 PMD index (addr >> 21) to its entry: a dict (a PTE table: page number -> Pte) or a HugePmd
 (a THP or the huge zeropage, mapped by the PMD; its deposited PTE table is implied).
 
-Memory: an order-0 anonymous page is a :class:`Page`, a PMD-order THP a :class:`Folio`
-(per-subpage mapcounts and written marks, the entire mapcount, the MM_ID slots).  Entries
-point at them; what /proc/vmstat counts about them (nr_anon_pages, nr_anon_transparent_hugepages,
-nr_anon, nr_anon_partially_mapped) and each process's RssAnon are computed from the live
-objects when asked, so they cannot drift from the page tables.
+Memory: an order-0 anonymous page is a :class:`Page`, a large folio (a THP of order 9, or an
+mTHP of order 2..8) a :class:`Folio` (per-subpage mapcounts and written marks, the entire
+mapcount, the MM_ID slots).  Entries point at them; what /proc/vmstat counts about them
+(nr_anon_pages, nr_anon_transparent_hugepages, the per-size nr_anon, nr_anon_partially_mapped)
+and each process's RssAnon are computed from the live objects when asked, so they cannot drift
+from the page tables.
+
+Frames (issue 5, the design notes' exact policy): emulated RAM is 512 reserved frames (frame 0
+is the zeropage) and ``Config.memory // 4096`` frames above them, behind a buddy allocator of
+orders 0..10.  An allocation takes the lowest block of the smallest sufficient order and splits it
+keeping the lower half; a free merges with free buddies.  The free lists are thus always the
+canonical decomposition of the free frames.  A THP/mTHP/huge-zeropage allocation that finds no
+block compacts directly when the defrag policy allows it and compaction is not deferred
+(_Machine.compact).  The memory cgroup charges anonymous folios and page tables (a page-table
+charge never fails); a refused charge of a THP/mTHP falls back, of a 4K page is an OOM, as
+when no frame is free (VM_FAULT_OOM: pgfault counts it, what the fault did before stays).
 """
 from __future__ import annotations
 
 import bisect
 import errno
 import heapq
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
 
-from .config import Config
+from .config import HUGEPAGE_SIZES_KB, Config
 from .constants import (ADVICE, ATOMIC, MTHP_STAT_NAMES, PAGE_SIZE, PMD_SIZE, READ, TASK_SIZE,
                         VMSTAT_NAMES, WRITE, PageState)
 from .errors import ClosedError, OutOfMemory, SegmentationFault, SyscallError
@@ -41,6 +53,19 @@ MMAP_MIN_ADDR = 65536
 MMAP_BASE = TASK_SIZE - (128 << 20)
 ZERO_FRAME = 0                  # the shared 4K zeropage, outside emulated RAM
 PSS_SHIFT = 12
+PMD_ORDER = 9
+MAX_PAGE_ORDER = 10             # the buddy allocator's largest block: 4 MiB
+RESERVED_FRAMES = 512           # frames 0..511 never reach the free lists (frame 0 is the zeropage)
+CONT_PTES = 16                  # arm64 contiguous-PTE block: 16 PTEs, 64 KiB
+COMPACT_MAX_DEFER_SHIFT = 6
+#: the per-size stats directories by order (hugepages-<4 << order>kB)
+SIZE_ORDERS = {kb: (kb // 4).bit_length() - 1 for kb in HUGEPAGE_SIZES_KB}
+MTHP_ORDERS = tuple(o for o in SIZE_ORDERS.values() if o < PMD_ORDER)
+#: /proc/vmstat names issue 5 adds (compaction, migration), kept whatever constants.py lists
+ISSUE5_VMSTAT_NAMES = ("compact_stall", "compact_fail", "compact_success", "pgmigrate_success")
+ALL_VMSTAT_NAMES = tuple(VMSTAT_NAMES) + tuple(n for n in ISSUE5_VMSTAT_NAMES if n not in VMSTAT_NAMES)
+# what each frame of emulated RAM holds (_Machine.kind)
+K_FREE, K_RESERVED, K_PAGE, K_FOLIO, K_HZP, K_HELD, K_HELD_MOVABLE = range(7)
 
 # vm_flags bits, with the kernel's values
 VM_READ, VM_WRITE, VM_EXEC = 0x1, 0x2, 0x4
@@ -79,7 +104,7 @@ MODELLED_ADVICE = NOOP_ADVICE + tuple(FLAG_ADVICE) + ("dontneed", "dontneed_lock
 DONE, FALLBACK = "done", "fallback"     # what a PMD-level handler returns (VM_FAULT_FALLBACK)
 # results of one khugepaged / MADV_COLLAPSE look at a PMD range (enum scan_result)
 SCAN_SUCCEED, SCAN_PMD_NULL, SCAN_PMD_MAPPED, SCAN_EXCEED_NONE, SCAN_EXCEED_SHARED, \
-    SCAN_LACK_REFERENCED, SCAN_ALLOC_FAIL, SCAN_PMD_NONE = range(8)
+    SCAN_LACK_REFERENCED, SCAN_ALLOC_FAIL, SCAN_PMD_NONE, SCAN_CGROUP_CHARGE_FAIL = range(9)
 
 
 class _Segv(Exception):
@@ -109,21 +134,26 @@ class Page:
 
 
 class Folio:
-    """A PMD-order anonymous THP: one 2 MiB block of frames."""
+    """A large anonymous folio: a THP (order 9) or an mTHP (orders 2..8), 2**order frames
+    from frame `pfn` (naturally aligned)."""
 
-    def __init__(self, block, mm_id):
-        self.block = block
-        self.entire = 1                       # PMD mappings (it is born PMD-mapped)
-        self.mapcount = [0] * PTRS            # PTE mappings per subpage
-        self.written = [False] * PTRS
+    def __init__(self, pfn, order, mm_id, pmd_mapped):
+        self.pfn = pfn
+        self.order = order
+        self.nr = 1 << order
+        # a THP from a PMD fault or a collapse is born with one PMD mapping; an mTHP with a PTE
+        # mapping of every page (folio_add_new_anon_rmap)
+        self.entire = 1 if pmd_mapped else 0   # PMD mappings
+        self.mapcount = [0 if pmd_mapped else 1] * self.nr    # PTE mappings per subpage
+        self.written = [False] * self.nr
         self.lazyfree = False
         self.partially_mapped = False
         self.queued = False                   # on the deferred-split queue
         # MM_ID tracking (include/linux/rmap.h: folio_add/sub_return_large_mapcount); the
         # per-slot counts are "mappings - 1" as the kernel keeps them (-1: slot free)
-        self.large = 1                        # every mapping: PMD + PTE
+        self.large = 1 if pmd_mapped else self.nr     # every mapping: PMD + PTE
         self.ids = [mm_id, None]
-        self.cnt = [0, -1]
+        self.cnt = [self.large - 1, -1]
         self.shared = False                   # FOLIO_MM_IDS_SHARED_BIT
 
     def mm_add(self, mm_id, diff):
@@ -161,7 +191,7 @@ class Folio:
     def nr_mapped(self):
         """Subpages mapped at all (by a PMD anywhere, or by a PTE)."""
         if self.entire:
-            return PTRS
+            return self.nr
         return sum(1 for c in self.mapcount if c)
 
     def page_mapcount(self, i):
@@ -209,6 +239,16 @@ def _int_arg(value, name):
     return value
 
 
+def _memory_max_arg(value):
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"memory_max must be an int (bytes) or None, not {type(value).__name__}")
+    if value < 0:
+        raise ValueError(f"memory_max must not be negative, not {value}")
+    return int(value)
+
+
 def _prot_arg(prot):
     """PROT_* bits from "rwx" letters, "" / "none", or an int (unknown bits kept for the caller)."""
     if isinstance(prot, str):
@@ -224,64 +264,229 @@ def _prot_arg(prot):
 # ---- the machine: RAM, the huge zeropage, system-wide counters, khugepaged --------------
 
 class _Machine:
-    """Emulated RAM in 2 MiB blocks of 512 frames, what /proc/vmstat counts, the processes,
-    the deferred-split queue and khugepaged's scan list."""
+    """Emulated RAM behind a buddy allocator, the memory cgroup, what /proc/vmstat counts, the
+    processes, the deferred-split queue and khugepaged's scan list."""
 
-    def __init__(self, config):
+    def __init__(self, config, memory_max=None):
         self.config = config
-        self.nblocks = config.memory // PMD_SIZE
-        self.fresh = 0              # blocks >= fresh have never been used (wholly free)
-        self.free_blocks = []       # heap of wholly free blocks below fresh
-        self.partial = {}           # block -> heap of its free frame offsets (partly used)
-        self.events = dict.fromkeys(VMSTAT_NAMES, 0)
-        self.mthp_events = dict.fromkeys(MTHP_STAT_NAMES, 0)
-        self.huge_zero_block = None
+        self.events = dict.fromkeys(ALL_VMSTAT_NAMES, 0)
+        self.mthp_events = {order: dict.fromkeys(MTHP_STAT_NAMES, 0) for order in SIZE_ORDERS.values()}
+        self.huge_zero_pfn = None
         self.last_anon_vma = 0
         self.last_mm_id = 0
         self.mms = []               # open processes, in creation order
         self.pages = {}             # frame -> Page (mapped order-0 anonymous pages)
-        self.folios = {}            # block -> Folio (existing THPs)
+        self.folios = {}            # first frame -> Folio (existing large folios)
+        self.held = {}              # frame -> movable: pages fragment_memory holds
         self.deferred = []          # the deferred-split queue (folios, in queueing order)
+        # the memory cgroup every process of the machine is in
+        self.memory_max = memory_max
+        self.charged = 0            # pages charged (memory_current / 4096)
         # khugepaged (mm/khugepaged.c: khugepaged_scan, khugepaged_mm_slot)
         self.kh_list = []           # registered mms, in registration order
         self.kh_slot = None         # the mm being scanned, or None (at the list head)
         self.kh_address = 0
         self.pages_collapsed = 0
         self.full_scans = 0
+        self._buddy_init()
 
-    # ---- frames
-    def take_free_block(self):
-        """The lowest-numbered wholly free block, or None."""
-        if self.free_blocks:
-            return heapq.heappop(self.free_blocks)
-        if self.fresh < self.nblocks:
-            self.fresh += 1
-            return self.fresh - 1
+    # ---- the buddy allocator (mm/page_alloc.c, one zone, orders 0..MAX_PAGE_ORDER)
+    def _buddy_init(self):
+        # frames 0..511 are reserved, Config.memory above them starts free (the engine as built
+        # reads the design notes so: Config.memory is the RAM the allocator hands out)
+        self.nframes = RESERVED_FRAMES + self.config.memory // PAGE_SIZE
+        self.kind = np.full(self.nframes, K_FREE, dtype=np.uint8)
+        self.kind[:RESERVED_FRAMES] = K_RESERVED
+        self.free_at = {}           # first frame of a free block -> its order
+        self.free_sets = [set() for _ in range(MAX_PAGE_ORDER + 1)]
+        self.free_heaps = [[] for _ in range(MAX_PAGE_ORDER + 1)]   # lazily pruned
+        self.nr_free = 0
+        # compaction deferral (struct zone: compact_considered, _defer_shift, _order_failed)
+        self.compact_considered = self.compact_defer_shift = self.compact_order_failed = 0
+        pfn = RESERVED_FRAMES       # the rest starts free, as maximal aligned blocks
+        while pfn < self.nframes:
+            order = MAX_PAGE_ORDER
+            while pfn % (1 << order) or pfn + (1 << order) > self.nframes:
+                order -= 1
+            self._add_free(pfn, order)
+            pfn += 1 << order
+
+    def _add_free(self, pfn, order):
+        self.free_at[pfn] = order
+        self.free_sets[order].add(pfn)
+        heapq.heappush(self.free_heaps[order], pfn)
+        self.nr_free += 1 << order
+        self.kind[pfn:pfn + (1 << order)] = K_FREE
+
+    def _del_free(self, pfn, order):
+        del self.free_at[pfn]
+        self.free_sets[order].remove(pfn)
+        self.nr_free -= 1 << order
+
+    def _lowest_free(self, order):
+        heap, live = self.free_heaps[order], self.free_sets[order]
+        while heap and heap[0] not in live:
+            heapq.heappop(heap)
+        return heap[0] if heap else None
+
+    def buddy_alloc(self, order):
+        """__rmqueue_smallest: the smallest order with a free block, its lowest block; split,
+        keeping the lower half (the upper halves go on the lists of the orders below)."""
+        for k in range(order, MAX_PAGE_ORDER + 1):
+            pfn = self._lowest_free(k)
+            if pfn is None:
+                continue
+            self._del_free(pfn, k)
+            while k > order:
+                k -= 1
+                self._add_free(pfn + (1 << k), k)
+            return pfn
         return None
 
-    def free_block(self, block):
-        heapq.heappush(self.free_blocks, block)
+    def buddy_free(self, pfn, order):
+        """__free_one_page: merge with the buddy while it is free at the same order."""
+        while order < MAX_PAGE_ORDER:
+            buddy = pfn ^ (1 << order)
+            if self.free_at.get(buddy) != order:
+                break
+            self._del_free(buddy, order)
+            pfn = min(pfn, buddy)
+            order += 1
+        self._add_free(pfn, order)
+
+    def take_frame(self, pfn):
+        """Take one given free frame off the free lists, splitting the block that holds it."""
+        for order in range(MAX_PAGE_ORDER + 1):
+            start = pfn & ~((1 << order) - 1)
+            if self.free_at.get(start) == order:
+                break
+        else:
+            raise AssertionError(f"frame {pfn} is not free")
+        self._del_free(start, order)
+        while order > 0:
+            order -= 1
+            half = start + (1 << order)
+            if pfn >= half:
+                self._add_free(start, order)
+                start = half
+            else:
+                self._add_free(half, order)
+
+    def buddyinfo(self):
+        return np.array([len(s) for s in self.free_sets], dtype=np.int64)
+
+    def alloc_large(self, order, compact):
+        """A naturally aligned block of 2**order frames for a THP, an mTHP or the huge
+        zeropage; with direct compaction allowed, a failure compacts and tries once more."""
+        pfn = self.buddy_alloc(order)
+        if pfn is None and compact and self.compact(order):
+            pfn = self.buddy_alloc(order)
+        return pfn
+
+    def compact(self, order):
+        """Direct compaction for one block of 2**order frames, as the design notes fix it (the
+        engine as built): unless deferred, the lowest 2 MiB pageblock (not block 0) with no
+        unmovable frame that is not wholly free; in it the lowest aligned 2**order range; if its
+        used frames fit in the free frames outside it, they are migrated out in ascending order,
+        each to the frame alloc(0) gives once the range's own free frames are off the lists,
+        and the range is freed as one block."""
+        if self.compaction_deferred(order):
+            return False
+        self.events["compact_stall"] += 1
+        size = 1 << order
+        start = None
+        nblocks = self.nframes >> PMD_ORDER
+        if nblocks > 1:
+            kinds = self.kind[PTRS:nblocks << PMD_ORDER].reshape(nblocks - 1, PTRS)
+            unmovable = np.isin(kinds, (K_RESERVED, K_FOLIO, K_HZP, K_HELD)).any(axis=1)
+            wholly_free = (kinds == K_FREE).all(axis=1)
+            found = np.flatnonzero(~unmovable & ~wholly_free)
+            if len(found):
+                start = (int(found[0]) + 1) << PMD_ORDER
+        if start is not None:
+            used = int((self.kind[start:start + size] != K_FREE).sum())
+            if used > self.nr_free - (size - used):
+                start = None
+        if start is None:
+            self.events["compact_fail"] += 1
+            self.defer_compaction(order)
+            return False
+        pfn = start
+        while pfn < start + size:           # the range's free blocks leave the free lists
+            k = self.free_at.get(pfn)
+            if k is not None:
+                self._del_free(pfn, k)
+                pfn += 1 << k
+            else:
+                pfn += 1
+        for old in range(start, start + size):
+            what = self.kind[old]
+            if what == K_FREE:
+                continue
+            new = self.buddy_alloc(0)
+            if what == K_PAGE:              # every PTE maps the same Page object: all follow
+                page = self.pages.pop(old)
+                page.frame = new
+                self.pages[new] = page
+            else:
+                self.held[new] = self.held.pop(old)
+            self.kind[new] = what
+            self.events["pgmigrate_success"] += 1
+        self.buddy_free(start, order)
+        self.events["compact_success"] += 1
+        self.compact_considered = self.compact_defer_shift = 0      # compaction_defer_reset
+        self.compact_order_failed = max(self.compact_order_failed, order + 1)
+        return True
+
+    def compaction_deferred(self, order):
+        """mm/compaction.c: compaction_deferred for the one zone."""
+        if order < self.compact_order_failed:
+            return False
+        self.compact_considered += 1
+        limit = 1 << self.compact_defer_shift
+        if self.compact_considered >= limit:
+            self.compact_considered = limit
+            return False
+        return True
+
+    def defer_compaction(self, order):
+        self.compact_considered = 0
+        self.compact_defer_shift = min(self.compact_defer_shift + 1, COMPACT_MAX_DEFER_SHIFT)
+        self.compact_order_failed = min(self.compact_order_failed, order)
 
     def alloc_page(self):
-        """A 4K frame: from the lowest partly used block, else from a wholly free block."""
-        if self.partial:
-            block = min(self.partial)
-        else:
-            block = self.take_free_block()
-            if block is None:
-                return None
-            self.partial[block] = list(range(PTRS))
-        offset = heapq.heappop(self.partial[block])
-        if not self.partial[block]:
-            del self.partial[block]         # the block is full
-        return 1 + block * PTRS + offset
+        """A 4K frame (never compacts: compaction cannot make an order-0 block)."""
+        return self.buddy_alloc(0)
 
-    def free_page(self, frame):
-        block, offset = divmod(frame - 1, PTRS)
-        heapq.heappush(self.partial.setdefault(block, []), offset)
-        if len(self.partial[block]) == PTRS:
-            del self.partial[block]
-            self.free_block(block)
+    def fragment(self, free_fraction, order, movable):
+        size = 1 << order
+        regions = [r for pfn, k in sorted(self.free_at.items()) if k >= order
+                   for r in range(pfn, pfn + (1 << k), size)]
+        h = max(1, round((1 - free_fraction) * size))
+        offsets = [(i * size) // h for i in range(h)]
+        for r in regions:
+            for off in offsets:
+                self.take_frame(r + off)
+                self.held[r + off] = movable
+                self.kind[r + off] = K_HELD_MOVABLE if movable else K_HELD
+        return len(regions) * h
+
+    def release_fragmentation(self):
+        n = len(self.held)
+        for pfn in sorted(self.held):
+            self.buddy_free(pfn, 0)
+        self.held.clear()
+        return n
+
+    # ---- the memory cgroup
+    def try_charge(self, nr):
+        if self.memory_max is not None and (self.charged + nr) * PAGE_SIZE > self.memory_max:
+            return False
+        self.charged += nr
+        return True
+
+    def uncharge(self, nr):
+        self.charged -= nr
 
     def new_anon_vma(self):
         self.last_anon_vma += 1
@@ -296,35 +501,46 @@ class _Machine:
         return out
 
     def mthp(self):
-        out = dict(self.mthp_events)
-        out["nr_anon"] = len(self.folios)
-        out["nr_anon_partially_mapped"] = sum(1 for f in self.folios.values() if f.partially_mapped)
+        out = {}
+        for kb, order in SIZE_ORDERS.items():
+            d = dict(self.mthp_events[order])
+            folios = [f for f in self.folios.values() if f.order == order]
+            d["nr_anon"] = len(folios)
+            d["nr_anon_partially_mapped"] = sum(1 for f in folios if f.partially_mapped)
+            out[kb] = d
         return out
 
     # ---- folios
     def new_page(self, frame, written=False):
         page = Page(frame, 1, written)
         self.pages[frame] = page
+        self.kind[frame] = K_PAGE
         return page
 
     def put_page(self, page):
         """One mapping of an order-0 page went; the last frees it."""
         page.mapcount -= 1
         if page.mapcount == 0:
-            del self.pages[page.frame]
-            self.free_page(page.frame)
+            self.free_page(page)
 
-    def new_folio(self, block, mm):
-        folio = Folio(block, mm._id)
-        self.folios[block] = folio
+    def free_page(self, page):
+        del self.pages[page.frame]
+        self.buddy_free(page.frame, 0)
+        self.uncharge(1)
+
+    def new_folio(self, pfn, order, mm, pmd_mapped):
+        folio = Folio(pfn, order, mm._id, pmd_mapped)
+        self.folios[pfn] = folio
+        self.kind[pfn:pfn + folio.nr] = K_FOLIO
         return folio
 
     def free_folio(self, folio):
-        del self.folios[folio.block]
+        del self.folios[folio.pfn]
         if folio.queued:
             self.deferred.remove(folio)
             folio.queued = False
-        self.free_block(folio.block)
+        self.buddy_free(folio.pfn, folio.order)
+        self.uncharge(folio.nr)
 
     def queue(self, folio):
         if not folio.queued:
@@ -333,13 +549,14 @@ class _Machine:
 
     def after_rmap_removal(self, folio):
         """__folio_remove_rmap's tail: free a folio whose last mapping went; flag and queue
-        one that is still mapped but has a subpage mapped nowhere (R50)."""
+        one that is still mapped but has a subpage mapped nowhere (R50, R58)."""
         if folio.large == 0:
             self.free_folio(folio)
         elif not folio.entire and not folio.partially_mapped and 0 in folio.mapcount:
             folio.partially_mapped = True
-            self.events["thp_deferred_split_page"] += 1
-            self.mthp_events["split_deferred"] += 1
+            if folio.order == PMD_ORDER:
+                self.events["thp_deferred_split_page"] += 1
+            self.mthp_events[folio.order]["split_deferred"] += 1
             self.queue(folio)
 
     def folio_mlocked(self, folio):
@@ -358,14 +575,23 @@ class _Machine:
         return False
 
     def split_folio(self, folio):
-        """R51, R52: split a PMD-order folio into order-0 pages, in every process; an mlocked
-        folio keeps its zero subpages mapped."""
+        """R51, R52: split a large folio into order-0 pages, in every process; an mlocked
+        folio keeps its zero subpages mapped. unmap_folio's try_to_migrate removes PTEs one at a
+        time, so a folio with PTE mappings (of two pages or more, or beside a PMD mapping) is
+        partially mapped for a moment first: counted as deferred_split_folio counts it (the
+        design notes, measured on the 6.18 host); PMD mappings are frozen whole."""
+        pte_mapped = sum(1 for c in folio.mapcount if c)
+        if not folio.partially_mapped and pte_mapped and (folio.entire or pte_mapped >= 2):
+            folio.partially_mapped = True
+            if folio.order == PMD_ORDER:
+                self.events["thp_deferred_split_page"] += 1
+            self.mthp_events[folio.order]["split_deferred"] += 1
         mlocked = self.folio_mlocked(folio)
         for mm in self.mms:
             for pi in [pi for pi, e in mm._pmds.items() if isinstance(e, HugePmd) and e.folio is folio]:
                 mm._split_huge_pmd(pi)
-        pages = [Page(1 + folio.block * PTRS + i, folio.mapcount[i], folio.written[i], folio.lazyfree)
-                 if folio.mapcount[i] else None for i in range(PTRS)]
+        pages = [Page(folio.pfn + i, folio.mapcount[i], folio.written[i], folio.lazyfree)
+                 if folio.mapcount[i] else None for i in range(folio.nr)]
         to_zero = self.config.remap_zero_subpages and self.config.zero_page and not mlocked
         for mm in self.mms:
             for table in mm._pmds.values():
@@ -380,20 +606,20 @@ class _Machine:
                         page.mapcount -= 1
                     else:
                         pte.page, pte.idx = page, 0
-        del self.folios[folio.block]
+        del self.folios[folio.pfn]
         if folio.queued:
             self.deferred.remove(folio)
             folio.queued = False
-        kept = [p for p in pages if p is not None and p.mapcount]
-        free = sorted(set(range(PTRS)) - {p.frame - 1 - folio.block * PTRS for p in kept})
-        if len(free) == PTRS:
-            self.free_block(folio.block)
-        elif free:
-            self.partial[folio.block] = free       # a sorted list is a heap
-        for p in kept:
-            self.pages[p.frame] = p
-        self.events["thp_split_page"] += 1
-        self.mthp_events["split"] += 1
+        for i, page in enumerate(pages):
+            if page is not None and page.mapcount:
+                self.pages[page.frame] = page
+                self.kind[page.frame] = K_PAGE
+            else:                                           # unmapped subpages are freed
+                self.buddy_free(folio.pfn + i, 0)
+                self.uncharge(1)
+        if folio.order == PMD_ORDER:
+            self.events["thp_split_page"] += 1
+        self.mthp_events[folio.order]["split"] += 1
 
     # ---- shrinkers
     def deferred_split_scan(self):
@@ -413,9 +639,9 @@ class _Machine:
 
     def shrink_huge_zero(self):
         """R56: the huge zeropage goes when no process holds it."""
-        if self.huge_zero_block is not None and not any(mm._has_huge_zero for mm in self.mms):
-            self.free_block(self.huge_zero_block)
-            self.huge_zero_block = None
+        if self.huge_zero_pfn is not None and not any(mm._has_huge_zero for mm in self.mms):
+            self.buddy_free(self.huge_zero_pfn, PMD_ORDER)
+            self.huge_zero_pfn = None
 
     # ---- khugepaged
     def khugepaged_enabled(self):
@@ -498,14 +724,12 @@ class _Machine:
 class ReferenceMM:
     """One emulated process (see the module docstring); the API of :class:`mmemu.MM`."""
 
-    def __init__(self, config: Config | None = None):
+    def __init__(self, config: Config | None = None, memory_max=None):
         if config is None:
             config = Config()
         if not isinstance(config, Config):
             raise TypeError(f"config must be a mmemu.Config, not {type(config).__name__}")
-        if config.mthp_enabled():
-            raise NotImplementedError("mTHP sizes other than 2048 kB are not implemented yet (issue 5)")
-        self._init_process(config, _Machine(config))
+        self._init_process(config, _Machine(config, _memory_max_arg(memory_max)))
 
     def _init_process(self, config, machine):
         self.config = config
@@ -535,9 +759,91 @@ class ReferenceMM:
 
     @property
     def mthp_stats(self):
-        out = {kb: dict.fromkeys(MTHP_STAT_NAMES, 0) for kb in (16, 32, 64, 128, 256, 512, 1024)}
-        out[2048] = dict.fromkeys(MTHP_STAT_NAMES, 0) | self._m.mthp()
-        return out
+        """Per size in kB (16 .. 2048), the stats of hugepages-<size>kB."""
+        return self._m.mthp()
+
+    # ---- the memory cgroup (machine-wide: every process of the machine is in it)
+
+    @property
+    def memory_max(self):
+        """memory.max in bytes, or None (no limit); setting it below memory_current raises
+        ValueError and keeps the old value."""
+        return self._m.memory_max
+
+    @memory_max.setter
+    def memory_max(self, value):
+        value = _memory_max_arg(value)
+        if value is not None and value < self._m.charged * PAGE_SIZE:
+            raise ValueError(f"memory_max {value} is below memory_current {self._m.charged * PAGE_SIZE}")
+        self._m.memory_max = value
+
+    @property
+    def memory_current(self):
+        """memory.current in bytes: anonymous folios and page tables charged."""
+        return self._m.charged * PAGE_SIZE
+
+    # ---- the buddy allocator
+
+    def buddyinfo(self):
+        """Free blocks of each order 0..10, like /proc/buddyinfo for the one zone."""
+        return self._m.buddyinfo()
+
+    def fragment_memory(self, free_fraction=0.5, order=9, movable=False):
+        """Hold pages in every wholly free, naturally aligned 2**order-page region of RAM, as
+        another tenant's allocations would; returns how many pages are held."""
+        self._check_open()
+        if isinstance(free_fraction, bool) or not isinstance(free_fraction, numbers.Real):
+            raise TypeError(f"free_fraction must be a number, not {type(free_fraction).__name__}")
+        if not 0 <= free_fraction <= 1:
+            raise ValueError(f"free_fraction must be between 0 and 1, not {free_fraction}")
+        if isinstance(order, bool) or not isinstance(order, numbers.Integral):
+            raise TypeError(f"order must be an int, not {type(order).__name__}")
+        if not 0 <= order <= MAX_PAGE_ORDER:
+            raise ValueError(f"order must be between 0 and {MAX_PAGE_ORDER}, not {order}")
+        if not isinstance(movable, bool):
+            raise TypeError(f"movable must be a bool, not {type(movable).__name__}")
+        return self._m.fragment(float(free_fraction), int(order), movable)
+
+    def release_fragmentation(self):
+        """Free every page fragment_memory holds; returns how many (as the engine does)."""
+        self._check_open()
+        return self._m.release_fragmentation()
+
+    def contpte_blocks(self, addr, length):
+        """64 KiB-aligned virtual ranges inside [addr, addr+length) whose 16 PTEs are present
+        and map 16 consecutive frames of one large folio from a 16-aligned frame, with the same
+        permission (the write bit, and the user bit a PROT_NONE VMA clears); arm64 folds such
+        blocks into contiguous-PTE mappings (PMDs not counted)."""
+        self._check_open()
+        addr, length = _int_arg(addr, "addr"), _int_arg(length, "length")
+        if addr % PAGE_SIZE or length % PAGE_SIZE:
+            raise ValueError("addr and length must be multiples of 4096")
+        if addr + length > TOP:
+            raise ValueError("the range must lie below 2**47")
+        end = addr + length
+        first = _align_up(addr, CONT_PTES * PAGE_SIZE) >> 12
+        n = 0
+        for pi, entry in self._entries_in(addr, end) if length else ():
+            if isinstance(entry, HugePmd):
+                continue
+            lo = max(first, pi << 9)
+            for vpn in range(lo, min(end >> 12, (pi + 1) << 9) - CONT_PTES + 1, CONT_PTES):
+                head = entry.get(vpn)
+                if head is None or head.kind != "anon" or not isinstance(head.page, Folio):
+                    continue
+                folio = head.page
+                if (folio.pfn + head.idx) % CONT_PTES:
+                    continue
+                if all((q := entry.get(vpn + i)) is not None and q.page is folio and q.idx == head.idx + i
+                       and q.writable == head.writable for i in range(1, CONT_PTES)) \
+                        and len({self._pte_user(v << 12) for v in range(vpn, vpn + CONT_PTES)}) == 1:
+                    n += 1
+        return n
+
+    def _pte_user(self, addr):
+        """x86 _PAGE_USER of a PTE at addr: set unless its VMA is PROT_NONE (PAGE_NONE)."""
+        vma = self._vma_at(addr)
+        return vma is not None and bool(vma.flags & VM_ACCESS_FLAGS)
 
     @property
     def khugepaged(self):
@@ -641,6 +947,33 @@ class ReferenceMM:
         for i in range(len(out)):
             out[i] = self._page_state(addr + i * PAGE_SIZE)
         return out
+
+    def _frames(self, addr, length):
+        """For the differential tests: per 4K page of [addr, addr+length) the emulated PFN
+        /proc/pid/pagemap shows (0 for no entry; the zeropage is frame 0) and the compound bits
+        /proc/kpageflags shows (KPF_THP with KPF_COMPOUND_HEAD or _TAIL for every page of a
+        large folio, and of the huge zeropage)."""
+        n = length // PAGE_SIZE
+        pfns = np.zeros(n, dtype=np.uint64)
+        flags = np.zeros(n, dtype=np.uint64)
+        thp, head, tail = 1 << 22, 1 << 15, 1 << 16
+        for i in range(n):
+            va = addr + i * PAGE_SIZE
+            entry = self._pmds.get(va >> 21)
+            if isinstance(entry, HugePmd):
+                idx = (va >> 12) % PTRS
+                pfns[i] = (entry.folio.pfn if entry.kind == "thp" else self._m.huge_zero_pfn) + idx
+                flags[i] = thp | (tail if idx else head)
+                continue
+            pte = entry.get(va >> 12) if entry is not None else None
+            if pte is None or pte.kind == "zero":
+                continue
+            if isinstance(pte.page, Folio):
+                pfns[i] = pte.page.pfn + pte.idx
+                flags[i] = thp | (tail if pte.idx else head)
+            else:
+                pfns[i] = pte.page.frame
+        return pfns, flags
 
     def _page_state(self, addr):
         entry = self._pmds.get(addr >> 21)
@@ -872,26 +1205,55 @@ class ReferenceMM:
 
     # ================================================================ THP policy
 
+    def _thp_vetoed(self, flags):
+        """R20 (vma_thp_disabled): VM_NOHUGEPAGE, or PR_SET_THP_DISABLE (completely, or except
+        in VM_HUGEPAGE VMAs)."""
+        if flags & VM_NOHUGEPAGE or self._thp_disable == "completely":
+            return True
+        return self._thp_disable == "except_advised" and not flags & VM_HUGEPAGE
+
+    def _order_enabled(self, order, flags):
+        """R19: hugepages-<size>kB/enabled for one order (thp_vma_allowable_orders' mask)."""
+        mode = self.config.hugepages[4 << order]
+        hp = bool(flags & VM_HUGEPAGE)
+        if mode == "inherit":
+            return self.config.thp == "always" or (hp and self.config.thp == "madvise")
+        return mode == "always" or (mode == "madvise" and hp)
+
+    def _allowed_orders(self, flags, orders):
+        """The orders among `orders` enabled for VMA flags and not vetoed, highest first."""
+        if self._thp_vetoed(flags):
+            return []
+        return [o for o in sorted(orders, reverse=True) if self._order_enabled(o, flags)]
+
     def _thp_enabled_flags(self, flags):
         """R19/R20: order 9 enabled for VMA flags by the sysfs knobs, no VM_NOHUGEPAGE or prctl
         veto (PR_SET_THP_DISABLE: none at all, or only in VM_HUGEPAGE VMAs)."""
-        always, madvise = self.config.pmd_thp_modes()
-        if flags & VM_NOHUGEPAGE or self._thp_disable == "completely":
-            return False
-        if self._thp_disable == "except_advised" and not flags & VM_HUGEPAGE:
-            return False
-        return always or (madvise and bool(flags & VM_HUGEPAGE))
+        return bool(self._allowed_orders(flags, (PMD_ORDER,)))
 
     def _thp_enabled(self, vma):
         return self._thp_enabled_flags(vma.flags)
 
     @staticmethod
-    def _has_aligned_block(vma):
-        last = (vma.end - PMD_SIZE) & ~(PMD_SIZE - 1)   # the last aligned 2 MiB before the end
-        return vma.end >= PMD_SIZE and vma.start <= last
+    def _has_aligned_block(vma, order=PMD_ORDER):
+        """thp_vma_suitable_order at the VMA's end: an aligned 2**order block inside."""
+        size = PAGE_SIZE << order
+        last = (vma.end - size) & ~(size - 1)   # the last aligned block before the end
+        return vma.end >= size and vma.start <= last
 
     def _thp_eligible_smaps(self, vma):
-        return self._thp_enabled(vma) and self._has_aligned_block(vma)
+        """THPeligible (TVA_SMAPS): some order 2..9 allowed with an aligned block inside (R21)."""
+        return any(self._has_aligned_block(vma, o)
+                   for o in self._allowed_orders(vma.flags, SIZE_ORDERS.values()))
+
+    def _defrag_direct(self, vma):
+        """vma_thp_gfp_mask: may a fault's THP/mTHP allocation compact directly (R23)?"""
+        defrag = self.config.defrag
+        if defrag == "always":
+            return True
+        if defrag in ("madvise", "defer+madvise"):
+            return bool(vma.flags & VM_HUGEPAGE)
+        return False
 
     def _khugepaged_allowed(self, vma, flags):
         """thp_vma_allowable_order(TVA_KHUGEPAGED): the sysfs mode and vetoes, an aligned block
@@ -912,10 +1274,14 @@ class ReferenceMM:
     # ================================================================ page tables
 
     def _table_alloc(self):
+        """A page-table page: charged to the memory cgroup, whatever memory_max says (the
+        design notes: a page-table charge never fails)."""
+        self._m.charged += 1
         self._nr_tables += 1
 
     def _table_free(self, n=1):
         self._nr_tables -= n
+        self._m.uncharge(n)
 
     def _alloc_upper_tables(self, addr):
         """__handle_mm_fault: pud_alloc, pmd_alloc on the way down (R10)."""
@@ -1068,54 +1434,65 @@ class ReferenceMM:
         self._handle_pte_fault(vma, addr, write)
 
     def _do_huge_pmd_anonymous_page(self, vma, addr, write):
-        """R33, R34, R38."""
+        """R33, R34, R38 (do_huge_pmd_anonymous_page): the deposit of a huge zeropage mapping
+        is allocated before the huge zeropage; a THP's after the THP."""
         haddr = addr & ~(PMD_SIZE - 1)
         if haddr < vma.start or haddr + PMD_SIZE > vma.end:    # thp_vma_suitable_order (R21)
             return FALLBACK
         self._anon_vma_prepare(vma)
         self._khugepaged_enter(vma, vma.flags)
         if not write and self.config.zero_page and self.config.use_zero_page:
+            self._table_alloc()                                 # the deposit (R11)
             if not self._mm_get_huge_zero_folio():
+                self._table_free()
                 self._m.events["thp_fault_fallback"] += 1
                 return FALLBACK
-            self._table_alloc()                                 # the deposit (R11)
             self._pmds[addr >> 21] = HugePmd("hzp", None, False, False, True, False)
             return DONE
-        block = self._vma_alloc_anon_folio_pmd()
-        if block is None:
+        pfn = self._vma_alloc_anon_folio_pmd(vma)
+        if pfn is None:
             return FALLBACK
         self._table_alloc()                                     # the deposit (R11)
-        self._map_anon_folio_pmd(vma, addr >> 21, block)
+        self._map_anon_folio_pmd(vma, addr >> 21, pfn)
         return DONE
 
     def _mm_get_huge_zero_folio(self):
-        """This mm's reference on the huge zeropage, allocating it on first need (R56)."""
+        """This mm's reference on the huge zeropage, allocating it on first need (R56); its
+        allocation may compact (GFP_TRANSHUGE) and is not charged."""
         if not self._has_huge_zero:
-            if self._m.huge_zero_block is None:
-                block = self._m.take_free_block()
-                if block is None:
+            if self._m.huge_zero_pfn is None:
+                pfn = self._m.alloc_large(PMD_ORDER, compact=True)
+                if pfn is None:
                     self._m.events["thp_zero_page_alloc_failed"] += 1
                     return False
-                self._m.huge_zero_block = block
+                self._m.kind[pfn:pfn + PTRS] = K_HZP
+                self._m.huge_zero_pfn = pfn
                 self._m.events["thp_zero_page_alloc"] += 1
             self._has_huge_zero = True
         return True
 
-    def _vma_alloc_anon_folio_pmd(self):
-        """A wholly free block for a THP, or None after counting the fallback (R38)."""
-        block = self._m.take_free_block()
-        if block is None:
-            self._m.events["thp_fault_fallback"] += 1
-            self._m.mthp_events["anon_fault_fallback"] += 1
-        return block
+    def _vma_alloc_anon_folio_pmd(self, vma):
+        """vma_alloc_anon_folio_pmd: the frames of a THP, allocated and charged, or None after
+        counting the fallback (R38)."""
+        m = self._m
+        pfn = m.alloc_large(PMD_ORDER, self._defrag_direct(vma))
+        if pfn is not None and not m.try_charge(PTRS):
+            m.buddy_free(pfn, PMD_ORDER)
+            m.events["thp_fault_fallback_charge"] += 1
+            m.mthp_events[PMD_ORDER]["anon_fault_fallback_charge"] += 1
+            pfn = None
+        if pfn is None:
+            m.events["thp_fault_fallback"] += 1
+            m.mthp_events[PMD_ORDER]["anon_fault_fallback"] += 1
+        return pfn
 
-    def _map_anon_folio_pmd(self, vma, pi, block):
+    def _map_anon_folio_pmd(self, vma, pi, pfn):
         """A new THP by PMD, queued for deferred split uncounted (R55)."""
-        folio = self._m.new_folio(block, self)
+        folio = self._m.new_folio(pfn, PMD_ORDER, self, pmd_mapped=True)
         self._pmds[pi] = HugePmd("thp", folio, bool(vma.flags & VM_WRITE), True, True, True)
         self._m.queue(folio)
         self._m.events["thp_fault_alloc"] += 1
-        self._m.mthp_events["anon_fault_alloc"] += 1
+        self._m.mthp_events[PMD_ORDER]["anon_fault_alloc"] += 1
 
     def _do_huge_pmd_wp_page(self, vma, addr, entry):
         """R41-R44: a write to a read-only PMD mapping."""
@@ -1133,10 +1510,10 @@ class ReferenceMM:
     def _do_huge_zero_wp_pmd(self, vma, addr):
         """R41 (6.13+): replace the huge zeropage by a new THP; the deposit is kept; no
         eligibility re-check."""
-        block = self._vma_alloc_anon_folio_pmd()
-        if block is None:
+        pfn = self._vma_alloc_anon_folio_pmd(vma)
+        if pfn is None:
             return FALLBACK
-        self._map_anon_folio_pmd(vma, addr >> 21, block)
+        self._map_anon_folio_pmd(vma, addr >> 21, pfn)
         return DONE
 
     def _split_huge_pmd(self, pi):
@@ -1170,17 +1547,53 @@ class ReferenceMM:
         pte.young = True
 
     def _do_anonymous_page(self, vma, addr, write):
-        """R30, R35: a none PTE."""
+        """R30, R35, R36: a none PTE: the zeropage for a read, else a new folio (an mTHP of the
+        highest order that can be had, or a 4K page) mapped writable and dirty."""
         table = self._pte_alloc(addr >> 21)
         if not write and self.config.zero_page:
             table[addr >> 12] = _zero_pte()
             return
         self._anon_vma_prepare(vma)
-        frame = self._m.alloc_page()
-        if frame is None:
-            raise _Oom
+        order, pfn = self._alloc_anon_folio(vma, addr, table)
         writable = bool(vma.flags & VM_WRITE)
-        table[addr >> 12] = Pte("anon", self._m.new_page(frame), 0, writable, writable, True, True)
+        if order == 0:
+            table[addr >> 12] = Pte("anon", self._m.new_page(pfn), 0, writable, writable, True, True)
+            return
+        folio = self._m.new_folio(pfn, order, self, pmd_mapped=False)
+        start = (addr >> 12) & ~(folio.nr - 1)
+        for i in range(folio.nr):
+            table[start + i] = Pte("anon", folio, i, writable, writable, True, True)
+        self._m.mthp_events[order]["anon_fault_alloc"] += 1
+
+    def _alloc_anon_folio(self, vma, addr, table):
+        """alloc_anon_folio: (order, first frame), allocated and charged. The mTHP orders
+        enabled for the VMA whose aligned block lies inside it; from the highest whose PTEs are
+        all none (a zeropage PTE is not none) down, each tried in turn (allocation failure:
+        anon_fault_fallback; charge refused: anon_fault_fallback_charge too); then order 0,
+        whose allocation failure or refused charge is an OOM."""
+        m = self._m
+        orders = [o for o in self._allowed_orders(vma.flags, MTHP_ORDERS)
+                  if self._block_inside(vma, addr, o)]
+        vpn = addr >> 12
+        while orders and any(v in table for v in range(vpn & ~((1 << orders[0]) - 1),
+                                                       (vpn | ((1 << orders[0]) - 1)) + 1)):
+            orders.pop(0)                   # the lower orders' blocks lie inside: all none
+        for order in orders:
+            pfn = m.alloc_large(order, self._defrag_direct(vma))
+            if pfn is not None:
+                if m.try_charge(1 << order):
+                    return order, pfn
+                m.buddy_free(pfn, order)
+                m.mthp_events[order]["anon_fault_fallback_charge"] += 1
+            m.mthp_events[order]["anon_fault_fallback"] += 1
+        return 0, self._alloc_charged_page()
+
+    @staticmethod
+    def _block_inside(vma, addr, order):
+        """thp_vma_suitable_order: the aligned 2**order block of addr lies inside the VMA."""
+        size = PAGE_SIZE << order
+        start = addr & ~(size - 1)
+        return start >= vma.start and start + size <= vma.end
 
     def _do_wp_page(self, vma, addr, pte):
         """R39, R40: a write to a read-only PTE: reuse or copy."""
@@ -1201,9 +1614,7 @@ class ReferenceMM:
     def _wp_page_copy(self, vma, addr, old):
         """A new 4K page: zeroed for the zeropage, else a copy (the written mark with it)."""
         self._anon_vma_prepare(vma)
-        frame = self._m.alloc_page()
-        if frame is None:
-            raise _Oom
+        frame = self._alloc_charged_page()
         written = False
         if old.kind == "anon":
             written = old.page.written[old.idx] if isinstance(old.page, Folio) else old.page.written
@@ -1211,6 +1622,17 @@ class ReferenceMM:
                                                  True, True, True, True)
         if old.kind == "anon":
             self._remove_rmap_ptes(old.page, old.idx, 1)
+
+    def _alloc_charged_page(self):
+        """folio_prealloc: a 4K frame, charged; failing either is an OOM."""
+        m = self._m
+        frame = m.alloc_page()
+        if frame is None:
+            raise _Oom
+        if not m.try_charge(1):                     # the memory cgroup refused it
+            m.buddy_free(frame, 0)
+            raise _Oom
+        return frame
 
     # ================================================================ rmap
 
@@ -1792,7 +2214,7 @@ class ReferenceMM:
                 vpn += 1
                 continue
             nr = self._batch_len(table, vpn, hi)
-            if isinstance(pte.page, Folio) and nr < PTRS:
+            if isinstance(pte.page, Folio) and nr < pte.page.nr:
                 if not pte.page.maybe_mapped_shared():
                     self._m.split_folio(pte.page)
                     continue                            # the same PTE, now an order-0 page
@@ -1868,8 +2290,8 @@ class ReferenceMM:
         """R64 (madvise_collapse per VMA): EINVAL for a VMA THPs are not allowed in; per aligned
         2 MiB block inside the range and the VMA, collapse; no PMD table fails the call (EINVAL,
         after the VMA's other blocks: SCAN_PMD_NULL is on madvise_collapse's list of results to
-        go on after); a PMD table whose entry is none (SCAN_PMD_NONE) or an allocation failure
-        stops it at once (EINVAL, ENOMEM)."""
+        go on after); a PMD table whose entry is none (SCAN_PMD_NONE), an allocation failure
+        or a refused charge stops it at once (EINVAL, ENOMEM, EBUSY: madvise_collapse_errno)."""
         unmapped = False
         cur = start
         while cur < end:
@@ -1887,6 +2309,8 @@ class ReferenceMM:
                 result = self._collapse_scan_pmd(vma, haddr, khugepaged=False)
                 if result == SCAN_ALLOC_FAIL:
                     raise SyscallError(errno.ENOMEM, "madvise", "no THP for the collapse")
+                if result == SCAN_CGROUP_CHARGE_FAIL:
+                    raise SyscallError(errno.EBUSY, "madvise", "the memory cgroup refused the THP")
                 if result == SCAN_PMD_NONE:
                     raise SyscallError(errno.EINVAL, "madvise", "a PMD entry is none")
                 if result == SCAN_PMD_NULL:
@@ -1900,7 +2324,7 @@ class ReferenceMM:
     def _khugepaged_scan_pmd(self, vma, haddr):
         """One PMD range for khugepaged: (result, mmap lock still held)."""
         result = self._collapse_scan_pmd(vma, haddr, khugepaged=True)
-        return result, result not in (SCAN_SUCCEED, SCAN_ALLOC_FAIL)
+        return result, result not in (SCAN_SUCCEED, SCAN_ALLOC_FAIL, SCAN_CGROUP_CHARGE_FAIL)
 
     def _collapse_scan_pmd(self, vma, haddr, khugepaged):
         """hpage_collapse_scan_pmd (R69) and, when it succeeds, collapse_huge_page (R70)."""
@@ -1931,14 +2355,19 @@ class ReferenceMM:
         return self._collapse_huge_page(vma, pi, table)
 
     def _collapse_huge_page(self, vma, pi, table):
-        """A new THP holding a copy of the range, mapped by a dirty, young PMD; the old PTE
-        table becomes its deposit; the old pages lose this mapping."""
-        block = self._m.take_free_block()
-        if block is None:
-            self._m.events["thp_collapse_alloc_failed"] += 1
+        """A new THP holding a copy of the range (small pages and mTHP pages alike), mapped by a
+        dirty, young PMD; the old PTE table becomes its deposit; the old pages lose this
+        mapping (a folio that loses its last one is freed)."""
+        m = self._m
+        pfn = m.alloc_large(PMD_ORDER, compact=True)        # alloc_charge_folio (defrag 1)
+        if pfn is None:
+            m.events["thp_collapse_alloc_failed"] += 1
             return SCAN_ALLOC_FAIL
-        self._m.events["thp_collapse_alloc"] += 1
-        folio = self._m.new_folio(block, self)
+        m.events["thp_collapse_alloc"] += 1
+        if not m.try_charge(PTRS):
+            m.buddy_free(pfn, PMD_ORDER)
+            return SCAN_CGROUP_CHARGE_FAIL
+        folio = m.new_folio(pfn, PMD_ORDER, self, pmd_mapped=True)
         base = pi << 9
         for vpn, pte in table.items():
             if pte.kind == "anon":
@@ -2001,7 +2430,7 @@ class ReferenceMM:
         assert not page_maps, "a mapped page is not registered"
         for f in m.folios.values():
             assert entire.get(id(f), 0) == f.entire
-            for i in range(PTRS):
+            for i in range(f.nr):
                 assert sub_maps.pop((id(f), i), 0) == f.mapcount[i]
             assert f.large == f.entire + sum(f.mapcount) > 0
             assert f.queued == (f in m.deferred)
@@ -2012,3 +2441,39 @@ class ReferenceMM:
             if len(mms) <= 1 and (f.ids[0] in mms or f.ids[1] in mms):
                 assert not f.shared or f.large <= 1 or f.cnt[0] + 1 != f.large and f.cnt[1] + 1 != f.large
         assert not sub_maps, "a mapped subpage belongs to no live folio"
+        self._check_frames()
+
+    def _check_frames(self):
+        """The free lists are the canonical buddy decomposition of the free frames, every frame
+        is accounted for once, and memory_current is what the live folios and tables hold."""
+        m = self._m
+        kind = np.full(m.nframes, K_FREE, dtype=np.uint8)
+        kind[:RESERVED_FRAMES] = K_RESERVED
+        free = np.zeros(m.nframes, dtype=bool)
+        for pfn, order in m.free_at.items():
+            assert pfn % (1 << order) == 0 and pfn in m.free_sets[order]
+            assert not free[pfn:pfn + (1 << order)].any()
+            free[pfn:pfn + (1 << order)] = True
+            if order < MAX_PAGE_ORDER:          # fully merged: the buddy is not free whole
+                assert m.free_at.get(pfn ^ (1 << order)) != order
+        assert sum(len(x) for x in m.free_sets) == len(m.free_at)
+        assert m.nr_free == int(free.sum())
+        assert not free[:RESERVED_FRAMES].any()
+
+        def claim(pfn, n, what):
+            assert (kind[pfn:pfn + n] == K_FREE).all() and not free[pfn:pfn + n].any(), (pfn, what)
+            kind[pfn:pfn + n] = what
+        for frame, page in m.pages.items():
+            assert page.frame == frame
+            claim(frame, 1, K_PAGE)
+        for pfn, f in m.folios.items():
+            assert f.pfn == pfn and pfn % f.nr == 0
+            claim(pfn, f.nr, K_FOLIO)
+        if m.huge_zero_pfn is not None:
+            claim(m.huge_zero_pfn, PTRS, K_HZP)
+        for frame, movable in m.held.items():
+            claim(frame, 1, K_HELD_MOVABLE if movable else K_HELD)
+        assert ((kind == K_FREE) == free).all(), "a frame is neither free nor used"
+        assert (kind == m.kind).all()
+        charged = len(m.pages) + sum(f.nr for f in m.folios.values()) + sum(mm._nr_tables for mm in m.mms)
+        assert m.charged == charged, (m.charged, charged)

@@ -10,6 +10,15 @@ per process the page states, RssAnon, VmPTE, faults, the VMAs and each VMA's sma
 
 Runs 2,000 examples (MMEMU_EXAMPLES=N changes that for a quick local run; hypothesis's "ci" profile, taken automatically when CI is set, makes them
 derandomized).
+
+Issue 5 (mTHP, the buddy allocator and compaction, the memory cgroup) is drawn and compared only
+with ``ISSUE5_ENGINE = True``: configurations with mTHP sizes, small RAM that the buddy allocator
+runs out of, every defrag mode and a memory.max; the steps fragment_memory,
+release_fragmentation and setting memory_max; and the observables buddyinfo, memory_current,
+memory_max, contpte_blocks, each window page's PFN and THP/compound kpageflags bits, the
+compaction counters and the stats of all eight sizes. While it is False the configurations keep
+RAM large enough (128 MiB) that no allocator policy is ever put to the test (as an engine with
+the old block allocator needs).
 """
 import os
 
@@ -18,8 +27,13 @@ from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
 from mmemu import MM, Config, PageState
+from mmemu.config import DEFRAG_MODES, HUGEPAGE_SIZES_KB
+from mmemu.constants import VMSTAT_NAMES
 from mmemu.errors import OutOfMemory, SegmentationFault, SyscallError
 from mmemu.reference import ReferenceMM
+
+#: switch on once the engine implements issue 5 (mTHP, buddy allocator, compaction, memcg)
+ISSUE5_ENGINE = False
 
 MB = 1 << 20
 PAGE = 4096
@@ -28,26 +42,58 @@ WINDOW_PAGES = 8 * MB // PAGE
 PLACED = 0x7ffff7000000          # where mmaps without an address land (below mmap_base)
 PLACED_PAGES = 16 * MB // PAGE
 
-configs = st.builds(
-    Config,
-    thp=st.sampled_from(["always", "madvise", "never"]),
-    hugepages=st.sampled_from([{2048: m} for m in ("inherit", "always", "madvise", "never")]),
-    use_zero_page=st.booleans(),
-    zero_page=st.booleans(),
-    huge_zero_write=st.sampled_from(["thp", "split"]),
-    pt_reclaim=st.booleans(),
-    mmap_thp_align=st.sampled_from(["none", "any", "pmd_multiple"]),
-    arch=st.sampled_from(["x86_64", "arm64"]),
-    atomic_write_fault=st.booleans(),
-    khugepaged_max_ptes_none=st.sampled_from([511, 511, 510, 256, 64, 0]),
-    khugepaged_max_ptes_swap=st.just(64),
-    khugepaged_max_ptes_shared=st.sampled_from([256, 256, 511, 10, 0]),
-    khugepaged_pages_to_scan=st.sampled_from([4096, 4096, 512, 1025, 8]),
-    shrink_underused=st.booleans(),
-    remap_zero_subpages=st.booleans(),
-    reuse_large_folios=st.booleans(),
-    memory=st.sampled_from([4 * MB, 6 * MB, 64 * MB]),
-)
+def config_strategy(issue5):
+    """Configurations: with issue5, mTHP sizes (each "always", "inherit", "madvise" or "never"),
+    RAM small enough for the buddy allocator to run out, and every defrag mode."""
+    modes = st.sampled_from(["inherit", "always", "madvise", "never"])
+    if issue5:     # up to three mTHP sizes, mostly enabled, besides 2048 kB
+        mthp_modes = st.lists(st.sampled_from(["always", "always", "inherit", "madvise", "never"]),
+                              min_size=3, max_size=3)
+        sizes = st.lists(st.sampled_from(HUGEPAGE_SIZES_KB[:-1]), min_size=1, max_size=3, unique=True)
+        hugepages = st.tuples(modes, sizes, mthp_modes).map(lambda t: {2048: t[0], **dict(zip(t[1], t[2]))})
+        memory = st.sampled_from([2 * MB, 4 * MB, 6 * MB, 8 * MB, 8 * MB, 12 * MB, 16 * MB, 32 * MB, 64 * MB])
+        defrag = st.sampled_from(DEFRAG_MODES)
+    else:
+        hugepages = st.sampled_from([{2048: m} for m in ("inherit", "always", "madvise", "never")])
+        memory = st.just(128 * MB)
+        defrag = st.just("madvise")
+    return st.builds(
+        Config,
+        thp=st.sampled_from(["always", "madvise", "never"]),
+        defrag=defrag,
+        hugepages=hugepages,
+        use_zero_page=st.booleans(),
+        zero_page=st.booleans(),
+        huge_zero_write=st.sampled_from(["thp", "split"]),
+        pt_reclaim=st.booleans(),
+        mmap_thp_align=st.sampled_from(["none", "any", "pmd_multiple"]),
+        arch=st.sampled_from(["x86_64", "arm64"]),
+        atomic_write_fault=st.booleans(),
+        khugepaged_max_ptes_none=st.sampled_from([511, 511, 510, 256, 64, 0]),
+        khugepaged_max_ptes_swap=st.just(64),
+        khugepaged_max_ptes_shared=st.sampled_from([256, 256, 511, 10, 0]),
+        khugepaged_pages_to_scan=st.sampled_from([4096, 4096, 512, 1025, 8]),
+        shrink_underused=st.booleans(),
+        remap_zero_subpages=st.booleans(),
+        reuse_large_folios=st.booleans(),
+        memory=memory,
+    )
+
+
+#: memory.max values near what a script uses (a few pages over a size, too)
+memory_max_values = st.one_of(
+    st.none(),
+    st.sampled_from([1, 2, 3, 4, 6, 8, 16]).map(lambda n: n * MB),
+    st.tuples(st.sampled_from([1, 2, 4]), st.integers(0, 20)).map(lambda t: t[0] * MB + t[1] * PAGE),
+    st.integers(0, 64).map(lambda n: n * PAGE))
+
+
+def memory_max_strategy(issue5):
+    return st.one_of(st.none(), st.none(), memory_max_values) if issue5 else st.none()
+
+
+configs = config_strategy(ISSUE5_ENGINE)
+memory_maxes = memory_max_strategy(ISSUE5_ENGINE)
 
 # page offsets and lengths biased to the places where the kernel's behaviour changes
 page_offsets = st.one_of(
@@ -65,7 +111,7 @@ accesses = st.tuples(st.sampled_from(["read", "write", "atomic"]), page_offsets,
 traces = st.tuples(st.just("trace"), st.lists(st.tuples(page_offsets, st.integers(0, 2)), min_size=1, max_size=40))
 # where an mremap goes: in place (no maymove), anywhere (maymove), or to a fixed page of the window
 mremap_targets = st.one_of(st.just(None), st.just("maymove"), page_offsets)
-actions = st.one_of(
+common_actions = (
     accesses, traces, accesses, traces,        # accesses twice as likely as each syscall
     st.tuples(st.just("mmap_fixed"), page_offsets, page_counts, prots),
     st.tuples(st.just("mmap"), st.sampled_from([1, 3, 256, 512, 513, 1024]), prots),
@@ -82,8 +128,23 @@ actions = st.one_of(
     st.tuples(st.just("drop_caches"), st.sampled_from([2, 2, 3, 1])),
     st.tuples(st.sampled_from(["mlock", "munlock"]), page_offsets, page_counts),
 )
-# each step runs in one of the machine's processes (index modulo how many are alive)
-steps = st.tuples(st.integers(0, 3), actions)
+issue5_actions = (
+    # DONTNEED of every stride-th page of a range, in one step: order-0 pages spread over RAM
+    st.tuples(st.just("punch"), page_offsets, page_counts, st.integers(2, 8)),
+    st.tuples(st.just("fragment"), st.sampled_from([0.5, 0.5, 0.25, 0.75, 0.0, 0.9, 1.0]),
+              st.sampled_from([9, 9, 4, 2, 0, 3, 10]), st.booleans()),
+    st.tuples(st.just("release_fragmentation")),
+    st.tuples(st.just("memory_max"), memory_max_values),
+)
+
+
+def step_strategy(issue5):
+    actions = st.one_of(*common_actions, *(issue5_actions if issue5 else ()))
+    # each step runs in one of the machine's processes (index modulo how many are alive)
+    return st.tuples(st.integers(0, 3), actions)
+
+
+steps = step_strategy(ISSUE5_ENGINE)
 MAX_PROCESSES = 3
 
 
@@ -102,6 +163,14 @@ def outcome(fn, *args):
     if isinstance(result, np.ndarray):
         return ("ok", result.dtype.str, result.tolist())
     return ("ok", result)
+
+
+def set_memory_max(mm, value):
+    """mm.memory_max = value; a value below memory_current is refused (ValueError)."""
+    try:
+        mm.memory_max = value
+    except ValueError:
+        return "refused"
 
 
 def apply(procs, who, action):
@@ -144,6 +213,15 @@ def apply(procs, who, action):
         return outcome(mm.drop_caches, action[1])
     if kind in ("mlock", "munlock"):
         return outcome(getattr(mm, kind), WINDOW + action[1] * PAGE, action[2] * PAGE)
+    if kind == "fragment":
+        return outcome(mm.fragment_memory, action[1], action[2], action[3])
+    if kind == "punch":
+        _, off, n, stride = action
+        return tuple(outcome(mm.madvise, WINDOW + i * PAGE, PAGE, "dontneed") for i in range(off, off + n, stride))
+    if kind == "release_fragmentation":
+        return outcome(mm.release_fragmentation)
+    if kind == "memory_max":
+        return outcome(set_memory_max, mm, action[1])
     if kind in ("read", "write", "atomic"):
         return outcome(getattr(mm, kind), WINDOW + action[1] * PAGE + action[2])
     addrs = np.array([WINDOW + off * PAGE for off, _ in action[1]], np.uint64)
@@ -159,14 +237,16 @@ def run(procs, who, action):
             child = mm.fork()
         except NotImplementedError:
             return ("notimpl",)
+        except OutOfMemory as e:
+            return ("oom", e.address, e.index)
         procs.append(child)
         return ("ok", "process")
     return apply(procs, who, action)
 
 
-def observe_process(mm):
+def observe_process(mm, issue5=ISSUE5_ENGINE):
     maps = mm.maps()
-    return {
+    out = {
         "window": mm.page_states(WINDOW, WINDOW_PAGES * PAGE).tolist(),
         "placed": mm.page_states(PLACED, PLACED_PAGES * PAGE).tolist(),
         "status": mm.status,
@@ -174,22 +254,54 @@ def observe_process(mm):
         "maps": maps,
         "smaps": [mm.smaps(start) for start, *_ in maps],
     }
-
-
-#: counters the reference does not keep yet (issue 5 in progress): compaction
-_NOT_YET = {"pgmigrate_success", "compact_stall", "compact_fail", "compact_success"}
-
-
-def observe(procs):
-    vmstat = {k: v for k, v in procs[0].vmstat.items() if k not in _NOT_YET}
-    out = {"vmstat": vmstat, "mthp": procs[0].mthp_stats, "khugepaged": procs[0].khugepaged}
-    for i, mm in enumerate(procs):
-        out.update({f"{k}[{i}]": v for k, v in observe_process(mm).items()})
+    if issue5:
+        out["contpte"] = mm.contpte_blocks(WINDOW, 2 * WINDOW_PAGES * PAGE)
+        out["frames"] = frames(mm, WINDOW, 2 * WINDOW_PAGES * PAGE)
     return out
 
 
+PFN_MASK = (1 << 55) - 1
+COMPOUND = (1 << 22) | (1 << 15) | (1 << 16)        # KPF_THP, KPF_COMPOUND_HEAD, KPF_COMPOUND_TAIL
+
+
+def frames(mm, addr, length):
+    """Each page's PFN (where the buddy allocator and compaction put it) and its THP/compound
+    kpageflags bits (any large folio shows THP)."""
+    if isinstance(mm, ReferenceMM):
+        pfns, flags = mm._frames(addr, length)
+    else:
+        pagemap, _, kflags = mm.pagemap(addr, length)
+        pfns, flags = pagemap & PFN_MASK, kflags & COMPOUND
+    return (pfns.tolist(), flags.tolist())
+
+
+def vmstat(mm, issue5=ISSUE5_ENGINE):
+    """/proc/vmstat; without issue 5 only the counters today's engine knows."""
+    vs = mm.vmstat
+    return vs if issue5 else {k: v for k, v in vs.items() if k in VMSTAT_NAMES}
+
+
+def observe(procs, issue5=ISSUE5_ENGINE):
+    mm = procs[0]
+    out = {"vmstat": vmstat(mm, issue5), "mthp": mm.mthp_stats, "khugepaged": mm.khugepaged}
+    if issue5:
+        out.update(buddyinfo=mm.buddyinfo().tolist(), memory_current=mm.memory_current,
+                   memory_max=mm.memory_max)
+    else:       # today's engine has the 2048 kB stats only
+        out["mthp"] = {2048: out["mthp"][2048]}
+    for i, p in enumerate(procs):
+        out.update({f"{k}[{i}]": v for k, v in observe_process(p, issue5).items()})
+    return out
+
+
+def new_machine(engine, config, memory_max):
+    if memory_max is None:
+        return engine(config)
+    return engine(config, memory_max=memory_max)
+
+
 def diff(a, b):
-    states = [k for k in a if k.startswith(("window", "placed"))]
+    states = [k for k in a if k.startswith(("window", "placed", "frames"))]
     return {k: (a[k], b[k]) for k in a if a[k] != b[k] and k not in states} | {
         k: "differs" for k in states if a[k] != b[k]}
 
@@ -199,7 +311,25 @@ def diff(a, b):
 mapped = st.sampled_from(["rw", "rw", "rw", "r", "none"]).map(lambda p: [(0, ("mmap_fixed", 0, WINDOW_PAGES, p))])
 mapped_hp = st.sampled_from(["rw", "rw", "r"]).map(lambda p: [(0, ("mmap_fixed", 0, WINDOW_PAGES, p)),
                                                             (0, ("madvise", 0, WINDOW_PAGES, "hugepage"))])
-prologues = st.one_of(st.just([]), mapped, mapped, mapped_hp, mapped_hp, mapped_hp)
+prologues_today = st.one_of(st.just([]), mapped, mapped, mapped_hp, mapped_hp, mapped_hp)
+# with issue 5, the mapping is often followed by order-0 pages spread over RAM (a populated
+# range with holes punched) and held fragmentation, so that THP/mTHP allocations need compaction
+spread = st.tuples(st.integers(0, 3), st.integers(2, 5)).map(
+    lambda t: [(0, ("madvise", 512 * t[0], 512, "populate_write")), (0, ("punch", 512 * t[0], 512, t[1]))])
+fragmented = st.tuples(st.sampled_from([0.5, 0.5, 0.25, 0.75, 0.9, 1.0]), st.sampled_from([9, 9, 10, 4, 2]),
+                       st.booleans()).map(lambda t: [(0, ("fragment", *t))])
+writes = st.lists(page_offsets, min_size=1, max_size=8).map(lambda offs: [(0, ("trace", [(o, 1) for o in offs]))])
+prologues_issue5 = st.tuples(prologues_today, st.sampled_from([False, True]), spread,
+                             st.one_of(st.just([]), fragmented, fragmented),
+                             st.one_of(st.just([]), writes)).map(
+    lambda t: t[0] + (t[2] if t[1] and t[0] else []) + t[3] + (t[4] if t[0] else []))
+
+
+def prologue_strategy(issue5):
+    return prologues_issue5 if issue5 else prologues_today
+
+
+prologues = prologue_strategy(ISSUE5_ENGINE)
 
 
 #: in CI a failing script is reported as found, not shrunk: shrinking a 25-step script can take
@@ -209,9 +339,9 @@ PHASES = [p for p in Phase if p is not Phase.shrink] if os.environ.get("CI") els
 
 @settings(max_examples=int(os.environ.get("MMEMU_EXAMPLES", 2000)), deadline=None,
           suppress_health_check=[HealthCheck.too_slow], phases=PHASES)
-@given(config=configs, prologue=prologues, body=st.lists(steps, min_size=1, max_size=25))
-def test_engine_matches_reference_model(config, prologue, body):
-    engines, refs = [MM(config)], [ReferenceMM(config)]
+@given(config=configs, memory_max=memory_maxes, prologue=prologues, body=st.lists(steps, min_size=1, max_size=25))
+def test_engine_matches_reference_model(config, memory_max, prologue, body):
+    engines, refs = [new_machine(MM, config, memory_max)], [new_machine(ReferenceMM, config, memory_max)]
     script = prologue + body
     for i, (who, action) in enumerate(script):
         got, want = run(engines, who, action), run(refs, who, action)
@@ -226,24 +356,30 @@ def test_engine_matches_reference_model(config, prologue, body):
         mm.close()
     for mm in reversed(refs):
         mm.close()
-    assert {k: v for k, v in engines[0].vmstat.items() if k not in _NOT_YET} == {
-        k: v for k, v in refs[0].vmstat.items() if k not in _NOT_YET}
+    assert vmstat(engines[0]) == vmstat(refs[0])
 
 
 @settings(max_examples=int(os.environ.get("MMEMU_EXAMPLES", 2000)) // 4, deadline=None,
           suppress_health_check=[HealthCheck.too_slow], phases=PHASES)
-@given(config=configs, prologue=prologues, body=st.lists(steps, min_size=1, max_size=25))
-def test_reference_model_keeps_its_invariants(config, prologue, body):
-    """The reference alone: the mapcounts, MM_ID slots and queue it keeps agree with its page
-    tables after every step (independently of the engine)."""
-    refs = [ReferenceMM(config)]
+@given(config=config_strategy(True), memory_max=memory_max_strategy(True), prologue=prologue_strategy(True),
+       body=st.lists(step_strategy(True), min_size=1, max_size=25))
+def test_reference_model_keeps_its_invariants(config, memory_max, prologue, body):
+    """The reference alone, with every issue-5 draw whatever ISSUE5_ENGINE says: the mapcounts,
+    MM_ID slots, queue, buddy free lists and memcg charges it keeps agree with its page tables
+    and frames after every step (independently of the engine); an OOM leaves the machine as it
+    found it except for what the kernel keeps (pgfault, the tables of an out-of-RAM fault)."""
+    refs = [new_machine(ReferenceMM, config, memory_max)]
     for who, action in prologue + body:
-        run(refs, who, action)
+        got = run(refs, who, action)
+        event(f"{action[0]} -> {got[0]}")
         refs[0]._check_invariants()
         vs = refs[0].vmstat
         assert vs["nr_anon_pages"] >= 0 and vs["nr_page_table_pages"] >= 0
+        if refs[0].memory_max is not None:     # page tables may pass the limit, folios never
+            assert refs[0].memory_current - refs[0].vmstat["nr_page_table_pages"] * 4096 <= refs[0].memory_max
     for mm in reversed(refs):
         mm.close()
     vs = refs[0].vmstat
     assert vs["nr_anon_pages"] == vs["nr_page_table_pages"] == vs["nr_anon_transparent_hugepages"] == 0
-    assert refs[0].mthp_stats[2048]["nr_anon"] == 0
+    assert all(d["nr_anon"] == 0 for d in refs[0].mthp_stats.values())
+    assert refs[0].memory_current == 0

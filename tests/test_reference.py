@@ -574,7 +574,7 @@ def test_segv_in_access_keeps_earlier_accesses():
 
 
 def test_out_of_memory_and_thp_fallback():
-    mm = ReferenceMM(Config(memory=2 * MiB))
+    mm = ReferenceMM(Config(memory=2 * MiB))  # one 2 MiB block above the 512 reserved frames
     a = mm.mmap(4 * MiB)
     mm.madvise(a, 4 * MiB, "hugepage")
     assert mm.write(a) == 1                 # the only block becomes a THP
@@ -583,7 +583,9 @@ def test_out_of_memory_and_thp_fallback():
         mm.access([a + 2 * MiB], 1)         # no block for a THP, no page either
     assert e.value.index == 0
     d = delta(s0, snap(mm))
-    assert d == {"pgfault": 1, "thp_fault_fallback": 1, "2048kB/anon_fault_fallback": 1, **pte()}
+    # an HP VMA with defrag=madvise compacts directly; nothing is movable (a THP): it fails
+    assert d == {"pgfault": 1, "thp_fault_fallback": 1, "2048kB/anon_fault_fallback": 1, **pte(),
+                 "compact_stall": 1, "compact_fail": 1}
     mm.munmap(a, 2 * MiB)
     assert mm.write(a + 2 * MiB) == 1       # the table exists now: a 4K page
     assert mm.page_states(a + 2 * MiB, P).tolist() == [S.ANON]
@@ -1151,7 +1153,7 @@ def test_khugepaged_off_with_thp_never():
 
 
 def test_collapse_alloc_failure():
-    mm = ReferenceMM(Config(memory=4 * MiB))
+    mm = ReferenceMM(Config(memory=4 * MiB))          # two 2 MiB blocks
     a = mm.mmap(4 * MiB, addr=HP_BASE, fixed=True)
     mm.write(a)
     mm.write(a + 2 * MiB)                               # both blocks partly used
@@ -1191,3 +1193,755 @@ def test_mremap_to_unaligned_address_splits_and_keeps_pgoff():
     assert mm.vmstat["thp_deferred_split_page"] == 1
     b = mm.mmap(P, addr=dest + 2 * MiB, fixed=True)      # vm_pgoff differs: no merge
     assert len([m for m in mm.maps() if m[0] in (dest, b)]) == 2
+
+# ================================================================ issue 5: mTHP
+
+
+def msnap(mm, sizes=(16, 32, 64, 2048)):
+    """snap() plus the per-size stats of `sizes` as "<kB>kB/<name>"."""
+    out = snap(mm)
+    for kb in sizes:
+        out.update({f"{kb}kB/" + k: v for k, v in mm.mthp_stats[kb].items()})
+    return out
+
+
+def mthp_setup(length=2 * MiB, hp=False, **config):
+    """setup() with 64 kB mTHPs "always" unless the config says otherwise."""
+    config.setdefault("hugepages", {64: "always"})
+    return setup(length, hp=hp, **config)
+
+
+def test_mthp_stats_have_all_eight_sizes():
+    mm = ReferenceMM()
+    stats = mm.mthp_stats
+    assert sorted(stats) == [16, 32, 64, 128, 256, 512, 1024, 2048]
+    assert all(set(d) == set(mm.mthp_stats[2048]) and not any(d.values()) for d in stats.values())
+
+
+def test_mthp_write_fault_maps_largest_enabled_order():
+    """S64: the whole aligned 64 KiB block, in one fault; only its per-size stats move."""
+    mm, a = mthp_setup(hugepages={16: "always", 64: "always"})
+    s0 = msnap(mm)
+    assert mm.write(a + 5 * P) == 1
+    assert states(mm, a)[:17] == [L] * 16 + [N]
+    assert rss_ahp(mm, a) == (64, 0)
+    assert delta(s0, msnap(mm)) == {**fault(), **pte(), **anon(16), "64kB/anon_fault_alloc": 1,
+                                    "64kB/nr_anon": 1}
+    sm = mm.smaps(a)
+    assert sm["Private_Dirty"] == sm["Anonymous"] == 64 and sm["THPeligible"] == 1
+    mm._check_invariants()
+
+
+def test_mthp_read_fault_maps_the_zeropage():
+    """R30: mTHPs are never allocated for reads."""
+    mm, a = mthp_setup()
+    s0 = msnap(mm)
+    assert mm.read(a) == 1
+    assert states(mm, a)[:2] == [Z, N]
+    assert delta(s0, msnap(mm)) == {**fault(), **pte()}
+
+
+def test_mthp_read_fault_without_zero_pages_allocates_mthp():
+    """R30: with zero pages forbidden a read is handled as a write."""
+    mm, a = mthp_setup(zero_page=False)
+    assert mm.read(a) == 1
+    assert states(mm, a)[:17] == [L] * 16 + [N]
+
+
+def test_mthp_zeropage_pte_blocks_its_block():
+    """S65: a zeropage PTE is not none: the 64 KiB block of p1 cannot be used."""
+    mm, a = mthp_setup()
+    mm.read(a)
+    s0 = msnap(mm)
+    assert mm.write(a + P) == 1
+    assert mm.write(a + 16 * P) == 1
+    assert states(mm, a)[:33] == [Z, A] + [N] * 14 + [L] * 16 + [N]
+    assert delta(s0, msnap(mm)) == {**fault(2), **anon(17), "64kB/anon_fault_alloc": 1, "64kB/nr_anon": 1}
+
+
+def test_mthp_falls_to_the_highest_order_whose_block_is_none():
+    """S66, R36: blocked orders are skipped without a fallback count; a lower order whose
+    block is all none is used."""
+    mm, a = mthp_setup(hugepages={16: "always", 64: "always"})
+    mm.read(a + 16 * P)
+    mm.write(a + 17 * P)                    # both blocks of p17 hold p16's zeropage: a 4K page
+    mm.read(a + 36 * P)
+    s0 = msnap(mm)
+    assert mm.write(a + 40 * P) == 1        # the 64 KiB block [32, 48) holds p36; [40, 44) is none
+    st = states(mm, a)
+    assert st[16:18] == [Z, A] and st[32:48] == [N] * 4 + [Z] + [N] * 3 + [L] * 4 + [N] * 4
+    assert delta(s0, msnap(mm)) == {**fault(), **anon(4), "16kB/anon_fault_alloc": 1, "16kB/nr_anon": 1}
+
+
+def test_mthp_block_must_lie_inside_the_vma():
+    """R21: a VMA starting 4 KiB after a 64 KiB boundary cannot use its first block."""
+    mm = ReferenceMM(Config(hugepages={64: "always"}))
+    a = mm.mmap(2 * MiB - P, addr=HP_BASE + P, fixed=True)
+    assert mm.write(a) == 1 and mm.write(a + 15 * P) == 1
+    assert mm.page_states(a, 32 * P).tolist() == [A] + [N] * 14 + [L] * 16 + [N]
+
+
+def test_mthp_populate_write_faults_once_per_block():
+    """S67."""
+    mm, a = mthp_setup()
+    s0 = msnap(mm)
+    mm.madvise(a, 2 * MiB, "populate_write")
+    assert states(mm, a) == [L] * 512
+    assert delta(s0, msnap(mm)) == {**fault(32), **pte(), **anon(512), "64kB/anon_fault_alloc": 32,
+                                    "64kB/nr_anon": 32}
+
+
+@pytest.mark.parametrize("mode, top, hp, expect", [
+    ("always", "never", False, True), ("madvise", "never", False, False), ("madvise", "never", True, True),
+    ("inherit", "always", False, True), ("inherit", "madvise", False, False), ("inherit", "madvise", True, True),
+    ("inherit", "never", True, False), ("never", "always", True, False)])
+def test_mthp_per_size_mode_follows_r19(mode, top, hp, expect):
+    mm, a = mthp_setup(hp=hp, thp=top, hugepages={64: mode, 2048: "never"})
+    mm.write(a)
+    assert states(mm, a)[1] == (L if expect else N)
+    assert mm.smaps(a)["THPeligible"] == int(expect)
+
+
+@pytest.mark.parametrize("veto", ["nohugepage", "prctl", "prctl_except_advised"])
+def test_mthp_vetoes_of_r20(veto):
+    mm, a = mthp_setup(hugepages={64: "always", 2048: "never"})
+    if veto == "nohugepage":
+        mm.madvise(a, 2 * MiB, "nohugepage")
+    else:
+        mm.prctl("PR_SET_THP_DISABLE", 1, 2 if veto == "prctl_except_advised" else 0)
+    mm.write(a)
+    assert states(mm, a)[:2] == [A, N]
+    if veto == "prctl_except_advised":        # still allowed in a VM_HUGEPAGE VMA
+        b = mm.mmap(2 * MiB)
+        mm.madvise(b, 2 * MiB, "hugepage")
+        mm.write(b)
+        assert mm.page_states(b, 2 * P).tolist() == [L, L]
+
+
+def test_mthp_tried_in_the_same_fault_when_the_pmd_thp_falls_back():
+    """R36, R38: no 2 MiB block and no compaction (defrag never): the PMD fault falls back and
+    the PTE level gets an mTHP; one fault."""
+    mm = ReferenceMM(Config(memory=2 * MiB, defrag="never", hugepages={64: "always"}))
+    a = mm.mmap(2 * MiB, addr=HP_BASE, fixed=True)
+    mm.madvise(a, 2 * MiB, "hugepage")
+    assert mm.fragment_memory(1.0, 9) == 1  # the one free 2 MiB block loses its first page
+    s0 = msnap(mm)
+    assert mm.write(a) == 1
+    assert mm.page_states(a, 17 * P).tolist() == [L] * 16 + [N]
+    assert delta(s0, msnap(mm)) == {**fault(), **pte(3), **anon(16), "thp_fault_fallback": 1,
+                                    "2048kB/anon_fault_fallback": 1, "64kB/anon_fault_alloc": 1,
+                                    "64kB/nr_anon": 1}
+
+
+def test_mthp_allocation_failure_tries_the_next_order():
+    mm = ReferenceMM(Config(memory=2 * MiB, defrag="never", hugepages={64: "always", 16: "always"}))
+    a = mm.mmap(2 * MiB, addr=HP_BASE, fixed=True)
+    assert mm.fragment_memory(1.0, 4) == 32  # a page held in every 64 KiB: 16 KiB blocks only
+    s0 = msnap(mm)
+    assert mm.write(a) == 1
+    assert mm.page_states(a, 5 * P).tolist() == [L] * 4 + [N]
+    d = delta(s0, msnap(mm))
+    assert d["64kB/anon_fault_fallback"] == 1 and d["16kB/anon_fault_alloc"] == 1
+    assert "compact_stall" not in d
+
+
+def test_mthp_partial_dontneed_queues_it_as_partially_mapped():
+    """S68, R50, R58: per-size split_deferred and nr_anon_partially_mapped; no PMD counters."""
+    mm, a = mthp_setup()
+    mm.write(a)
+    s0 = msnap(mm)
+    mm.madvise(a + 2 * P, P, "dontneed")
+    assert states(mm, a)[:4] == [L, L, N, L]
+    assert rss_ahp(mm, a) == (60, 0)
+    assert delta(s0, msnap(mm)) == {**anon(-1), "64kB/split_deferred": 1, "64kB/nr_anon_partially_mapped": 1}
+    s1 = msnap(mm)
+    mm.madvise(a + 3 * P, P, "dontneed")    # only the first transition counts
+    assert delta(s1, msnap(mm)) == anon(-1)
+    mm.madvise(a, 16 * P, "dontneed")       # the rest: freed, flag and all
+    assert delta(s0, msnap(mm)) == {**anon(-16), "64kB/split_deferred": 1, "64kB/nr_anon": -1}
+    mm._check_invariants()
+
+
+def test_mthp_whole_zap_frees_it_without_split_counters():
+    mm, a = mthp_setup()
+    mm.write(a)
+    s0 = msnap(mm)
+    mm.madvise(a, 16 * P, "dontneed")
+    assert delta(s0, msnap(mm)) == {**anon(-16), "64kB/nr_anon": -1}
+
+
+def test_mthp_fork_shares_it_and_a_write_copies_4k():
+    """S69: both sides write-protected and not exclusive; the COW copy is 4 KiB."""
+    mm, a = mthp_setup()
+    mm.write(a)
+    child = mm.fork()
+    assert child.page_states(a, 17 * P).tolist() == [L] * 16 + [N]
+    s0 = msnap(mm)
+    assert mm.write(a + P) == 1
+    assert states(mm, a)[:3] == [L, A, L]
+    assert delta(s0, msnap(mm)) == {**fault(), "nr_anon_pages": 1}     # RssAnon unchanged
+    assert shared_private(mm, a) == (4, 60)
+    mm._check_invariants()
+
+
+@pytest.mark.parametrize("reuse", [True, False])
+def test_mthp_write_after_the_child_exits_reuses_it(reuse):
+    """R40 (6.15+): a folio mapped only by this process (MM_ID) is reused."""
+    mm, a = mthp_setup(reuse_large_folios=reuse)
+    mm.write(a)
+    mm.fork().close()
+    s0 = msnap(mm)
+    assert mm.write(a + P) == 1
+    assert states(mm, a)[:2] == ([L, L] if reuse else [L, A])
+    # a copy leaves p1 of the folio mapped nowhere: partially mapped (R50)
+    assert delta(s0, msnap(mm)) == ({**fault()} if reuse else
+                                    {**fault(), "64kB/split_deferred": 1, "64kB/nr_anon_partially_mapped": 1})
+
+
+def test_mthp_madv_free_whole_marks_it_lazy_free():
+    mm, a = mthp_setup()
+    mm.write(a)
+    s0 = msnap(mm)
+    mm.madvise(a, 16 * P, "free")
+    assert delta(s0, msnap(mm)) == {}
+    sm = mm.smaps(a)
+    assert sm["LazyFree"] == 64 and sm["Private_Clean"] == 64
+
+
+@pytest.mark.parametrize("advice", ["free", "cold", "pageout"])
+def test_mthp_partial_free_cold_pageout_split_it(advice):
+    """R60, R61, MT22, MT26: a partly covered mTHP mapped by this process only is split (zero
+    subpages to the zeropage) before the advice acts per page; the split passes through
+    "partially mapped" (split_deferred +1)."""
+    mm, a = mthp_setup()
+    mm.write(a + 4 * P)
+    s0 = msnap(mm)
+    mm.madvise(a, 8 * P, advice)
+    assert states(mm, a)[:17] == [Z] * 4 + [A] + [Z] * 11 + [N]
+    assert delta(s0, msnap(mm)) == {**anon(-15), "64kB/split": 1, "64kB/nr_anon": -1, "64kB/split_deferred": 1}
+    if advice == "free":
+        assert mm.smaps(a)["LazyFree"] == 4
+
+
+def test_mthp_partial_free_skips_a_shared_one():
+    mm, a = mthp_setup()
+    mm.write(a)
+    child = mm.fork()
+    s0 = msnap(mm)
+    mm.madvise(a, 8 * P, "free")
+    assert delta(s0, msnap(mm)) == {} and states(mm, a)[:16] == [L] * 16
+    child.close()
+
+
+def test_mthp_whole_pageout_without_swap_splits_it():
+    mm, a = mthp_setup()
+    mm.write(a)
+    s0 = msnap(mm)
+    mm.madvise(a, 16 * P, "pageout")
+    assert states(mm, a)[:2] == [A, Z]                  # MT25
+    assert delta(s0, msnap(mm)) == {**anon(-15), "64kB/split": 1, "64kB/nr_anon": -1, "64kB/split_deferred": 1}
+
+
+def test_mthp_shrinker_splits_a_partially_mapped_one():
+    """R54 for mTHPs: split +1, partially mapped -1, nr_anon -1, no thp_split_page."""
+    mm, a = mthp_setup()
+    mm.write(a)
+    mm.madvise(a + 8 * P, P, "dontneed")
+    s0 = msnap(mm)
+    mm.drop_caches(2)
+    assert states(mm, a)[:10] == [A] + [Z] * 7 + [N, Z]
+    assert delta(s0, msnap(mm)) == {**anon(-14), "64kB/split": 1, "64kB/nr_anon": -1,
+                                    "64kB/nr_anon_partially_mapped": -1}
+    mm._check_invariants()
+
+
+def test_mthp_fully_mapped_is_not_queued_for_the_shrinker():
+    mm, a = mthp_setup(khugepaged_max_ptes_none=0)     # the underused check would be on
+    mm.write(a)
+    s0 = msnap(mm)
+    mm.drop_caches(2)
+    assert delta(s0, msnap(mm)) == {}
+
+
+def test_mthp_collapse_copies_its_pages_and_frees_the_folio():
+    """MADV_COLLAPSE and khugepaged treat mTHP pages as present pages."""
+    mm, a = mthp_setup()
+    mm.write(a)
+    mm.write(a + 16 * P)
+    s0 = msnap(mm)
+    mm.madvise(a, 2 * MiB, "collapse")
+    assert states(mm, a) == [T] * 512
+    assert delta(s0, msnap(mm)) == {**anon(480), "thp_collapse_alloc": 1, "nr_anon_transparent_hugepages": 1,
+                                    "2048kB/nr_anon": 1, "64kB/nr_anon": -2}
+    b = mm.mmap(2 * MiB)
+    mm.write(b + 100 * P)
+    mm.madvise(b, 2 * MiB, "hugepage")
+    mm.khugepaged_scan(full_scans=1)
+    assert mm.page_states(b, 2 * MiB).tolist() == [T] * 512
+    assert mm.mthp_stats[64]["nr_anon"] == 0
+    mm._check_invariants()
+
+
+def test_contpte_blocks():
+    mm, a = mthp_setup(hp=True, hugepages={64: "always", 16: "always"})
+    b = mm.mmap(2 * MiB)                    # not HP: mTHPs, no THP
+    mm.write(b)                             # a 64 KiB mTHP: one block
+    mm.read(b + 20 * P)
+    mm.write(b + 16 * P)                    # a 16 KiB mTHP: none
+    assert mm.contpte_blocks(b, 2 * MiB) == 1
+    assert mm.contpte_blocks(b, 15 * P) == 0 and mm.contpte_blocks(b, 16 * P) == 1
+    assert mm.contpte_blocks(b + P, 2 * MiB - P) == 0
+    mm.write(a)                             # a PMD-mapped THP: not counted
+    assert mm.contpte_blocks(a, 2 * MiB) == 0
+    mm.mprotect(a + 40 * P, P, "r")         # PTE-mapped now; one block loses its write bit
+    assert mm.contpte_blocks(a, 2 * MiB) == 31
+    mm.mprotect(a + 40 * P, P, "rw")        # an exclusive page is made writable again
+    assert mm.contpte_blocks(a, 2 * MiB) == 32
+    child = mm.fork()                       # write-protected alike on both sides: still blocks
+    assert mm.contpte_blocks(a, 2 * MiB) == child.contpte_blocks(a, 2 * MiB) == 32
+    mm.write(a + 40 * P)                    # a 4K copy breaks one block
+    assert mm.contpte_blocks(a, 2 * MiB) == 31
+    child.close()
+    c = mm.mremap(b, 16 * P, 16 * P, True, HP_BASE + P)     # not 64 KiB aligned any more
+    assert mm.contpte_blocks(c - P, 32 * P) == 0
+    with pytest.raises(ValueError):
+        mm.contpte_blocks(a + 1, P)
+
+# ================================================================ issue 5: the buddy allocator, compaction
+
+
+def bi(mm):
+    return mm.buddyinfo().tolist()
+
+
+def fixed_hp(mm, length=2 * MiB, hp=True):
+    a = mm.mmap(length, addr=HP_BASE, fixed=True)
+    if hp:
+        mm.madvise(a, length, "hugepage")
+    return a
+
+
+def test_buddy_starts_with_maximal_blocks_above_the_reserved_2mib():
+    """Frames 0..511 are reserved; Config.memory above them starts free (frames 512.. as the
+    engine reads the design notes)."""
+    assert bi(ReferenceMM(Config(memory=16 * MiB))) == [0] * 9 + [2, 3]     # 512, 1024..3072, 4096
+    assert bi(ReferenceMM(Config(memory=4 * MiB))) == [0] * 9 + [2, 0]
+    mm = ReferenceMM(Config(memory=2 * MiB))
+    assert bi(mm) == [0] * 9 + [1, 0]
+    assert mm.fragment_memory(0.0, 9) == 512            # nothing free at all
+    with pytest.raises(OutOfMemory):
+        mm.write(fixed_hp(mm, hp=False))
+    assert mm.release_fragmentation() == 512 and bi(mm) == [0] * 9 + [1, 0]
+
+
+def test_buddy_alloc_splits_the_lowest_smallest_block_keeping_the_lower_half():
+    mm = ReferenceMM(Config(memory=14 * MiB))
+    a = fixed_hp(mm, hp=False)
+    mm.write(a)                                         # frame 512, from the order-9 block
+    assert bi(mm) == [1] * 9 + [0, 3]
+    assert [p.frame for p in mm._m.pages.values()] == [512]
+    mm.write(a + P)                                     # the order-0 block: 513
+    assert bi(mm) == [0] + [1] * 8 + [0, 3]
+    mm.write(a + 2 * P)                                 # splits the order-1 block: 514, 515 free
+    assert bi(mm) == [1, 0] + [1] * 7 + [0, 3]
+    assert sorted(mm._m.pages) == [512, 513, 514]
+    b = mm.mmap(2 * MiB, addr=HP_BASE + 2 * MiB, fixed=True)
+    mm.madvise(b, 2 * MiB, "hugepage")
+    mm.write(b)                                         # a THP: no order-9 block: splits 1024
+    assert bi(mm) == [1, 0] + [1] * 8 + [2]
+    mm.munmap(a, 4 * MiB)                               # everything merges back
+    assert bi(mm) == [0] * 9 + [1, 3]
+
+
+def test_fragment_memory_holds_pages_in_every_wholly_free_region():
+    mm = ReferenceMM(Config(memory=14 * MiB))
+    assert mm.fragment_memory() == 7 * 256              # 7 free 2 MiB regions, half held
+    assert bi(mm) == [7 * 256] + [0] * 10
+    s0 = snap(mm)
+    mm.release_fragmentation()
+    assert bi(mm) == [0] * 9 + [1, 3]
+    assert mm.fragment_memory(1.0, 10) == 3             # one page of each free 4 MiB block
+    assert bi(mm) == [3] * 9 + [4, 0]
+    # every wholly free 16 KiB, all of it: not frames 1..3 beside each page held above
+    assert mm.fragment_memory(0.0, 2) == 4096 - 512 - 3 - 3 * 3
+    assert bi(mm) == [3, 3] + [0] * 9
+    assert mm.fragment_memory() == 0
+    assert mm.fragment_memory(0.7, 0) == 9              # order 0: every free page
+    a = fixed_hp(mm, hp=False)
+    with pytest.raises(OutOfMemory):
+        mm.write(a)
+    mm.release_fragmentation()
+    mm.write(a)
+    assert delta(s0, snap(mm))["nr_anon_pages"] == 1 and mm.memory_current == 4 * P   # held pages are not charged
+    for args, exc in [((1.5,), ValueError), ((0.5, 11), ValueError), (("x",), TypeError),
+                      ((0.5, 9, 1), TypeError), ((0.5, 2.0), TypeError)]:
+        with pytest.raises(exc):
+            mm.fragment_memory(*args)
+    mm._check_invariants()
+
+
+def test_fragment_memory_rounds_the_held_count():
+    mm = ReferenceMM(Config(memory=2 * MiB))
+    assert mm.fragment_memory(0.375, 2) == 128 * 2      # round(2.5) == 2 held per 16 KiB
+    assert bi(mm) == [256] + [0] * 10                   # offsets 0, 2 held: frames 1, 3 free
+
+
+def test_thp_fault_compacts_movable_fragmentation():
+    """The design notes' compaction: the lowest 2 MiB whose used frames are movable and fit in
+    the free frames outside it is emptied (pages migrate to the lowest order-0 blocks)."""
+    mm = ReferenceMM(Config(memory=6 * MiB))
+    a = fixed_hp(mm)
+    assert mm.fragment_memory(0.5, 9, movable=True) == 768
+    s0 = snap(mm)
+    assert mm.write(a) == 1
+    assert states(mm, a) == [T] * 512
+    assert delta(s0, snap(mm)) == {**THP, **fault(), **pte(3), "compact_stall": 1, "compact_success": 1,
+                                   "pgmigrate_success": 256}
+    assert bi(mm) == [256] + [0] * 10
+    # the migrated pages took the lowest order-0 blocks: 1025, 1027, ..., 1535
+    assert sorted(mm._m.held)[:512] == list(range(1024, 1536))
+    mm._check_invariants()
+
+
+def test_compaction_fails_on_unmovable_pages_and_the_fault_falls_back():
+    mm = ReferenceMM(Config(memory=6 * MiB))
+    a = fixed_hp(mm)
+    mm.fragment_memory(0.5, 9)
+    s0 = snap(mm)
+    assert mm.write(a) == 1
+    assert states(mm, a)[:2] == [A, N]
+    assert delta(s0, snap(mm)) == {**fault(), **pte(3), **anon(1), "compact_stall": 1, "compact_fail": 1,
+                                   "thp_fault_fallback": 1, "2048kB/anon_fault_fallback": 1}
+
+
+def test_compaction_needs_room_outside_the_range():
+    mm = ReferenceMM(Config(memory=2 * MiB))
+    a = fixed_hp(mm)
+    mm.fragment_memory(0.5, 9, movable=True)            # 256 used, 256 free, all in one range
+    mm.write(a)
+    assert mm.vmstat["compact_fail"] == 1 and states(mm, a)[0] == A
+
+
+@pytest.mark.parametrize("defrag, hp, direct", [
+    ("always", False, True), ("always", True, True), ("madvise", False, False), ("madvise", True, True),
+    ("defer+madvise", False, False), ("defer+madvise", True, True), ("defer", True, False),
+    ("never", True, False)])
+def test_defrag_decides_whether_a_fault_compacts(defrag, hp, direct):
+    """R23 as vma_thp_gfp_mask has it, for THPs and mTHPs alike."""
+    for hugepages in ({2048: "always"}, {2048: "never", 64: "always"}):
+        mm = ReferenceMM(Config(memory=6 * MiB, defrag=defrag, hugepages=hugepages))
+        a = fixed_hp(mm, hp=hp)
+        mm.fragment_memory(1.0, 4, movable=True)        # no 64 KiB block anywhere
+        mm.write(a)
+        assert mm.vmstat["compact_stall"] == int(direct), hugepages
+        assert states(mm, a)[1] == ((T if 2048 in hugepages and hugepages[2048] == "always" else L)
+                                    if direct else N)
+
+
+def test_compaction_migrates_anon_pages_keeping_every_mapping():
+    mm = ReferenceMM(Config(memory=6 * MiB))
+    a = fixed_hp(mm, hp=False)
+    mm.madvise(a, 2 * MiB, "populate_write")            # frames 512..1023
+    for i in range(0, 512, 2):
+        mm.madvise(a + i * P, P, "dontneed")            # every other one freed
+    child = mm.fork()
+    mm.fragment_memory(0.5, 9)                          # 1024..2047: unmovable, half free
+    b = mm.mmap(2 * MiB, addr=HP_BASE + 2 * MiB, fixed=True)
+    mm.madvise(b, 2 * MiB, "hugepage")
+    before = [(p.states, p.smaps) for p in (types.SimpleNamespace(states=states(x, a), smaps=x.smaps(a))
+                                            for x in (mm, child))]
+    s0 = snap(mm)
+    mm.write(b)
+    assert states(mm, b) == [T] * 512
+    assert delta(s0, snap(mm)) == {**THP, **fault(), **pte(1), "compact_stall": 1, "compact_success": 1,
+                                   "pgmigrate_success": 256}
+    assert before == [(states(x, a), x.smaps(a)) for x in (mm, child)]
+    assert min(mm._m.pages) >= 1024                     # all moved out of 512..1023
+    assert child.write(a + P) == 1 and child.page_states(a + P, P).tolist() == [A]
+    mm._check_invariants()
+
+
+def test_huge_zeropage_allocation_compacts_and_its_failure_falls_back():
+    mm = ReferenceMM(Config(memory=2 * MiB, defrag="never"))
+    a = fixed_hp(mm)
+    mm.fragment_memory(1.0, 9)
+    s0 = snap(mm)
+    assert mm.read(a) == 1
+    assert states(mm, a)[:2] == [Z, N]
+    assert delta(s0, snap(mm)) == {**fault(), **pte(3), "thp_zero_page_alloc_failed": 1, "thp_fault_fallback": 1,
+                                   "compact_stall": 1, "compact_fail": 1}
+
+
+def test_collapse_compacts_before_failing():
+    mm = ReferenceMM(Config(memory=4 * MiB))
+    a = mm.mmap(4 * MiB, addr=HP_BASE, fixed=True)
+    mm.write(a)
+    mm.write(a + 2 * MiB)                               # frames 512, 513
+    mm.fragment_memory(1.0, 9)                          # frame 1024 held: no 2 MiB block
+    s0 = snap(mm)
+    mm.madvise(a, 2 * MiB, "collapse")
+    assert states(mm, a) == [T] * 512 and states(mm, a + 2 * MiB)[0] == A
+    assert delta(s0, snap(mm)) == {**anon(511), "thp_collapse_alloc": 1, "nr_anon_transparent_hugepages": 1,
+                                   "2048kB/nr_anon": 1, "compact_stall": 1, "compact_success": 1,
+                                   "pgmigrate_success": 2}
+    with pytest.raises(SyscallError) as e:
+        mm.madvise(a + 2 * MiB, 2 * MiB, "collapse")
+    assert e.value.errno == errno.ENOMEM
+    assert mm.vmstat["thp_collapse_alloc_failed"] == 1 and mm.vmstat["compact_fail"] == 1
+
+# ================================================================ issue 5: the memory cgroup
+
+
+def test_memory_current_counts_anon_folios_and_page_tables():
+    mm = ReferenceMM(Config(hugepages={64: "always"}))
+    a = fixed_hp(mm, 4 * MiB, hp=False)
+    mm.madvise(a, 2 * MiB, "hugepage")                  # the upper half gets mTHPs, no THP
+    mm.read(a)                                          # PUD, PMD tables, the deposit; the HZP is free
+    assert mm.memory_current == 3 * P
+    mm.write(a)                                         # a THP over the HZP: the deposit is kept
+    assert mm.memory_current == (3 + 512) * P
+    mm.write(a + 2 * MiB)                               # a PTE table and a 64 KiB mTHP
+    assert mm.memory_current == (4 + 512 + 16) * P
+    child = mm.fork()                                   # the child's tables; pages are shared
+    assert mm.memory_current == (8 + 512 + 16) * P == child.memory_current
+    child.write(a + 2 * MiB)                            # a COW copy
+    assert mm.memory_current == (8 + 512 + 17) * P
+    child.close()
+    mm.munmap(a, 2 * MiB)
+    assert mm.memory_current == (3 + 16) * P
+    mm.close()
+    assert mm.memory_current == 0
+
+
+def test_memory_max_is_settable_but_not_below_memory_current():
+    mm = ReferenceMM(memory_max=8 * MiB)
+    assert mm.memory_max == 8 * MiB
+    a = fixed_hp(mm, hp=False)
+    mm.write(a)
+    with pytest.raises(ValueError):
+        mm.memory_max = 3 * P
+    assert mm.memory_max == 8 * MiB
+    mm.memory_max = 8 * P
+    assert mm.fork().memory_max == 8 * P                # one cgroup for the machine
+    mm.memory_max = None
+    for bad, exc in [(-1, ValueError), (True, TypeError), (1.0, TypeError)]:
+        with pytest.raises(exc):
+            mm.memory_max = bad
+        with pytest.raises(exc):
+            ReferenceMM(memory_max=bad)
+
+
+def test_s62_thp_charge_refused_falls_back_to_a_4k_page():
+    mm = ReferenceMM(memory_max=3 * MiB)
+    a = fixed_hp(mm, 4 * MiB)
+    mm.write(a)
+    s0 = snap(mm)
+    assert mm.write(a + 2 * MiB) == 1
+    assert states(mm, a + 2 * MiB)[:2] == [A, N]
+    assert delta(s0, snap(mm)) == {**fault(), **pte(), **anon(1), "thp_fault_fallback": 1,
+                                   "thp_fault_fallback_charge": 1, "2048kB/anon_fault_fallback": 1,
+                                   "2048kB/anon_fault_fallback_charge": 1}
+
+
+def test_s63_hzp_write_with_the_thp_charge_refused_splits_it():
+    mm = ReferenceMM(memory_max=3 * MiB)
+    a = fixed_hp(mm, 4 * MiB)
+    mm.write(a)
+    s0 = snap(mm)
+    assert mm.read(a + 2 * MiB) == 1 and mm.write(a + 2 * MiB) == 1
+    assert states(mm, a + 2 * MiB)[:2] == [A, Z]
+    assert delta(s0, snap(mm)) == {**fault(2), **pte(), **anon(1), "thp_fault_fallback": 1,
+                                   "thp_fault_fallback_charge": 1, "2048kB/anon_fault_fallback": 1,
+                                   "2048kB/anon_fault_fallback_charge": 1, "thp_split_pmd": 1,
+                                   "thp_zero_page_alloc": 1}
+
+
+def test_mthp_charge_refused_tries_the_next_order():
+    mm = ReferenceMM(Config(hugepages={16: "always", 64: "always"}), memory_max=(3 + 10) * P)
+    a = fixed_hp(mm, hp=False)
+    s0 = msnap(mm)
+    assert mm.write(a) == 1
+    assert states(mm, a)[:5] == [L] * 4 + [N]
+    assert delta(s0, msnap(mm)) == {**fault(), **pte(3), **anon(4), "64kB/anon_fault_fallback": 1,
+                                    "64kB/anon_fault_fallback_charge": 1, "16kB/anon_fault_alloc": 1,
+                                    "16kB/nr_anon": 1}
+
+
+def test_order0_charge_refused_is_an_oom_as_when_ram_runs_out():
+    """A refused 4K charge is VM_FAULT_OOM like a failed allocation (the engine as built; the
+    kernel): pgfault counts it, min_flt does not, and what the fault did before the charge stays
+    (the tables, the THP and mTHP tries and their fallback counters)."""
+    mm = ReferenceMM(Config(hugepages={16: "always"}), memory_max=3 * P)
+    a = fixed_hp(mm)
+    s0 = msnap(mm)
+    with pytest.raises(OutOfMemory) as e:
+        mm.write(a)
+    assert (e.value.address, e.value.index) == (a, None)
+    assert states(mm, a)[0] == N
+    assert delta(s0, msnap(mm)) == {"pgfault": 1, **pte(3), "thp_fault_fallback": 1, "thp_fault_fallback_charge": 1,
+                                    "2048kB/anon_fault_fallback": 1, "2048kB/anon_fault_fallback_charge": 1,
+                                    "16kB/anon_fault_fallback": 1, "16kB/anon_fault_fallback_charge": 1}
+    mm.memory_max = 4 * P
+    assert mm.write(a) == 1 and mm.memory_current == 4 * P
+
+
+def test_access_trace_oom_keeps_the_accesses_before_it():
+    mm = ReferenceMM(memory_max=4 * P)
+    a = fixed_hp(mm, 4 * MiB, hp=False)
+    s0 = snap(mm)
+    with pytest.raises(OutOfMemory) as e:
+        mm.access([a, a + P, a + 2 * MiB], [1, 0, 1])   # the third needs a PTE table and a page
+    assert e.value.index == 2 and e.value.address == a + 2 * MiB
+    assert delta(s0, snap(mm)) == {**fault(2), "pgfault": 3, **pte(4), **anon(1)}   # its PTE table stays
+
+
+def test_page_table_charges_never_fail():
+    """The design notes (engine as built): page tables are charged but never refused, so
+    memory_current may pass memory_max; only the 4K page is refused."""
+    mm = ReferenceMM(memory_max=0)
+    a = fixed_hp(mm, hp=False)
+    s0 = snap(mm)
+    assert mm.read(a) == 1                              # PUD, PMD, PTE tables; the zeropage
+    assert mm.memory_current == 3 * P > mm.memory_max
+    with pytest.raises(OutOfMemory):
+        mm.write(a + P)
+    assert delta(s0, snap(mm)) == {**fault(), "pgfault": 2, **pte(3)}
+    with pytest.raises(ValueError):                     # not below what is charged
+        mm.memory_max = 2 * P
+
+
+def test_thp_deposit_is_charged_beyond_the_limit():
+    """__do_huge_pmd_anonymous_page charges the THP, then the deposit (never refused)."""
+    mm = ReferenceMM(memory_max=(2 + 512) * P)
+    a = fixed_hp(mm)
+    assert mm.write(a) == 1 and states(mm, a)[0] == T
+    assert mm.memory_current == (3 + 512) * P
+
+
+def test_arm64_atomic_oom_keeps_its_read_fault():
+    mm = ReferenceMM(Config(arch="arm64"), memory_max=3 * P)
+    a = fixed_hp(mm, hp=False)
+    s0 = snap(mm)
+    with pytest.raises(OutOfMemory):
+        mm.atomic(a)                                    # read fault (zeropage), then the write
+    assert states(mm, a)[0] == Z
+    assert delta(s0, snap(mm)) == {**fault(), "pgfault": 2, **pte(3)}
+
+
+@pytest.mark.parametrize("how", ["populate_write", "mlock"])
+def test_population_stops_at_a_refused_charge(how):
+    mm = ReferenceMM(memory_max=(3 + 10) * P)
+    a = fixed_hp(mm, hp=False)
+    s0 = snap(mm)
+    with pytest.raises(SyscallError) as e:
+        if how == "mlock":
+            mm.mlock(a, 2 * MiB)
+        else:
+            mm.madvise(a, 2 * MiB, how)
+    assert e.value.errno == (errno.EAGAIN if how == "mlock" else errno.ENOMEM)
+    assert states(mm, a)[:11] == [A] * 10 + [N]
+    assert delta(s0, snap(mm)) == {**fault(10), "pgfault": 11, **pte(3), **anon(10)}   # the 11th: pgfault only
+
+
+def test_fork_and_mremap_charge_their_tables_beyond_the_limit():
+    mm = ReferenceMM()
+    a = fixed_hp(mm, hp=False)
+    mm.write(a)
+    mm.memory_max = mm.memory_current
+    child = mm.fork()                                   # 3 tables for the child
+    assert mm.memory_current == mm.memory_max + 3 * P == child.memory_current
+    child.close()
+    assert mm.mremap(a, 2 * MiB, 2 * MiB, True, a + (1 << 30)) == a + (1 << 30)
+    assert mm.memory_current == mm.memory_max           # a new PMD table, the old one freed
+    with pytest.raises(OutOfMemory):
+        mm.write(a + (1 << 30) + P)
+
+
+def test_collapse_with_the_charge_refused_is_ebusy():
+    mm = ReferenceMM()
+    a = fixed_hp(mm, hp=False)
+    mm.write(a)
+    mm.memory_max = mm.memory_current + 100 * P
+    s0 = snap(mm)
+    with pytest.raises(SyscallError) as e:
+        mm.madvise(a, 2 * MiB, "collapse")
+    assert e.value.errno == errno.EBUSY
+    assert delta(s0, snap(mm)) == {"thp_collapse_alloc": 1}
+    mm.madvise(a, 2 * MiB, "hugepage")
+    mm.khugepaged_scan(full_scans=1)
+    assert mm.khugepaged["pages_collapsed"] == 0 and delta(s0, snap(mm)) == {"thp_collapse_alloc": 2}
+
+
+@pytest.mark.parametrize("how", ["munmap", "mremap shrink", "dontneed"])
+def test_mthp_any_partial_unmap_flags_it_once(how):
+    """The design notes: zap, munmap, DONTNEED and mremap shrinking all partially map it."""
+    mm, a = mthp_setup()
+    mm.write(a)
+    s0 = msnap(mm)
+    if how == "munmap":
+        mm.munmap(a + 8 * P, 8 * P)
+    elif how == "mremap shrink":
+        mm.mremap(a, 2 * MiB, 8 * P)
+    else:
+        mm.madvise(a + 8 * P, 8 * P, "dontneed")
+    assert states(mm, a, 8 * P) == [L] * 8
+    assert delta(s0, msnap(mm)) == {**anon(-8), "64kB/split_deferred": 1, "64kB/nr_anon_partially_mapped": 1}
+    mm._check_invariants()
+
+
+def test_compaction_takes_the_lowest_pageblock_without_unmovable_frames():
+    """The design notes (engine as built): the pageblock is chosen first (no frame of a large
+    folio, of the huge zeropage or of unmovable fragmentation), then its lowest range."""
+    mm = ReferenceMM(Config(memory=6 * MiB, defrag="always", hugepages={64: "always", 2048: "never"}))
+    a = fixed_hp(mm, hp=False)
+    mm.write(a)                                         # a 64 KiB mTHP at frames 512..527
+    mm.fragment_memory(1.0, 4, movable=True)            # frame 0 of every other 64 KiB held
+    s0 = snap(mm)
+    mm.write(a + 16 * P)                                # no order-4 block: compaction
+    assert delta(s0, snap(mm))["pgmigrate_success"] == 1
+    # not the movable range 528..543 of pageblock 1 (the mTHP is in it): 1024.. of pageblock 2
+    assert mm._frames(a + 16 * P, P)[0].tolist() == [1024]
+    mm._check_invariants()
+
+
+def test_compaction_is_deferred_after_failures():
+    """mm/compaction.c as the design notes give it: after a failure, attempts at orders >=
+    compact_order_failed (0 until a success) are skipped, nothing counted, until 1 << shift
+    of them have been considered; each failure doubles that (up to 1 << 6)."""
+    mm = ReferenceMM(Config(memory=2 * MiB, defrag="always", hugepages={2048: "always"}))
+    a = fixed_hp(mm, 16 * MiB, hp=False)
+    mm.fragment_memory(1.0, 9)                          # unmovable: every compaction fails
+    stalls = []
+    for i in range(8):
+        mm.write(a + i * 2 * MiB)                       # a THP try each, then a 4K page
+        stalls.append(mm.vmstat["compact_stall"])
+    assert stalls == [1, 1, 2, 2, 2, 2, 3, 3]
+    assert mm.vmstat["compact_fail"] == 3 and mm.vmstat["thp_fault_fallback"] == 8
+
+
+def test_split_of_a_pte_mapped_thp_passes_through_partially_mapped():
+    """The design notes, measured on the 6.18 host: mprotect of a part PTE-maps the THP, then
+    MADV_FREE of another part splits the folio: thp_split_page +1 and thp_deferred_split_page
+    +1; a THP mapped only by its PMD is split without it (S71)."""
+    mm, a = hp_thp()
+    mm.mprotect(a + 256 * P, P, "r")
+    s0 = snap(mm)
+    mm.madvise(a, 8 * P, "free")
+    d = delta(s0, snap(mm))
+    assert d["thp_split_page"] == d["thp_deferred_split_page"] == d["2048kB/split_deferred"] == 1
+    assert "2048kB/nr_anon_partially_mapped" not in d and d["2048kB/nr_anon"] == -1
+    mm2, b = hp_thp()
+    mm2.madvise(b, MiB, "free")
+    assert mm2.vmstat["thp_deferred_split_page"] == 0 and mm2.vmstat["thp_split_page"] == 1
+
+
+def test_contpte_blocks_need_the_same_user_bit():
+    """A PROT_NONE PTE (x86 PAGE_NONE: no _PAGE_USER) breaks its block even where the write
+    bits agree (all write-protected after fork)."""
+    mm, a = hp_thp()
+    child = mm.fork()
+    mm.mprotect(a, P, "none")
+    assert mm.contpte_blocks(a, 2 * MiB) == 31
+    mm.mprotect(a, P, "r")
+    assert mm.contpte_blocks(a, 2 * MiB) == 32
+    child.close()
