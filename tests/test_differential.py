@@ -33,7 +33,7 @@ from mmemu.errors import OutOfMemory, SegmentationFault, SyscallError
 from mmemu.reference import ReferenceMM
 
 #: switch on once the engine implements issue 5 (mTHP, buddy allocator, compaction, memcg)
-ISSUE5_ENGINE = False
+ISSUE5_ENGINE = True
 
 MB = 1 << 20
 PAGE = 4096
