@@ -801,6 +801,19 @@ cdef class Machine:
             index += nr
         return True
 
+    cdef void shmem_mark_uptodate(self, int64_t pfn, folio_t *folio) noexcept nogil:
+        """A fallocated folio a fault reached is zeroed and uptodate, every page of it."""
+        cdef int64_t head = pfn if folio == NULL else self.folio_pfn(folio), k
+        cdef int64_t nr = 1 if folio == NULL else (<int64_t>1) << folio.order
+        for k in range(head, head + nr):
+            self.flags[k] = self.flags[k] & ~PG_FALLOCATED
+
+    def file_forget(self, int32_t fid):
+        """The file is gone (no fd, no mapping): its pages were freed; forget its page cache."""
+        self.file_set_size(fid, 0)
+        self.file_pages[fid] = NULL
+        del self.files[fid]
+
     cdef void shmem_free_folio(self, folio_t *folio) noexcept nogil:
         """A large shmem folio leaves the page cache: uncharged and freed."""
         cdef int order = folio.order
@@ -1846,6 +1859,8 @@ cdef class MMCore:
             if pfn < 0:
                 return VM_FAULT_OOM
         folio = self.machine.folio_of(pfn)
+        if self.machine.flags[pfn] & PG_FALLOCATED:
+            self.machine.shmem_mark_uptodate(pfn, folio)      # shmem_get_folio: cleared now
         # finish_fault
         if folio != NULL and not pmdp[0] and self.shmem_pmd_suitable(vma, addr):
             self.shmem_map_pmd(vma, pmdp, self.machine.folio_pfn(folio), write)

@@ -1212,8 +1212,7 @@ def _release_files(machine):
         live.update(core.vma_files().tolist())
     for fid, f in list(machine.files.items()):
         if not f.fd_open and fid not in live:
-            machine.file_set_size(fid, 0)
-            del machine.files[fid]
+            machine.file_forget(fid)
 
 
 class Memfd:

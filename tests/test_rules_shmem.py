@@ -294,3 +294,16 @@ def test_mmap_checks_its_shared_arguments():
     assert exc.value.errno == errno.EBADF
     with pytest.raises(SyscallError):
         g.ftruncate(PAGE)
+
+
+def test_a_fault_makes_a_whole_fallocated_folio_uptodate():
+    mm = MM(Config(shmem_enabled="always"))
+    f = mm.memfd_create()
+    f.ftruncate(2 * MB)
+    f.fallocate(0, 2 * MB)                               # one THP, not uptodate
+    a = mm.mmap(2 * MB, fd=f, addr=BASE, fixed=True)
+    mm.read(a + 5 * PAGE)                                # mapped by its PMD, uptodate now
+    mm.madvise(a, PAGE, "dontneed")                      # the PMD is cleared
+    mm.mprotect(a, PAGE, "r")                            # the 2 MiB no longer fits one VMA
+    assert mm.read(a + 20 * PAGE) == 1
+    assert (mm.page_states(a, 32 * PAGE)[16:32] == PS.SHMEM).all()   # fault-around sees them
