@@ -2,20 +2,13 @@
 fragmentation, direct compaction as defrag allows it, and the memory cgroup."""
 import numpy as np
 import pytest
-from helpers import delta, hp_mapping
+from helpers import counters, delta, hp_mapping
 
 from mmemu import MM, Config, OutOfMemory, PageState, SyscallError
 
 MB = 1 << 20
 PAGE = 4096
 PS = PageState
-
-
-def counters(mm):
-    out = dict(mm.vmstat)
-    for kb, stats in mm.mthp_stats.items():
-        out.update({f"{kb}kB/{k}": v for k, v in stats.items()})
-    return out
 
 
 # ---- the buddy allocator ---------------------------------------------------------------------

@@ -2,21 +2,13 @@
 per rule, named after what it pins down."""
 import numpy as np
 import pytest
-from helpers import delta, hp_mapping
+from helpers import counters, delta, hp_mapping
 
 from mmemu import MM, Config, PageState
 
 MB = 1 << 20
 PAGE = 4096
 PS = PageState
-
-
-def counters(mm):
-    """vmstat plus every per-size stat as '<kB>kB/<name>'."""
-    out = dict(mm.vmstat)
-    for kb, stats in mm.mthp_stats.items():
-        out.update({f"{kb}kB/{k}": v for k, v in stats.items()})
-    return out
 
 
 def runs(*pairs):

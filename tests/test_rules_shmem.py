@@ -5,7 +5,7 @@ import errno
 
 import numpy as np
 import pytest
-from helpers import delta
+from helpers import counters, delta
 
 from mmemu import BusError, Config, Memfd, MM, OutOfMemory, PageState, SegmentationFault, SyscallError
 
@@ -13,12 +13,6 @@ MB = 1 << 20
 PAGE = 4096
 BASE = 0x500000000000          # 2 MiB aligned
 PS = PageState
-
-
-def counters(mm):
-    out = dict(mm.vmstat)
-    out.update({f"2048kB/{k}": v for k, v in mm.mthp_stats[2048].items()})
-    return out
 
 
 def test_a_read_fault_allocates_a_shmem_page_mapped_writable():

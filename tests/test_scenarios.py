@@ -3,7 +3,7 @@
 The rows live in mmemu.scenarios: config, mapping length, MADV_HUGEPAGE or not, steps (in pages
 of the mapping), then what the kernel showed: page states, Rss / AnonHugePages (kB), faults,
 counter deltas, VmPTE delta.  ISSUE4_ROWS and EXTRA_ROWS were measured on the 6.18 host; an
-emulator that lacks a feature they use (NotImplementedError, or no such method) marks them xfail.
+emulator must play every one of them.
 """
 import pytest
 
@@ -20,28 +20,23 @@ def test_scenario_table_row(row):
     assert mismatches(run, row) == []
 
 
+def played_mismatches(row, base=None):
+    """Play a row on a fresh MM; how it differs from the row's expected values."""
+    run = play_row(MM(Config(**row[1])), row, base=base)
+    try:
+        return mismatches(run, row)
+    finally:
+        if run.child is not None:
+            run.child.close()
+
+
 @pytest.mark.parametrize("row", ISSUE5_ROWS, ids=[short(r[0]) for r in ISSUE5_ROWS])
 def test_issue5_row(row):
     """mTHP, shared memory, memfd and the memory cgroup as the 6.18 host showed them (laid out
     where the host run put them: alignments matter here)."""
-    run = play_row(MM(Config(**row[1])), row, base=0x500000000000)
-    try:
-        wrong = mismatches(run, row)
-    finally:
-        if run.child is not None:
-            run.child.close()
-    assert wrong == []
+    assert played_mismatches(row, base=0x500000000000) == []
 
 
 @pytest.mark.parametrize("row", ISSUE4_ROWS + EXTRA_ROWS, ids=[short(r[0]) for r in ISSUE4_ROWS + EXTRA_ROWS])
 def test_issue4_row(row):
-    try:
-        run = play_row(MM(Config(**row[1])), row)
-    except (NotImplementedError, AttributeError) as exc:
-        pytest.xfail(f"the emulator lacks a feature: {exc}")
-    try:
-        wrong = mismatches(run, row)
-    finally:
-        if run.child is not None:
-            run.child.close()
-    assert wrong == []
+    assert played_mismatches(row) == []
