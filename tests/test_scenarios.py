@@ -2,8 +2,8 @@
 
 The rows live in mmemu.scenarios: config, mapping length, MADV_HUGEPAGE or not, steps (in pages
 of the mapping), then what the kernel showed: page states, Rss / AnonHugePages (kB), faults,
-counter deltas, VmPTE delta.  ISSUE4_ROWS and EXTRA_ROWS were measured on the 6.18 host; an
-emulator must play every one of them.
+counter deltas, VmPTE delta.  ISSUE4_ROWS, EXTRA_ROWS and ISSUE5_ROWS were measured on the 6.18
+host; the emulator must play every one of them as the host did.
 """
 import pytest
 
