@@ -3051,12 +3051,19 @@ cdef class MMCore:
         cdef folio_t *folio = self.machine.folio_of(pfn)
         cdef uint8_t *flagp = &self.machine.flags[pfn] if folio == NULL else &folio.flags
         cdef int64_t k
+        cdef uint64_t gathered = 0
         if not (flagp[0] & PG_LAZYFREE):
             return
         for k in range(i, i + nr):
-            if pte[k] & _PAGE_DIRTY:
-                flagp[0] &= ~PG_LAZYFREE
-                return
+            gathered |= pte[k] & (_PAGE_DIRTY | _PAGE_ACCESSED)
+        if gathered & _PAGE_DIRTY:
+            # try_to_unmap_one cleared the batch (get_and_clear_full_ptes, which gathers the
+            # dirty and young bits of all of them) and, the folio dirty again, restores every
+            # PTE with the gathered bits: the folio is an ordinary one again
+            for k in range(i, i + nr):
+                pte[k] = pte[k] | gathered
+            flagp[0] &= ~PG_LAZYFREE
+            return
         for k in range(i, i + nr):
             pte[k] = 0
         if folio != NULL:

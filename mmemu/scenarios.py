@@ -400,6 +400,27 @@ SHARED_ORACLE_SCENARIOS = [
 BEFORE.update({name: [("shared",)] for name, *_ in SHARED_ORACLE_SCENARIOS})
 HOST_ORACLE_SCENARIOS += SHARED_ORACLE_SCENARIOS
 
+_M64 = {"hugepages": {64: "madvise", 2048: "never"}}
+#: mTHP on the paths the MT rows do not take; madvise sizes in an HP mapping, so that no other
+#: process on the host makes folios of that size meanwhile
+MTHP_ORACLE_SCENARIOS = [
+    ("Y1 mTHP: mremap moves it", _M64, 4 * MB, True, [("write", 0), ("write", 20), ("mremap", 64, 64, True, 1024)]),
+    ("Y2 mTHP: mprotect of part, back, write", _M64, 2 * MB, True,
+     [("write", 0), ("mprotect", 2, 4, "r"), ("mprotect", 2, 4, "rw"), ("write", 3)]),
+    ("Y3 mTHP: fork, the child writes and exits, write", _M64, 2 * MB, True,
+     [("write", 0), ("fork",), ("child", "write", 1), ("child_exit",), ("write", 2)]),
+    ("Y4 mTHP 16K+256K: populate_write of 1 MiB", {"hugepages": {16: "madvise", 256: "madvise", 2048: "never"}},
+     2 * MB, True, [("populate_write", 0, 256)]),
+    ("Y5 mTHP: munmap of its middle, drop_caches", _M64, 2 * MB, True,
+     [("write", 0), ("munmap", 4, 4), ("drop_caches",)]),
+    ("Y6 mTHP: read, then writes in and beside the block", _M64, 2 * MB, True,
+     [("read", 0), ("write", 1), ("write", 16)]),
+    ("Y7 mTHP: mlock", _M64, 2 * MB, True, [("mlock", 0, 64)]),
+    ("Y8 mTHP: MADV_FREE of it whole, a write, MADV_PAGEOUT", _M64, 2 * MB, True,
+     [("write", 0), ("free", 0, 16), ("write", 3), ("pageout", 0, 16)]),
+]
+HOST_ORACLE_SCENARIOS += MTHP_ORACLE_SCENARIOS
+
 HOST_ORACLE_SCENARIOS += [
     # S6: LOCK CMPXCHG with a failing compare; on x86 every locked read-modify-write is reported
     # as a write (R25), so the library's atomic (LOCK XADD of 0) stands for it

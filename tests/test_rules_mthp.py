@@ -288,3 +288,17 @@ def test_R51_splitting_a_pte_mapped_folio_passes_through_partially_mapped():
     mm3.write(c)                                              # PMD-mapped: frozen whole
     mm3.madvise(c + 100 * PAGE, 8 * PAGE, "free")
     assert mm3.vmstat["thp_split_page"] == 1 and mm3.vmstat["thp_deferred_split_page"] == 0
+
+
+def test_R60_a_rewritten_lazyfree_mthp_is_restored_whole_and_dirty_by_pageout():
+    """try_to_unmap_one clears the folio's PTEs as a batch, gathering their dirty bits; a folio
+    dirty again gets every PTE back, dirty (host: Y8)."""
+    mm = MM(Config(hugepages={64: "madvise", 2048: "never"}))
+    a = hp_mapping(mm)
+    mm.write(a)
+    mm.madvise(a, 64 * 1024, "free")
+    mm.write(a + 3 * PAGE)
+    mm.madvise(a, 64 * 1024, "pageout")
+    s = mm.smaps(a)
+    assert (s["Rss"], s["Private_Dirty"], s["LazyFree"]) == (64, 64, 0)
+    assert (mm.page_states(a, 16 * PAGE) == PS.LARGE).all()
