@@ -2277,7 +2277,14 @@ class ReferenceMM:
             if isinstance(page, Folio) and nr > 1:
                 self._m.split_folio(page)       # a large folio it cannot swap out
             return
-        if any(table[v].dirty for v in range(vpn, vpn + nr)):
+        batch = [table[v] for v in range(vpn, vpn + nr)]
+        if any(p.dirty for p in batch):
+            # try_to_unmap_one cleared the batch, gathering dirty and young, and puts it back
+            # with them (host: Y8): every PTE of a re-dirtied lazy-free folio is dirty again
+            young = any(p.young for p in batch)
+            for p in batch:
+                p.dirty = True
+                p.young = p.young or young
             page.lazyfree = False
             return
         for v in range(vpn, vpn + nr):
