@@ -291,7 +291,6 @@ cdef class Machine:
     cdef void free_pmd_folio(self, int64_t pfn) noexcept nogil
     cdef void clear_folio(self, int64_t block) noexcept nogil
     cdef int64_t get_huge_zero_folio(self) noexcept nogil
-    cdef bint in_pmd_folio(self, int64_t pfn) noexcept nogil
     cdef folio_t *folio_of(self, int64_t pfn) noexcept nogil
     cdef bint page_is_shmem(self, int64_t pfn, folio_t *folio) noexcept nogil
     cdef int64_t folio_pfn(self, folio_t *folio) noexcept nogil

@@ -456,10 +456,6 @@ cdef class Machine:
         # subpages carry written marks, and PTE mappings once the PMD was split
         self.free_frames(pfn, HPAGE_PMD_ORDER)
 
-    cdef inline bint in_pmd_folio(self, int64_t pfn) noexcept nogil:
-        """Whether pfn is a page of a PMD-order folio: the block's first frame is its head."""
-        return (self.pmd_folio[pfn >> HPAGE_PMD_ORDER].flags & PG_HEAD) != 0
-
     cdef int64_t get_huge_zero_folio(self) noexcept nogil:
         """The huge zeropage, allocated on first need (mm/huge_memory.c: get_huge_zero_folio)."""
         cdef int64_t pfn
@@ -530,7 +526,7 @@ cdef class Machine:
     cdef void free_large_folio(self, folio_t *folio) noexcept nogil:
         """The last reference of a large anonymous folio went (folio_put -> free)."""
         cdef int order = folio.order
-        cdef int64_t head = self.folio_pfn(folio), nr = (<int64_t>1) << order, k
+        cdef int64_t head = self.folio_pfn(folio), nr = (<int64_t>1) << order
         self.count_mthp(order, MTHP_NR_ANON, -1)
         if folio.flags & PG_PARTIAL:
             self.count_mthp(order, MTHP_NR_ANON_PARTIALLY_MAPPED, -1)
@@ -1729,6 +1725,9 @@ cdef class MMCore:
         cdef uint64_t start
         cdef int64_t pfn
         cdef int order
+        order_out[0] = 0
+        if not orders:
+            return self.alloc_anon_page()
         for order in range(HPAGE_PMD_ORDER - 1, MIN_MTHP_ORDER - 1, -1):
             if not (orders >> order) & 1:
                 continue
