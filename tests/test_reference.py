@@ -545,7 +545,10 @@ def test_syscall_errors():
     with pytest.raises(ValueError):
         mm.madvise(a, P, "bogus")
     with pytest.raises(NotImplementedError):
-        mm.madvise(a, P, "remove")
+        mm.madvise(a, P, "mergeable")
+    with pytest.raises(SyscallError) as e:
+        mm.madvise(a, P, "remove")                  # MADV_REMOVE needs a shared mapping
+    assert e.value.errno == errno.EINVAL
     with pytest.raises(TypeError):
         mm.read(1.5)
     with pytest.raises(ValueError):
