@@ -2531,7 +2531,7 @@ class ReferenceMM:
             pgoff = new_addr >> 12
         else:
             pgoff = vma.pgoff + ((old_addr - vma.start) >> 12)
-        new_vma = Vma(new_addr, new_addr + new_len, vma.flags, vma.anon_vma, pgoff)
+        new_vma = Vma(new_addr, new_addr + new_len, vma.flags, vma.anon_vma, pgoff, vma.file)
         self._insert_vma(new_vma)
         merged = self._merge_around(new_vma)
         if merged is not new_vma or merged.end != new_addr + new_len:
@@ -3151,6 +3151,8 @@ class ReferenceMM:
         m = self._m
         page_maps, sub_maps, entire, per_mm = {}, {}, {}, {}
         for mm in m.mms:
+            for v in mm._vmas:
+                assert bool(v.flags & VM_SHARED) == (v.file is not None) and (v.file is None or v.file in m.files)
             assert mm._nr_tables == (len(mm._pud_tables) + len(mm._pmd_tables) + len(mm._pmds)
                                      - sum(1 for e in mm._pmds.values() if isinstance(e, HugePmd) and e.kind == "shmem"))
             for pi, e in mm._pmds.items():
