@@ -41,7 +41,7 @@ import numpy as np
 from .config import HUGEPAGE_SIZES_KB, Config
 from .constants import (ADVICE, ATOMIC, MTHP_STAT_NAMES, PAGE_SIZE, PMD_SIZE, READ, TASK_SIZE,
                         VMSTAT_NAMES, WRITE, PageState)
-from .errors import ClosedError, OutOfMemory, SegmentationFault, SyscallError
+from .errors import BusError, ClosedError, OutOfMemory, SegmentationFault, SyscallError
 
 __all__ = ["ReferenceMM"]
 
@@ -65,10 +65,11 @@ MTHP_ORDERS = tuple(o for o in SIZE_ORDERS.values() if o < PMD_ORDER)
 ISSUE5_VMSTAT_NAMES = ("compact_stall", "compact_fail", "compact_success", "pgmigrate_success")
 ALL_VMSTAT_NAMES = tuple(VMSTAT_NAMES) + tuple(n for n in ISSUE5_VMSTAT_NAMES if n not in VMSTAT_NAMES)
 # what each frame of emulated RAM holds (_Machine.kind)
-K_FREE, K_RESERVED, K_PAGE, K_FOLIO, K_HZP, K_HELD, K_HELD_MOVABLE = range(7)
+K_FREE, K_RESERVED, K_PAGE, K_FOLIO, K_HZP, K_HELD, K_HELD_MOVABLE, K_SHMEM = range(8)
 
 # vm_flags bits, with the kernel's values
 VM_READ, VM_WRITE, VM_EXEC = 0x1, 0x2, 0x4
+VM_SHARED, VM_MAYSHARE = 0x8, 0x80
 VM_MAYREAD, VM_MAYWRITE, VM_MAYEXEC = 0x10, 0x20, 0x40
 VM_LOCKED = 0x2000
 VM_SEQ_READ, VM_RAND_READ, VM_DONTCOPY = 0x8000, 0x10000, 0x20000
@@ -79,8 +80,8 @@ VM_NOHUGEPAGE = 0x40000000
 VM_ACCESS_FLAGS = VM_READ | VM_WRITE | VM_EXEC
 VM_MAY = VM_MAYREAD | VM_MAYWRITE | VM_MAYEXEC
 # /proc/PID/smaps VmFlags mnemonics, in the kernel's order (only those mmemu can set)
-VMFLAG_NAMES = ((VM_READ, "rd"), (VM_WRITE, "wr"), (VM_EXEC, "ex"), (VM_MAYREAD, "mr"),
-                (VM_MAYWRITE, "mw"), (VM_MAYEXEC, "me"), (VM_LOCKED, "lo"), (VM_SEQ_READ, "sr"),
+VMFLAG_NAMES = ((VM_READ, "rd"), (VM_WRITE, "wr"), (VM_EXEC, "ex"), (VM_SHARED, "sh"), (VM_MAYREAD, "mr"),
+                (VM_MAYWRITE, "mw"), (VM_MAYEXEC, "me"), (VM_MAYSHARE, "ms"), (VM_LOCKED, "lo"), (VM_SEQ_READ, "sr"),
                 (VM_RAND_READ, "rr"),
                 (VM_DONTCOPY, "dc"), (VM_ACCOUNT, "ac"), (VM_WIPEONFORK, "wf"), (VM_DONTDUMP, "dd"),
                 (VM_HUGEPAGE, "hg"), (VM_NOHUGEPAGE, "nh"))
@@ -99,7 +100,10 @@ SMAPS_KEYS = ("Size", "KernelPageSize", "MMUPageSize", "Rss", "Pss", "Pss_Dirty"
               "SwapPss", "Locked", "THPeligible")
 
 NOOP_ADVICE = ("willneed",)            # nothing to do for anonymous memory, beyond the hole check
-MODELLED_ADVICE = NOOP_ADVICE + tuple(FLAG_ADVICE) + ("dontneed", "dontneed_locked", "populate_read",
+#: advice private anonymous memory only takes: EINVAL on a range with a shared mapping (the
+#: engine's Python layer counts MADV_KEEPONFORK in, which the kernel would accept)
+PRIVATE_ONLY_ADVICE = ("free", "wipeonfork", "keeponfork")
+MODELLED_ADVICE = NOOP_ADVICE + tuple(FLAG_ADVICE) + ("remove", "dontneed", "dontneed_locked", "populate_read",
                                                      "populate_write", "free", "cold", "pageout", "collapse")
 DONE, FALLBACK = "done", "fallback"     # what a PMD-level handler returns (VM_FAULT_FALLBACK)
 # results of one khugepaged / MADV_COLLAPSE look at a PMD range (enum scan_result)
@@ -109,6 +113,10 @@ SCAN_SUCCEED, SCAN_PMD_NULL, SCAN_PMD_MAPPED, SCAN_EXCEED_NONE, SCAN_EXCEED_SHAR
 
 class _Segv(Exception):
     """The architecture rejected the access (SIGSEGV, nothing counted)."""
+
+
+class _Bus(Exception):
+    """A shared mapping's fault beyond the end of its file (VM_FAULT_SIGBUS)."""
 
 
 class _Oom(Exception):
@@ -122,6 +130,7 @@ class Vma:
     flags: int
     anon_vma: int | None = None     # an id; None until the first anonymous fault (R17)
     pgoff: int = 0                  # vm_pgoff: start >> 12 at mmap, kept across mremap
+    file: object = None             # the ShmemFile of a shared mapping (vm_file), else None
 
 
 @dataclass(eq=False)
@@ -199,10 +208,118 @@ class Folio:
         return self.mapcount[i] + self.entire
 
 
+class ShmemFolio:
+    """A folio of a shmem file's page cache: 2**order frames from `pfn` holding file pages
+    `index` .. `index + nr - 1` (order 0, or 9 for a shmem THP, or a buddy piece of a split
+    THP). The page cache holds it; mappings only count (mapcount per page, entire = PMD
+    mappings)."""
+
+    def __init__(self, file, index, pfn, order, uptodate=True):
+        self.file = file
+        self.index = index
+        self.pfn = pfn
+        self.order = order
+        self.nr = 1 << order
+        self.mapcount = [0] * self.nr
+        self.entire = 0
+        self.dirty = False          # PG_dirty (a write fault, fallocate, a dirty PTE zapped)
+        self.uptodate = uptodate    # fallocated folios are not, until a fault clears them
+
+    def page_mapcount(self, i):
+        return self.mapcount[i] + self.entire
+
+
+class ShmemFile:
+    """A shmem inode: i_size in pages and the page cache (file page -> the folio holding it).
+    A MAP_SHARED|MAP_ANONYMOUS object has no fd; a memfd's fd is open until closed."""
+
+    def __init__(self, machine, anonymous):
+        self.machine = machine
+        self.size = 0
+        self.cache = {}
+        self.fd_open = not anonymous
+
+    def folios(self):
+        """The distinct folios of the page cache, in file order."""
+        return sorted({id(f): f for f in self.cache.values()}.values(), key=lambda f: f.index)
+
+
+class RefMemfd:
+    """The reference's memfd (mmemu.Memfd's API): a ShmemFile with an open fd."""
+
+    def __init__(self, mm, name):
+        self._m = mm._m
+        self.name = name
+        self._file = ShmemFile(mm._m, anonymous=False)
+        mm._m.files.append(self._file)
+
+    @property
+    def closed(self):
+        return self._file not in self._m.files or not self._file.fd_open
+
+    @property
+    def size(self):
+        return self._file.size * PAGE_SIZE if self._file in self._m.files else 0
+
+    def _check(self, call):
+        if self.closed:
+            raise SyscallError(errno.EBADF, call, "the memfd is closed")
+
+    def ftruncate(self, size):
+        """ftruncate(2) (shmem_setattr): i_size in whole pages, as the API keeps it; pages beyond
+        a smaller size are unmapped from every process and freed."""
+        size = _int_arg(size, "size")
+        self._check("ftruncate")
+        if size > TASK_SIZE:
+            raise SyscallError(errno.EFBIG, "ftruncate")
+        pages = _align_up(size, PAGE_SIZE) // PAGE_SIZE
+        f = self._file
+        if pages < f.size:
+            self._m.punch_hole(f, pages, f.size)
+        f.size = pages
+
+    def fallocate(self, offset, length, punch_hole=False, keep_size=False):
+        """fallocate(2) (shmem_fallocate): PUNCH_HOLE frees the whole pages of the range; else
+        each missing page of the range (up to i_size, which grows first unless keep_size) is
+        allocated without data (not uptodate) and every folio of the range marked dirty."""
+        offset, length = _int_arg(offset, "offset"), _int_arg(length, "length")
+        for name, value in (("punch_hole", punch_hole), ("keep_size", keep_size)):
+            if not isinstance(value, bool):
+                raise TypeError(f"{name} must be True or False")
+        self._check("fallocate")
+        if length == 0:
+            raise SyscallError(errno.EINVAL, "fallocate", "length 0")
+        if offset + length > TASK_SIZE:
+            raise SyscallError(errno.EFBIG, "fallocate")
+        f = self._file
+        if punch_hole:
+            self._m.punch_hole(f, _align_up(offset, PAGE_SIZE) // PAGE_SIZE, (offset + length) // PAGE_SIZE)
+            return
+        end = _align_up(offset + length, PAGE_SIZE) // PAGE_SIZE
+        old_size = f.size
+        if end > f.size and not keep_size:
+            f.size = end
+        if not self._m.shmem_fallocate(f, offset // PAGE_SIZE, min(end, f.size)):
+            f.size = old_size
+            raise SyscallError(errno.ENOMEM, "fallocate", "out of memory")
+
+    def close(self):
+        if self.closed:
+            return
+        self._file.fd_open = False
+        self._m.release_files()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
 @dataclass(eq=False)
 class Pte:
-    kind: str           # "zero" (the shared zeropage) or "anon"
-    page: object        # None for the zeropage, a Page, or a Folio (subpage idx)
+    kind: str           # "zero" (the shared zeropage), "anon" or "shmem"
+    page: object        # None for the zeropage, a Page, a Folio or a ShmemFolio (subpage idx)
     idx: int
     writable: bool
     dirty: bool
@@ -212,8 +329,8 @@ class Pte:
 
 @dataclass(eq=False)
 class HugePmd:
-    kind: str           # "hzp" (the huge zeropage) or "thp" (a PMD-mapped anonymous THP)
-    folio: Folio | None
+    kind: str           # "hzp" (the huge zeropage), "thp" (a PMD-mapped anonymous THP) or
+    folio: object       # "shmem" (a PMD-mapped shmem THP, no deposited table); Folio/ShmemFolio
     writable: bool
     dirty: bool
     young: bool
@@ -278,6 +395,7 @@ class _Machine:
         self.pages = {}             # frame -> Page (mapped order-0 anonymous pages)
         self.folios = {}            # first frame -> Folio (existing large folios)
         self.held = {}              # frame -> movable: pages fragment_memory holds
+        self.files = []             # live shmem files (ShmemFile), in creation order
         self.deferred = []          # the deferred-split queue (folios, in queueing order)
         # the memory cgroup every process of the machine is in
         self.memory_max = memory_max
@@ -398,7 +516,7 @@ class _Machine:
         nblocks = self.nframes >> PMD_ORDER
         if nblocks > 1:
             kinds = self.kind[PTRS:nblocks << PMD_ORDER].reshape(nblocks - 1, PTRS)
-            unmovable = np.isin(kinds, (K_RESERVED, K_FOLIO, K_HZP, K_HELD)).any(axis=1)
+            unmovable = np.isin(kinds, (K_RESERVED, K_FOLIO, K_HZP, K_HELD, K_SHMEM)).any(axis=1)
             wholly_free = (kinds == K_FREE).all(axis=1)
             found = np.flatnonzero(~unmovable & ~wholly_free)
             if len(found):
@@ -498,6 +616,10 @@ class _Machine:
         out["nr_anon_pages"] = len(self.pages) + sum(f.nr_mapped() for f in self.folios.values())
         out["nr_anon_transparent_hugepages"] = sum(1 for f in self.folios.values() if f.entire)
         out["nr_page_table_pages"] = sum(mm._nr_tables for mm in self.mms)
+        shmem = [f for file in self.files for f in file.folios()]
+        out["nr_shmem"] = sum(f.nr for f in shmem)
+        out["nr_shmem_hugepages"] = sum(1 for f in shmem if f.order == PMD_ORDER)
+        out["nr_shmem_pmdmapped"] = sum(1 for f in shmem if f.entire)
         return out
 
     def mthp(self):
@@ -621,6 +743,146 @@ class _Machine:
             self.events["thp_split_page"] += 1
         self.mthp_events[folio.order]["split"] += 1
 
+    # ---- shmem: page cache folios, holes, truncation, file lifetime
+    def shmem_add(self, file, index, pfn, order, uptodate=True):
+        """A new folio (frames already allocated and charged) in file's page cache at index."""
+        folio = ShmemFolio(file, index, pfn, order, uptodate)
+        for i in range(folio.nr):
+            file.cache[index + i] = folio
+        self.kind[pfn:pfn + folio.nr] = K_SHMEM
+        return folio
+
+    def shmem_alloc_page(self, file, index, uptodate=True):
+        """shmem_alloc_and_add_folio, order 0: a frame, charged; None if either fails."""
+        frame = self.alloc_page()
+        if frame is None:
+            return None
+        if not self.try_charge(1):
+            self.buddy_free(frame, 0)
+            return None
+        return self.shmem_add(file, index, frame, 0, uptodate)
+
+    def shmem_free_folio(self, folio):
+        """The page cache lets go of a folio no one maps (truncate_inode_folio): freed, uncharged."""
+        assert not folio.entire and not any(folio.mapcount), "freeing a mapped shmem folio"
+        for i in range(folio.nr):
+            del folio.file.cache[folio.index + i]
+        self.buddy_free(folio.pfn, folio.order)
+        self.uncharge(folio.nr)
+
+    def shmem_split(self, folio, cut):
+        """Split a large shmem folio around its page `cut` (6.15+ folio_split: at each order
+        below its own the half without the cut page stays one folio, the cut page ends as an
+        order-0 folio; an order-1 piece becomes two order-0 pages here, as the design notes
+        have it); before 6.15 into order-0 pages. PTE mappings follow the pages; counted as
+        thp_split_page (order 9) and <size>/split. Returns the pieces."""
+        if self.config_version() >= (6, 15):
+            pieces, lo, order = [], 0, folio.order
+            while order > 0:
+                order -= 1
+                half = 1 << order
+                if cut < lo + half:
+                    pieces.append((lo + half, order))
+                else:
+                    pieces.append((lo, order))
+                    lo += half
+            pieces.append((lo, 0))
+            pieces = [p for off, o in pieces for p in ([(off, 0), (off + 1, 0)] if o == 1 else [(off, o)])]
+        else:
+            pieces = [(i, 0) for i in range(folio.nr)]
+        for mm in self.mms:         # a PMD mapping of it goes first (none after an unmap)
+            for pi in [pi for pi, e in mm._pmds.items() if isinstance(e, HugePmd) and e.folio is folio]:
+                mm._split_huge_pmd(pi)
+        new = {}
+        for off, order in sorted(pieces):
+            piece = ShmemFolio(folio.file, folio.index + off, folio.pfn + off, order, folio.uptodate)
+            piece.dirty = folio.dirty
+            piece.mapcount = folio.mapcount[off:off + piece.nr]
+            for i in range(piece.nr):
+                folio.file.cache[piece.index + i] = piece
+                new[off + i] = piece
+        for mm in self.mms:
+            for table in mm._pmds.values():
+                if isinstance(table, HugePmd):
+                    continue
+                for pte in table.values():
+                    if pte.page is folio:
+                        piece = new[pte.idx]
+                        pte.page, pte.idx = piece, folio.index + pte.idx - piece.index
+        if folio.order == PMD_ORDER:
+            self.events["thp_split_page"] += 1
+        if folio.order in self.mthp_events:
+            self.mthp_events[folio.order]["split"] += 1
+        return sorted({id(p): p for p in new.values()}.values(), key=lambda p: p.index)
+
+    def config_version(self):
+        return tuple(int(x) for x in self.config.kernel.split(".")[:2])
+
+    def punch_hole(self, file, first, last):
+        """shmem_fallocate(PUNCH_HOLE) of pages [first, last) (the API clamps the range to
+        i_size): unmap them from every process (unmap_mapping_range), then truncate them."""
+        last = min(last, file.size)
+        if first >= last:
+            return
+        for mm in self.mms:
+            mm._unmap_file_range(file, first, last)
+        self.truncate_range(file, first, last)
+
+    def truncate_range(self, file, first, last):
+        """shmem_undo_range: folios wholly inside go; a large folio the range cuts is split
+        (truncate_inode_partial_folio: at the range's first page in it, then at the page after
+        the range), and the pieces inside go."""
+        def whole():
+            for folio in file.folios():
+                if first <= folio.index and folio.index + folio.nr <= last:
+                    self.shmem_free_folio(folio)
+        whole()
+        same_folio = False
+        for at in (first, last - 1):
+            if at == last - 1 and same_folio:
+                break
+            folio = file.cache.get(at)
+            if folio is None:
+                continue
+            if at == first:         # shmem_get_partial_folio at the start
+                same_folio = last <= folio.index + folio.nr
+            folio.dirty = True
+            if folio.nr == 1:
+                continue
+            offset = max(first - folio.index, 0)
+            end = min(last, folio.index + folio.nr) - folio.index
+            self.shmem_split(folio, offset)
+            if end < folio.nr:
+                folio2 = file.cache.get(folio.index + end)
+                if folio2.nr > 1:
+                    self.shmem_split(folio2, folio.index + end - folio2.index)
+        whole()
+
+    def shmem_fallocate(self, file, first, last):
+        """Allocate the missing pages of [first, last) (order 0, not uptodate) and mark every
+        folio of the range dirty; on running out (no frame, or the charge refused) free what is
+        not uptodate in [first, the failing page) (shmem_undo_range with unfalloc) and fail."""
+        for index in range(first, last):
+            folio = file.cache.get(index)
+            if folio is None:
+                folio = self.shmem_alloc_page(file, index, uptodate=False)
+                if folio is None:
+                    for f in file.folios():
+                        if first <= f.index and f.index + f.nr <= index and not f.uptodate:
+                            self.shmem_free_folio(f)
+                    return False
+            folio.dirty = True
+        return True
+
+    def release_files(self):
+        """Free every shmem file no fd and no mapping holds any more (the last fput)."""
+        live = {id(vma.file) for mm in self.mms for vma in mm._vmas if vma.file is not None}
+        for file in list(self.files):
+            if not file.fd_open and id(file) not in live:
+                for folio in file.folios():
+                    self.shmem_free_folio(folio)
+                self.files.remove(file)
+
     # ---- shrinkers
     def deferred_split_scan(self):
         """R54: every queued folio leaves the queue; partially mapped ones are split, fully
@@ -723,6 +985,8 @@ class _Machine:
 
 class ReferenceMM:
     """One emulated process (see the module docstring); the API of :class:`mmemu.MM`."""
+
+    _prealloc = False           # a PTE table preallocated by a shmem fault, not yet installed
 
     def __init__(self, config: Config | None = None, memory_max=None):
         if config is None:
@@ -829,7 +1093,7 @@ class ReferenceMM:
             lo = max(first, pi << 9)
             for vpn in range(lo, min(end >> 12, (pi + 1) << 9) - CONT_PTES + 1, CONT_PTES):
                 head = entry.get(vpn)
-                if head is None or head.kind != "anon" or not isinstance(head.page, Folio):
+                if head is None or not isinstance(head.page, (Folio, ShmemFolio)) or head.page.nr < CONT_PTES:
                     continue
                 folio = head.page
                 if (folio.pfn + head.idx) % CONT_PTES:
@@ -855,8 +1119,18 @@ class ReferenceMM:
 
     @property
     def status(self):
-        rss = self._rss_anon() * 4
-        return {"VmRSS": rss, "RssAnon": rss, "RssShmem": 0, "VmPTE": self._nr_tables * 4}
+        anon, shmem = self._rss_anon() * 4, self._rss_shmem() * 4
+        return {"VmRSS": anon + shmem, "RssAnon": anon, "RssShmem": shmem, "VmPTE": self._nr_tables * 4}
+
+    def _rss_shmem(self):
+        """MM_SHMEMPAGES: the shmem pages this process maps (by PTE or PMD)."""
+        n = 0
+        for entry in self._pmds.values():
+            if isinstance(entry, HugePmd):
+                n += PTRS if entry.kind == "shmem" else 0
+            else:
+                n += sum(1 for pte in entry.values() if pte.kind == "shmem")
+        return n
 
     def _rss_anon(self):
         """MM_ANONPAGES: the anonymous pages this process maps (shared ones too)."""
@@ -874,7 +1148,7 @@ class ReferenceMM:
         for v in self._vmas:
             perms = "".join(c if v.flags & bit else "-"
                             for bit, c in ((VM_READ, "r"), (VM_WRITE, "w"), (VM_EXEC, "x")))
-            out.append((v.start, v.end, perms + "p", v.flags))
+            out.append((v.start, v.end, perms + ("s" if v.flags & (VM_SHARED | VM_MAYSHARE) else "p"), v.flags))
         return out
 
     def smaps(self, addr):
@@ -885,7 +1159,7 @@ class ReferenceMM:
         if vma is None:
             raise ValueError(f"no VMA contains address {addr:#x}")
         acc = dict.fromkeys(("rss", "pss", "pss_dirty", "shared_clean", "shared_dirty", "private_clean",
-                             "private_dirty", "referenced", "anonymous", "lazyfree", "ahp"), 0)
+                             "private_dirty", "referenced", "anonymous", "lazyfree", "ahp", "shmem_pmd"), 0)
 
         def page_accumulate(size, pss, dirty, private):
             acc["pss"] += pss
@@ -895,13 +1169,22 @@ class ReferenceMM:
 
         def account(folio, first, nr, young, dirty):
             size = nr * PAGE_SIZE
+            acc["rss"] += size
+            if young:
+                acc["referenced"] += size
+            if isinstance(folio, ShmemFolio):       # not anonymous; the page cache holds a
+                dirty = dirty or folio.dirty        # reference: mapcounts page by page
+                for i in range(first, first + nr):
+                    mapcount = folio.page_mapcount(i)
+                    pss = PAGE_SIZE << PSS_SHIFT
+                    if mapcount >= 2:
+                        pss //= mapcount
+                    page_accumulate(PAGE_SIZE, pss, dirty, mapcount < 2)
+                return
             lazyfree = folio.lazyfree
             acc["anonymous"] += size
             if lazyfree and not dirty:
                 acc["lazyfree"] += size
-            acc["rss"] += size
-            if young:
-                acc["referenced"] += size
             refcount = folio.mapcount if isinstance(folio, Page) else folio.large
             if refcount == 1:
                 page_accumulate(size, size << PSS_SHIFT, dirty, True)
@@ -918,10 +1201,13 @@ class ReferenceMM:
                 if entry.kind == "thp":                 # the huge zeropage never counts (R4)
                     account(entry.folio, 0, PTRS, entry.young, entry.dirty)
                     acc["ahp"] += PMD_SIZE
+                elif entry.kind == "shmem":
+                    account(entry.folio, 0, PTRS, entry.young, entry.dirty)
+                    acc["shmem_pmd"] += PMD_SIZE
                 continue
             for vpn in sorted(entry):
                 pte = entry[vpn]
-                if pte.kind == "anon" and vma.start <= vpn * PAGE_SIZE < vma.end:
+                if pte.kind in ("anon", "shmem") and vma.start <= vpn * PAGE_SIZE < vma.end:
                     account(pte.page, pte.idx, 1, pte.young, pte.dirty)
         out = dict.fromkeys(SMAPS_KEYS, 0)
         out.update(Size=(vma.end - vma.start) // 1024, KernelPageSize=4, MMUPageSize=4,
@@ -931,6 +1217,7 @@ class ReferenceMM:
                    Private_Clean=acc["private_clean"] >> 10, Private_Dirty=acc["private_dirty"] >> 10,
                    Referenced=acc["referenced"] >> 10, Anonymous=acc["anonymous"] >> 10,
                    LazyFree=acc["lazyfree"] >> 10, AnonHugePages=acc["ahp"] >> 10,
+                   ShmemPmdMapped=acc["shmem_pmd"] >> 10,
                    THPeligible=int(self._thp_eligible_smaps(vma)),
                    Locked=acc["pss"] >> (PSS_SHIFT + 10) if vma.flags & VM_LOCKED else 0)
         out["VmFlags"] = " ".join(name for bit, name in VMFLAG_NAMES if vma.flags & bit)
@@ -962,15 +1249,16 @@ class ReferenceMM:
             entry = self._pmds.get(va >> 21)
             if isinstance(entry, HugePmd):
                 idx = (va >> 12) % PTRS
-                pfns[i] = (entry.folio.pfn if entry.kind == "thp" else self._m.huge_zero_pfn) + idx
+                pfns[i] = (entry.folio.pfn if entry.kind != "hzp" else self._m.huge_zero_pfn) + idx
                 flags[i] = thp | (tail if idx else head)
                 continue
             pte = entry.get(va >> 12) if entry is not None else None
             if pte is None or pte.kind == "zero":
                 continue
-            if isinstance(pte.page, Folio):
+            if isinstance(pte.page, (Folio, ShmemFolio)):
                 pfns[i] = pte.page.pfn + pte.idx
-                flags[i] = thp | (tail if pte.idx else head)
+                if pte.page.nr > 1:
+                    flags[i] = thp | (tail if pte.idx else head)
             else:
                 pfns[i] = pte.page.frame
         return pfns, flags
@@ -978,12 +1266,14 @@ class ReferenceMM:
     def _page_state(self, addr):
         entry = self._pmds.get(addr >> 21)
         if isinstance(entry, HugePmd):
-            return PageState.THP if entry.kind == "thp" else PageState.HUGE_ZERO
+            return {"thp": PageState.THP, "hzp": PageState.HUGE_ZERO, "shmem": PageState.SHMEM_THP}[entry.kind]
         pte = entry.get(addr >> 12) if entry is not None else None
         if pte is None:
             return PageState.NONE
         if pte.kind == "zero":
             return PageState.ZERO
+        if pte.kind == "shmem":
+            return PageState.SHMEM
         return PageState.LARGE if isinstance(pte.page, Folio) else PageState.ANON
 
     # ================================================================ lifetime
@@ -1002,7 +1292,7 @@ class ReferenceMM:
             wipe = bool(vma.flags & VM_WIPEONFORK)              # MADV_WIPEONFORK: empty
             # anon_vma_fork: each copied VMA gets an anon_vma of its own
             anon_vma = None if wipe or vma.anon_vma is None else self._m.new_anon_vma()
-            child._vmas.append(Vma(vma.start, vma.end, vma.flags & ~VM_LOCKED, anon_vma, vma.pgoff))
+            child._vmas.append(Vma(vma.start, vma.end, vma.flags & ~VM_LOCKED, anon_vma, vma.pgoff, vma.file))
             if vma.anon_vma is not None and not wipe:           # vma_needs_copy (R74)
                 self._copy_page_range(child, vma)
         return child
@@ -1088,6 +1378,7 @@ class ReferenceMM:
         self._has_huge_zero = False
         self._closed = True
         self._m.mms.remove(self)
+        self._m.release_files()
 
     def __enter__(self):
         return self
@@ -1133,7 +1424,7 @@ class ReferenceMM:
     def _split_vma(self, vma, at):
         """Split vma at `at`; returns the upper piece. A straddling PMD mapping is split first (R16)."""
         self._split_pmd_at(at)
-        upper = Vma(at, vma.end, vma.flags, vma.anon_vma, vma.pgoff + ((at - vma.start) >> 12))
+        upper = Vma(at, vma.end, vma.flags, vma.anon_vma, vma.pgoff + ((at - vma.start) >> 12), vma.file)
         vma.end = at
         self._insert_vma(upper)
         return upper
@@ -1146,7 +1437,7 @@ class ReferenceMM:
     @staticmethod
     def _mergeable(lo, hi):
         """lo immediately below hi: identical flags, compatible anon_vmas, continuous vm_pgoff."""
-        return (lo.end == hi.start and lo.flags == hi.flags
+        return (lo.end == hi.start and lo.flags == hi.flags and lo.file is hi.file
                 and (lo.anon_vma is None or hi.anon_vma is None or lo.anon_vma == hi.anon_vma)
                 and lo.pgoff + ((lo.end - lo.start) >> 12) == hi.pgoff)
 
@@ -1169,7 +1460,7 @@ class ReferenceMM:
         """vma_modify_flags: give [start, end) of vma the new flags, merging or splitting."""
         prev = self._prev_vma(vma.start)
         nxt = self._find_vma(vma.end)
-        piece = Vma(start, end, flags, vma.anon_vma, vma.pgoff + ((start - vma.start) >> 12))
+        piece = Vma(start, end, flags, vma.anon_vma, vma.pgoff + ((start - vma.start) >> 12), vma.file)
         merge_left = start == vma.start and prev is not None and self._mergeable(prev, piece)
         merge_right = end == vma.end and nxt is not None and self._mergeable(piece, nxt)
         if start > vma.start:
@@ -1242,7 +1533,16 @@ class ReferenceMM:
         return vma.end >= size and vma.start <= last
 
     def _thp_eligible_smaps(self, vma):
-        """THPeligible (TVA_SMAPS): some order 2..9 allowed with an aligned block inside (R21)."""
+        """THPeligible (TVA_SMAPS): some order 2..9 allowed with an aligned block inside (R21).
+        A shared mapping: as the API's Python layer decides it, shmem_enabled's say (within_size
+        as always, no prctl veto), no VM_NOHUGEPAGE, file offsets aligned like the addresses and
+        an aligned 2 MiB inside."""
+        if vma.file is not None:
+            mode = self.config.shmem_enabled
+            if mode == "never" or vma.flags & VM_NOHUGEPAGE or (mode == "advise" and not vma.flags & VM_HUGEPAGE) \
+                    or ((vma.start >> 12) - vma.pgoff) % PTRS:
+                return False
+            return _align_up(vma.start, PMD_SIZE) + PMD_SIZE <= vma.end
         return any(self._has_aligned_block(vma, o)
                    for o in self._allowed_orders(vma.flags, SIZE_ORDERS.values()))
 
@@ -1319,6 +1619,8 @@ class ReferenceMM:
         addr = _int_arg(addr, "addr")
         try:
             return self._access_one(addr, op)
+        except _Bus:
+            raise BusError(addr, None, op) from None
         except _Segv:
             raise SegmentationFault(addr, None, op) from None
         except _Oom:
@@ -1348,6 +1650,8 @@ class ReferenceMM:
         for i, (addr, op) in enumerate(zip(addrs.tolist(), ops.tolist())):
             try:
                 out[i] = self._access_one(addr, op)
+            except _Bus:
+                raise BusError(addr, i, op) from None
             except _Segv:
                 raise SegmentationFault(addr, i, op) from None
             except _Oom:
@@ -1419,6 +1723,8 @@ class ReferenceMM:
 
     def _handle_mm_fault(self, vma, addr, write):
         """__handle_mm_fault: the PMD-level decision tree (R27, R28)."""
+        if vma.file is not None:
+            return self._shmem_handle_fault(vma, addr, write)
         self._alloc_upper_tables(addr)
         entry = self._pmds.get(addr >> 21)
         if entry is None and self._thp_enabled(vma):
@@ -1432,6 +1738,217 @@ class ReferenceMM:
             if self._do_huge_pmd_wp_page(vma, addr, entry) == DONE:
                 return
         self._handle_pte_fault(vma, addr, write)
+
+    # ================================================================ shared memory faults
+
+    def _shmem_handle_fault(self, vma, addr, write):
+        """__handle_mm_fault in a shared mapping: shmem has no huge_fault, so a none PMD goes to
+        the PTE level; a PMD mapping is marked accessed (or, written while read-only, cleared:
+        wp_huge_pmd splits a file PMD); a none PTE is do_fault's (do_read_fault with fault-around,
+        or do_shared_fault)."""
+        self._alloc_upper_tables(addr)
+        pi = addr >> 21
+        entry = self._pmds.get(pi)
+        if isinstance(entry, HugePmd):
+            if not (write and not entry.writable):
+                entry.dirty |= write
+                entry.young = True
+                return
+            self._split_huge_pmd(pi)
+            entry = None
+        pte = entry.get(addr >> 12) if entry is not None else None
+        if pte is not None:
+            if write and not pte.writable:      # wp_page_shared: reuse, dirty the folio
+                pte.writable = bool(vma.flags & VM_WRITE)
+                pte.page.dirty = True
+            pte.dirty |= write
+            pte.young = True
+            return
+        self._prealloc = False          # do_fault_around / __do_fault: pte_alloc_one if none
+        try:
+            if not write and self._shmem_fault_around(vma, addr):
+                return
+            self._shmem_prealloc(addr >> 21)
+            folio = self._shmem_get_folio(vma, addr)
+            self._shmem_finish_fault(vma, addr, folio, write)
+            if write:                   # fault_dirty_shared_page
+                folio.dirty = True
+        finally:
+            if self._prealloc:          # the preallocated table was not needed: freed
+                self._m.uncharge(1)
+            self._prealloc = False
+
+    def _shmem_prealloc(self, pi):
+        """pte_alloc_one before the page cache is consulted, when the PMD is none: charged now,
+        counted as a page table once installed."""
+        if pi not in self._pmds and not self._prealloc:
+            self._m.charged += 1        # a page-table charge never fails
+            self._prealloc = True
+
+    def _shmem_pte_install(self, pi):
+        """pmd_install of the preallocated table (or pte_alloc)."""
+        if pi in self._pmds:
+            return self._pmds[pi]
+        if self._prealloc:
+            self._prealloc = False
+            self._pmds[pi] = {}
+            self._nr_tables += 1
+            return self._pmds[pi]
+        return self._pte_alloc(pi)
+
+    @staticmethod
+    def _linear_index(vma, addr):
+        return vma.pgoff + ((addr - vma.start) >> 12)
+
+    def _shmem_fault_around(self, vma, addr):
+        """do_fault_around + filemap_map_pages: map what the page cache holds, uptodate, in the
+        16-PTE window (aligned in the PTE table, clamped to the VMA and the table) up to i_size;
+        the first such folio, if PMD-sized, by a PMD when the PMD is none and may map one; a
+        large folio inside the VMA and one PTE table whole. True if addr got mapped."""
+        file = vma.file
+        pi = addr >> 21
+        pte_off = (addr >> 12) % PTRS
+        vma_off = (addr - vma.start) >> 12
+        index = self._linear_index(vma, addr)
+        from_pte = max(pte_off & ~15, pte_off - min(pte_off, vma_off))
+        to_pte = min(from_pte + 16, PTRS, pte_off + ((vma.end - vma.start) >> 12) - vma_off) - 1
+        start_pg, end_pg = index + from_pte - pte_off, index + to_pte - pte_off
+        self._shmem_prealloc(pi)
+
+        def uptodate_folios(end):
+            seen, out = set(), []
+            for i in range(start_pg, end + 1):
+                f = file.cache.get(i)
+                if f is None or id(f) in seen:
+                    continue
+                seen.add(id(f))
+                xa_index = max(start_pg, f.index)
+                if f.uptodate and xa_index < file.size:     # next_uptodate_folio
+                    out.append((xa_index, f))
+            return out
+
+        found = uptodate_folios(end_pg)
+        if not found:
+            return False
+        end_pg = min(end_pg, file.size - 1)
+        first = found[0][1]
+        if pi not in self._pmds and first.order == PMD_ORDER and self._shmem_set_pmd(vma, addr, first, False):
+            return True                                   # filemap_map_pmd
+        table = self._shmem_pte_install(pi)
+        mapped = False
+        for xa_index, folio in [(x, f) for x, f in found if x <= end_pg]:
+            nr = min(folio.index + folio.nr - 1, end_pg) - xa_index + 1
+            va = vma.start + ((xa_index - vma.pgoff) << 12)
+            start = xa_index - folio.index
+            if folio.nr > 1:                              # filemap_map_folio_range
+                va0 = va - (start << 12)
+                if self._folio_within_vma(folio, vma) and va0 >> 21 == (va0 + (folio.nr << 12) - 1) >> 21:
+                    va, start, nr = va0, 0, folio.nr
+            for i in range(nr):
+                v = (va >> 12) + i
+                if v not in table:
+                    table[v] = Pte("shmem", folio, start + i, bool(vma.flags & VM_WRITE), False, True, False)
+                    folio.mapcount[start + i] += 1
+                    mapped |= v == addr >> 12
+        return mapped
+
+    @staticmethod
+    def _folio_within_vma(folio, vma):
+        npages = (vma.end - vma.start) >> 12
+        if not vma.pgoff <= folio.index < vma.pgoff + npages:
+            return False
+        return folio.index + folio.nr <= vma.pgoff + npages
+
+    def _shmem_huge_allowed(self, vma, index):
+        """shmem_allowable_huge_orders for a fault: order 9 or not, by shmem_enabled (always;
+        within_size where i_size covers the aligned 2 MiB of index; advise, and within_size
+        otherwise, in VM_HUGEPAGE VMAs), vetoed by VM_NOHUGEPAGE and prctl."""
+        mode = self.config.shmem_enabled
+        if mode == "never" or self._thp_vetoed(vma.flags):
+            return False
+        if mode == "always":
+            return True
+        if mode == "within_size" and vma.file.size >= _align_up(index + 1, PTRS):
+            return True
+        return mode in ("within_size", "advise") and bool(vma.flags & VM_HUGEPAGE)
+
+    @staticmethod
+    def _shmem_pmd_suitable(vma, addr):
+        """thp_vma_suitable_order for a file VMA: the aligned 2 MiB inside the VMA and its file
+        offsets aligned like its addresses."""
+        haddr = addr & ~(PMD_SIZE - 1)
+        return ((vma.start >> 12) - vma.pgoff) % PTRS == 0 and vma.start <= haddr and haddr + PMD_SIZE <= vma.end
+
+    def _shmem_get_folio(self, vma, addr):
+        """shmem_fault -> shmem_get_folio_gfp(SGP_CACHE): SIGBUS beyond i_size; the cached folio
+        (a fallocated one is cleared and made uptodate); else a new one: a THP where allowed, the
+        VMA suitable and all 512 slots empty (allocation may compact as vma_thp_gfp_mask says;
+        failure counts thp_file_fallback, a refused charge _charge too), else a 4K page, whose
+        allocation or charge failing is an OOM."""
+        file, m = vma.file, self._m
+        index = self._linear_index(vma, addr)
+        if index >= file.size:
+            raise _Bus
+        folio = file.cache.get(index)
+        if folio is not None:
+            folio.uptodate = True
+            return folio
+        base = index & ~(PTRS - 1)
+        if self._shmem_huge_allowed(vma, index) and self._shmem_pmd_suitable(vma, addr) \
+                and not any(i in file.cache for i in range(base, base + PTRS)):
+            pfn = m.alloc_large(PMD_ORDER, self._defrag_direct(vma))
+            if pfn is not None and not m.try_charge(PTRS):
+                m.buddy_free(pfn, PMD_ORDER)
+                m.events["thp_file_fallback_charge"] += 1
+                m.mthp_events[PMD_ORDER]["shmem_fallback_charge"] += 1
+                pfn = None
+            if pfn is None:
+                m.events["thp_file_fallback"] += 1
+                m.mthp_events[PMD_ORDER]["shmem_fallback"] += 1
+            else:
+                m.events["thp_file_alloc"] += 1
+                m.mthp_events[PMD_ORDER]["shmem_alloc"] += 1
+                return m.shmem_add(file, base, pfn, PMD_ORDER)
+        folio = m.shmem_alloc_page(file, index)
+        if folio is None:
+            raise _Oom
+        return folio
+
+    def _shmem_set_pmd(self, vma, addr, folio, write):
+        """do_set_pmd: map a PMD-sized folio by the (none) PMD unless THPs are vetoed or the VMA
+        cannot hold it; no deposited table; thp_file_mapped."""
+        if self._thp_vetoed(vma.flags) or not self._shmem_pmd_suitable(vma, addr) or folio.order != PMD_ORDER:
+            return False
+        self._pmds[addr >> 21] = HugePmd("shmem", folio, bool(vma.flags & VM_WRITE), write, True, False)
+        folio.entire += 1
+        self._m.events["thp_file_mapped"] += 1
+        return True
+
+    def _shmem_finish_fault(self, vma, addr, folio, write):
+        """finish_fault: a PMD-sized folio by a PMD when the PMD is none; else PTEs: the whole
+        folio if it lies in the VMA and the PTE table and its PTEs are all none, else the page."""
+        pi = addr >> 21
+        if pi not in self._pmds and self._shmem_set_pmd(vma, addr, folio, write):
+            return
+        table = self._shmem_pte_install(pi)
+        idx = self._linear_index(vma, addr) - folio.index
+        nr, first = 1, addr >> 12
+        if folio.nr > 1:
+            vma_off = (addr - vma.start) >> 12
+            pte_off = (addr >> 12) % PTRS
+            if not (vma_off < idx or vma_off + folio.nr - idx > (vma.end - vma.start) >> 12
+                    or pte_off < idx or pte_off + folio.nr - idx > PTRS):
+                if all(v not in table for v in range(first - idx, first - idx + folio.nr)):
+                    nr, first = folio.nr, first - idx
+        if nr == 1:
+            if first in table:
+                return
+            idx_range = [idx]
+        else:
+            idx_range = range(folio.nr)
+        for k, i in enumerate(idx_range):
+            table[first + k] = Pte("shmem", folio, i, bool(vma.flags & VM_WRITE), write, True, False)
+            folio.mapcount[i] += 1
 
     def _do_huge_pmd_anonymous_page(self, vma, addr, write):
         """R33, R34, R38 (do_huge_pmd_anonymous_page): the deposit of a huge zeropage mapping
@@ -1521,6 +2038,12 @@ class ReferenceMM:
         entry = self._pmds[pi]
         self._m.events["thp_split_pmd"] += 1
         base = pi << 9
+        if entry.kind == "shmem":       # a file PMD is split by clearing it (no deposited table)
+            del self._pmds[pi]
+            folio = entry.folio
+            folio.dirty |= entry.dirty
+            folio.entire -= 1
+            return
         if entry.kind == "hzp":
             self._pmds[pi] = {vpn: Pte("zero", None, 0, False, False, entry.young, False)
                               for vpn in range(base, base + PTRS)}
@@ -1653,7 +2176,7 @@ class ReferenceMM:
         large folio that vpn maps (1 for anything else)."""
         pte = table[vpn]
         n = 1
-        if pte.kind == "anon" and isinstance(pte.page, Folio):
+        if isinstance(pte.page, (Folio, ShmemFolio)):
             while vpn + n < hi:
                 q = table.get(vpn + n)
                 if q is None or q.page is not pte.page or q.idx != pte.idx + n:
@@ -1684,7 +2207,9 @@ class ReferenceMM:
                     self._zap_huge_pmd(pi, entry)
                     continue
                 self._split_huge_pmd(pi)
-                entry = self._pmds[pi]
+                entry = self._pmds.get(pi)
+                if entry is None:                   # a shmem PMD: cleared
+                    continue
             self._zap_ptes(entry, max(start, pstart) >> 12, min(end, pend) >> 12)
             if reclaim_pt and whole and not entry:
                 del self._pmds[pi]
@@ -1693,12 +2218,19 @@ class ReferenceMM:
     def _zap_ptes(self, table, lo, hi):
         for vpn, pte, nr in self._batches(table, lo, hi):
             for v in range(vpn, vpn + nr):
+                if pte.kind == "shmem":             # zap_present_folio_ptes: a dirty PTE
+                    q = table[v]                    # dirties the file folio
+                    q.page.dirty |= q.dirty
+                    q.page.mapcount[q.idx] -= 1
                 del table[v]
             if pte.kind == "anon":
                 self._remove_rmap_ptes(pte.page, pte.idx, nr)
 
     def _zap_huge_pmd(self, pi, entry):
         del self._pmds[pi]
+        if entry.kind == "shmem":                   # no deposit; the page cache keeps the folio
+            entry.folio.entire -= 1                 # (zap_huge_pmd: a dirty PMD does not dirty it)
+            return
         self._table_free()                          # the deposit
         if entry.kind == "thp":
             folio = entry.folio
@@ -1721,6 +2253,17 @@ class ReferenceMM:
                             tables.remove(key)
                         self._table_free()
 
+    def _unmap_file_range(self, file, first, last):
+        """unmap_mapping_range for file pages [first, last): zap them in every VMA of this
+        process that maps them (a PMD the range cuts is cleared; no table is freed)."""
+        for vma in list(self._vmas):
+            if vma.file is not file:
+                continue
+            lo = max(first, vma.pgoff)
+            hi = min(last, vma.pgoff + ((vma.end - vma.start) >> 12))
+            if lo < hi:
+                self._zap_range(vma, vma.start + ((lo - vma.pgoff) << 12), vma.start + ((hi - vma.pgoff) << 12))
+
     def _do_munmap(self, start, end, syscall):
         """do_vmi_munmap on an aligned [start, end): split, zap, remove, free tables (R66)."""
         vmas = [v for v in self._vmas if v.start < end and v.end > start]
@@ -1740,10 +2283,21 @@ class ReferenceMM:
             self._zap_range(vma, vma.start, vma.end)
             self._vmas.remove(vma)
         self._free_pgtables([(v.start, v.end) for v in vmas], floor, ceiling)
+        if any(v.file is not None for v in vmas):
+            self._m.release_files()
 
     # ================================================================ mmap / munmap
 
-    def mmap(self, length, prot="rw", addr=None, fixed=False):
+    def memfd_create(self, name="mmemu"):
+        """memfd_create(2): a new, empty shmem file with an open fd."""
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a str, not {type(name).__name__}")
+        self._check_open()
+        return RefMemfd(self, name)
+
+    def mmap(self, length, prot="rw", addr=None, fixed=False, shared=False, fd=None, offset=0):
+        """MAP_PRIVATE|MAP_ANONYMOUS; shared=True: MAP_SHARED|MAP_ANONYMOUS (a shmem object of
+        its own, the size of the mapping); fd=: a memfd mapped MAP_SHARED from byte offset."""
         self._check_open()
         length = _int_arg(length, "length")
         bits = _prot_arg(prot) & VM_ACCESS_FLAGS     # do_mmap ignores the PROT bits it does not know
@@ -1751,6 +2305,20 @@ class ReferenceMM:
             addr = _int_arg(addr, "addr")
         if not isinstance(fixed, bool):
             raise TypeError(f"fixed must be a bool, not {type(fixed).__name__}")
+        if not isinstance(shared, bool):
+            raise TypeError(f"shared must be a bool, not {type(shared).__name__}")
+        offset = _int_arg(offset, "offset")
+        if fd is not None:
+            if not isinstance(fd, RefMemfd):
+                raise TypeError(f"fd must be a memfd, not {type(fd).__name__}")
+            if fd._m is not self._m:
+                raise ValueError("fd belongs to another emulated machine")
+            if fd.closed:
+                raise SyscallError(errno.EBADF, "mmap", "the memfd is closed")
+        elif offset:
+            raise ValueError("offset needs fd (an anonymous mapping has none)")
+        if offset % PAGE_SIZE:
+            raise SyscallError(errno.EINVAL, "mmap", "offset not page aligned")
         if fixed and addr is None:
             raise ValueError("fixed=True needs addr")
         if length == 0:
@@ -1770,7 +2338,20 @@ class ReferenceMM:
             start = addr
             self._do_munmap(start, start + length, "mmap")
         else:
-            start = self._get_unmapped_area(length, addr or None)
+            start = self._get_unmapped_area(length, addr or None, shmem=shared or fd is not None,
+                                            pgoff=offset // PAGE_SIZE)
+        if shared or fd is not None:
+            if fd is None:              # shmem_zero_setup: an object the size of the mapping
+                file = ShmemFile(self._m, anonymous=True)
+                file.size = length // PAGE_SIZE
+                self._m.files.append(file)
+            else:
+                file = fd._file
+            vma = Vma(start, start + length, bits | VM_MAY | VM_SHARED | VM_MAYSHARE, None,
+                      offset // PAGE_SIZE, file)
+            self._insert_vma(vma)
+            self._merge_around(vma)
+            return start
         flags = bits | VM_MAY | (VM_ACCOUNT if bits & VM_WRITE else 0)
         vma = Vma(start, start + length, flags, None, start >> 12)
         self._insert_vma(vma)
@@ -1778,16 +2359,34 @@ class ReferenceMM:
         self._khugepaged_enter(vma, vma.flags)
         return start
 
-    def _get_unmapped_area(self, length, hint):
+    def _get_unmapped_area(self, length, hint, shmem=False, pgoff=0):
         if hint is not None:
             hint &= ~(PAGE_SIZE - 1)
         if hint:                    # round_hint_to_min: a hint in the first page is no hint
             hint = max(hint, MMAP_MIN_ADDR)
             if hint + length <= TASK_SIZE and self._is_free(hint, hint + length):
                 return hint
-            return self._unmapped_area_topdown(length)
+            if not shmem:
+                return self._unmapped_area_topdown(length)
+        if shmem:
+            return self._shmem_get_unmapped_area(length, pgoff)
         ret = self._thp_get_unmapped_area(length, 0)
         return ret if ret is not None else self._unmapped_area_topdown(length)
+
+    def _shmem_get_unmapped_area(self, length, pgoff):
+        """shmem_get_unmapped_area as the API places shared mappings: when shmem THPs are
+        possible (shmem_enabled not never, 2 MiB or more), an address whose offset in 2 MiB is
+        the file offset's, from a search inflated by 2 MiB - 4 KiB."""
+        ret = self._unmapped_area_topdown(length)
+        offset = (pgoff * PAGE_SIZE) & (PMD_SIZE - 1)
+        if (self.config.shmem_enabled == "never" or length < PMD_SIZE
+                or (offset and offset + length < 2 * PMD_SIZE) or ret & (PMD_SIZE - 1) == offset):
+            return ret
+        inflated = self._unmapped_area_topdown(length + PMD_SIZE - PAGE_SIZE, fail=False)
+        if inflated is None:
+            return ret
+        addr = inflated - (inflated & (PMD_SIZE - 1)) + offset
+        return addr + PMD_SIZE if (inflated & (PMD_SIZE - 1)) > offset else addr
 
     def _thp_get_unmapped_area(self, length, off):
         """__thp_get_unmapped_area for an anonymous mapping whose first page has file offset
@@ -1860,7 +2459,11 @@ class ReferenceMM:
         if vma is None:
             raise SyscallError(errno.EFAULT, "mremap", "addr not mapped")
         if old_len == 0:
-            raise SyscallError(errno.EINVAL, "mremap", "old_size 0 (duplicating a private mapping)")
+            if vma.file is None or not maymove:
+                raise SyscallError(errno.EINVAL, "mremap", "old_size 0 needs a shared mapping and MREMAP_MAYMOVE")
+            if new_addr is not None and new_addr < MMAP_MIN_ADDR:
+                raise SyscallError(errno.EPERM, "mremap", "below mmap_min_addr")
+            return self._mremap_dup(vma, addr, new_len, new_addr)
         if addr + old_len > vma.end:
             raise SyscallError(errno.EFAULT, "mremap", "old range not inside one VMA")
         if new_addr is not None:
@@ -1897,6 +2500,21 @@ class ReferenceMM:
         self._mremap_populate(target + old_len, target + new_len)
         return target
 
+    def _mremap_dup(self, vma, addr, new_len, new_addr):
+        """mremap(old_size=0) of a shared mapping: a second mapping of the same file pages, from
+        addr's file page, placed as a shared mmap is (or at new_addr, unmapping what is there);
+        it is not mlocked."""
+        pgoff = vma.pgoff + ((addr - vma.start) >> 12)
+        flags, file = vma.flags & ~VM_LOCKED, vma.file
+        if new_addr is None:
+            new_addr = self._get_unmapped_area(new_len, None, shmem=True, pgoff=pgoff)
+        else:
+            self._do_munmap(new_addr, new_addr + new_len, "mremap")
+        new = Vma(new_addr, new_addr + new_len, flags, None, pgoff, file)
+        self._insert_vma(new)
+        self._merge_around(new)
+        return new_addr
+
     def _mremap_populate(self, start, end):
         """An mlocked mapping that grew: mm_populate the new part, errors ignored."""
         vma = self._vma_at(start) if start < end else None
@@ -1909,11 +2527,11 @@ class ReferenceMM:
         vma = self._vma_at(old_addr)
         if len(self._vmas) >= self.config.max_map_count - 3:
             raise SyscallError(errno.ENOMEM, "mremap", "max_map_count")
-        if vma.anon_vma is None:        # copy_vma: never faulted, so take the new location's pgoff
+        if vma.anon_vma is None and vma.file is None:   # copy_vma: never faulted: the new pgoff
             pgoff = new_addr >> 12
         else:
             pgoff = vma.pgoff + ((old_addr - vma.start) >> 12)
-        new_vma = Vma(new_addr, new_addr + new_len, vma.flags, vma.anon_vma, pgoff)
+        new_vma = Vma(new_addr, new_addr + new_len, vma.flags, vma.anon_vma, pgoff, vma.file)
         self._insert_vma(new_vma)
         merged = self._merge_around(new_vma)
         if merged is not new_vma or merged.end != new_addr + new_len:
@@ -1962,7 +2580,10 @@ class ReferenceMM:
                 continue
             if isinstance(entry, HugePmd):
                 self._split_huge_pmd(pi)
-                entry = self._pmds[pi]
+                entry = self._pmds.get(pi)
+                if entry is None:                               # a shmem PMD: cleared
+                    old_addr, new_addr = old_addr + ext, new_addr + ext
+                    continue
             table = self._pte_alloc(npi)
             shift = (new_addr - old_addr) >> 12
             for vpn in [v for v in entry if old_addr >> 12 <= v < (old_addr + ext) >> 12]:
@@ -2011,7 +2632,7 @@ class ReferenceMM:
         """mprotect_fixup's new flags, VM_ACCOUNT included."""
         flags = (vma.flags & ~VM_ACCESS_FLAGS) | bits
         if flags & VM_WRITE:
-            if not vma.flags & (VM_ACCOUNT | VM_WRITE):
+            if not vma.flags & (VM_ACCOUNT | VM_WRITE | VM_SHARED):    # private mappings only
                 flags |= VM_ACCOUNT
         elif vma.flags & VM_ACCOUNT and vma.anon_vma is None:
             flags &= ~VM_ACCOUNT
@@ -2023,12 +2644,12 @@ class ReferenceMM:
         writable = bool(flags & VM_WRITE)
         for _, entry in self._entries_in(start, end):
             if isinstance(entry, HugePmd):     # whole: the VMA split already split partial ones
-                entry.writable = writable and entry.kind == "thp" and entry.exclusive
+                entry.writable = writable and (entry.kind == "shmem" or entry.kind == "thp" and entry.exclusive)
                 continue
             lo, hi = start >> 12, end >> 12
-            for vpn, pte in entry.items():
+            for vpn, pte in entry.items():      # shmem: no write-notify, vm_page_prot decides
                 if lo <= vpn < hi:
-                    pte.writable = writable and pte.kind == "anon" and pte.exclusive
+                    pte.writable = writable and (pte.kind == "shmem" or pte.kind == "anon" and pte.exclusive)
 
     # ================================================================ madvise
 
@@ -2050,6 +2671,14 @@ class ReferenceMM:
             raise NotImplementedError(f"madvise {advice!r} is not modelled")
         if advice.startswith("populate_"):
             return self._madvise_populate(addr, end, advice == "populate_write")
+        vmas = [v for v in self._vmas if v.start < end and v.end > addr]
+        if any(v.file is not None for v in vmas):
+            if advice in PRIVATE_ONLY_ADVICE:
+                raise SyscallError(errno.EINVAL, "madvise", f"MADV_{advice.upper()} on a shared mapping")
+            if advice == "pageout":
+                raise NotImplementedError("MADV_PAGEOUT of shared memory is not modelled")
+        if advice == "remove":
+            return self._madvise_remove(addr, end, vmas)
         if advice == "collapse":
             return self._madvise_collapse(addr, end)
         unmapped = False
@@ -2074,11 +2703,46 @@ class ReferenceMM:
                     self._vma_modify(vma, cur, stop, flags, "madvise", errno.EAGAIN)
             elif advice == "free":
                 self._madvise_free(cur, stop)
+            elif advice == "cold" and vma.file is not None:
+                self._clear_young(cur, stop)     # deactivation shows as Referenced 0
             elif advice in ("cold", "pageout"):
                 self._madvise_cold_or_pageout(cur, stop, advice == "pageout")
             cur = stop
         if unmapped:
             raise SyscallError(errno.ENOMEM, "madvise", "range not fully mapped")
+
+    def _madvise_remove(self, start, end, vmas):
+        """MADV_REMOVE (madvise_remove -> fallocate PUNCH_HOLE of the file), as the API checks
+        it: every VMA of the range first (mlocked: EINVAL, private: EINVAL, not writable:
+        EACCES), then each one's pages punched out of its file; a hole is ENOMEM at the end."""
+        for vma in vmas:
+            if vma.flags & VM_LOCKED:
+                raise SyscallError(errno.EINVAL, "madvise", "MADV_REMOVE on an mlocked mapping")
+            if vma.file is None:
+                raise SyscallError(errno.EINVAL, "madvise", "MADV_REMOVE needs a shared mapping")
+            if not vma.flags & VM_WRITE:
+                raise SyscallError(errno.EACCES, "madvise", "MADV_REMOVE needs a writable mapping")
+        for vma in vmas:
+            s, e = max(start, vma.start), min(end, vma.end)
+            first = self._linear_index(vma, s)
+            self._m.punch_hole(vma.file, first, first + ((e - s) >> 12))
+        cursor = start
+        for vma in vmas:
+            if vma.start > cursor:
+                break
+            cursor = vma.end
+        if cursor < end:
+            raise SyscallError(errno.ENOMEM, "madvise", "range not fully mapped")
+
+    def _clear_young(self, start, end):
+        """MADV_COLD of shared memory: the accessed bits of the range's entries are cleared."""
+        for _, entry in self._entries_in(start, end):
+            if isinstance(entry, HugePmd):
+                entry.young = False
+                continue
+            for vpn, pte in entry.items():
+                if start >> 12 <= vpn < end >> 12:
+                    pte.young = False
 
     # ================================================================ mlock
 
@@ -2129,7 +2793,7 @@ class ReferenceMM:
             cur = stop
 
     def _populate_locked(self, vma, start, end, syscall, ignore_errors=False):
-        write = bool(vma.flags & VM_WRITE)
+        write = bool(vma.flags & VM_WRITE) and vma.file is None     # shared: populated by reads
         cur = start
         while cur < end:
             step = self._follow(cur, write)
@@ -2142,6 +2806,10 @@ class ReferenceMM:
                 if ignore_errors:
                     return
                 raise SyscallError(errno.EAGAIN, syscall, "out of memory") from None
+            except _Bus:        # the API's Python layer raises the fault's signal here
+                if ignore_errors:
+                    return
+                raise BusError(cur) from None
 
     @staticmethod
     def _advice_flags(vma, advice):
@@ -2168,6 +2836,8 @@ class ReferenceMM:
                     self._fault(vma, cur, write)
                 except _Oom:
                     raise SyscallError(errno.ENOMEM, "madvise", "out of memory") from None
+                except _Bus:
+                    raise SyscallError(errno.EFAULT, "madvise", "SIGBUS") from None
 
     @staticmethod
     def _shared(page):
@@ -2309,6 +2979,13 @@ class ReferenceMM:
             if vma.start > cur:
                 unmapped, cur = True, vma.start
             stop = min(end, vma.end)
+            if vma.file is not None:        # 2 MiB by 2 MiB; the first failure ends the call
+                for haddr in range(_align_up(cur, PMD_SIZE), (stop & ~(PMD_SIZE - 1)), PMD_SIZE):
+                    err = self._collapse_file_block(vma, haddr)
+                    if err:
+                        raise SyscallError(err, "madvise", "MADV_COLLAPSE of shared memory")
+                cur = stop
+                continue
             if not self._collapse_allowed(vma):
                 raise SyscallError(errno.EINVAL, "madvise", "MADV_COLLAPSE not allowed in this VMA")
             failed = None
@@ -2327,6 +3004,72 @@ class ReferenceMM:
             cur = stop
         if unmapped:
             raise SyscallError(errno.ENOMEM, "madvise", "range not fully mapped")
+
+    def _collapse_file_block(self, vma, haddr):
+        """MADV_COLLAPSE of one aligned 2 MiB of a shared mapping (hpage_collapse_scan_file,
+        collapse_file, collapse_pte_mapped_thp), whatever shmem_enabled says: 0 or an errno.
+        VM_NOHUGEPAGE, a complete prctl veto or file offsets not aligned like the addresses:
+        EINVAL. A PMD-sized folio already there is only mapped. Else a new THP (it may compact;
+        thp_collapse_alloc, or _failed and ENOMEM; a refused charge EBUSY); a range with no page
+        at all: EINVAL (SCAN_TRUNCATED); the old pages are unmapped from every process (a dirty
+        PTE dirties its folio) and freed, the THP takes their place (dirty, uptodate), every
+        process's PTE table over a VMA that holds the whole 2 MiB aligned is freed
+        (retract_page_tables), and the caller maps the THP by a PMD."""
+        m, file = self._m, vma.file
+        if vma.flags & VM_NOHUGEPAGE or self._thp_disable == "completely" \
+                or ((vma.start >> 12) - vma.pgoff) % PTRS:
+            return errno.EINVAL
+        start = self._linear_index(vma, haddr)
+        folio = file.cache.get(start)
+        if folio is None or folio.order != PMD_ORDER or folio.index != start:
+            pfn = m.alloc_large(PMD_ORDER, compact=True)
+            if pfn is None:
+                m.events["thp_collapse_alloc_failed"] += 1
+                return errno.ENOMEM
+            m.events["thp_collapse_alloc"] += 1
+            if not m.try_charge(PTRS):
+                m.buddy_free(pfn, PMD_ORDER)
+                return errno.EBUSY
+            old = [f for f in file.folios() if start <= f.index < start + PTRS]
+            if not old:
+                m.buddy_free(pfn, PMD_ORDER)
+                m.uncharge(PTRS)
+                return errno.EINVAL
+            for mm in m.mms:
+                mm._unmap_file_range(file, start, start + PTRS)
+            for f in old:
+                m.shmem_free_folio(f)
+            folio = m.shmem_add(file, start, pfn, PMD_ORDER)
+            folio.dirty = True
+            for mm in m.mms:                                # retract_page_tables
+                for v in mm._vmas:
+                    if v.file is not file or v.anon_vma is not None:
+                        continue
+                    addr = v.start + ((start - v.pgoff) << 12)
+                    if v.pgoff > start or addr % PMD_SIZE or v.end < addr + PMD_SIZE:
+                        continue
+                    table = mm._pmds.get(addr >> 21)
+                    if isinstance(table, dict):
+                        assert not table
+                        del mm._pmds[addr >> 21]
+                        mm._table_free()
+        entry = self._pmds.get(haddr >> 21)                 # collapse_pte_mapped_thp
+        if isinstance(entry, HugePmd):
+            return 0
+        if isinstance(entry, dict):
+            ptes = {v: p for v, p in entry.items() if haddr >> 12 <= v < (haddr >> 12) + PTRS}
+            if any(p.page is not folio or p.idx != v - (haddr >> 12) for v, p in ptes.items()):
+                return errno.EINVAL
+            for v, p in ptes.items():
+                folio.mapcount[p.idx] -= 1
+                del entry[v]
+            del self._pmds[haddr >> 21]
+            self._table_free()
+        else:
+            self._alloc_upper_tables(haddr)
+        if not self._shmem_set_pmd(vma, haddr, folio, False):
+            return errno.EINVAL
+        return 0
 
     def _khugepaged_scan_pmd(self, vma, haddr):
         """One PMD range for khugepaged: (result, mmap lock still held)."""
@@ -2415,15 +3158,27 @@ class ReferenceMM:
         m = self._m
         page_maps, sub_maps, entire, per_mm = {}, {}, {}, {}
         for mm in m.mms:
-            assert mm._nr_tables == (len(mm._pud_tables) + len(mm._pmd_tables) + len(mm._pmds))
+            for v in mm._vmas:
+                assert bool(v.flags & VM_SHARED) == (v.file is not None) and (v.file is None or v.file in m.files)
+            assert mm._nr_tables == (len(mm._pud_tables) + len(mm._pmd_tables) + len(mm._pmds)
+                                     - sum(1 for e in mm._pmds.values() if isinstance(e, HugePmd) and e.kind == "shmem"))
             for pi, e in mm._pmds.items():
                 if isinstance(e, HugePmd):
+                    if e.kind == "shmem":
+                        entire[id(e.folio)] = entire.get(id(e.folio), 0) + 1
                     if e.kind == "thp":
                         entire[id(e.folio)] = entire.get(id(e.folio), 0) + 1
                         per_mm[(id(e.folio), mm._id)] = per_mm.get((id(e.folio), mm._id), 0) + 1
                     continue
                 for vpn, pte in e.items():
                     assert vpn >> 9 == pi
+                    if pte.kind == "shmem":
+                        key = (id(pte.page), pte.idx)
+                        sub_maps[key] = sub_maps.get(key, 0) + 1
+                        vma = mm._vma_at(vpn << 12)
+                        assert vma is not None and vma.file is pte.page.file
+                        assert mm._linear_index(vma, vpn << 12) == pte.page.index + pte.idx
+                        continue
                     if pte.kind != "anon":
                         continue
                     if isinstance(pte.page, Folio):
@@ -2447,7 +3202,14 @@ class ReferenceMM:
                     assert per_mm.get((id(f), f.ids[slot]), 0) >= f.cnt[slot] + 1
             if len(mms) <= 1 and (f.ids[0] in mms or f.ids[1] in mms):
                 assert not f.shared or f.large <= 1 or f.cnt[0] + 1 != f.large and f.cnt[1] + 1 != f.large
+        for file in m.files:
+            for f in file.folios():
+                assert all(file.cache[f.index + i] is f for i in range(f.nr)) and f.index % f.nr == 0
+                assert entire.pop(id(f), 0) == f.entire
+                for i in range(f.nr):
+                    assert sub_maps.pop((id(f), i), 0) == f.mapcount[i]
         assert not sub_maps, "a mapped subpage belongs to no live folio"
+        assert not self._prealloc
         self._check_frames()
 
     def _check_frames(self):
@@ -2480,7 +3242,11 @@ class ReferenceMM:
             claim(m.huge_zero_pfn, PTRS, K_HZP)
         for frame, movable in m.held.items():
             claim(frame, 1, K_HELD_MOVABLE if movable else K_HELD)
+        for file in m.files:
+            for f in file.folios():
+                claim(f.pfn, f.nr, K_SHMEM)
         assert ((kind == K_FREE) == free).all(), "a frame is neither free nor used"
         assert (kind == m.kind).all()
-        charged = len(m.pages) + sum(f.nr for f in m.folios.values()) + sum(mm._nr_tables for mm in m.mms)
+        charged = len(m.pages) + sum(f.nr for f in m.folios.values()) + sum(mm._nr_tables for mm in m.mms) \
+            + sum(f.nr for file in m.files for f in file.folios())
         assert m.charged == charged, (m.charged, charged)

@@ -8,6 +8,13 @@ the outcomes (return value or exception and errno) and everything observable mus
 per process the page states, RssAnon, VmPTE, faults, the VMAs and each VMA's smaps; per machine
 /proc/vmstat, the per-size THP stats and khugepaged's counters.
 
+Shared memory is drawn too: MAP_SHARED|MAP_ANONYMOUS and memfd mappings over the window (in
+prologues and steps), memfds made, truncated, fallocated, punched and closed, MADV_REMOVE,
+mremap of shared mappings (old size 0 makes a second mapping), every shmem_enabled mode and
+kernels before and after 6.15 (how a hole splits a shmem THP); compared with the rest: page
+states SHMEM and SHMEM_THP, RssShmem, ShmemPmdMapped, nr_shmem*, thp_file_*, the per-size
+shmem_* stats, each memfd's size and whether it is closed, and SIGBUS as an outcome of its own.
+
 Runs 2,000 examples (MMEMU_EXAMPLES=N changes that for a quick local run; hypothesis's "ci" profile, taken automatically when CI is set, makes them
 derandomized).
 
@@ -29,7 +36,7 @@ from hypothesis import strategies as st
 from mmemu import MM, Config, PageState
 from mmemu.config import DEFRAG_MODES, HUGEPAGE_SIZES_KB
 from mmemu.constants import VMSTAT_NAMES
-from mmemu.errors import OutOfMemory, SegmentationFault, SyscallError
+from mmemu.errors import BusError, OutOfMemory, SegmentationFault, SyscallError
 from mmemu.reference import ReferenceMM
 
 #: switch on once the engine implements issue 5 (mTHP, buddy allocator, compaction, memcg)
@@ -59,6 +66,8 @@ def config_strategy(issue5):
         defrag = st.just("madvise")
     return st.builds(
         Config,
+        kernel=st.sampled_from(["6.18", "6.18", "6.12"]),      # a hole splits shmem THPs 6.15+ / 4K
+        shmem_enabled=st.sampled_from(["never", "always", "always", "within_size", "advise"]),
         thp=st.sampled_from(["always", "madvise", "never"]),
         defrag=defrag,
         hugepages=hugepages,
@@ -103,7 +112,7 @@ page_offsets = st.one_of(
 page_counts = st.one_of(st.sampled_from([1, 2, 255, 256, 511, 512, 513, 1024, 1536]), st.integers(1, 2048))
 prots = st.sampled_from(["rw", "r", "none", "w", "rwx", "r-x", ""])
 advices = st.sampled_from(["hugepage", "nohugepage", "dontneed", "populate_read", "populate_write",
-                           "willneed", "free", "cold", "pageout", "collapse",
+                           "willneed", "free", "cold", "pageout", "collapse", "remove", "remove",
                            "hugepage", "dontneed", "populate_write", "free", "collapse",
                            "dontfork", "wipeonfork", "random", "normal", "dontneed_locked"])
 
@@ -111,6 +120,10 @@ accesses = st.tuples(st.sampled_from(["read", "write", "atomic"]), page_offsets,
 traces = st.tuples(st.just("trace"), st.lists(st.tuples(page_offsets, st.integers(0, 2)), min_size=1, max_size=40))
 # where an mremap goes: in place (no maymove), anywhere (maymove), or to a fixed page of the window
 mremap_targets = st.one_of(st.just(None), st.just("maymove"), page_offsets)
+# old sizes of an mremap: 0 makes a second mapping of a shared one (with maymove)
+mremap_old_counts = st.one_of(page_counts, st.just(0))
+#: memfd file sizes and offsets in pages (i_size is kept in whole pages)
+file_pages = st.one_of(st.sampled_from([0, 1, 16, 511, 512, 513, 768, 1024, 2048]), st.integers(0, 2048))
 common_actions = (
     accesses, traces, accesses, traces,        # accesses twice as likely as each syscall
     st.tuples(st.just("mmap_fixed"), page_offsets, page_counts, prots),
@@ -120,7 +133,7 @@ common_actions = (
     st.tuples(st.just("mprotect"), page_offsets, page_counts, prots),
     st.tuples(st.just("madvise"), page_offsets, page_counts, advices),
     st.tuples(st.just("madvise"), page_offsets, page_counts, advices),
-    st.tuples(st.just("mremap"), page_offsets, page_counts, page_counts, mremap_targets),
+    st.tuples(st.just("mremap"), page_offsets, mremap_old_counts, page_counts, mremap_targets),
     st.tuples(st.just("fork")),
     st.tuples(st.just("exit")),
     st.tuples(st.just("khugepaged"), st.sampled_from([1, 512, 513, 1024, 2000, None])),
@@ -138,8 +151,23 @@ issue5_actions = (
 )
 
 
+#: shared memory: MAP_SHARED|MAP_ANONYMOUS and memfd mappings in the window, memfds made, sized,
+#: allocated, punched and closed (k picks one of the machine's memfds)
+shmem_actions = (
+    st.tuples(st.just("mmap_shared"), page_offsets, page_counts, prots),
+    st.tuples(st.just("memfd_create")),
+    st.tuples(st.just("ftruncate"), st.integers(0, 3), file_pages),
+    st.tuples(st.just("mmap_fd"), st.integers(0, 3), page_offsets, page_counts,
+              st.one_of(st.just(0), st.sampled_from([0, 1, 256, 512, 1024]), st.integers(0, 2048)), prots),
+    st.tuples(st.just("mmap_fd"), st.integers(0, 3), page_offsets, page_counts, st.just(0), st.just("rw")),
+    st.tuples(st.just("fallocate"), st.integers(0, 3), file_pages, page_counts, st.booleans(), st.booleans()),
+    st.tuples(st.just("fallocate"), st.integers(0, 3), file_pages, page_counts, st.just(True), st.just(True)),
+    st.tuples(st.just("close_fd"), st.integers(0, 3)),
+)
+
+
 def step_strategy(issue5):
-    actions = st.one_of(*common_actions, *(issue5_actions if issue5 else ()))
+    actions = st.one_of(*common_actions, *(issue5_actions if issue5 else ()), *shmem_actions)
     # each step runs in one of the machine's processes (index modulo how many are alive)
     return st.tuples(st.integers(0, 3), actions)
 
@@ -154,6 +182,8 @@ def outcome(fn, *args):
         result = fn(*args)
     except SyscallError as e:
         return ("errno", e.errno)
+    except BusError as e:
+        return ("sigbus", e.address, e.index)
     except SegmentationFault as e:
         return ("segv", e.address, e.index)
     except OutOfMemory as e:
@@ -173,11 +203,39 @@ def set_memory_max(mm, value):
         return "refused"
 
 
+class Machine(list):
+    """The processes of one emulated machine (the parent first) and the memfds made on it."""
+
+    def __init__(self, procs):
+        super().__init__(procs)
+        self.memfds = []
+
+
 def apply(procs, who, action):
     """Run action in process procs[who % len(procs)]; fork and exit change procs (the first
     process, the parent, never exits: there is always one to observe the machine through)."""
     mm = procs[who % len(procs)]
     kind = action[0]
+    if kind == "memfd_create":
+        fd = mm.memfd_create("differential")
+        procs.memfds.append(fd)
+        return ("ok", "memfd")
+    if kind in ("ftruncate", "fallocate", "close_fd", "mmap_fd"):
+        if not procs.memfds:
+            return ("skipped", "no memfd yet")
+        fd = procs.memfds[action[1] % len(procs.memfds)]
+        if kind == "ftruncate":
+            return outcome(fd.ftruncate, action[2] * PAGE)
+        if kind == "fallocate":
+            _, _, off, n, punch, keep = action
+            return outcome(fd.fallocate, off * PAGE, n * PAGE, punch, keep)
+        if kind == "close_fd":
+            return outcome(fd.close)
+        _, _, off, n, file_off, prot = action
+        return outcome(lambda: mm.mmap(n * PAGE, prot, WINDOW + off * PAGE, True, fd=fd, offset=file_off * PAGE))
+    if kind == "mmap_shared":
+        _, off, n, prot = action
+        return outcome(lambda: mm.mmap(n * PAGE, prot, WINDOW + off * PAGE, True, shared=True))
     if kind == "fork":                        # run() forks; here only when there are enough
         return ("skipped",)
     if kind == "exit":
@@ -291,6 +349,7 @@ def observe(procs, issue5=ISSUE5_ENGINE):
         out["mthp"] = {2048: out["mthp"][2048]}
     for i, p in enumerate(procs):
         out.update({f"{k}[{i}]": v for k, v in observe_process(p, issue5).items()})
+    out["memfds"] = [(fd.size, fd.closed) for fd in getattr(procs, "memfds", ())]
     return out
 
 
@@ -298,6 +357,10 @@ def new_machine(engine, config, memory_max):
     if memory_max is None:
         return engine(config)
     return engine(config, memory_max=memory_max)
+
+
+def machine(engine, config, memory_max):
+    return Machine([new_machine(engine, config, memory_max)])
 
 
 def diff(a, b):
@@ -312,6 +375,17 @@ mapped = st.sampled_from(["rw", "rw", "rw", "r", "none"]).map(lambda p: [(0, ("m
 mapped_hp = st.sampled_from(["rw", "rw", "r"]).map(lambda p: [(0, ("mmap_fixed", 0, WINDOW_PAGES, p)),
                                                             (0, ("madvise", 0, WINDOW_PAGES, "hugepage"))])
 prologues_today = st.one_of(st.just([]), mapped, mapped, mapped_hp, mapped_hp, mapped_hp)
+# shared memory over the window: a MAP_SHARED|MAP_ANONYMOUS object, or a memfd of some size
+# mapped from offset 0 (the window's pages past i_size are SIGBUS); sometimes MADV_HUGEPAGE
+mapped_shared = st.tuples(st.sampled_from(["rw", "rw", "rw", "r"]), st.booleans()).map(
+    lambda t: [(0, ("mmap_shared", 0, WINDOW_PAGES, t[0]))]
+    + ([(0, ("madvise", 0, WINDOW_PAGES, "hugepage"))] if t[1] else []))
+mapped_memfd = st.tuples(st.sampled_from([WINDOW_PAGES, WINDOW_PAGES, 1024, 768, 100]), st.booleans(),
+                         st.booleans()).map(
+    lambda t: [(0, ("memfd_create",)), (0, ("ftruncate", 0, t[0])), (0, ("mmap_fd", 0, 0, WINDOW_PAGES, 0, "rw"))]
+    + ([(0, ("madvise", 0, WINDOW_PAGES, "hugepage"))] if t[1] else [])
+    + ([(0, ("close_fd", 0))] if t[2] else []))
+prologues_shared = st.one_of(mapped_shared, mapped_memfd)
 # with issue 5, the mapping is often followed by order-0 pages spread over RAM (a populated
 # range with holes punched) and held fragmentation, so that THP/mTHP allocations need compaction
 spread = st.tuples(st.integers(0, 3), st.integers(2, 5)).map(
@@ -319,14 +393,14 @@ spread = st.tuples(st.integers(0, 3), st.integers(2, 5)).map(
 fragmented = st.tuples(st.sampled_from([0.5, 0.5, 0.25, 0.75, 0.9, 1.0]), st.sampled_from([9, 9, 10, 4, 2]),
                        st.booleans()).map(lambda t: [(0, ("fragment", *t))])
 writes = st.lists(page_offsets, min_size=1, max_size=8).map(lambda offs: [(0, ("trace", [(o, 1) for o in offs]))])
-prologues_issue5 = st.tuples(prologues_today, st.sampled_from([False, True]), spread,
+prologues_issue5 = st.tuples(st.one_of(prologues_today, prologues_shared), st.sampled_from([False, True]), spread,
                              st.one_of(st.just([]), fragmented, fragmented),
                              st.one_of(st.just([]), writes)).map(
     lambda t: t[0] + (t[2] if t[1] and t[0] else []) + t[3] + (t[4] if t[0] else []))
 
 
 def prologue_strategy(issue5):
-    return prologues_issue5 if issue5 else prologues_today
+    return prologues_issue5 if issue5 else st.one_of(prologues_today, prologues_shared)
 
 
 prologues = prologue_strategy(ISSUE5_ENGINE)
@@ -341,7 +415,7 @@ PHASES = [p for p in Phase if p is not Phase.shrink] if os.environ.get("CI") els
           suppress_health_check=[HealthCheck.too_slow], phases=PHASES)
 @given(config=configs, memory_max=memory_maxes, prologue=prologues, body=st.lists(steps, min_size=1, max_size=25))
 def test_engine_matches_reference_model(config, memory_max, prologue, body):
-    engines, refs = [new_machine(MM, config, memory_max)], [new_machine(ReferenceMM, config, memory_max)]
+    engines, refs = machine(MM, config, memory_max), machine(ReferenceMM, config, memory_max)
     script = prologue + body
     for i, (who, action) in enumerate(script):
         got, want = run(engines, who, action), run(refs, who, action)
@@ -357,6 +431,9 @@ def test_engine_matches_reference_model(config, memory_max, prologue, body):
     for mm in reversed(refs):
         mm.close()
     assert vmstat(engines[0]) == vmstat(refs[0])
+    for fd in engines.memfds + refs.memfds:         # the last references to the shmem files
+        fd.close()
+    assert vmstat(engines[0]) == vmstat(refs[0])
 
 
 @settings(max_examples=int(os.environ.get("MMEMU_EXAMPLES", 2000)) // 4, deadline=None,
@@ -368,7 +445,7 @@ def test_reference_model_keeps_its_invariants(config, memory_max, prologue, body
     MM_ID slots, queue, buddy free lists and memcg charges it keeps agree with its page tables
     and frames after every step (independently of the engine); an OOM leaves the machine as it
     found it except for what the kernel keeps (pgfault, the tables of an out-of-RAM fault)."""
-    refs = [new_machine(ReferenceMM, config, memory_max)]
+    refs = machine(ReferenceMM, config, memory_max)
     for who, action in prologue + body:
         got = run(refs, who, action)
         event(f"{action[0]} -> {got[0]}")
@@ -379,7 +456,10 @@ def test_reference_model_keeps_its_invariants(config, memory_max, prologue, body
             assert refs[0].memory_current - refs[0].vmstat["nr_page_table_pages"] * 4096 <= refs[0].memory_max
     for mm in reversed(refs):
         mm.close()
+    for fd in refs.memfds:
+        fd.close()
     vs = refs[0].vmstat
+    assert vs["nr_shmem"] == vs["nr_shmem_hugepages"] == vs["nr_shmem_pmdmapped"] == 0
     assert vs["nr_anon_pages"] == vs["nr_page_table_pages"] == vs["nr_anon_transparent_hugepages"] == 0
     assert all(d["nr_anon"] == 0 for d in refs[0].mthp_stats.values())
     assert refs[0].memory_current == 0

@@ -30,6 +30,8 @@ except ImportError:     # mmemu/__init__.py needs the compiled core: load the pu
     _errors = importlib.import_module("mmemu.errors")
     SegmentationFault, SyscallError, OutOfMemory = (_errors.SegmentationFault, _errors.SyscallError,
                                                     _errors.OutOfMemory)
+    pkg.PageState = S           # what mmemu.scenarios takes from the package
+scenarios = importlib.import_module("mmemu.scenarios")
 
 MiB = 1 << 20
 P = 4096
@@ -545,7 +547,10 @@ def test_syscall_errors():
     with pytest.raises(ValueError):
         mm.madvise(a, P, "bogus")
     with pytest.raises(NotImplementedError):
-        mm.madvise(a, P, "remove")
+        mm.madvise(a, P, "mergeable")
+    with pytest.raises(SyscallError) as e:
+        mm.madvise(a, P, "remove")                  # MADV_REMOVE needs a shared mapping
+    assert e.value.errno == errno.EINVAL
     with pytest.raises(TypeError):
         mm.read(1.5)
     with pytest.raises(ValueError):
@@ -1945,3 +1950,84 @@ def test_contpte_blocks_need_the_same_user_bit():
     mm.mprotect(a, P, "r")
     assert mm.contpte_blocks(a, 2 * MiB) == 32
     child.close()
+
+
+# ---- shared memory (shmem, memfd): the host-measured issue-5 rows and shared-memory oracles ----
+
+@pytest.mark.parametrize("row", scenarios.ISSUE5_ROWS, ids=[scenarios.short(r[0]) for r in scenarios.ISSUE5_ROWS])
+def test_issue5_row(row):
+    """mTHP, shared memory, memfd and the memory cgroup as the 6.18 host showed them, laid out
+    where the host run put them; the reference's own bookkeeping stays consistent."""
+    run = scenarios.play_row(ReferenceMM(Config(**row[1])), row, base=0x500000000000)
+    try:
+        wrong = scenarios.mismatches(run, row)
+        run.mm._check_invariants()
+    finally:
+        if run.child is not None:
+            run.child.close()
+    assert wrong == []
+
+
+@pytest.mark.parametrize("scenario", scenarios.SHARED_ORACLE_SCENARIOS,
+                         ids=[scenarios.short(s[0]) for s in scenarios.SHARED_ORACLE_SCENARIOS])
+def test_shared_oracle_scenario_as_the_host_showed_it(scenario):
+    """X1-X12 have no values written down: the 6.18 host is their oracle, and the engine agrees
+    with it there (tests/conformance). The reference must play each step as the engine does:
+    outcome, page states, faults, VmPTE change, a child's view, and at the end the VMAs, their
+    smaps and the host-exact counters."""
+    engine = pytest.importorskip("mmemu.mm")
+    from mmemu.conformance import first_difference, play
+    name, config, length, hp, steps = scenario
+    want = play(engine.MM(Config(**config)), name, length, hp, steps)
+    got = play(ReferenceMM(Config(**config)), name, length, hp, steps)
+    assert first_difference(got, want) == ""
+
+
+def _shmem_folios(mm, a):
+    """(first page, pages) of each folio left in the page cache of the file mapped at a."""
+    file = mm._vma_at(a).file
+    return [(f.index, f.nr) for f in file.folios()]
+
+
+@pytest.mark.parametrize("hole, kernel, left", [
+    # the host's kpageflags after MADV_REMOVE of page 0: 1, 2-3, 4-7, ..., 256-511 (the
+    # order-1 piece 2-3 is two 4K pages here, as the design notes have it)
+    ((0, 1), "6.18", [(1, 1), (2, 1), (3, 1)] + [(1 << k, 1 << k) for k in range(2, 9)]),
+    # PUNCH_HOLE of page 5: 0-3, 4, 6, 7, 8-15, ..., 256-511 (split at 5, then at 6)
+    ((5, 6), "6.18", [(0, 4), (4, 1), (6, 1), (7, 1)] + [(1 << k, 1 << k) for k in range(3, 9)]),
+    # half of it (ST13): the other half stays one 1 MiB folio
+    ((256, 512), "6.18", [(0, 256)]),
+    # before 6.15: 4K pages
+    ((256, 512), "6.12", [(i, 1) for i in range(256)]),
+])
+def test_a_hole_splits_a_shmem_thp_into_buddy_folios(hole, kernel, left):
+    mm = ReferenceMM(Config.for_kernel(kernel, shmem_enabled="always"))
+    f = mm.memfd_create()
+    f.ftruncate(2 * MiB)
+    a = mm.mmap(2 * MiB, fd=f, addr=HP_BASE, fixed=True)
+    mm.write(a)
+    before = snap(mm)
+    f.fallocate(hole[0] * P, (hole[1] - hole[0]) * P, punch_hole=True)
+    assert _shmem_folios(mm, a) == left
+    d = delta(before, snap(mm))
+    assert d["thp_split_page"] == 1 and d["2048kB/split"] == 1 and d["nr_shmem"] == -(hole[1] - hole[0])
+    mm._check_invariants()
+
+
+def test_a_hole_through_two_shmem_thps_splits_each_at_its_cut():
+    mm = ReferenceMM(Config(shmem_enabled="always"))
+    f = mm.memfd_create()
+    f.ftruncate(4 * MiB)
+    a = mm.mmap(4 * MiB, fd=f, addr=HP_BASE, fixed=True)
+    mm.write(a)
+    mm.write(a + 2 * MiB)
+    mm.madvise(a + 500 * P, 100 * P, "remove")         # pages 500..599
+    folios = _shmem_folios(mm, a)
+    assert (500, 1) not in folios and (599, 1) not in folios
+    # the first THP split at page 500 (0-255, 256-383, ..., 496-499 stay), the second at its
+    # first page (512) and again at 600, the page after the hole: 600, 601, 602, 603, 604-607,
+    # 608-639, 640-767, 768-1023 stay
+    assert folios == [(0, 256), (256, 128), (384, 64), (448, 32), (480, 16), (496, 4), (600, 1), (601, 1),
+                      (602, 1), (603, 1), (604, 4), (608, 32), (640, 128), (768, 256)]
+    assert mm.vmstat["thp_split_page"] == 2 and mm.vmstat["nr_shmem"] == 1024 - 100
+    mm._check_invariants()
