@@ -229,13 +229,19 @@ cdef class ShmemFile:
         return self.pages[index]
 
     def resident(self):
-        """A copy of the page cache: frame per page index, 0 for a hole."""
-        return self._pages[:self.size].copy()
+        """A copy of the page cache: frame per page index, 0 for a hole (past i_size too, to
+        the end of its 2 MiB block: a THP may run past i_size)."""
+        return self._pages.copy()
 
     @property
     def nr_pages(self):
         """Pages in the page cache."""
-        return int(np.count_nonzero(self._pages[:self.size]))
+        return int(np.count_nonzero(self._pages))
+
+    @property
+    def capacity(self):
+        """Page indices the page cache can hold: i_size rounded up to 2 MiB."""
+        return self._pages.shape[0]
 
 
 cdef class Machine:
@@ -711,17 +717,19 @@ cdef class Machine:
         return fid
 
     def file_set_size(self, int32_t fid, int64_t size):
-        """ftruncate: a new i_size in pages; shrinking frees what lies beyond (the caller has
-        unmapped it from every process first)."""
+        """ftruncate: a new i_size in pages; shrinking frees everything from there on (the
+        caller has unmapped it from every process first). The page cache holds whole 2 MiB
+        blocks, so that a THP may run past i_size as the kernel's may."""
         cdef ShmemFile f = self.files[fid]
         cdef cnp.ndarray pages
+        cdef int64_t capacity = (size + HPAGE_PMD_NR - 1) & ~(<int64_t>HPAGE_PMD_NR - 1)
         if size < 0:
             raise ValueError("size must not be negative")
         if size < f.size:
-            self.file_free_range(fid, size, f.size)
-        elif size > f._pages.shape[0]:
-            pages = np.zeros(size, np.int64)
-            pages[:f.size] = f._pages[:f.size]
+            self.file_free_range(fid, size, f._pages.shape[0])
+        elif capacity > f._pages.shape[0]:
+            pages = np.zeros(capacity, np.int64)
+            pages[:f._pages.shape[0]] = f._pages
             f._pages = pages
             f.pages = <int64_t *>cnp.PyArray_DATA(pages)
             self.file_pages[fid] = f.pages
@@ -735,11 +743,12 @@ cdef class Machine:
         cut stay large folios)."""
         cdef ShmemFile f = self.files[fid]
         cdef int64_t index, pfn, head, hidx, nr
+        cdef int64_t capacity = f._pages.shape[0]
         cdef folio_t *folio
-        if not 0 <= first <= last <= f.size:
+        if not 0 <= first <= last <= capacity:
             raise ValueError("file_free_range: bad range")
         for index in (first, last):             # split_at, then split_at2
-            if index < f.size and f.pages[index]:
+            if index < capacity and f.pages[index]:
                 folio = self.folio_of(f.pages[index])
                 if folio != NULL and self.folio_pfn(folio) != f.pages[index]:
                     self.shmem_split_folio_at(folio, f.pages[index])
@@ -871,7 +880,7 @@ cdef class Machine:
         cdef int64_t *pages = self.file_pages[fid]
         cdef int64_t hidx = index & ~(<int64_t>HPAGE_PMD_NR - 1), pfn, k
         cdef folio_t *folio
-        if huge and hidx + HPAGE_PMD_NR <= self.file_size[fid]:
+        if huge:                                  # the page cache holds whole 2 MiB blocks
             for k in range(hidx, hidx + HPAGE_PMD_NR):
                 if pages[k]:
                     huge = False
@@ -1824,6 +1833,7 @@ cdef class MMCore:
         cdef uint64_t *pte
         cdef folio_t *folio
         cdef int ret
+        cdef bint prealloc
         if index >= self.machine.file_size[fid]:
             return VM_FAULT_SIGBUS
         if pmd & _PAGE_PSE:
@@ -1853,8 +1863,13 @@ cdef class MMCore:
                 return VM_FAULT_OK             # VM_FAULT_NOPAGE: fault-around mapped it
         pfn = self.machine.file_pages[fid][index]
         if not pfn:
+            # __do_fault preallocates (and charges) the PTE table if the PMD is none, before
+            # ->fault; it is freed again unless used: the page is charged on top of it
+            prealloc = not pmdp[0]
+            self.machine.memcg_usage += prealloc
             pfn = self.machine.shmem_alloc_folio(fid, index, self.shmem_huge_allowed(vma, addr, index),
                                                  self.thp_direct_compact(self.vm_flags[vma]))
+            self.machine.memcg_usage -= prealloc
             if pfn < 0:
                 return VM_FAULT_OOM
         folio = self.machine.folio_of(pfn)
@@ -2068,13 +2083,12 @@ cdef class MMCore:
                 or self.vm_flags[vma] & VM_NOHUGEPAGE or self.thp_disable == THP_DISABLE_COMPLETELY:
             return "EINVAL"
         hidx = self.folio_index_at(vma, haddr)
-        if hidx + HPAGE_PMD_NR > self.machine.file_size[fid]:
-            return "EINVAL"
         pmdp = self.pmd_entry(haddr)
         if pmdp != NULL and pmdp[0] & _PAGE_PSE:
             return 0                                  # SCAN_PMD_MAPPED
         pages = self.machine.file_pages[fid]
-        folio = self.machine.folio_of(pages[hidx]) if pages[hidx] else NULL
+        within = hidx + HPAGE_PMD_NR <= self.machine.file_size[fid]
+        folio = self.machine.folio_of(pages[hidx]) if within and pages[hidx] else NULL
         if folio == NULL or folio.order != HPAGE_PMD_ORDER:
             pfn = self.machine.alloc_pmd_folio(True)
             if pfn < 0:
@@ -2084,6 +2098,15 @@ cdef class MMCore:
             if not self.machine.try_charge(HPAGE_PMD_NR):
                 self.machine.free_frames(pfn, HPAGE_PMD_ORDER)
                 return "EBUSY"
+            if within:
+                for k in range(HPAGE_PMD_NR):
+                    present += pages[hidx + k] != 0
+            if not present:
+                # SCAN_TRUNCATED: no page left in the range (or it runs past i_size)
+                self.machine.uncharge(HPAGE_PMD_NR)
+                self.machine.free_frames(pfn, HPAGE_PMD_ORDER)
+                return "EINVAL"
+            present = 0
             for mm in list(self.machine.mms):         # retract_page_tables
                 mm.unmap_file_range(fid, hidx, hidx + HPAGE_PMD_NR, True)
             for k in range(HPAGE_PMD_NR):

@@ -1195,7 +1195,7 @@ def _punch_hole(machine, fid, first, last):
     """shmem_fallocate(PUNCH_HOLE): unmap pages [first, last) of the file from every process
     (unmap_mapping_range), then free them from the page cache."""
     f = machine.files[fid]
-    last = min(last, f.size)
+    last = min(last, f.capacity)
     if first >= last:
         return
     for core in list(machine.mms):
@@ -1249,8 +1249,8 @@ class Memfd:
             pages = _page_align(size) // PAGE_SIZE
             if size > TASK_SIZE:
                 raise SyscallError(errno.EFBIG, "ftruncate")
-            if pages < f.size:
-                _punch_hole(self._machine, self._fid, pages, f.size)
+            if pages < f.size:                       # truncation goes to the very end
+                _punch_hole(self._machine, self._fid, pages, f.capacity)
             self._machine.file_set_size(self._fid, pages)
 
     def fallocate(self, offset: int, length: int, punch_hole: bool = False, keep_size: bool = False) -> None:
@@ -1258,7 +1258,8 @@ class Memfd:
         whole pages of [offset, offset+length) are unmapped from every process and freed (a
         large folio partly inside is split around the hole first).  Otherwise the pages are
         allocated without data (they are not "uptodate", so fault-around skips them until a
-        fault touches them), and the file grows to offset+length unless ``keep_size``."""
+        fault touches them), and the file grows to offset+length unless ``keep_size`` (pages
+        past the end are then not allocated: the kernel would allocate them beyond i_size)."""
         offset = _uint(offset, "offset")
         length = _uint(length, "length")
         for name, value in (("punch_hole", punch_hole), ("keep_size", keep_size)):
@@ -1279,7 +1280,9 @@ class Memfd:
             old_size = f.size
             if end > f.size and not keep_size:
                 self._machine.file_set_size(self._fid, end)
-            if not self._machine.file_fallocate(self._fid, offset // PAGE_SIZE, min(end, f.size)):
+            # pages past i_size (FALLOC_FL_KEEP_SIZE) are not kept here: the kernel allocates
+            # them, mmemu's page cache ends at i_size
+            if not self._machine.file_fallocate(self._fid, min(offset // PAGE_SIZE, f.size), min(end, f.size)):
                 self._machine.file_set_size(self._fid, max(old_size, f.size if keep_size else old_size))
                 raise SyscallError(errno.ENOMEM, "fallocate", "out of memory")
 

@@ -3031,7 +3031,7 @@ class ReferenceMM:
                 m.buddy_free(pfn, PMD_ORDER)
                 return errno.EBUSY
             old = [f for f in file.folios() if start <= f.index < start + PTRS]
-            if not old:
+            if not old or start + PTRS > file.size:     # SCAN_TRUNCATED (mmemu: past i_size too)
                 m.buddy_free(pfn, PMD_ORDER)
                 m.uncharge(PTRS)
                 return errno.EINVAL
