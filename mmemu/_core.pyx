@@ -742,17 +742,46 @@ cdef class Machine:
         6.15+ truncate_inode_partial_folio does (folio_split: the buddy halves away from the
         cut stay large folios)."""
         cdef ShmemFile f = self.files[fid]
-        cdef int64_t index, pfn, head, hidx, nr
+        cdef int64_t at, pfn, head, hidx, nr, offset, end, k
         cdef int64_t capacity = f._pages.shape[0]
+        cdef bint same_folio = False
         cdef folio_t *folio
+        cdef folio_t *folio2
         if not 0 <= first <= last <= capacity:
             raise ValueError("file_free_range: bad range")
-        for index in (first, last):             # split_at, then split_at2
-            if index < capacity and f.pages[index]:
-                folio = self.folio_of(f.pages[index])
-                if folio != NULL and self.folio_pfn(folio) != f.pages[index]:
-                    self.shmem_split_folio_at(folio, f.pages[index])
-        index = first
+        if first == last:
+            return 0
+        self.shmem_free_whole(f, first, last)
+        for at in (first, last - 1):              # the partial folios at the start and the end
+            if at == last - 1 and same_folio:
+                break
+            pfn = f.pages[at]
+            if not pfn:
+                continue
+            folio = self.folio_of(pfn)
+            head = pfn if folio == NULL else self.folio_pfn(folio)
+            nr = 1 if folio == NULL else (<int64_t>1) << folio.order
+            hidx = at - (pfn - head)
+            if at == first:
+                same_folio = last <= hidx + nr
+            for k in range(head, head + nr):      # the part outside the range is zeroed: dirty
+                self.flags[k] = self.flags[k] | PG_DIRTY
+            if folio == NULL:
+                continue
+            offset = max(first - hidx, 0)
+            end = min(last, hidx + nr) - hidx
+            self.shmem_split_folio_at(folio, head + offset)
+            if end < nr:                          # split_at2: the page after the range
+                folio2 = self.folio_of(f.pages[hidx + end])
+                if folio2 != NULL:
+                    self.shmem_split_folio_at(folio2, f.pages[hidx + end])
+        self.shmem_free_whole(f, first, last)
+        return 0
+
+    cdef void shmem_free_whole(self, ShmemFile f, int64_t first, int64_t last) noexcept nogil:
+        """Free the folios of the page cache that lie wholly inside [first, last)."""
+        cdef int64_t index = first, pfn, head, hidx, nr, k
+        cdef folio_t *folio
         while index < last:
             pfn = f.pages[index]
             if not pfn:
@@ -764,13 +793,14 @@ cdef class Machine:
                 self.shmem_free_page(pfn)
                 index += 1
                 continue
-            head = self.folio_pfn(folio)          # wholly inside: the cuts were split above
+            head = self.folio_pfn(folio)
             nr = (<int64_t>1) << folio.order
-            for hidx in range(index, index + nr):
-                f.pages[hidx] = 0
-            self.shmem_free_folio(folio)
-            index += nr
-        return 0
+            hidx = index - (pfn - head)
+            if hidx >= first and hidx + nr <= last:
+                for k in range(hidx, hidx + nr):
+                    f.pages[k] = 0
+                self.shmem_free_folio(folio)
+            index = hidx + nr
 
     def file_fallocate(self, int32_t fid, int64_t first, int64_t last):
         """shmem_fallocate without PUNCH_HOLE: allocate the missing pages of [first, last) (THPs
@@ -1920,9 +1950,10 @@ cdef class MMCore:
             return False
         if mode == SHMEM_HUGE_ALWAYS:
             return True
-        if mode == SHMEM_HUGE_WITHIN_SIZE:
-            return hidx + HPAGE_PMD_NR <= self.machine.file_size[self.vm_file[vma]]
-        if mode == SHMEM_HUGE_ADVISE:
+        if mode == SHMEM_HUGE_WITHIN_SIZE and hidx + HPAGE_PMD_NR <= self.machine.file_size[self.vm_file[vma]]:
+            return True
+        # shmem_huge_global_enabled: within_size falls through to advise
+        if mode == SHMEM_HUGE_WITHIN_SIZE or mode == SHMEM_HUGE_ADVISE:
             return (flags & VM_HUGEPAGE) != 0
         return False
 

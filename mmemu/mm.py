@@ -1085,6 +1085,10 @@ class MM:
         addresses."""
         if flags & VM_SHARED:
             mode = self._config.shmem_enabled
+            if mode == "within_size":                 # covered, or on to advise's test
+                fid = int(self._core.vma_files()[self._core.vma_index(start)])
+                covered = (pgoff + 1 + 511) // 512 * 512 <= self._machine.files[fid].size
+                mode = "always" if covered else "advise"
             if mode == "never" or flags & VM_NOHUGEPAGE or (mode == "advise" and not flags & VM_HUGEPAGE) \
                     or ((start // PAGE_SIZE - pgoff) % 512):
                 return 0
