@@ -310,6 +310,7 @@ cdef class Machine:
     cdef void shmem_free_folio(self, folio_t *folio) noexcept nogil
     cdef void shmem_free_whole(self, ShmemFile f, int64_t first, int64_t last) noexcept nogil
     cdef void shmem_mark_uptodate(self, int64_t pfn, folio_t *folio) noexcept nogil
+    cdef void shmem_folio_dirty(self, int64_t pfn) noexcept nogil
     cdef void shmem_split_folio_at(self, folio_t *folio, int64_t at) noexcept nogil
     cdef folio_t *shmem_describe_folio(self, int64_t head, int order) noexcept nogil
     cdef bint unmap_leaves_partial(self, folio_t *folio, int64_t head) noexcept nogil

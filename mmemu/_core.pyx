@@ -836,6 +836,15 @@ cdef class Machine:
             index += nr
         return True
 
+    cdef void shmem_folio_dirty(self, int64_t pfn) noexcept nogil:
+        """folio_mark_dirty: every page of pfn's folio is dirty (smaps counts a page dirty if
+        its PTE or its folio is)."""
+        cdef folio_t *folio = self.folio_of(pfn)
+        cdef int64_t head = pfn if folio == NULL else self.folio_pfn(folio), k
+        cdef int64_t nr = 1 if folio == NULL else (<int64_t>1) << folio.order
+        for k in range(head, head + nr):
+            self.flags[k] = self.flags[k] | PG_DIRTY
+
     cdef void shmem_mark_uptodate(self, int64_t pfn, folio_t *folio) noexcept nogil:
         """A fallocated folio a fault reached is zeroed and uptodate, every page of it."""
         cdef int64_t head = pfn if folio == NULL else self.folio_pfn(folio), k
@@ -1880,8 +1889,7 @@ cdef class MMCore:
             if pte[0]:
                 if write and not (pte[0] & _PAGE_RW):
                     pte[0] = pte[0] | _PAGE_RW | _PAGE_DIRTY | _PAGE_ACCESSED    # wp_page_shared
-                    pfn = <int64_t>entry_index(pte[0])
-                    self.machine.flags[pfn] = self.machine.flags[pfn] | PG_DIRTY  # fault_dirty_shared_page
+                    self.machine.shmem_folio_dirty(<int64_t>entry_index(pte[0]))  # fault_dirty_shared_page
                 else:
                     pte[0] = pte[0] | _PAGE_ACCESSED | (_PAGE_DIRTY if write else 0)
                 return VM_FAULT_OK
@@ -1999,9 +2007,10 @@ cdef class MMCore:
                 continue
             pte[k] = (<uint64_t>(pfn + k) << PAGE_SHIFT) | e \
                 | (_PAGE_WRITTEN if self.machine.flags[pfn + k] & PG_WRITTEN else 0)
-            # a page cache page is uptodate once mapped; a write fault dirties it
-            self.machine.flags[pfn + k] = (self.machine.flags[pfn + k] & ~PG_FALLOCATED) \
-                | (PG_DIRTY if write else 0)
+            # a page cache page is uptodate once mapped; a write fault dirties its folio
+            self.machine.flags[pfn + k] = self.machine.flags[pfn + k] & ~PG_FALLOCATED
+            if write:
+                self.machine.shmem_folio_dirty(pfn + k)
             self.machine.mapcount[pfn + k] = self.machine.mapcount[pfn + k] + 1
             folio = self.machine.folio_of(pfn + k)
             if folio != NULL:
@@ -2077,7 +2086,7 @@ cdef class MMCore:
         if folio != NULL:
             folio.refcount -= 1
         if e & _PAGE_DIRTY:
-            self.machine.flags[pfn] = self.machine.flags[pfn] | PG_DIRTY
+            self.machine.shmem_folio_dirty(pfn)       # folio_mark_dirty
         self.rss_shmem -= 1
 
     cdef void zap_shmem_pmd(self, uint64_t *pmdp) noexcept nogil:
