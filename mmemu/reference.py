@@ -275,7 +275,12 @@ class RefMemfd:
         pages = _align_up(size, PAGE_SIZE) // PAGE_SIZE
         f = self._file
         if pages < f.size:
-            self._m.punch_hole(f, pages, f.size)
+            # shmem_truncate_range(inode, newsize, (loff_t)-1): to the very end, a THP's tail
+            # past the old i_size too
+            end = max([f.size] + [folio.index + folio.nr for folio in f.folios()])
+            for mm in self._m.mms:
+                mm._unmap_file_range(f, pages, end)
+            self._m.truncate_range(f, pages, end)
         f.size = pages
 
     def fallocate(self, offset, length, punch_hole=False, keep_size=False):
