@@ -1539,11 +1539,13 @@ class ReferenceMM:
 
     def _thp_eligible_smaps(self, vma):
         """THPeligible (TVA_SMAPS): some order 2..9 allowed with an aligned block inside (R21).
-        A shared mapping: as the API's Python layer decides it, shmem_enabled's say (within_size
-        as always, no prctl veto), no VM_NOHUGEPAGE, file offsets aligned like the addresses and
-        an aligned 2 MiB inside."""
+        A shared mapping: shmem_enabled's say (within_size when i_size covers the 2 MiB of the
+        VMA's first file page, else as advise: checked on the host), no prctl veto, no
+        VM_NOHUGEPAGE, file offsets aligned like the addresses and an aligned 2 MiB inside."""
         if vma.file is not None:
             mode = self.config.shmem_enabled
+            if mode == "within_size":
+                mode = "always" if vma.file.size >= _align_up(vma.pgoff + 1, PTRS) else "advise"
             if mode == "never" or vma.flags & VM_NOHUGEPAGE or (mode == "advise" and not vma.flags & VM_HUGEPAGE) \
                     or ((vma.start >> 12) - vma.pgoff) % PTRS:
                 return False
