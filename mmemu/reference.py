@@ -1129,22 +1129,20 @@ class ReferenceMM:
 
     def _rss_shmem(self):
         """MM_SHMEMPAGES: the shmem pages this process maps (by PTE or PMD)."""
-        n = 0
-        for entry in self._pmds.values():
-            if isinstance(entry, HugePmd):
-                n += PTRS if entry.kind == "shmem" else 0
-            else:
-                n += sum(1 for pte in entry.values() if pte.kind == "shmem")
-        return n
+        return self._rss("shmem", "shmem")
 
     def _rss_anon(self):
         """MM_ANONPAGES: the anonymous pages this process maps (shared ones too)."""
+        return self._rss("thp", "anon")
+
+    def _rss(self, pmd_kind, pte_kind):
+        """Pages this process maps by PMDs of pmd_kind and PTEs of pte_kind."""
         n = 0
         for entry in self._pmds.values():
             if isinstance(entry, HugePmd):
-                n += PTRS if entry.kind == "thp" else 0
+                n += PTRS if entry.kind == pmd_kind else 0
             else:
-                n += sum(1 for pte in entry.values() if pte.kind == "anon")
+                n += sum(1 for pte in entry.values() if pte.kind == pte_kind)
         return n
 
     def maps(self):
