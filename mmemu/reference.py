@@ -2527,6 +2527,12 @@ class ReferenceMM:
         vma = self._vma_at(old_addr)
         if len(self._vmas) >= self.config.max_map_count - 3:
             raise SyscallError(errno.ENOMEM, "mremap", "max_map_count")
+        # the API splits the old VMA at both ends first (a shmem PMD across an end is cleared
+        # then, before move_page_tables: the kernel moves first and splits when unmapping)
+        if old_addr > vma.start:
+            vma = self._split_vma(vma, old_addr)
+        if old_addr + old_len < vma.end:
+            self._split_vma(vma, old_addr + old_len)
         if vma.anon_vma is None and vma.file is None:   # copy_vma: never faulted: the new pgoff
             pgoff = new_addr >> 12
         else:
