@@ -859,11 +859,36 @@ class _Machine:
         whole()
 
     def shmem_fallocate(self, file, first, last):
-        """Allocate the missing pages of [first, last) (order 0, not uptodate) and mark every
-        folio of the range dirty; on running out (no frame, or the charge refused) free what is
-        not uptodate in [first, the failing page) (shmem_undo_range with unfalloc) and fail."""
-        for index in range(first, last):
+        """shmem_fallocate over [first, last) (the API's range): each page not cached gets a
+        folio without data (not uptodate), a THP where shmem_enabled lets a file without a VMA
+        have one (always; within_size where i_size or the range's end covers the 2 MiB) and its
+        naturally aligned 512 slots are empty -- the 2 MiB may start before the range -- else a
+        4K page; every folio of the range is marked dirty. No VMA, so no MADV_HUGEPAGE: direct
+        compaction only with defrag=always (vma_thp_gfp_mask(NULL)). Running out (no frame, or
+        the charge refused, for a 4K page) frees what is not uptodate wholly in [first, the
+        failing page) (shmem_undo_range with unfalloc) and fails."""
+        mode = self.config.shmem_enabled
+        index = first
+        while index < last:
             folio = file.cache.get(index)
+            if folio is None:
+                base = index & ~(PTRS - 1)
+                huge = mode == "always" or (mode == "within_size"
+                                            and max(last, file.size) >= _align_up(index + 1, PTRS))
+                if huge and not any(i in file.cache for i in range(base, base + PTRS)):
+                    pfn = self.alloc_large(PMD_ORDER, self.config.defrag == "always")
+                    if pfn is not None and not self.try_charge(PTRS):
+                        self.buddy_free(pfn, PMD_ORDER)
+                        self.events["thp_file_fallback_charge"] += 1
+                        self.mthp_events[PMD_ORDER]["shmem_fallback_charge"] += 1
+                        pfn = None
+                    if pfn is None:
+                        self.events["thp_file_fallback"] += 1
+                        self.mthp_events[PMD_ORDER]["shmem_fallback"] += 1
+                    else:
+                        self.events["thp_file_alloc"] += 1
+                        self.mthp_events[PMD_ORDER]["shmem_alloc"] += 1
+                        folio = self.shmem_add(file, base, pfn, PMD_ORDER, uptodate=False)
             if folio is None:
                 folio = self.shmem_alloc_page(file, index, uptodate=False)
                 if folio is None:
@@ -872,6 +897,7 @@ class _Machine:
                             self.shmem_free_folio(f)
                     return False
             folio.dirty = True
+            index = folio.index + folio.nr
         return True
 
     def release_files(self):
