@@ -27,6 +27,14 @@ block compacts directly when the defrag policy allows it and compaction is not d
 (_Machine.compact).  The memory cgroup charges anonymous folios and page tables (a page-table
 charge never fails); a refused charge of a THP/mTHP falls back, of a 4K page is an OOM, as
 when no frame is free (VM_FAULT_OOM: pgfault counts it, what the fault did before stays).
+
+Shared memory: a MAP_SHARED|MAP_ANONYMOUS mapping or a memfd (:class:`RefMemfd`) is a
+:class:`ShmemFile` (i_size in pages, a page cache of :class:`ShmemFolio`: order 0, a PMD-sized
+THP, or the buddy pieces a hole leaves of one). Entries of kind "shmem" map them; the page cache
+holds them, so unmapping never frees them: a hole, a truncation or the file's last reference
+does. Where the design notes are silent the model follows the 6.18 kernel's code (mm/shmem.c,
+mm/filemap.c, mm/memory.c, mm/khugepaged.c, mm/truncate.c); where the API's Python layer decides
+(argument checks, errnos, ranges, the order of its steps) it follows that layer.
 """
 from __future__ import annotations
 

@@ -2118,3 +2118,26 @@ def test_fallocate_keep_size_wholly_past_i_size_allocates_nothing():
     mm, f, a = memfd_mapping(0, 512)
     f.fallocate(128 * P, 202 * P, keep_size=True)
     assert f.size == 0 and mm.vmstat["nr_shmem"] == 0
+
+
+@pytest.mark.parametrize("mode, first, n, thps", [
+    ("always", 100, 50, 1),          # the whole aligned 2 MiB of page 100, though the range is 50 pages
+    ("always", 511, 948, 3),         # 0-511, 512-1023, 1024-1535
+    ("within_size", 0, 600, 1),      # 512-1023 is not within the range's end (600): 4K there
+    ("advise", 0, 512, 0),           # no VMA, no MADV_HUGEPAGE
+    ("never", 0, 512, 0),
+])
+def test_fallocate_allocates_shmem_thps_as_a_file_without_a_vma(mode, first, n, thps):
+    """shmem_fallocate -> shmem_get_folio(SGP_FALLOC) with no VMA: shmem_huge_global_enabled
+    gives always every file order (PMD-sized here) and within_size those within max(i_size, the
+    write's end); shmem_alloc_and_add_folio rounds the index down to the order."""
+    mm = ReferenceMM(Config(shmem_enabled=mode))
+    f = mm.memfd_create()
+    f.fallocate(first * P, n * P)
+    vs = mm.vmstat
+    assert vs["nr_shmem_hugepages"] == vs["thp_file_alloc"] == thps
+    a = mm.mmap(4 * MiB, fd=f, addr=HP_BASE, fixed=True)
+    if thps:
+        assert mm.read(a + 700 * P if first == 511 else a + first * P) == 1     # cleared: uptodate now
+        assert mm.vmstat["thp_file_mapped"] == 1
+    mm._check_invariants()
