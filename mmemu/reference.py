@@ -1949,9 +1949,12 @@ class ReferenceMM:
         return folio
 
     def _shmem_set_pmd(self, vma, addr, folio, write):
-        """do_set_pmd: map a PMD-sized folio by the (none) PMD unless THPs are vetoed or the VMA
-        cannot hold it; no deposited table; thp_file_mapped."""
-        if self._thp_vetoed(vma.flags) or not self._shmem_pmd_suitable(vma, addr) or folio.order != PMD_ORDER:
+        """do_set_pmd: map a PMD-sized folio by the (none) PMD unless THPs are vetoed as for a
+        forced collapse (VM_NOHUGEPAGE, or PR_SET_THP_DISABLE without the except-advised flag:
+        "as we already have a THP") or the VMA cannot hold it; no deposited table;
+        thp_file_mapped."""
+        if vma.flags & VM_NOHUGEPAGE or self._thp_disable == "completely" \
+                or not self._shmem_pmd_suitable(vma, addr) or folio.order != PMD_ORDER:
             return False
         self._pmds[addr >> 21] = HugePmd("shmem", folio, bool(vma.flags & VM_WRITE), write, True, False)
         folio.entire += 1

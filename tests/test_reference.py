@@ -2141,3 +2141,21 @@ def test_fallocate_allocates_shmem_thps_as_a_file_without_a_vma(mode, first, n, 
         assert mm.read(a + 700 * P if first == 511 else a + first * P) == 1     # cleared: uptodate now
         assert mm.vmstat["thp_file_mapped"] == 1
     mm._check_invariants()
+
+
+@pytest.mark.parametrize("how, pmd", [("nohugepage", False), ("prctl", False), ("prctl_except_advised", True)])
+def test_a_cached_shmem_thp_is_not_mapped_by_a_pmd_where_thps_are_disabled(how, pmd):
+    """do_set_pmd refuses a PMD mapping where vma_thp_disabled(forced_collapse=true) says so:
+    VM_NOHUGEPAGE or PR_SET_THP_DISABLE (the except-advised flavour lets it through, "as we
+    already have a THP"); the folio is then mapped whole by PTEs."""
+    mm = ReferenceMM(Config(shmem_enabled="always"))
+    a = mm.mmap(2 * MiB, shared=True, addr=HP_BASE, fixed=True)
+    mm.write(a)
+    mm.madvise(a, 2 * MiB, "dontneed")
+    if how == "nohugepage":
+        mm.madvise(a, 2 * MiB, "nohugepage")
+    else:
+        mm.prctl("PR_SET_THP_DISABLE", 1, 2 if how == "prctl_except_advised" else 0)
+    assert mm.read(a + 5 * P) == 1
+    assert states(mm, a) == [S.SHMEM_THP if pmd else S.SHMEM] * 512
+    assert mm.vmstat["thp_file_mapped"] == 1 + pmd
