@@ -27,6 +27,14 @@ block compacts directly when the defrag policy allows it and compaction is not d
 (_Machine.compact).  The memory cgroup charges anonymous folios and page tables (a page-table
 charge never fails); a refused charge of a THP/mTHP falls back, of a 4K page is an OOM, as
 when no frame is free (VM_FAULT_OOM: pgfault counts it, what the fault did before stays).
+
+Shared memory: a MAP_SHARED|MAP_ANONYMOUS mapping or a memfd (:class:`RefMemfd`) is a
+:class:`ShmemFile` (i_size in pages, a page cache of :class:`ShmemFolio`: order 0, a PMD-sized
+THP, or the buddy pieces a hole leaves of one). Entries of kind "shmem" map them; the page cache
+holds them, so unmapping never frees them: a hole, a truncation or the file's last reference
+does. Where the design notes are silent the model follows the 6.18 kernel's code (mm/shmem.c,
+mm/filemap.c, mm/memory.c, mm/khugepaged.c, mm/truncate.c); where the API's Python layer decides
+(argument checks, errnos, ranges, the order of its steps) it follows that layer.
 """
 from __future__ import annotations
 
@@ -864,11 +872,36 @@ class _Machine:
         whole()
 
     def shmem_fallocate(self, file, first, last):
-        """Allocate the missing pages of [first, last) (order 0, not uptodate) and mark every
-        folio of the range dirty; on running out (no frame, or the charge refused) free what is
-        not uptodate in [first, the failing page) (shmem_undo_range with unfalloc) and fail."""
-        for index in range(first, last):
+        """shmem_fallocate over [first, last) (the API's range): each page not cached gets a
+        folio without data (not uptodate), a THP where shmem_enabled lets a file without a VMA
+        have one (always; within_size where i_size or the range's end covers the 2 MiB) and its
+        naturally aligned 512 slots are empty -- the 2 MiB may start before the range -- else a
+        4K page; every folio of the range is marked dirty. No VMA, so no MADV_HUGEPAGE: direct
+        compaction only with defrag=always (vma_thp_gfp_mask(NULL)). Running out (no frame, or
+        the charge refused, for a 4K page) frees what is not uptodate wholly in [first, the
+        failing page) (shmem_undo_range with unfalloc) and fails."""
+        mode = self.config.shmem_enabled
+        index = first
+        while index < last:
             folio = file.cache.get(index)
+            if folio is None:
+                base = index & ~(PTRS - 1)
+                huge = mode == "always" or (mode == "within_size"
+                                            and max(last, file.size) >= _align_up(index + 1, PTRS))
+                if huge and not any(i in file.cache for i in range(base, base + PTRS)):
+                    pfn = self.alloc_large(PMD_ORDER, self.config.defrag == "always")
+                    if pfn is not None and not self.try_charge(PTRS):
+                        self.buddy_free(pfn, PMD_ORDER)
+                        self.events["thp_file_fallback_charge"] += 1
+                        self.mthp_events[PMD_ORDER]["shmem_fallback_charge"] += 1
+                        pfn = None
+                    if pfn is None:
+                        self.events["thp_file_fallback"] += 1
+                        self.mthp_events[PMD_ORDER]["shmem_fallback"] += 1
+                    else:
+                        self.events["thp_file_alloc"] += 1
+                        self.mthp_events[PMD_ORDER]["shmem_alloc"] += 1
+                        folio = self.shmem_add(file, base, pfn, PMD_ORDER, uptodate=False)
             if folio is None:
                 folio = self.shmem_alloc_page(file, index, uptodate=False)
                 if folio is None:
@@ -877,6 +910,7 @@ class _Machine:
                             self.shmem_free_folio(f)
                     return False
             folio.dirty = True
+            index = folio.index + folio.nr
         return True
 
     def release_files(self):
@@ -1920,9 +1954,12 @@ class ReferenceMM:
         return folio
 
     def _shmem_set_pmd(self, vma, addr, folio, write):
-        """do_set_pmd: map a PMD-sized folio by the (none) PMD unless THPs are vetoed or the VMA
-        cannot hold it; no deposited table; thp_file_mapped."""
-        if self._thp_vetoed(vma.flags) or not self._shmem_pmd_suitable(vma, addr) or folio.order != PMD_ORDER:
+        """do_set_pmd: map a PMD-sized folio by the (none) PMD unless THPs are vetoed as for a
+        forced collapse (VM_NOHUGEPAGE, or PR_SET_THP_DISABLE without the except-advised flag:
+        "as we already have a THP") or the VMA cannot hold it; no deposited table;
+        thp_file_mapped."""
+        if vma.flags & VM_NOHUGEPAGE or self._thp_disable == "completely" \
+                or not self._shmem_pmd_suitable(vma, addr) or folio.order != PMD_ORDER:
             return False
         self._pmds[addr >> 21] = HugePmd("shmem", folio, bool(vma.flags & VM_WRITE), write, True, False)
         folio.entire += 1
@@ -2532,6 +2569,12 @@ class ReferenceMM:
         vma = self._vma_at(old_addr)
         if len(self._vmas) >= self.config.max_map_count - 3:
             raise SyscallError(errno.ENOMEM, "mremap", "max_map_count")
+        # the API splits the old VMA at both ends first (a shmem PMD across an end is cleared
+        # then, before move_page_tables: the kernel moves first and splits when unmapping)
+        if old_addr > vma.start:
+            vma = self._split_vma(vma, old_addr)
+        if old_addr + old_len < vma.end:
+            self._split_vma(vma, old_addr + old_len)
         if vma.anon_vma is None and vma.file is None:   # copy_vma: never faulted: the new pgoff
             pgoff = new_addr >> 12
         else:

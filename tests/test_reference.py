@@ -17,7 +17,7 @@ try:
     from mmemu.reference import ReferenceMM
     from mmemu.config import Config
     from mmemu.constants import PageState as S
-    from mmemu.errors import SegmentationFault, SyscallError, OutOfMemory
+    from mmemu.errors import BusError, SegmentationFault, SyscallError, OutOfMemory
 except ImportError:     # mmemu/__init__.py needs the compiled core: load the pure-Python modules alone
     for name in [n for n in sys.modules if n == "mmemu" or n.startswith("mmemu.")]:
         del sys.modules[name]
@@ -30,6 +30,7 @@ except ImportError:     # mmemu/__init__.py needs the compiled core: load the pu
     _errors = importlib.import_module("mmemu.errors")
     SegmentationFault, SyscallError, OutOfMemory = (_errors.SegmentationFault, _errors.SyscallError,
                                                     _errors.OutOfMemory)
+    BusError = _errors.BusError
     pkg.PageState = S           # what mmemu.scenarios takes from the package
 scenarios = importlib.import_module("mmemu.scenarios")
 
@@ -2031,3 +2032,130 @@ def test_a_hole_through_two_shmem_thps_splits_each_at_its_cut():
                       (602, 1), (603, 1), (604, 4), (608, 32), (640, 128), (768, 256)]
     assert mm.vmstat["thp_split_page"] == 2 and mm.vmstat["nr_shmem"] == 1024 - 100
     mm._check_invariants()
+
+
+# Where the reference and the engine part (the final report of the shared-memory reference work
+# has each reproducer): the reference follows the 6.18 kernel's code.
+
+def memfd_mapping(size_pages, map_pages=1024, **config):
+    mm = ReferenceMM(Config(**config))
+    f = mm.memfd_create()
+    f.ftruncate(size_pages * P)
+    a = mm.mmap(map_pages * P, fd=f, addr=HP_BASE, fixed=True)
+    return mm, f, a
+
+
+@pytest.mark.parametrize("mode, hp", [("always", False), ("advise", True), ("within_size", True)])
+def test_a_shmem_thp_may_cross_i_size(mode, hp):
+    """shmem_huge_global_enabled: always, and advise (within_size falls through to it) in a
+    VM_HUGEPAGE VMA, ask nothing of i_size; shmem maps PMDs across i_size on purpose."""
+    mm, f, a = memfd_mapping(768, 2048, shmem_enabled=mode)
+    if hp:
+        mm.madvise(a, 2048 * P, "hugepage")
+    assert mm.write(a + 512 * P) == 1
+    assert states(mm, a + 512 * P) == [S.SHMEM_THP] * 512
+    assert mm.vmstat["thp_file_alloc"] == 1 and mm.vmstat["nr_shmem"] == 512
+    assert mm.read(a + 800 * P) == 0            # past i_size, but mapped by the PMD: no fault
+    mm.madvise(a + 512 * P, 512 * P, "dontneed")
+    assert mm.read(a + 600 * P) == 1            # mapped by a PMD again, though i_size ends in it
+    with pytest.raises(BusError):               # a fault past i_size is SIGBUS
+        mm.read(a + 1100 * P)
+    assert mm.vmstat["pgfault"] == 3 and mm.rusage["min_flt"] == 2
+
+
+def test_within_size_without_madv_hugepage_needs_i_size():
+    mm, f, a = memfd_mapping(768, 1024, shmem_enabled="within_size")
+    mm.write(a + 512 * P)
+    assert states(mm, a + 512 * P, 2 * P) == [S.SHMEM, S.NONE] and mm.vmstat["thp_file_alloc"] == 0
+
+
+def test_madv_collapse_of_an_empty_shmem_range_is_einval_after_the_allocation():
+    """collapse_file allocates and charges the THP first, then finds the range empty
+    (SCAN_TRUNCATED), which madvise_collapse turns into EINVAL."""
+    mm, f, a = memfd_mapping(512, 512)
+    with pytest.raises(SyscallError) as e:
+        mm.madvise(a, 2 * MiB, "collapse")
+    assert e.value.errno == errno.EINVAL
+    assert mm.vmstat["thp_collapse_alloc"] == 1 and mm.vmstat["nr_shmem"] == 0 and mm.memory_current == 0
+    mm._check_invariants()
+
+
+def test_madv_collapse_of_shmem_across_i_size():
+    """khugepaged.c never looks at i_size: a range with pages is collapsed though i_size ends in it."""
+    mm, f, a = memfd_mapping(100, 512)
+    mm.write(a + 5 * P)
+    mm.madvise(a, 2 * MiB, "collapse")
+    assert states(mm, a) == [S.SHMEM_THP] * 512 and mm.vmstat["nr_shmem"] == 512
+    mm._check_invariants()
+
+
+def test_the_split_at_a_holes_end_is_a_split_of_its_own():
+    """truncate_inode_partial_folio splits the folio holding the page after the hole even when
+    that page begins it; each split counts in <size>/split."""
+    mm, f, a = memfd_mapping(512, 512, shmem_enabled="always")
+    mm.write(a)
+    f.fallocate(0, 256 * P, punch_hole=True)
+    assert mm.mthp_stats[2048]["split"] == 1 and mm.mthp_stats[1024]["split"] == 1
+    assert _shmem_folios(mm, a)[:3] == [(256, 1), (257, 1), (258, 1)]
+
+
+def test_a_shmem_fault_charges_its_preallocated_pte_table_before_the_page():
+    """__do_fault preallocates the PTE table (a memcg-charged page) before ->fault allocates and
+    charges the page: with one page of room, a fault into a new 2 MiB range is an OOM."""
+    mm = ReferenceMM(Config())
+    a = mm.mmap(4 * MiB, shared=True, addr=HP_BASE, fixed=True)
+    mm.write(a)
+    mm.memory_max = mm.memory_current + P
+    with pytest.raises(OutOfMemory):
+        mm.write(a + 2 * MiB)
+    assert mm.vmstat["nr_shmem"] == 1 and mm.memory_current + P == mm.memory_max
+    mm.write(a + P)                             # the same table: the page fits
+    mm._check_invariants()
+
+
+def test_fallocate_keep_size_wholly_past_i_size_allocates_nothing():
+    """The API clamps fallocate's range to i_size: with keep_size past it, nothing is done."""
+    mm, f, a = memfd_mapping(0, 512)
+    f.fallocate(128 * P, 202 * P, keep_size=True)
+    assert f.size == 0 and mm.vmstat["nr_shmem"] == 0
+
+
+@pytest.mark.parametrize("mode, first, n, thps", [
+    ("always", 100, 50, 1),          # the whole aligned 2 MiB of page 100, though the range is 50 pages
+    ("always", 511, 948, 3),         # 0-511, 512-1023, 1024-1535
+    ("within_size", 0, 600, 1),      # 512-1023 is not within the range's end (600): 4K there
+    ("advise", 0, 512, 0),           # no VMA, no MADV_HUGEPAGE
+    ("never", 0, 512, 0),
+])
+def test_fallocate_allocates_shmem_thps_as_a_file_without_a_vma(mode, first, n, thps):
+    """shmem_fallocate -> shmem_get_folio(SGP_FALLOC) with no VMA: shmem_huge_global_enabled
+    gives always every file order (PMD-sized here) and within_size those within max(i_size, the
+    write's end); shmem_alloc_and_add_folio rounds the index down to the order."""
+    mm = ReferenceMM(Config(shmem_enabled=mode))
+    f = mm.memfd_create()
+    f.fallocate(first * P, n * P)
+    vs = mm.vmstat
+    assert vs["nr_shmem_hugepages"] == vs["thp_file_alloc"] == thps
+    a = mm.mmap(4 * MiB, fd=f, addr=HP_BASE, fixed=True)
+    if thps:
+        assert mm.read(a + 700 * P if first == 511 else a + first * P) == 1     # cleared: uptodate now
+        assert mm.vmstat["thp_file_mapped"] == 1
+    mm._check_invariants()
+
+
+@pytest.mark.parametrize("how, pmd", [("nohugepage", False), ("prctl", False), ("prctl_except_advised", True)])
+def test_a_cached_shmem_thp_is_not_mapped_by_a_pmd_where_thps_are_disabled(how, pmd):
+    """do_set_pmd refuses a PMD mapping where vma_thp_disabled(forced_collapse=true) says so:
+    VM_NOHUGEPAGE or PR_SET_THP_DISABLE (the except-advised flavour lets it through, "as we
+    already have a THP"); the folio is then mapped whole by PTEs."""
+    mm = ReferenceMM(Config(shmem_enabled="always"))
+    a = mm.mmap(2 * MiB, shared=True, addr=HP_BASE, fixed=True)
+    mm.write(a)
+    mm.madvise(a, 2 * MiB, "dontneed")
+    if how == "nohugepage":
+        mm.madvise(a, 2 * MiB, "nohugepage")
+    else:
+        mm.prctl("PR_SET_THP_DISABLE", 1, 2 if how == "prctl_except_advised" else 0)
+    assert mm.read(a + 5 * P) == 1
+    assert states(mm, a) == [S.SHMEM_THP if pmd else S.SHMEM] * 512
+    assert mm.vmstat["thp_file_mapped"] == 1 + pmd
