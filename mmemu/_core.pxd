@@ -311,6 +311,9 @@ cdef class Machine:
     cdef void shmem_free_whole(self, ShmemFile f, int64_t first, int64_t last) noexcept nogil
     cdef void shmem_mark_uptodate(self, int64_t pfn, folio_t *folio) noexcept nogil
     cdef void shmem_folio_dirty(self, int64_t pfn) noexcept nogil
+    cdef int64_t folio_pages_from(self, int64_t pfn) noexcept nogil
+    cdef void shmem_mark_fallocated(self, int64_t pfn) noexcept nogil
+    cdef void shmem_undo_falloc(self, ShmemFile f, int64_t first, int64_t last) noexcept nogil
     cdef void shmem_split_folio_at(self, folio_t *folio, int64_t at) noexcept nogil
     cdef folio_t *shmem_describe_folio(self, int64_t head, int order) noexcept nogil
     cdef bint unmap_leaves_partial(self, folio_t *folio, int64_t head) noexcept nogil
@@ -389,6 +392,7 @@ cdef class MMCore:
     cdef int handle_shmem_fault(self, int64_t vma, uint64_t addr, uint64_t *pmdp, bint write) noexcept nogil
     cdef bint shmem_huge_allowed(self, int64_t vma, uint64_t addr, int64_t index) noexcept nogil
     cdef bint shmem_pmd_suitable(self, int64_t vma, uint64_t addr) noexcept nogil
+    cdef bint shmem_pmd_mappable(self, int64_t vma, uint64_t addr, folio_t *folio) noexcept nogil
     cdef void shmem_map_pmd(self, int64_t vma, uint64_t *pmdp, int64_t head, bint write) noexcept nogil
     cdef void shmem_map_ptes(self, int64_t vma, uint64_t *pte, int64_t pfn, int64_t nr, bint write) noexcept nogil
     cdef int shmem_fault_around(self, int64_t vma, uint64_t addr, uint64_t *pmdp) noexcept nogil

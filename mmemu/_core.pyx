@@ -802,39 +802,75 @@ cdef class Machine:
                 self.shmem_free_folio(folio)
             index = hidx + nr
 
-    def file_fallocate(self, int32_t fid, int64_t first, int64_t last):
-        """shmem_fallocate without PUNCH_HOLE: allocate the missing pages of [first, last) (THPs
-        where shmem_enabled is always, or within_size and the file covers them; advise needs a
-        VMA) without data: not uptodate until faulted, and dirty (so that reclaim would swap
-        rather than drop them), as every page of the range is. On failure the pages allocated by this
-        call are freed again (shmem_undo_range(unfalloc)). Returns False if out of memory."""
+    def file_fallocate(self, int32_t fid, int64_t first, int64_t last, bint compact=False):
+        """shmem_fallocate without PUNCH_HOLE over pages [first, last): each page not cached
+        gets a folio without data (not uptodate until a fault reaches it), and every folio of
+        the range is marked dirty, old ones too (so that reclaim would swap rather than drop
+        them). The folio is a THP where a file without a VMA may have one (shmem_enabled
+        always, or within_size where i_size covers the 2 MiB: advise needs a VMA) and the
+        naturally aligned 512 slots are empty, though they start before ``first``; else a
+        page. ``compact``: direct compaction for the THP (vma_thp_gfp_mask without a VMA: only
+        defrag=always). On running out, the folios not uptodate that lie wholly in [first,
+        the failing page) are freed (shmem_undo_range(unfalloc)) and False is returned."""
         cdef ShmemFile f = self.files[fid]
-        cdef int64_t index, pfn, head, nr
+        cdef int64_t index, pfn, hidx
         cdef folio_t *folio
-        cdef bint huge = self.shmem_enabled == SHMEM_HUGE_ALWAYS or self.shmem_enabled == SHMEM_HUGE_WITHIN_SIZE
-        cdef list new = []
+        cdef int mode = self.shmem_enabled
+        cdef bint huge
         if not 0 <= first <= last <= f.size:
             raise ValueError("file_fallocate: bad range")
         index = first
         while index < last:
-            if f.pages[index]:
-                # shmem_fallocate marks every folio of the range dirty, old ones too
-                self.flags[f.pages[index]] = self.flags[f.pages[index]] | PG_DIRTY
+            pfn = f.pages[index]
+            if not pfn:
+                hidx = index & ~(<int64_t>HPAGE_PMD_NR - 1)
+                huge = mode == SHMEM_HUGE_ALWAYS or (mode == SHMEM_HUGE_WITHIN_SIZE
+                                                     and hidx + HPAGE_PMD_NR <= f.size)
+                pfn = self.shmem_alloc_folio(fid, index, huge, compact)
+                if pfn < 0:
+                    self.shmem_undo_falloc(f, first, index)
+                    return False
+                self.shmem_mark_fallocated(pfn)
+            self.shmem_folio_dirty(pfn)
+            index += self.folio_pages_from(pfn)
+        return True
+
+    cdef int64_t folio_pages_from(self, int64_t pfn) noexcept nogil:
+        """Pages from ``pfn`` to the end of its folio."""
+        cdef folio_t *folio = self.folio_of(pfn)
+        if folio == NULL:
+            return 1
+        return self.folio_pfn(folio) + ((<int64_t>1) << folio.order) - pfn
+
+    cdef void shmem_mark_fallocated(self, int64_t pfn) noexcept nogil:
+        """A folio fallocate added: not uptodate (every page of it)."""
+        cdef folio_t *folio = self.folio_of(pfn)
+        cdef int64_t head = pfn if folio == NULL else self.folio_pfn(folio), k
+        cdef int64_t nr = 1 if folio == NULL else (<int64_t>1) << folio.order
+        for k in range(head, head + nr):
+            self.flags[k] = self.flags[k] | PG_FALLOCATED
+
+    cdef void shmem_undo_falloc(self, ShmemFile f, int64_t first, int64_t last) noexcept nogil:
+        """shmem_undo_range(unfalloc): free the folios not uptodate that lie wholly in
+        [first, last) (an earlier fallocate's too: the kernel cannot tell them apart)."""
+        cdef int64_t index = first, pfn, hidx, nr, k
+        cdef folio_t *folio
+        while index < last:
+            pfn = f.pages[index]
+            if not pfn:
                 index += 1
                 continue
-            pfn = self.shmem_alloc_folio(fid, index, huge and (index & (HPAGE_PMD_NR - 1)) == 0
-                                         and index + HPAGE_PMD_NR <= last, True)
-            if pfn < 0:
-                for head, nr in new:
-                    self.file_free_range(fid, head, head + nr)
-                return False
             folio = self.folio_of(pfn)
-            nr = 1 if folio == NULL else HPAGE_PMD_NR
-            for head in range(pfn, pfn + nr):
-                self.flags[head] = self.flags[head] | PG_FALLOCATED | PG_DIRTY
-            new.append((index, nr))
-            index += nr
-        return True
+            nr = 1 if folio == NULL else (<int64_t>1) << folio.order
+            hidx = index if folio == NULL else index - (pfn - self.folio_pfn(folio))
+            if hidx >= first and hidx + nr <= last and self.flags[pfn] & PG_FALLOCATED:
+                for k in range(hidx, hidx + nr):
+                    f.pages[k] = 0
+                if folio == NULL:
+                    self.shmem_free_page(pfn)
+                else:
+                    self.shmem_free_folio(folio)
+            index = hidx + nr
 
     cdef void shmem_folio_dirty(self, int64_t pfn) noexcept nogil:
         """folio_mark_dirty: every page of pfn's folio is dirty (smaps counts a page dirty if
@@ -1914,7 +1950,7 @@ cdef class MMCore:
         if self.machine.flags[pfn] & PG_FALLOCATED:
             self.machine.shmem_mark_uptodate(pfn, folio)      # shmem_get_folio: cleared now
         # finish_fault
-        if folio != NULL and not pmdp[0] and self.shmem_pmd_suitable(vma, addr):
+        if not pmdp[0] and self.shmem_pmd_mappable(vma, addr, folio):
             self.shmem_map_pmd(vma, pmdp, self.machine.folio_pfn(folio), write)
             return VM_FAULT_OK
         if self.pte_alloc(pmdp) == NULL:
@@ -1943,6 +1979,16 @@ cdef class MMCore:
         cdef uint64_t haddr = addr & PMD_MASK
         return (haddr >= self.vm_start[vma] and haddr + PMD_SIZE <= self.vm_end[vma]
                 and (((self.vm_start[vma] >> PAGE_SHIFT) - self.vm_pgoff[vma]) & (HPAGE_PMD_NR - 1)) == 0)
+
+    cdef bint shmem_pmd_mappable(self, int64_t vma, uint64_t addr, folio_t *folio) noexcept nogil:
+        """do_set_pmd's conditions: a PMD-sized folio, a VMA that can hold it, and no veto as for
+        a forced collapse ("as we already have a THP"): VM_NOHUGEPAGE or a complete
+        PR_SET_THP_DISABLE refuse it, the except-advised flavour does not."""
+        if folio == NULL or folio.order != HPAGE_PMD_ORDER:
+            return False
+        if self.vm_flags[vma] & VM_NOHUGEPAGE or self.thp_disable == THP_DISABLE_COMPLETELY:
+            return False
+        return self.shmem_pmd_suitable(vma, addr)
 
     cdef bint shmem_huge_allowed(self, int64_t vma, uint64_t addr, int64_t index) noexcept nogil:
         """shmem_allowable_huge_orders for a fault: shmem_enabled, the VMA's advice and vetoes,
@@ -2044,8 +2090,7 @@ cdef class MMCore:
             return 0                               # nothing cached: no table either
         pfn = pages[index + first]
         folio = self.machine.folio_of(pfn)
-        if not pmdp[0] and folio != NULL and folio.order == HPAGE_PMD_ORDER \
-                and self.shmem_pmd_suitable(vma, addr):
+        if not pmdp[0] and self.shmem_pmd_mappable(vma, addr, folio):
             self.shmem_map_pmd(vma, pmdp, self.machine.folio_pfn(folio), False)   # filemap_map_pmd
             return 0
         if self.pte_alloc(pmdp) == NULL:
@@ -2127,7 +2172,9 @@ cdef class MMCore:
         if pmdp != NULL and pmdp[0] & _PAGE_PSE:
             return 0                                  # SCAN_PMD_MAPPED
         pages = self.machine.file_pages[fid]
-        within = hidx + HPAGE_PMD_NR <= self.machine.file_size[fid]
+        # khugepaged.c never looks at i_size: a block with a page before i_size is collapsed
+        # whole (a THP may run past i_size); one wholly past the page cache has no page
+        within = hidx + HPAGE_PMD_NR <= (<ShmemFile>self.machine.files[fid])._pages.shape[0]
         folio = self.machine.folio_of(pages[hidx]) if within and pages[hidx] else NULL
         if folio == NULL or folio.order != HPAGE_PMD_ORDER:
             pfn = self.machine.alloc_pmd_folio(True)
@@ -2142,7 +2189,7 @@ cdef class MMCore:
                 for k in range(HPAGE_PMD_NR):
                     present += pages[hidx + k] != 0
             if not present:
-                # SCAN_TRUNCATED: no page left in the range (or it runs past i_size)
+                # SCAN_TRUNCATED: no page left in the range
                 self.machine.uncharge(HPAGE_PMD_NR)
                 self.machine.free_frames(pfn, HPAGE_PMD_ORDER)
                 return "EINVAL"

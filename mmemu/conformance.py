@@ -5,6 +5,8 @@ disagreement the first step and field that differ, side by side.
 
 * After every step: the outcome (ok, errno, SIGSEGV), the page states, the faults and the VmPTE
   change of the step, and, while a forked child lives, the child's page states and faults.
+* A step that runs out of memory ("OOM") ends the scenario on both sides: on the host the
+  memcg OOM killer has killed the worker.
 * At the end: the VMAs, the smaps of each, Rss/AnonHugePages, and the counters a real machine
   shows exactly (mmemu.scenarios.host_view: the thp_* events, the 2048 kB stats,
   nr_anon_transparent_hugepages and khugepaged's pages_collapsed; thp_scan_exceed_* only as
@@ -69,7 +71,9 @@ def play(mm, name, length, hp, steps, row=None):
             except SegmentationFault as exc:
                 outcome = f"SIGSEGV at page {(exc.address - run.addr) // PAGE}"
             except OutOfMemory:
-                outcome = "OOM"
+                # the OOM killer ends the process (a host worker is gone): so does the scenario
+                trail.append((step, "OOM", None, None, None, None))
+                return trail, {"end": "killed by the OOM killer"}, []
             except (NotImplementedError, AttributeError) as exc:
                 if isinstance(mm, MM) or getattr(mm, "_emulated", False):
                     raise EmulatorLacks(f"{step[0]}: {exc}") from exc

@@ -69,17 +69,20 @@ class BusError(SegmentationFault):
 
 
 class OutOfMemory(MMError):
-    """The emulated machine ran out of memory (the kernel's OOM).
+    """The emulated machine ran out of memory (the kernel's OOM: with no swap, the OOM killer
+    would end the process).
 
     The state is consistent and as the kernel leaves it: the accesses before the
     failing one took effect; the failing fault counted in ``pgfault`` but mapped nothing.
+    ``address`` is None when a system call (fallocate) ran out, not an access.
     """
 
     def __init__(self, address, index=None):
-        self.address = int(address)
+        self.address = None if address is None else int(address)
         self.index = None if index is None else int(index)
         where = "" if index is None else f" (access {index})"
-        super().__init__(f"out of emulated memory at {self.address:#x}{where}")
+        at = "in a system call" if address is None else f"at {self.address:#x}"
+        super().__init__(f"out of emulated memory {at}{where}")
 
     def __reduce__(self):
         return (type(self), (self.address, self.index))

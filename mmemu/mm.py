@@ -1081,14 +1081,17 @@ class MM:
 
     def _thp_eligible(self, start, end, flags, pgoff=0):
         """smaps THPeligible: some THP order allowed, with an aligned block of it inside the VMA
-        (R21); for a shared mapping, shmem_enabled's say and file offsets aligned like the
-        addresses."""
+        (R21); for a shared mapping, shmem_enabled's say, the prctl veto (the except-advised
+        flavour too, unless MADV_HUGEPAGE) and file offsets aligned like the addresses."""
         if flags & VM_SHARED:
             mode = self._config.shmem_enabled
             if mode == "within_size":                 # covered, or on to advise's test
                 fid = int(self._core.vma_files()[self._core.vma_index(start)])
                 covered = (pgoff + 1 + 511) // 512 * 512 <= self._machine.files[fid].size
                 mode = "always" if covered else "advise"
+            veto = self._core.thp_disable       # vma_thp_disabled, as for a fault
+            if veto == _core.DISABLE_COMPLETELY or (veto == _core.DISABLE_EXCEPT_ADVISED and not flags & VM_HUGEPAGE):
+                return 0
             if mode == "never" or flags & VM_NOHUGEPAGE or (mode == "advise" and not flags & VM_HUGEPAGE) \
                     or ((start // PAGE_SIZE - pgoff) % 512):
                 return 0
@@ -1263,7 +1266,9 @@ class Memfd:
         large folio partly inside is split around the hole first).  Otherwise the pages are
         allocated without data (they are not "uptodate", so fault-around skips them until a
         fault touches them), and the file grows to offset+length unless ``keep_size`` (pages
-        past the end are then not allocated: the kernel would allocate them beyond i_size)."""
+        past the end are then not allocated: the kernel would allocate them beyond i_size).
+        Running out of memory (the memory cgroup's limit, or RAM) frees what the call added
+        and raises :class:`OutOfMemory`: the kernel's OOM killer would end the process."""
         offset = _uint(offset, "offset")
         length = _uint(length, "length")
         for name, value in (("punch_hole", punch_hole), ("keep_size", keep_size)):
@@ -1286,9 +1291,11 @@ class Memfd:
                 self._machine.file_set_size(self._fid, end)
             # pages past i_size (FALLOC_FL_KEEP_SIZE) are not kept here: the kernel allocates
             # them, mmemu's page cache ends at i_size
-            if not self._machine.file_fallocate(self._fid, min(offset // PAGE_SIZE, f.size), min(end, f.size)):
+            # no VMA, so no MADV_HUGEPAGE: a THP compacts only with defrag=always
+            if not self._machine.file_fallocate(self._fid, min(offset // PAGE_SIZE, f.size), min(end, f.size),
+                                                self._mm.config.defrag == "always"):
                 self._machine.file_set_size(self._fid, max(old_size, f.size if keep_size else old_size))
-                raise SyscallError(errno.ENOMEM, "fallocate", "out of memory")
+                raise OutOfMemory(None)         # the memcg (or global) OOM killer's turn
 
     def close(self) -> None:
         """close(2): the file lives on while a mapping holds it."""

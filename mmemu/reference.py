@@ -314,7 +314,7 @@ class RefMemfd:
             f.size = end
         if not self._m.shmem_fallocate(f, offset // PAGE_SIZE, min(end, f.size)):
             f.size = old_size
-            raise SyscallError(errno.ENOMEM, "fallocate", "out of memory")
+            raise OutOfMemory(None)
 
     def close(self):
         if self.closed:
@@ -1572,12 +1572,16 @@ class ReferenceMM:
     def _thp_eligible_smaps(self, vma):
         """THPeligible (TVA_SMAPS): some order 2..9 allowed with an aligned block inside (R21).
         A shared mapping: shmem_enabled's say (within_size when i_size covers the 2 MiB of the
-        VMA's first file page, else as advise: checked on the host), no prctl veto, no
-        VM_NOHUGEPAGE, file offsets aligned like the addresses and an aligned 2 MiB inside."""
+        VMA's first file page, else as advise: checked on the host), no prctl veto (the
+        except-advised one too, without MADV_HUGEPAGE: vma_thp_disabled), no VM_NOHUGEPAGE,
+        file offsets aligned like the addresses and an aligned 2 MiB inside."""
         if vma.file is not None:
             mode = self.config.shmem_enabled
             if mode == "within_size":
                 mode = "always" if vma.file.size >= _align_up(vma.pgoff + 1, PTRS) else "advise"
+            if self._thp_disable == "completely" or (self._thp_disable == "except_advised"
+                                                     and not vma.flags & VM_HUGEPAGE):
+                return False
             if mode == "never" or vma.flags & VM_NOHUGEPAGE or (mode == "advise" and not vma.flags & VM_HUGEPAGE) \
                     or ((vma.start >> 12) - vma.pgoff) % PTRS:
                 return False
@@ -3059,8 +3063,9 @@ class ReferenceMM:
         VM_NOHUGEPAGE, a complete prctl veto or file offsets not aligned like the addresses:
         EINVAL. A PMD-sized folio already there is only mapped. Else a new THP (it may compact;
         thp_collapse_alloc, or _failed and ENOMEM; a refused charge EBUSY); a range with no page
-        at all: EINVAL (SCAN_TRUNCATED); the old pages are unmapped from every process (a dirty
-        PTE dirties its folio) and freed, the THP takes their place (dirty, uptodate), every
+        at all: EINVAL (SCAN_TRUNCATED; i_size plays no part); the old pages are unmapped from
+        every process (a dirty PTE dirties its folio) and freed, the THP takes their place
+        (dirty, uptodate), every
         process's PTE table over a VMA that holds the whole 2 MiB aligned is freed
         (retract_page_tables), and the caller maps the THP by a PMD."""
         m, file = self._m, vma.file
@@ -3079,7 +3084,7 @@ class ReferenceMM:
                 m.buddy_free(pfn, PMD_ORDER)
                 return errno.EBUSY
             old = [f for f in file.folios() if start <= f.index < start + PTRS]
-            if not old or start + PTRS > file.size:     # SCAN_TRUNCATED (mmemu: past i_size too)
+            if not old:                                 # SCAN_TRUNCATED; i_size is not looked at
                 m.buddy_free(pfn, PMD_ORDER)
                 m.uncharge(PTRS)
                 return errno.EINVAL

@@ -421,6 +421,43 @@ MTHP_ORACLE_SCENARIOS = [
 ]
 HOST_ORACLE_SCENARIOS += MTHP_ORACLE_SCENARIOS
 
+_ALWAYS = {"shmem_enabled": "always"}
+#: shmem THPs on the edges of the file: MADV_COLLAPSE across i_size, fallocate's THPs, cached
+#: THPs under the vetoes, large folios a hole split, and the OOM killer (issue 5's last fixes)
+FILE_ORACLE_SCENARIOS = [
+    ("V1 memfd of 100 pages: MADV_COLLAPSE, then touch past i_size", {}, 2 * MB, False,
+     [("write", 5), ("collapse", 0, 512), ("read", 300), ("write", 301), ("dontneed", 0, 512), ("read", 302)]),
+    ("V2 memfd of 100 pages: MADV_COLLAPSE of 4 MiB, truncate", {}, 4 * MB, False,
+     [("write", 5), ("collapse", 0, 1024), ("truncate", 50), ("read", 3)]),
+    ("V3 shmem THP always: fallocate of pages inside a 2 MiB", _ALWAYS, 4 * MB, False,
+     [("fallocate", 300, 10), ("read", 0), ("read", 600)]),
+    ("V4 shmem THP always: fallocate across a cached THP", _ALWAYS, 4 * MB, False,
+     [("write", 0), ("fallocate", 500, 30), ("read", 600)]),
+    ("V5 within_size: fallocate of 4 MiB", {"shmem_enabled": "within_size"}, 4 * MB, False,
+     [("fallocate", 0, 1024), ("read", 600)]),
+    ("V6 cached THP, MADV_NOHUGEPAGE: mapped by PTEs", _ALWAYS, 2 * MB, False,
+     [("fallocate", 0, 512), ("nohugepage", 0, 512), ("read", 3)]),
+    ("V7 cached THP under PR_SET_THP_DISABLE: mapped by PTEs", _ALWAYS, 2 * MB, False,
+     [("fallocate", 0, 512), ("read", 3)]),
+    ("V8 cached THP under the except-advised prctl: mapped by its PMD", _ALWAYS, 2 * MB, False,
+     [("fallocate", 0, 512), ("read", 3)]),
+    ("V9 THP split by a hole, dontneed, write in an mTHP piece", _ALWAYS, 2 * MB, False,
+     [("write", 0), ("punch", 0, 1), ("dontneed", 0, 512), ("write", 300), ("read", 2)]),
+    ("V10 THP split by a hole, dontneed, read in an mTHP piece", _ALWAYS, 2 * MB, False,
+     [("write", 0), ("punch", 0, 1), ("dontneed", 0, 512), ("read", 300), ("write", 200)]),
+    ("V11 punch of the first 255 pages of a THP", _ALWAYS, 2 * MB, False,
+     [("write", 0), ("punch", 0, 255), ("read", 300)]),
+    ("V12 fallocate beyond the memory cgroup: the OOM killer", _ALWAYS, 4 * MB, False,
+     [("write", 0), ("memory_headroom", 600), ("fallocate", 0, 1024)]),
+    ("V13 a fault beyond the memory cgroup: the OOM killer", {}, 2 * MB, False,
+     [("write", 0), ("memory_headroom", 40), ("write", 20), ("write", 100)]),
+]
+BEFORE.update({name: [("memfd",)] for name, *_ in FILE_ORACLE_SCENARIOS})
+BEFORE.update({FILE_ORACLE_SCENARIOS[0][0]: [("memfd", 100)], FILE_ORACLE_SCENARIOS[1][0]: [("memfd", 100)],
+               FILE_ORACLE_SCENARIOS[6][0]: [("memfd",), ("prctl", 1, 0)],
+               FILE_ORACLE_SCENARIOS[7][0]: [("memfd",), ("prctl", 1, 2)]})
+HOST_ORACLE_SCENARIOS += FILE_ORACLE_SCENARIOS
+
 HOST_ORACLE_SCENARIOS += [
     # S6: LOCK CMPXCHG with a failing compare; on x86 every locked read-modify-write is reported
     # as a write (R25), so the library's atomic (LOCK XADD of 0) stands for it

@@ -2159,3 +2159,24 @@ def test_a_cached_shmem_thp_is_not_mapped_by_a_pmd_where_thps_are_disabled(how, 
     assert mm.read(a + 5 * P) == 1
     assert states(mm, a) == [S.SHMEM_THP if pmd else S.SHMEM] * 512
     assert mm.vmstat["thp_file_mapped"] == 1 + pmd
+
+
+def test_fallocate_that_runs_out_is_an_oom_and_frees_what_is_not_uptodate():
+    """The memcg OOM killer ends a process whose fallocate cannot be charged; the call frees
+    the folios without data it (or an earlier fallocate) left in the range."""
+    mm, f, a = memfd_mapping(1024)
+    f.fallocate(0, 4 * P)
+    mm.memory_max = mm.memory_current + 100 * P
+    with pytest.raises(OutOfMemory):
+        f.fallocate(0, 4 * MiB)
+    assert mm.vmstat["nr_shmem"] == 0
+    mm._check_invariants()
+
+
+@pytest.mark.parametrize("flavour, eligible", [(0, 0), (2, 0)])
+def test_thpeligible_of_a_shared_mapping_under_the_prctl_veto(flavour, eligible):
+    mm, f, a = memfd_mapping(512, 512, shmem_enabled="always")
+    mm.prctl("PR_SET_THP_DISABLE", 1, flavour)
+    assert mm.smaps(a)["THPeligible"] == eligible
+    mm.madvise(a, 2 * MiB, "hugepage")
+    assert mm.smaps(a)["THPeligible"] == (1 if flavour else 0)

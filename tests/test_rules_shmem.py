@@ -301,3 +301,126 @@ def test_a_fault_makes_a_whole_fallocated_folio_uptodate():
     mm.mprotect(a, PAGE, "r")                            # the 2 MiB no longer fits one VMA
     assert mm.read(a + 20 * PAGE) == 1
     assert (mm.page_states(a, 32 * PAGE)[16:32] == PS.SHMEM).all()   # fault-around sees them
+
+
+def _memfd_at_base(mm, pages, length=2 * MB):
+    f = mm.memfd_create()
+    f.ftruncate(pages * PAGE)
+    return f, mm.mmap(length, fd=f, addr=BASE, fixed=True)
+
+
+def test_madv_collapse_ignores_i_size_and_the_thp_runs_past_it():
+    """khugepaged.c never reads i_size: a block with one page before i_size is collapsed whole,
+    and the PMD maps pages past i_size (no SIGBUS there until the PMD goes)."""
+    mm = MM()
+    f, a = _memfd_at_base(mm, 100)
+    mm.write(a + 5 * PAGE)
+    mm.madvise(a, 2 * MB, "collapse")
+    assert (mm.page_states(a, 2 * MB) == PS.SHMEM_THP).all()
+    assert mm.read(a + 300 * PAGE) == 0
+    mm.madvise(a, 2 * MB, "dontneed")
+    with pytest.raises(BusError):
+        mm.read(a + 300 * PAGE)
+
+
+def test_madv_collapse_of_a_block_wholly_past_the_page_cache_is_einval():
+    mm = MM()
+    f, a = _memfd_at_base(mm, 100, 4 * MB)
+    mm.write(a)
+    with pytest.raises(SyscallError) as exc:
+        mm.madvise(a + 2 * MB, 2 * MB, "collapse")
+    assert exc.value.errno == errno.EINVAL
+    assert mm.vmstat["nr_shmem"] == 1
+
+
+def test_fallocate_takes_the_whole_aligned_thp_around_its_range():
+    """shmem_fallocate asks for a folio per page not cached; with shmem_enabled=always it gets
+    the THP of the naturally aligned 2 MiB, though that starts before the range."""
+    mm = MM(Config(shmem_enabled="always"))
+    f = mm.memfd_create()
+    f.ftruncate(4 * MB)
+    before = counters(mm)
+    f.fallocate(300 * PAGE, 10 * PAGE)
+    d = delta(before, counters(mm))
+    assert d["thp_file_alloc"] == 1 and d["nr_shmem"] == 512 and d["nr_shmem_hugepages"] == 1
+    a = mm.mmap(4 * MB, fd=f, addr=BASE, fixed=True)
+    mm.read(a)
+    mm.read(a + 2 * MB)
+    assert mm.smaps(a)["ShmemPmdMapped"] == 4096 and counters(mm)["thp_file_alloc"] == 2
+
+
+def test_fallocate_next_to_a_cached_page_falls_back_to_4k_pages():
+    mm = MM(Config(shmem_enabled="always"))
+    f, a = _memfd_at_base(mm, 1024, 4 * MB)
+    mm.madvise(a, 2 * MB, "nohugepage")
+    mm.write(a)                                           # one 4K page in the first block
+    before = counters(mm)
+    f.fallocate(500 * PAGE, 30 * PAGE)
+    d = delta(before, counters(mm))
+    assert d["nr_shmem"] == 12 + 512 and d["nr_shmem_hugepages"] == 1
+
+
+def test_fallocate_thps_compact_only_with_defrag_always():
+    """No VMA, so no MADV_HUGEPAGE: vma_thp_gfp_mask(NULL) compacts directly only for
+    defrag=always."""
+    stalls = {}
+    for defrag in ("always", "madvise"):
+        mm = MM(Config(shmem_enabled="always", defrag=defrag, memory=64 * MB))
+        f = mm.memfd_create()
+        f.ftruncate(2 * MB)
+        mm.fragment_memory(0.5, 9, movable=True)          # no free 2 MiB block, all movable
+        before = counters(mm)
+        f.fallocate(0, 2 * MB)
+        d = delta(before, counters(mm))
+        stalls[defrag] = (d.get("compact_stall", 0), d.get("nr_shmem_hugepages", 0))
+    assert stalls == {"always": (1, 1), "madvise": (0, 0)}
+
+
+def test_fallocate_that_runs_out_is_the_oom_killer_and_frees_what_it_added():
+    mm = MM()
+    f = mm.memfd_create()
+    f.ftruncate(4 * MB)
+    f.fallocate(0, 4 * PAGE)
+    mm.memory_max = mm.memory_current + 100 * PAGE
+    with pytest.raises(OutOfMemory) as exc:
+        f.fallocate(0, 4 * MB)
+    assert exc.value.address is None
+    assert mm.vmstat["nr_shmem"] == 0                 # not uptodate: the earlier call's too
+    assert f.size == 4 * MB
+
+
+def test_a_cached_thp_is_mapped_by_ptes_under_madv_nohugepage():
+    mm = MM(Config(shmem_enabled="always"))
+    f, a = _memfd_at_base(mm, 512)
+    f.fallocate(0, 2 * MB)
+    mm.madvise(a, 2 * MB, "nohugepage")
+    mm.read(a + 3 * PAGE)
+    assert mm.smaps(a)["ShmemPmdMapped"] == 0 and mm.vmstat["thp_file_mapped"] == 0
+
+
+@pytest.mark.parametrize("except_advised, pmd_mapped, eligible", [(0, 0, 0), (1, 2048, 0)])
+def test_the_prctl_veto_and_a_cached_thp(except_advised, pmd_mapped, eligible):
+    """do_set_pmd refuses a PMD as for a forced collapse ("as we already have a THP"): the full
+    PR_SET_THP_DISABLE does, the except-advised flavour does not; THPeligible is 0 under both
+    (vma_thp_disabled without MADV_HUGEPAGE)."""
+    mm = MM(Config(shmem_enabled="always"))
+    mm.prctl("PR_SET_THP_DISABLE", 1, 2 if except_advised else 0)
+    f, a = _memfd_at_base(mm, 512)
+    f.fallocate(0, 2 * MB)
+    mm.read(a + 3 * PAGE)
+    s = mm.smaps(a)
+    assert (s["ShmemPmdMapped"], s["THPeligible"]) == (pmd_mapped, eligible)
+    assert s["Rss"] == 2048
+
+
+def test_a_write_fault_on_a_large_folio_below_pmd_order_maps_ptes():
+    """finish_fault maps by a PMD only a folio of PMD order: after a hole split a THP, the
+    order-8 half is mapped by PTEs though the PMD is none."""
+    mm = MM(Config(shmem_enabled="always"))
+    f, a = _memfd_at_base(mm, 512)
+    mm.write(a)
+    f.fallocate(0, PAGE, punch_hole=True)
+    mm.madvise(a, 2 * MB, "dontneed")
+    mm.write(a + 300 * PAGE)
+    assert mm.smaps(a)["ShmemPmdMapped"] == 0
+    assert (mm.page_states(a + 256 * PAGE, 256 * PAGE) == PS.SHMEM).all()
