@@ -18,14 +18,12 @@ shmem_* stats, each memfd's size and whether it is closed, and SIGBUS as an outc
 Runs 2,000 examples (MMEMU_EXAMPLES=N changes that for a quick local run; hypothesis's "ci" profile, taken automatically when CI is set, makes them
 derandomized).
 
-Issue 5 (mTHP, the buddy allocator and compaction, the memory cgroup) is drawn and compared only
-with ``ISSUE5_ENGINE = True``: configurations with mTHP sizes, small RAM that the buddy allocator
-runs out of, every defrag mode and a memory.max; the steps fragment_memory,
-release_fragmentation and setting memory_max; and the observables buddyinfo, memory_current,
-memory_max, contpte_blocks, each window page's PFN and THP/compound kpageflags bits, the
-compaction counters and the stats of all eight sizes. While it is False the configurations keep
-RAM large enough (128 MiB) that no allocator policy is ever put to the test (as an engine with
-the old block allocator needs).
+Issue 5 (mTHP, the buddy allocator and compaction, the memory cgroup) is drawn and compared:
+configurations with mTHP sizes, small RAM that the buddy allocator runs out of, every defrag
+mode and a memory.max; the steps fragment_memory, release_fragmentation and setting
+memory_max; and the observables buddyinfo, memory_current, memory_max, contpte_blocks, each
+window page's PFN and THP/compound kpageflags bits, the compaction counters and the stats of
+all eight sizes.
 """
 import os
 
@@ -34,13 +32,9 @@ from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
 from mmemu import MM, Config, PageState
-from mmemu.config import DEFRAG_MODES, HUGEPAGE_SIZES_KB
-from mmemu.constants import VMSTAT_NAMES
+from mmemu.config import DEFRAG_MODES, HUGEPAGE_SIZES_KB, SHMEM_ENABLED
 from mmemu.errors import BusError, OutOfMemory, SegmentationFault, SyscallError
 from mmemu.reference import ReferenceMM
-
-#: switch on once the engine implements issue 5 (mTHP, buddy allocator, compaction, memcg)
-ISSUE5_ENGINE = True
 
 MB = 1 << 20
 PAGE = 4096
@@ -49,48 +43,34 @@ WINDOW_PAGES = 8 * MB // PAGE
 PLACED = 0x7ffff7000000          # where mmaps without an address land (below mmap_base)
 PLACED_PAGES = 16 * MB // PAGE
 
-def config_strategy(issue5):
-    """Configurations: with issue5, mTHP sizes (each "always", "inherit", "madvise" or "never"),
-    RAM small enough for the buddy allocator to run out, and every defrag mode."""
-    modes = st.sampled_from(["inherit", "always", "madvise", "never"])
-    if issue5:     # up to three mTHP sizes, mostly enabled, besides 2048 kB
-        mthp_modes = st.lists(st.sampled_from(["always", "always", "inherit", "madvise", "never"]),
-                              min_size=3, max_size=3)
-        sizes = st.lists(st.sampled_from(HUGEPAGE_SIZES_KB[:-1]), min_size=1, max_size=3, unique=True)
-        hugepages = st.tuples(modes, sizes, mthp_modes).map(lambda t: {2048: t[0], **dict(zip(t[1], t[2]))})
-        memory = st.sampled_from([2 * MB, 4 * MB, 6 * MB, 8 * MB, 8 * MB, 12 * MB, 16 * MB, 32 * MB, 64 * MB])
-        defrag = st.sampled_from(DEFRAG_MODES)
-    else:
-        hugepages = st.sampled_from([{2048: m} for m in ("inherit", "always", "madvise", "never")])
-        memory = st.just(128 * MB)
-        defrag = st.just("madvise")
-    return st.builds(
-        Config,
-        kernel=st.sampled_from(["6.18", "6.18", "6.12"]),      # a hole splits shmem THPs 6.15+ / 4K
-        # OPEN (issue 5): with shmem THPs, engine and reference still part on how a hole
-        # splits a large shmem folio (truncate_inode_partial_folio's split_at/split_at2); the
-        # host rows ST12/ST13 hold both to the kernel meanwhile. Shmem THPs come back here
-        # once the two agree.
-        shmem_enabled=st.just("never"),
-        thp=st.sampled_from(["always", "madvise", "never"]),
-        defrag=defrag,
-        hugepages=hugepages,
-        use_zero_page=st.booleans(),
-        zero_page=st.booleans(),
-        huge_zero_write=st.sampled_from(["thp", "split"]),
-        pt_reclaim=st.booleans(),
-        mmap_thp_align=st.sampled_from(["none", "any", "pmd_multiple"]),
-        arch=st.sampled_from(["x86_64", "arm64"]),
-        atomic_write_fault=st.booleans(),
-        khugepaged_max_ptes_none=st.sampled_from([511, 511, 510, 256, 64, 0]),
-        khugepaged_max_ptes_swap=st.just(64),
-        khugepaged_max_ptes_shared=st.sampled_from([256, 256, 511, 10, 0]),
-        khugepaged_pages_to_scan=st.sampled_from([4096, 4096, 512, 1025, 8]),
-        shrink_underused=st.booleans(),
-        remap_zero_subpages=st.booleans(),
-        reuse_large_folios=st.booleans(),
-        memory=memory,
-    )
+#: configurations: mTHP sizes (up to three besides 2048 kB, each "always", "inherit", "madvise"
+#: or "never"), RAM small enough for the buddy allocator to run out, and every defrag mode
+_modes = st.sampled_from(["inherit", "always", "madvise", "never"])
+_mthp_modes = st.lists(st.sampled_from(["always", "always", "inherit", "madvise", "never"]), min_size=3, max_size=3)
+_sizes = st.lists(st.sampled_from(HUGEPAGE_SIZES_KB[:-1]), min_size=1, max_size=3, unique=True)
+configs = st.builds(
+    Config,
+    kernel=st.sampled_from(["6.18", "6.18", "6.12"]),      # a hole splits shmem THPs 6.15+ / 4K
+    shmem_enabled=st.sampled_from(SHMEM_ENABLED),
+    thp=st.sampled_from(["always", "madvise", "never"]),
+    defrag=st.sampled_from(DEFRAG_MODES),
+    hugepages=st.tuples(_modes, _sizes, _mthp_modes).map(lambda t: {2048: t[0], **dict(zip(t[1], t[2]))}),
+    use_zero_page=st.booleans(),
+    zero_page=st.booleans(),
+    huge_zero_write=st.sampled_from(["thp", "split"]),
+    pt_reclaim=st.booleans(),
+    mmap_thp_align=st.sampled_from(["none", "any", "pmd_multiple"]),
+    arch=st.sampled_from(["x86_64", "arm64"]),
+    atomic_write_fault=st.booleans(),
+    khugepaged_max_ptes_none=st.sampled_from([511, 511, 510, 256, 64, 0]),
+    khugepaged_max_ptes_swap=st.just(64),
+    khugepaged_max_ptes_shared=st.sampled_from([256, 256, 511, 10, 0]),
+    khugepaged_pages_to_scan=st.sampled_from([4096, 4096, 512, 1025, 8]),
+    shrink_underused=st.booleans(),
+    remap_zero_subpages=st.booleans(),
+    reuse_large_folios=st.booleans(),
+    memory=st.sampled_from([2 * MB, 4 * MB, 6 * MB, 8 * MB, 8 * MB, 12 * MB, 16 * MB, 32 * MB, 64 * MB]),
+)
 
 
 #: memory.max values near what a script uses (a few pages over a size, too)
@@ -101,12 +81,7 @@ memory_max_values = st.one_of(
     st.integers(0, 64).map(lambda n: n * PAGE))
 
 
-def memory_max_strategy(issue5):
-    return st.one_of(st.none(), st.none(), memory_max_values) if issue5 else st.none()
-
-
-configs = config_strategy(ISSUE5_ENGINE)
-memory_maxes = memory_max_strategy(ISSUE5_ENGINE)
+memory_maxes = st.one_of(st.none(), st.none(), memory_max_values)
 
 # page offsets and lengths biased to the places where the kernel's behaviour changes
 page_offsets = st.one_of(
@@ -145,7 +120,7 @@ common_actions = (
     st.tuples(st.just("drop_caches"), st.sampled_from([2, 2, 3, 1])),
     st.tuples(st.sampled_from(["mlock", "munlock"]), page_offsets, page_counts),
 )
-issue5_actions = (
+pressure_actions = (
     # DONTNEED of every stride-th page of a range, in one step: order-0 pages spread over RAM
     st.tuples(st.just("punch"), page_offsets, page_counts, st.integers(2, 8)),
     st.tuples(st.just("fragment"), st.sampled_from([0.5, 0.5, 0.25, 0.75, 0.0, 0.9, 1.0]),
@@ -170,13 +145,8 @@ shmem_actions = (
 )
 
 
-def step_strategy(issue5):
-    actions = st.one_of(*common_actions, *(issue5_actions if issue5 else ()), *shmem_actions)
-    # each step runs in one of the machine's processes (index modulo how many are alive)
-    return st.tuples(st.integers(0, 3), actions)
-
-
-steps = step_strategy(ISSUE5_ENGINE)
+# each step runs in one of the machine's processes (index modulo how many are alive)
+steps = st.tuples(st.integers(0, 3), st.one_of(*common_actions, *pressure_actions, *shmem_actions))
 MAX_PROCESSES = 3
 
 
@@ -306,7 +276,7 @@ def run(procs, who, action):
     return apply(procs, who, action)
 
 
-def observe_process(mm, issue5=ISSUE5_ENGINE):
+def observe_process(mm):
     maps = mm.maps()
     out = {
         "window": mm.page_states(WINDOW, WINDOW_PAGES * PAGE).tolist(),
@@ -315,10 +285,9 @@ def observe_process(mm, issue5=ISSUE5_ENGINE):
         "rusage": mm.rusage,
         "maps": maps,
         "smaps": [mm.smaps(start) for start, *_ in maps],
+        "contpte": mm.contpte_blocks(WINDOW, 2 * WINDOW_PAGES * PAGE),
+        "frames": frames(mm, WINDOW, 2 * WINDOW_PAGES * PAGE),
     }
-    if issue5:
-        out["contpte"] = mm.contpte_blocks(WINDOW, 2 * WINDOW_PAGES * PAGE)
-        out["frames"] = frames(mm, WINDOW, 2 * WINDOW_PAGES * PAGE)
     return out
 
 
@@ -337,22 +306,13 @@ def frames(mm, addr, length):
     return (pfns.tolist(), flags.tolist())
 
 
-def vmstat(mm, issue5=ISSUE5_ENGINE):
-    """/proc/vmstat; without issue 5 only the counters today's engine knows."""
-    vs = mm.vmstat
-    return vs if issue5 else {k: v for k, v in vs.items() if k in VMSTAT_NAMES}
-
-
-def observe(procs, issue5=ISSUE5_ENGINE):
+def observe(procs):
     mm = procs[0]
-    out = {"vmstat": vmstat(mm, issue5), "mthp": mm.mthp_stats, "khugepaged": mm.khugepaged}
-    if issue5:
-        out.update(buddyinfo=mm.buddyinfo().tolist(), memory_current=mm.memory_current,
-                   memory_max=mm.memory_max)
-    else:       # today's engine has the 2048 kB stats only
-        out["mthp"] = {2048: out["mthp"][2048]}
+    out = {"vmstat": mm.vmstat, "mthp": mm.mthp_stats, "khugepaged": mm.khugepaged,
+           "buddyinfo": mm.buddyinfo().tolist(), "memory_current": mm.memory_current,
+           "memory_max": mm.memory_max}
     for i, p in enumerate(procs):
-        out.update({f"{k}[{i}]": v for k, v in observe_process(p, issue5).items()})
+        out.update({f"{k}[{i}]": v for k, v in observe_process(p).items()})
     out["memfds"] = [(fd.size, fd.closed) for fd in getattr(procs, "memfds", ())]
     return out
 
@@ -378,7 +338,7 @@ def diff(a, b):
 mapped = st.sampled_from(["rw", "rw", "rw", "r", "none"]).map(lambda p: [(0, ("mmap_fixed", 0, WINDOW_PAGES, p))])
 mapped_hp = st.sampled_from(["rw", "rw", "r"]).map(lambda p: [(0, ("mmap_fixed", 0, WINDOW_PAGES, p)),
                                                             (0, ("madvise", 0, WINDOW_PAGES, "hugepage"))])
-prologues_today = st.one_of(st.just([]), mapped, mapped, mapped_hp, mapped_hp, mapped_hp)
+prologues_private = st.one_of(st.just([]), mapped, mapped, mapped_hp, mapped_hp, mapped_hp)
 # shared memory over the window: a MAP_SHARED|MAP_ANONYMOUS object, or a memfd of some size
 # mapped from offset 0 (the window's pages past i_size are SIGBUS); sometimes MADV_HUGEPAGE
 mapped_shared = st.tuples(st.sampled_from(["rw", "rw", "rw", "r"]), st.booleans()).map(
@@ -390,24 +350,17 @@ mapped_memfd = st.tuples(st.sampled_from([WINDOW_PAGES, WINDOW_PAGES, 1024, 768,
     + ([(0, ("madvise", 0, WINDOW_PAGES, "hugepage"))] if t[1] else [])
     + ([(0, ("close_fd", 0))] if t[2] else []))
 prologues_shared = st.one_of(mapped_shared, mapped_memfd)
-# with issue 5, the mapping is often followed by order-0 pages spread over RAM (a populated
+# the mapping is often followed by order-0 pages spread over RAM (a populated
 # range with holes punched) and held fragmentation, so that THP/mTHP allocations need compaction
 spread = st.tuples(st.integers(0, 3), st.integers(2, 5)).map(
     lambda t: [(0, ("madvise", 512 * t[0], 512, "populate_write")), (0, ("punch", 512 * t[0], 512, t[1]))])
 fragmented = st.tuples(st.sampled_from([0.5, 0.5, 0.25, 0.75, 0.9, 1.0]), st.sampled_from([9, 9, 10, 4, 2]),
                        st.booleans()).map(lambda t: [(0, ("fragment", *t))])
 writes = st.lists(page_offsets, min_size=1, max_size=8).map(lambda offs: [(0, ("trace", [(o, 1) for o in offs]))])
-prologues_issue5 = st.tuples(st.one_of(prologues_today, prologues_shared), st.sampled_from([False, True]), spread,
-                             st.one_of(st.just([]), fragmented, fragmented),
-                             st.one_of(st.just([]), writes)).map(
+prologues = st.tuples(st.one_of(prologues_private, prologues_shared), st.sampled_from([False, True]), spread,
+                      st.one_of(st.just([]), fragmented, fragmented),
+                      st.one_of(st.just([]), writes)).map(
     lambda t: t[0] + (t[2] if t[1] and t[0] else []) + t[3] + (t[4] if t[0] else []))
-
-
-def prologue_strategy(issue5):
-    return prologues_issue5 if issue5 else st.one_of(prologues_today, prologues_shared)
-
-
-prologues = prologue_strategy(ISSUE5_ENGINE)
 
 
 #: in CI a failing script is reported as found, not shrunk: shrinking a 25-step script can take
@@ -434,18 +387,17 @@ def test_engine_matches_reference_model(config, memory_max, prologue, body):
         mm.close()
     for mm in reversed(refs):
         mm.close()
-    assert vmstat(engines[0]) == vmstat(refs[0])
+    assert engines[0].vmstat == refs[0].vmstat
     for fd in engines.memfds + refs.memfds:         # the last references to the shmem files
         fd.close()
-    assert vmstat(engines[0]) == vmstat(refs[0])
+    assert engines[0].vmstat == refs[0].vmstat
 
 
 @settings(max_examples=int(os.environ.get("MMEMU_EXAMPLES", 2000)) // 4, deadline=None,
           suppress_health_check=[HealthCheck.too_slow], phases=PHASES)
-@given(config=config_strategy(True), memory_max=memory_max_strategy(True), prologue=prologue_strategy(True),
-       body=st.lists(step_strategy(True), min_size=1, max_size=25))
+@given(config=configs, memory_max=memory_maxes, prologue=prologues, body=st.lists(steps, min_size=1, max_size=25))
 def test_reference_model_keeps_its_invariants(config, memory_max, prologue, body):
-    """The reference alone, with every issue-5 draw whatever ISSUE5_ENGINE says: the mapcounts,
+    """The reference alone: the mapcounts,
     MM_ID slots, queue, buddy free lists and memcg charges it keeps agree with its page tables
     and frames after every step (independently of the engine); an OOM leaves the machine as it
     found it except for what the kernel keeps (pgfault, the tables of an out-of-RAM fault)."""
