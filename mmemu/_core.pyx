@@ -716,16 +716,18 @@ cdef class Machine:
         self.file_size[fid] = 0
         return fid
 
-    def file_set_size(self, int32_t fid, int64_t size):
+    def file_set_size(self, int32_t fid, int64_t size, bint truncate=True):
         """ftruncate: a new i_size in pages; shrinking frees everything from there on (the
-        caller has unmapped it from every process first). The page cache holds whole 2 MiB
-        blocks, so that a THP may run past i_size as the kernel's may."""
+        caller has unmapped it from every process first) unless not ``truncate`` (a failed
+        fallocate puts i_size back: what it left past i_size stays, as in the kernel, where
+        i_size never moved). The page cache holds whole 2 MiB blocks, so that a THP may run
+        past i_size as the kernel's may."""
         cdef ShmemFile f = self.files[fid]
         cdef cnp.ndarray pages
         cdef int64_t capacity = (size + HPAGE_PMD_NR - 1) & ~(<int64_t>HPAGE_PMD_NR - 1)
         if size < 0:
             raise ValueError("size must not be negative")
-        if size < f.size:
+        if size < f.size and truncate:
             self.file_free_range(fid, size, f._pages.shape[0])
         elif capacity > f._pages.shape[0]:
             pages = np.zeros(capacity, np.int64)
@@ -851,10 +853,14 @@ cdef class Machine:
             self.flags[k] = self.flags[k] | PG_FALLOCATED
 
     cdef void shmem_undo_falloc(self, ShmemFile f, int64_t first, int64_t last) noexcept nogil:
-        """shmem_undo_range(unfalloc): free the folios not uptodate that lie wholly in
-        [first, last) (an earlier fallocate's too: the kernel cannot tell them apart)."""
-        cdef int64_t index = first, pfn, hidx, nr, k
-        cdef folio_t *folio
+        """shmem_undo_range(unfalloc): free the folios not uptodate in [first, last) (an
+        earlier fallocate's too: the kernel cannot tell them apart). One that begins before
+        ``first`` is split there first, as truncate_inode_partial_folio splits it, and loses
+        the pieces inside; none can cross ``last``, the page that could not be had."""
+        cdef int64_t index = first, pfn = f.pages[first] if first < last else 0, hidx, nr, k
+        cdef folio_t *folio = self.folio_of(pfn) if pfn else NULL
+        if folio != NULL and self.flags[pfn] & PG_FALLOCATED and self.folio_pfn(folio) < pfn:
+            self.shmem_split_folio_at(folio, pfn)
         while index < last:
             pfn = f.pages[index]
             if not pfn:

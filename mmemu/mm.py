@@ -1294,7 +1294,7 @@ class Memfd:
             # no VMA, so no MADV_HUGEPAGE: a THP compacts only with defrag=always
             if not self._machine.file_fallocate(self._fid, min(offset // PAGE_SIZE, f.size), min(end, f.size),
                                                 self._mm.config.defrag == "always"):
-                self._machine.file_set_size(self._fid, max(old_size, f.size if keep_size else old_size))
+                self._machine.file_set_size(self._fid, old_size, False)
                 raise OutOfMemory(None)         # the memcg (or global) OOM killer's turn
 
     def close(self) -> None:

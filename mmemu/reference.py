@@ -878,8 +878,8 @@ class _Machine:
         naturally aligned 512 slots are empty -- the 2 MiB may start before the range -- else a
         4K page; every folio of the range is marked dirty. No VMA, so no MADV_HUGEPAGE: direct
         compaction only with defrag=always (vma_thp_gfp_mask(NULL)). Running out (no frame, or
-        the charge refused, for a 4K page) frees what is not uptodate wholly in [first, the
-        failing page) (shmem_undo_range with unfalloc) and fails."""
+        the charge refused, for a 4K page) frees what is not uptodate in [first, the failing
+        page) (undo_fallocate) and fails."""
         mode = self.config.shmem_enabled
         index = first
         while index < last:
@@ -905,13 +905,23 @@ class _Machine:
             if folio is None:
                 folio = self.shmem_alloc_page(file, index, uptodate=False)
                 if folio is None:
-                    for f in file.folios():
-                        if first <= f.index and f.index + f.nr <= index and not f.uptodate:
-                            self.shmem_free_folio(f)
+                    self.undo_fallocate(file, first, index)
                     return False
             folio.dirty = True
             index = folio.index + folio.nr
         return True
+
+    def undo_fallocate(self, file, first, last):
+        """shmem_undo_range(unfalloc) over [first, last): the folios not uptodate there go (an
+        earlier fallocate's too); one that begins before the range is split at its first page
+        (truncate_inode_partial_folio) and the pieces inside go. None crosses ``last``: the
+        page there could not be had."""
+        folio = file.cache.get(first)
+        if first < last and folio is not None and folio.nr > 1 and not folio.uptodate and folio.index < first:
+            self.shmem_split(folio, first - folio.index)
+        for f in file.folios():
+            if first <= f.index and f.index + f.nr <= last and not f.uptodate:
+                self.shmem_free_folio(f)
 
     def release_files(self):
         """Free every shmem file no fd and no mapping holds any more (the last fput)."""

@@ -424,3 +424,18 @@ def test_a_write_fault_on_a_large_folio_below_pmd_order_maps_ptes():
     mm.write(a + 300 * PAGE)
     assert mm.smaps(a)["ShmemPmdMapped"] == 0
     assert (mm.page_states(a + 256 * PAGE, 256 * PAGE) == PS.SHMEM).all()
+
+
+def test_a_failed_fallocate_splits_a_thp_it_added_before_its_range_and_keeps_i_size():
+    """shmem_undo_range(unfalloc) splits a new THP that begins before the range at the range's
+    first page (truncate_inode_partial_folio) and frees the pieces inside; the page before
+    the range stays, past an i_size that never moved."""
+    mm = MM(Config(shmem_enabled="always"))
+    f = mm.memfd_create()
+    mm.memory_max = mm.memory_current + 2 * MB
+    before = counters(mm)
+    with pytest.raises(OutOfMemory):
+        f.fallocate(PAGE, 2 * MB)               # pages 1..512: a THP for 0..511, then nothing
+    d = delta(before, counters(mm))
+    assert d["thp_file_alloc"] == 1 and d["thp_split_page"] == 1 and d["2048kB/split"] == 1
+    assert d["nr_shmem"] == 1 and f.size == 0 and mm.memory_current == PAGE
