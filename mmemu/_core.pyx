@@ -895,7 +895,10 @@ cdef class Machine:
             self.flags[k] = self.flags[k] & ~PG_FALLOCATED
 
     def file_forget(self, int32_t fid):
-        """The file is gone (no fd, no mapping): its pages were freed; forget its page cache."""
+        """The file is gone (no fd, no mapping): free its page cache, past i_size too (a failed
+        fallocate or a THP may have left pages there), and forget it."""
+        cdef ShmemFile f = self.files[fid]
+        self.file_free_range(fid, 0, f._pages.shape[0])
         self.file_set_size(fid, 0)
         self.file_pages[fid] = NULL
         del self.files[fid]

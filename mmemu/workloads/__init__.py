@@ -1,0 +1,7 @@
+"""Workloads: the questions mmemu's users come with, answered in one call.
+
+Each returns a :class:`WorkloadResult` (a timeline of memory and faults as it ran, and the
+counters at the end)."""
+from .result import TIMELINE_COLUMNS, Timeline, WorkloadResult, plot_timelines, rollup
+
+__all__ = ["TIMELINE_COLUMNS", "Timeline", "WorkloadResult", "plot_timelines", "rollup"]
