@@ -175,6 +175,13 @@ class Config:
         kwargs["hugepages"] = dict(self.hugepages)
         return (_rebuild_config, (kwargs,))
 
+    def as_dict(self) -> dict:
+        """The fields as a plain dict (``hugepages`` a dict of its own): for JSON, tables and
+        ``Config(**d)``."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["hugepages"] = dict(self.hugepages)
+        return out
+
     def replace(self, **changes) -> "Config":
         """A copy with some fields changed (validated again)."""
         kwargs = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

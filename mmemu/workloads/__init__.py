@@ -5,3 +5,6 @@ counters at the end)."""
 from .result import TIMELINE_COLUMNS, Timeline, WorkloadResult, plot_timelines, rollup
 
 __all__ = ["TIMELINE_COLUMNS", "Timeline", "WorkloadResult", "plot_timelines", "rollup"]
+from .pretouch import PRETOUCH_CASES, atomic_pretouch, compare_pretouch
+
+__all__ += ["PRETOUCH_CASES", "atomic_pretouch", "compare_pretouch"]

@@ -70,7 +70,7 @@ class WorkloadResult:
         """One flat record: the parameters, the settings that differ from the defaults, and
         the final figures (a row of a sweep's table)."""
         from ..config import Config
-        defaults = dataclasses.asdict(Config())
+        defaults = Config().as_dict()
         changed = {k: v for k, v in self.config.items() if defaults.get(k) != v}
         return {"workload": self.workload, **self.params, **changed, **self.final}
 
