@@ -50,16 +50,17 @@ class EmulatorLacks(Exception):
     """The emulator does not have a feature a scenario uses (yet)."""
 
 
-def play(mm, name, length, hp, steps, row=None):
+def play(mm, name, length, hp, steps, row=None, before=None):
     """(per step: (step, outcome, page states, faults, VmPTE change, child view), end-of-run
-    figures, how the run differs from ``row``'s expected values) of one scenario."""
-    run = Run(mm, length, hp, offset=OFFSETS.get(name, 0), before=BEFORE.get(name, ()), base=BASE,
-              anchor=name not in NO_ANCHOR)
+    figures, how the run differs from ``row``'s expected values) of one scenario.
+    ``before``: the steps before the mapping is made (default: the library's BEFORE)."""
+    run = Run(mm, length, hp, offset=OFFSETS.get(name, 0), before=BEFORE.get(name, ()) if before is None else before,
+              base=BASE, anchor=name not in NO_ANCHOR)
     run.errors = []
     trail = []
     try:
         for step in steps:
-            before = run.faults()
+            faults_before = run.faults()
             pte_before = run.vmpte_delta()
             child_before = run.child.rusage["min_flt"] if run.child is not None else 0
             try:
@@ -79,7 +80,7 @@ def play(mm, name, length, hp, steps, row=None):
                     raise EmulatorLacks(f"{step[0]}: {exc}") from exc
                 raise
             # the counters first: reading page states allocates (and may add page tables) on a host
-            faults, pte = run.faults() - before, run.vmpte_delta() - pte_before
+            faults, pte = run.faults() - faults_before, run.vmpte_delta() - pte_before
             child = None
             if run.child is not None:
                 child = (describe(run.child.page_states(run.addr, run.length)),
@@ -126,7 +127,7 @@ def _setting(knob, want, host):
     return f"{knob}={want}"
 
 
-def compare(name, config, length, hp, steps, host_config, row=None, change_settings=None):
+def compare(name, config, length, hp, steps, host_config, row=None, change_settings=None, before=None):
     """Play one scenario on both sides (``row``: its expected values, held to the host).
     Settings the host does not have are applied for the scenario and restored
     (mmemu.host.host_settings) when ``change_settings`` (default: when running as root) and they
@@ -146,9 +147,9 @@ def compare(name, config, length, hp, steps, host_config, row=None, change_setti
     # the host first, while no emulator's arrays are in this process to be copied by its forks
     memcg = any(s[0] == "memory_headroom" for s in steps)
     with host_settings(target), HostMM(memcg=memcg) as host:
-        real = play(host, name, length, hp, steps, row)
+        real = play(host, name, length, hp, steps, row, before)
     try:
-        emulated = play(MM(dataclasses.replace(target, memory=16 << 30)), name, length, hp, steps)
+        emulated = play(MM(dataclasses.replace(target, memory=16 << 30)), name, length, hp, steps, before=before)
         lacks = ""
     except (EmulatorLacks, NotImplementedError) as exc:
         emulated, lacks = None, str(exc)
