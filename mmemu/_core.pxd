@@ -225,6 +225,7 @@ cdef class ShmemFile:
     """A shmem inode (MAP_SHARED|MAP_ANONYMOUS's object, or a memfd): its page cache."""
     cdef readonly int32_t fid
     cdef readonly int64_t size             # i_size, in pages
+    cdef public int64_t fallocend          # the end of what fallocate reserved, maybe past i_size
     cdef readonly bint anonymous           # MAP_SHARED|MAP_ANONYMOUS: no fd, gone with its last VMA
     cdef public bint fd_open
     cdef cnp.ndarray _pages                # frame per page index (0: none)
@@ -313,7 +314,9 @@ cdef class Machine:
     cdef void shmem_folio_dirty(self, int64_t pfn) noexcept nogil
     cdef int64_t folio_pages_from(self, int64_t pfn) noexcept nogil
     cdef void shmem_mark_fallocated(self, int64_t pfn) noexcept nogil
-    cdef void shmem_undo_falloc(self, ShmemFile f, int64_t first, int64_t last) noexcept nogil
+    cdef int shmem_undo_falloc(self, ShmemFile f, int64_t first, int64_t last) except -1
+    cdef int shmem_drop_past_eof(self, ShmemFile f, int64_t hidx, int64_t nr) except -1
+    cdef int shmem_split(self, ShmemFile f, folio_t *folio, int64_t at, int64_t hidx) except -1
     cdef void shmem_split_folio_at(self, folio_t *folio, int64_t at) noexcept nogil
     cdef folio_t *shmem_describe_folio(self, int64_t head, int order) noexcept nogil
     cdef bint unmap_leaves_partial(self, folio_t *folio, int64_t head) noexcept nogil

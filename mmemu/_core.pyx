@@ -219,6 +219,7 @@ cdef class ShmemFile:
         self.anonymous = anonymous
         self.fd_open = not anonymous
         self.size = 0
+        self.fallocend = 0
         self._pages = np.zeros(1, np.int64)
         self.pages = <int64_t *>cnp.PyArray_DATA(self._pages)
 
@@ -728,6 +729,11 @@ cdef class Machine:
         if size < 0:
             raise ValueError("size must not be negative")
         if size < f.size and truncate:
+            # shmem_setattr: i_size is written before the truncation, which also pulls
+            # fallocend back (shmem_undo_range): a split past the new EOF drops the tail
+            f.size = size
+            self.file_size[fid] = size
+            f.fallocend = min(f.fallocend, size)
             self.file_free_range(fid, size, f._pages.shape[0])
         elif capacity > f._pages.shape[0]:
             pages = np.zeros(capacity, np.int64)
@@ -772,11 +778,12 @@ cdef class Machine:
                 continue
             offset = max(first - hidx, 0)
             end = min(last, hidx + nr) - hidx
-            self.shmem_split_folio_at(folio, head + offset)
-            if end < nr:                          # split_at2: the page after the range
-                folio2 = self.folio_of(f.pages[hidx + end])
+            self.shmem_split(f, folio, head + offset, hidx)
+            if end < nr and f.pages[hidx + end]:  # split_at2: the page after the range
+                pfn = f.pages[hidx + end]         # (not dropped past EOF by the first split)
+                folio2 = self.folio_of(pfn)
                 if folio2 != NULL:
-                    self.shmem_split_folio_at(folio2, f.pages[hidx + end])
+                    self.shmem_split(f, folio2, pfn, hidx + end - (pfn - self.folio_pfn(folio2)))
         self.shmem_free_whole(f, first, last)
         return 0
 
@@ -804,7 +811,7 @@ cdef class Machine:
                 self.shmem_free_folio(folio)
             index = hidx + nr
 
-    def file_fallocate(self, int32_t fid, int64_t first, int64_t last, bint compact=False):
+    def file_fallocate(self, int32_t fid, int64_t first, int64_t last, bint compact=False, int64_t range_end=-1):
         """shmem_fallocate without PUNCH_HOLE over pages [first, last): each page not cached
         gets a folio without data (not uptodate until a fault reaches it), and every folio of
         the range is marked dirty, old ones too (so that reclaim would swap rather than drop
@@ -813,7 +820,9 @@ cdef class Machine:
         naturally aligned 512 slots are empty, though they start before ``first``; else a
         page. ``compact``: direct compaction for the THP (vma_thp_gfp_mask without a VMA: only
         defrag=always). On running out, the folios not uptodate that lie wholly in [first,
-        the failing page) are freed (shmem_undo_range(unfalloc)) and False is returned."""
+        the failing page) are freed (shmem_undo_range(unfalloc)) and False is returned.
+        ``range_end``: the end of the call's range, past i_size with FALLOC_FL_KEEP_SIZE
+        (default ``last``): fallocend, below which a split keeps the pieces past i_size."""
         cdef ShmemFile f = self.files[fid]
         cdef int64_t index, pfn, hidx
         cdef folio_t *folio
@@ -821,6 +830,8 @@ cdef class Machine:
         cdef bint huge
         if not 0 <= first <= last <= f.size:
             raise ValueError("file_fallocate: bad range")
+        undo_fallocend = f.fallocend
+        f.fallocend = max(f.fallocend, last if range_end < 0 else range_end)
         index = first
         while index < last:
             pfn = f.pages[index]
@@ -830,6 +841,7 @@ cdef class Machine:
                                                      and hidx + HPAGE_PMD_NR <= f.size)
                 pfn = self.shmem_alloc_folio(fid, index, huge, compact)
                 if pfn < 0:
+                    f.fallocend = undo_fallocend              # before the undo, as the kernel
                     self.shmem_undo_falloc(f, first, index)
                     return False
                 self.shmem_mark_fallocated(pfn)
@@ -852,7 +864,50 @@ cdef class Machine:
         for k in range(head, head + nr):
             self.flags[k] = self.flags[k] | PG_FALLOCATED
 
-    cdef void shmem_undo_falloc(self, ShmemFile f, int64_t first, int64_t last) noexcept nogil:
+    cdef int shmem_split(self, ShmemFile f, folio_t *folio, int64_t at, int64_t hidx) except -1:
+        """__folio_split of the shmem folio holding file pages from ``hidx``, around frame
+        ``at``: it is unmapped from every process first (try_to_unmap) and, being no anonymous
+        folio, not mapped again (remap_page): faults map the pieces anew. The pieces that begin
+        at or past EOF are dropped."""
+        cdef int64_t nr = (<int64_t>1) << folio.order
+        cdef MMCore mm
+        for mm in list(self.mms):
+            if mm.unmap_file_range(f.fid, hidx, hidx + nr):
+                raise MemoryError("cannot grow the page-table pool")
+        self.shmem_split_folio_at(folio, at)
+        return self.shmem_drop_past_eof(f, hidx, nr)
+
+    cdef int shmem_drop_past_eof(self, ShmemFile f, int64_t hidx, int64_t nr) except -1:
+        """After a split of the folio that held pages [hidx, hidx + nr): __folio_split drops
+        the new folios that begin at or past EOF (i_size, or fallocend where fallocate reserved
+        beyond it) from the page cache, unmapped from every process; the piece holding the
+        old head stays."""
+        cdef int64_t eof = max(f.size, f.fallocend), i = hidx, pfn, n, k
+        cdef folio_t *piece
+        cdef MMCore mm
+        if hidx + nr <= max(eof, hidx + 1):
+            return 0
+        while i < hidx + nr:
+            pfn = f.pages[i]
+            if not pfn:
+                i += 1
+                continue
+            n = self.folio_pages_from(pfn)
+            if i >= eof and i > hidx:
+                for mm in list(self.mms):
+                    if mm.unmap_file_range(f.fid, i, i + n):
+                        raise MemoryError("cannot grow the page-table pool")
+                piece = self.folio_of(pfn)
+                for k in range(i, i + n):
+                    f.pages[k] = 0
+                if piece == NULL:
+                    self.shmem_free_page(pfn)
+                else:
+                    self.shmem_free_folio(piece)
+            i += n
+        return 0
+
+    cdef int shmem_undo_falloc(self, ShmemFile f, int64_t first, int64_t last) except -1:
         """shmem_undo_range(unfalloc): free the folios not uptodate in [first, last) (an
         earlier fallocate's too: the kernel cannot tell them apart). One that begins before
         ``first`` is split there first, as truncate_inode_partial_folio splits it, and loses
@@ -860,7 +915,7 @@ cdef class Machine:
         cdef int64_t index = first, pfn = f.pages[first] if first < last else 0, hidx, nr, k
         cdef folio_t *folio = self.folio_of(pfn) if pfn else NULL
         if folio != NULL and self.flags[pfn] & PG_FALLOCATED and self.folio_pfn(folio) < pfn:
-            self.shmem_split_folio_at(folio, pfn)
+            self.shmem_split(f, folio, pfn, first - (pfn - self.folio_pfn(folio)))
         while index < last:
             pfn = f.pages[index]
             if not pfn:

@@ -1202,6 +1202,8 @@ def _punch_hole(machine, fid, first, last):
     """shmem_fallocate(PUNCH_HOLE): unmap pages [first, last) of the file from every process
     (unmap_mapping_range), then free them from the page cache."""
     f = machine.files[fid]
+    if first < f.fallocend <= last:               # shmem_undo_range pulls fallocend back
+        f.fallocend = first
     last = min(last, f.capacity)
     if first >= last:
         return
@@ -1293,7 +1295,7 @@ class Memfd:
             # them, mmemu's page cache ends at i_size
             # no VMA, so no MADV_HUGEPAGE: a THP compacts only with defrag=always
             if not self._machine.file_fallocate(self._fid, min(offset // PAGE_SIZE, f.size), min(end, f.size),
-                                                self._mm.config.defrag == "always"):
+                                                self._mm.config.defrag == "always", end):
                 self._machine.file_set_size(self._fid, old_size, False)
                 raise OutOfMemory(None)         # the memcg (or global) OOM killer's turn
 

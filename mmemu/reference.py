@@ -244,6 +244,7 @@ class ShmemFile:
     def __init__(self, machine, anonymous):
         self.machine = machine
         self.size = 0
+        self.fallocend = 0          # the end of what fallocate reserved (maybe past i_size)
         self.cache = {}
         self.fd_open = not anonymous
 
@@ -283,9 +284,11 @@ class RefMemfd:
         pages = _align_up(size, PAGE_SIZE) // PAGE_SIZE
         f = self._file
         if pages < f.size:
-            # shmem_truncate_range(inode, newsize, (loff_t)-1): to the very end, a THP's tail
-            # past the old i_size too
+            # i_size is written first; then shmem_truncate_range(inode, newsize, (loff_t)-1):
+            # to the very end, a THP's tail past the old i_size too, and fallocend comes back
             end = max([f.size] + [folio.index + folio.nr for folio in f.folios()])
+            f.size = pages
+            f.fallocend = min(f.fallocend, pages)
             for mm in self._m.mms:
                 mm._unmap_file_range(f, pages, end)
             self._m.truncate_range(f, pages, end)
@@ -312,7 +315,7 @@ class RefMemfd:
         old_size = f.size
         if end > f.size and not keep_size:
             f.size = end
-        if not self._m.shmem_fallocate(f, offset // PAGE_SIZE, min(end, f.size)):
+        if not self._m.shmem_fallocate(f, offset // PAGE_SIZE, min(end, f.size), end):
             f.size = old_size
             raise OutOfMemory(None)
 
@@ -787,8 +790,9 @@ class _Machine:
         """Split a large shmem folio around its page `cut` (6.15+ folio_split: at each order
         below its own the half without the cut page stays one folio, the cut page ends as an
         order-0 folio; an order-1 piece becomes two order-0 pages here, as the design notes
-        have it); before 6.15 into order-0 pages. PTE mappings follow the pages; counted as
-        thp_split_page (order 9) and <size>/split. Returns the pieces."""
+        have it); before 6.15 into order-0 pages. It is unmapped from every process first and
+        not mapped again (remap_page maps anonymous folios only); counted as thp_split_page
+        (order 9) and <size>/split. Returns the pieces."""
         if self.config_version() >= (6, 15):
             pieces, lo, order = [], 0, folio.order
             while order > 0:
@@ -803,9 +807,8 @@ class _Machine:
             pieces = [p for off, o in pieces for p in ([(off, 0), (off + 1, 0)] if o == 1 else [(off, o)])]
         else:
             pieces = [(i, 0) for i in range(folio.nr)]
-        for mm in self.mms:         # a PMD mapping of it goes first (none after an unmap)
-            for pi in [pi for pi, e in mm._pmds.items() if isinstance(e, HugePmd) and e.folio is folio]:
-                mm._split_huge_pmd(pi)
+        for mm in self.mms:         # unmapped whole (try_to_unmap), not mapped again: no anon folio
+            mm._unmap_file_range(folio.file, folio.index, folio.index + folio.nr)
         new = {}
         for off, order in sorted(pieces):
             piece = ShmemFolio(folio.file, folio.index + off, folio.pfn + off, order, folio.uptodate)
@@ -832,9 +835,11 @@ class _Machine:
         return tuple(int(x) for x in self.config.kernel.split(".")[:2])
 
     def punch_hole(self, file, first, last):
-        """shmem_fallocate(PUNCH_HOLE) of pages [first, last) (the API clamps the range to
-        i_size): unmap them from every process (unmap_mapping_range), then truncate them."""
-        last = min(last, file.size)
+        """shmem_fallocate(PUNCH_HOLE) of pages [first, last) (to wherever the range ends: a
+        THP may hold pages past i_size): unmap them from every process (unmap_mapping_range),
+        then truncate them; fallocend comes back to the hole's start if it was inside."""
+        if first < file.fallocend <= last:
+            file.fallocend = first
         if first >= last:
             return
         for mm in self.mms:
@@ -864,14 +869,14 @@ class _Machine:
                 continue
             offset = max(first - folio.index, 0)
             end = min(last, folio.index + folio.nr) - folio.index
-            self.shmem_split(folio, offset)
-            if end < folio.nr:
-                folio2 = file.cache.get(folio.index + end)
-                if folio2.nr > 1:
-                    self.shmem_split(folio2, folio.index + end - folio2.index)
+            index, nr = folio.index, folio.nr
+            self.drop_past_eof(file, self.shmem_split(folio, offset))
+            folio2 = file.cache.get(index + end)
+            if end < nr and folio2 is not None and folio2.nr > 1:
+                self.drop_past_eof(file, self.shmem_split(folio2, index + end - folio2.index))
         whole()
 
-    def shmem_fallocate(self, file, first, last):
+    def shmem_fallocate(self, file, first, last, range_end=None):
         """shmem_fallocate over [first, last) (the API's range): each page not cached gets a
         folio without data (not uptodate), a THP where shmem_enabled lets a file without a VMA
         have one (always; within_size where i_size or the range's end covers the 2 MiB) and its
@@ -879,8 +884,11 @@ class _Machine:
         4K page; every folio of the range is marked dirty. No VMA, so no MADV_HUGEPAGE: direct
         compaction only with defrag=always (vma_thp_gfp_mask(NULL)). Running out (no frame, or
         the charge refused, for a 4K page) frees what is not uptodate in [first, the failing
-        page) (undo_fallocate) and fails."""
+        page) (undo_fallocate) and fails. fallocend rises to the range's end (``range_end``,
+        past i_size with keep_size) for the call, and comes back first if it fails."""
         mode = self.config.shmem_enabled
+        undo_fallocend = file.fallocend
+        file.fallocend = max(file.fallocend, last if range_end is None else range_end)
         index = first
         while index < last:
             folio = file.cache.get(index)
@@ -905,11 +913,23 @@ class _Machine:
             if folio is None:
                 folio = self.shmem_alloc_page(file, index, uptodate=False)
                 if folio is None:
+                    file.fallocend = undo_fallocend
                     self.undo_fallocate(file, first, index)
                     return False
             folio.dirty = True
             index = folio.index + folio.nr
         return True
+
+    def drop_past_eof(self, file, pieces):
+        """__folio_split drops the new folios that begin at or past EOF (i_size, or fallocend
+        where fallocate reserved beyond it), unmapped from every process; the first piece, which
+        holds the old head, stays."""
+        eof = max(file.size, file.fallocend)
+        for piece in pieces[1:]:
+            if piece.index >= eof:
+                for mm in self.mms:
+                    mm._unmap_file_range(file, piece.index, piece.index + piece.nr)
+                self.shmem_free_folio(piece)
 
     def undo_fallocate(self, file, first, last):
         """shmem_undo_range(unfalloc) over [first, last): the folios not uptodate there go (an
@@ -918,7 +938,7 @@ class _Machine:
         page there could not be had."""
         folio = file.cache.get(first)
         if first < last and folio is not None and folio.nr > 1 and not folio.uptodate and folio.index < first:
-            self.shmem_split(folio, first - folio.index)
+            self.drop_past_eof(file, self.shmem_split(folio, first - folio.index))
         for f in file.folios():
             if first <= f.index and f.index + f.nr <= last and not f.uptodate:
                 self.shmem_free_folio(f)

@@ -451,11 +451,21 @@ FILE_ORACLE_SCENARIOS = [
      [("write", 0), ("memory_headroom", 600), ("fallocate", 0, 1024)]),
     ("V13 a fault beyond the memory cgroup: the OOM killer", {}, 2 * MB, False,
      [("write", 0), ("memory_headroom", 40), ("write", 20), ("write", 100)]),
+    # a memfd of 768 pages (i_size inside the second 2 MiB) mapped 4 MiB
+    ("V14 punch through a THP that runs past i_size", _ALWAYS, 4 * MB, False,
+     [("read", 512), ("punch", 0, 1024), ("read", 3)]),
+    ("V15 punch up to i_size in a THP: the split drops the pieces past EOF", _ALWAYS, 4 * MB, False,
+     [("read", 512), ("punch", 0, 768), ("read", 3)]),
+    ("V16 PTE-mapped THP across EOF, punch inside: the split unmaps it all", _ALWAYS, 4 * MB, False,
+     [("fallocate", 512, 256), ("nohugepage", 0, 1024), ("write", 700), ("punch", 600, 10), ("read", 3)]),
+    ("V17 PTE-mapped THP across EOF, truncate into it", _ALWAYS, 4 * MB, False,
+     [("fallocate", 512, 256), ("nohugepage", 0, 1024), ("write", 700), ("truncate", 650), ("read", 3)]),
 ]
 BEFORE.update({name: [("memfd",)] for name, *_ in FILE_ORACLE_SCENARIOS})
 BEFORE.update({FILE_ORACLE_SCENARIOS[0][0]: [("memfd", 100)], FILE_ORACLE_SCENARIOS[1][0]: [("memfd", 100)],
                FILE_ORACLE_SCENARIOS[6][0]: [("memfd",), ("prctl", 1, 0)],
                FILE_ORACLE_SCENARIOS[7][0]: [("memfd",), ("prctl", 1, 2)]})
+BEFORE.update({name: [("memfd", 768)] for name, *_ in FILE_ORACLE_SCENARIOS[13:]})
 HOST_ORACLE_SCENARIOS += FILE_ORACLE_SCENARIOS
 
 HOST_ORACLE_SCENARIOS += [

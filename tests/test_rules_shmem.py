@@ -439,3 +439,47 @@ def test_a_failed_fallocate_splits_a_thp_it_added_before_its_range_and_keeps_i_s
     d = delta(before, counters(mm))
     assert d["thp_file_alloc"] == 1 and d["thp_split_page"] == 1 and d["2048kB/split"] == 1
     assert d["nr_shmem"] == 1 and f.size == 0 and mm.memory_current == PAGE
+
+
+def _thp_across_eof(mm, pte_mapped=False):
+    """A memfd of 768 pages mapped 4 MiB with a THP over pages 512..1023 (past i_size)."""
+    f, a = _memfd_at_base(mm, 768, 4 * MB)
+    f.fallocate(512 * PAGE, 256 * PAGE)
+    if pte_mapped:
+        mm.madvise(a, 4 * MB, "nohugepage")
+        mm.write(a + 700 * PAGE)                       # the whole folio mapped by PTEs
+    return f, a
+
+
+def test_a_split_drops_the_pieces_that_begin_past_eof():
+    """__folio_split removes from the page cache the new folios at or past EOF; the hole's
+    end would have split the order-8 piece at 768, but it is gone already."""
+    mm = MM(Config(shmem_enabled="always"))
+    f, a = _thp_across_eof(mm)
+    before = counters(mm)
+    f.fallocate(0, 768 * PAGE, punch_hole=True)
+    d = delta(before, counters(mm))
+    assert d["2048kB/split"] == 1 and "1024kB/split" not in d
+    assert d["nr_shmem"] == -512 and mm.memory_current == 0
+
+
+def test_a_split_of_a_shmem_folio_unmaps_all_of_it():
+    """remap_page maps anonymous folios again, not file folios: after a hole splits a
+    PTE-mapped shmem folio, none of its pages is mapped."""
+    mm = MM(Config(shmem_enabled="always"))
+    f, a = _thp_across_eof(mm, pte_mapped=True)
+    assert (mm.page_states(a + 512 * PAGE, 512 * PAGE) == PS.SHMEM).all()
+    f.fallocate(600 * PAGE, 10 * PAGE, punch_hole=True)
+    assert (mm.page_states(a, 4 * MB) == PS.NONE).all()
+    assert mm.vmstat["nr_shmem"] == 256 - 10           # the pieces past EOF went with the split
+    assert mm.read(a + 700 * PAGE) == 1
+
+
+def test_fallocate_keep_size_keeps_a_split_from_dropping_what_it_reserved():
+    """fallocend: pages fallocate reserved past i_size (FALLOC_FL_KEEP_SIZE) count as inside
+    EOF for a split."""
+    mm = MM(Config(shmem_enabled="always"))
+    f, a = _thp_across_eof(mm)
+    f.fallocate(0, 4 * MB, keep_size=True)            # fallocend = 1024 pages
+    f.fallocate(600 * PAGE, 10 * PAGE, punch_hole=True)
+    assert mm.vmstat["nr_shmem"] == 512 + 512 - 10
