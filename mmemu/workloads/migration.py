@@ -2,12 +2,12 @@
 that receives it (RSS, huge mappings, page tables, faults), by strategy and backing.
 
 The guest image is a :class:`GuestImage`: its pages, which of them are zero, and which the
-guest gave back (ballooning, free-page reporting: discarded on the source, so they read as
-zero and are sent as zero pages, or with free-page hinting not sent at all).
+guest gave back (ballooning, free-page reporting: discarded on the source, so they read as zero
+and are sent as zero pages, or with free-page hinting not sent at all).
 
-What QEMU does with each page it receives, as its sources have it (QEMU master, 2025; the
-functions are cited so that a reader can hold the two side by side; the kernel's side is in
-the project's spec, ``shared/spec/linux-mm-semantics.md``, rules R1-R89):
+What QEMU does with each page it receives, as its sources have it (read in QEMU's git history,
+9.x-10.x era; functions cited so that a reader can hold the two side by side; the kernel's side
+is in the project's spec, ``shared/spec/linux-mm-semantics.md``, R1-R89):
 
 * **The RAM.** ``system/physmem.c: ram_block_add`` madvises every RAM block
   ``QEMU_MADV_HUGEPAGE`` (``thp_advise=True`` here; a ``Config(thp="always")`` host makes it
@@ -16,76 +16,79 @@ the project's spec, ``shared/spec/linux-mm-semantics.md``, rules R1-R89):
   ``util/mmap-alloc.c: qemu_ram_mmap`` with ``QEMU_VMALLOC_ALIGN`` (2 MiB on x86-64 and arm64
   Linux, ``include/qemu/osdep.h``): a PROT_NONE anonymous reservation of size + alignment, the
   RAM mapped MAP_FIXED at the first aligned address inside it, the head unmapped and one
-  PROT_NONE guard page kept after the RAM. ``memory-backend-memfd`` (``share=on``) maps a
-  memfd MAP_SHARED through the same ``qemu_ram_mmap``, but ``file_ram_alloc`` aligns it only to
-  the fd's page size (4 KiB for tmpfs; ``mmap_reserve`` still reserves anonymous memory), so
-  where it lands follows the kernel's anonymous placement (on 6.12+ a size + 4 KiB reservation
-  is not 2 MiB-aligned: no shmem PMD mappings unless by chance). ``backing="anon-shared"`` is
+  PROT_NONE guard page kept after the RAM. ``memory-backend-memfd`` (``share=on``) maps a memfd
+  MAP_SHARED through the same ``qemu_ram_mmap``, but ``file_ram_alloc`` aligns it only to the
+  fd's page size (4 KiB for tmpfs; ``mmap_reserve`` still reserves anonymous memory), so where
+  it lands follows the kernel's anonymous placement (on 6.12+ a size + 4 KiB reservation is not
+  2 MiB-aligned: no shmem PMD mappings unless by chance). ``backing="anon-shared"`` is
   ``memory-backend-ram,share=on`` (MAP_SHARED|MAP_ANONYMOUS, 2 MiB-aligned). All of this is
   replayed here with :class:`mmemu.MM` calls, so the engine decides every consequence.
 
-* **strategy="precopy"** (the default; QEMU since commit 211ea740 "migration: do not
-  overwrite zero pages", 2013). ``migration/ram.c: ram_load_precopy`` gets a zero page as
+* **strategy="precopy"** (the default; QEMU since commit 211ea740 "migration: do not overwrite
+  zero pages", 2013). ``migration/ram.c: ram_load_precopy`` gets a zero page as
   ``RAM_SAVE_FLAG_ZERO`` and calls ``ram_handle_zero``, which writes zeros only
   ``if (!buffer_is_zero(host, size))``: on untouched RAM the page is only *read*. A read of
-  anonymous memory maps the shared zeropage, or in a THP-eligible 2 MiB range whose PMD is
-  none the huge zeropage (R86): no RSS. A data page is copied in (``qemu_get_buffer``): a
-  write fault, a THP when it is the first touch of an eligible 2 MiB range. The famous
-  consequence (R87): a data page arriving after a zero page in the same 2 MiB finds the huge
-  zeropage; since 6.13 the write fault allocates a THP in its place (2 MiB of RSS for one page
-  of data), before 6.13 it splits the PMD (``Config.huge_zero_write="split"``,
+  anonymous memory maps the shared zeropage, or in a THP-eligible 2 MiB range whose PMD is none
+  the huge zeropage (R86): no RSS. A data page is copied in (``qemu_get_buffer``): a write
+  fault, a THP when it is the first touch of an eligible 2 MiB range. The famous consequence
+  (R87): a data page arriving after a zero page in the same 2 MiB finds the huge zeropage;
+  since 6.13 the write fault allocates a THP in its place (2 MiB of RSS for one page of data),
+  before 6.13 it splits the PMD (``Config.huge_zero_write="split"``,
   ``Config.for_kernel("6.12")``): one 4K page, 511 zeropage PTEs, every later data page of the
-  range a fault of its own, and khugepaged may collapse it later. On shmem (memfd) a read
-  fault allocates a page (``shmem_fault`` -> ``shmem_get_folio_gfp(SGP_CACHE)``): the read
-  before write saves nothing there, every zero page costs 4 KiB (measured by a third party on
-  QEMU 10.2.2: a 5 GiB all-zero guest into memfd share=on: RssShmem 0 -> 5 GiB, +1.31M minor
-  faults; into anonymous RAM: RSS unchanged, +2.7k faults, one per 2 MiB).
+  range a fault of its own, and khugepaged may collapse it later. On shmem (memfd) a read fault
+  allocates a page (``shmem_fault`` -> ``shmem_get_folio_gfp(SGP_CACHE)``): the read before
+  write saves nothing there, every zero page costs 4 KiB (measured by a third party,
+  martins3.github.io, "share memory auto touch", on QEMU 10.2.2: a 5 GiB all-zero guest into
+  memfd share=on: RssShmem 0 -> 5 GiB, +1.31M minor faults; with multifd: 0 -> 0; into
+  anonymous RAM: RSS about unchanged, +2.7k faults, about one per 2 MiB).
 
-* **strategy="precopy-write"**: QEMU before that commit (``ram_handle_compressed`` then
-  memset every zero page): every page is written.
+* **strategy="precopy-write"**: QEMU before that commit (``ram_handle_compressed`` then memset
+  every zero page): every page is written.
 
-* **strategy="multifd"** with ``zero-page-detection=multifd`` (QEMU 9.0+, commit
-  5ef7e26bdb7e; ``migration/multifd-zero-page.c``): the source finds the zero pages
+* **strategy="multifd"** with ``zero-page-detection=multifd`` (the default with multifd since
+  QEMU 9.0/9.1, commit 5ef7e26bdb7e; ``migration/multifd-zero-page.c``): the source finds the zero pages
   (``multifd_send_zero_page_detect``); the destination's ``multifd_recv_zero_page_process``
   memsets a zero page only if ``ramblock_recv_bitmap_test_byte_offset`` says it was received
-  before, or if postcopy is enabled (``migrate_postcopy_ram()``: a skipped page would hang a
-  postcopy fault); otherwise it only sets the page's bit in the receive bitmap. A zero page
-  received once is not touched at all. Data pages are written (``readv`` into guest RAM: a
-  fault taken by the kernel's copy, counted as the process's). One pass: no page is received
-  twice here, so every zero page is skipped.
+  before, or (later QEMU) if postcopy is enabled (``migrate_postcopy_ram()``: a page skipped
+  but marked received would leave a postcopy fault unserved); otherwise it only sets the page's
+  bit in the receive bitmap. A zero page received once is not touched at all. Data pages are
+  written (``readv`` into guest RAM: a fault taken by the kernel's copy, counted as the
+  process's). One pass: no page is received twice here, so every zero page is skipped.
 
 * **strategy="postcopy"** (``migration/postcopy-ram.c``). ``postcopy_ram_incoming_init`` ->
   ``init_range`` discards every block (``ram_discard_range``). An optional precopy phase
   (``precopy_fraction`` of the pages, received as ``precopy_phase`` says; with multifd every
   zero page is memset since postcopy is enabled) runs with the RAM still MADV_HUGEPAGE
-  ("leaving it until after precopy means that most of the precopy data is still THPd").
-  At the switch ``postcopy_ram_prepare_discard`` -> ``nhp_range`` madvises every block
+  ("leaving it until after precopy means that most of the precopy data is still THPd"). At the
+  switch ``postcopy_ram_prepare_discard`` -> ``nhp_range`` madvises every block
   ``QEMU_MADV_NOHUGEPAGE``, then the source's discard bitmap (every page not yet sent, and
   every page sent but dirtied since, ``dirty_fraction``) arrives as ``ram_discard_range``
-  calls: ``system/physmem.c: ram_block_discard_range`` does MADV_DONTNEED for private
-  anonymous RAM, fallocate(PUNCH_HOLE|KEEP_SIZE) and then MADV_DONTNEED for a file (memfd),
-  MADV_REMOVE for shared anonymous RAM. A discard inside a THP splits its PMD.
-  ``ram_block_enable_notify`` registers the blocks with userfaultfd MISSING. The remaining
-  pages (unsent first, then the dirtied ones) are placed by ``ram_load_postcopy``:
-  ``postcopy_place_page`` (UFFDIO_COPY) for data, ``postcopy_place_page_zero`` for an
-  all-zero host page: UFFDIO_ZEROPAGE when the block is ``uf_zeroable`` (the registration
-  offered the ioctl: anonymous memory and shmem do, hugetlbfs does not). At the end
-  ``cleanup_range`` madvises the blocks ``QEMU_MADV_HUGEPAGE`` again (unconditionally).
+  calls: ``system/physmem.c: ram_block_discard_range`` does MADV_DONTNEED for private anonymous
+  RAM, fallocate(PUNCH_HOLE|KEEP_SIZE) and then MADV_DONTNEED for a file (memfd), MADV_REMOVE
+  for shared anonymous RAM. A discard inside a THP splits its PMD. ``ram_block_enable_notify``
+  registers the blocks with userfaultfd MISSING. The remaining pages (unsent first, then the
+  dirtied ones) are placed by ``ram_load_postcopy``: ``postcopy_place_page`` (UFFDIO_COPY) for
+  data, ``postcopy_place_page_zero`` for an all-zero host page: UFFDIO_ZEROPAGE when the block
+  is ``uf_zeroable`` (the registration offered the ioctl: anonymous memory and shmem do,
+  hugetlbfs does not). At the end ``cleanup_range`` madvises the blocks ``QEMU_MADV_HUGEPAGE``
+  again (unconditionally).
 
-  The kernel (R80, R81; ``mm/userfaultfd.c``): UFFDIO_COPY allocates one 4K anonymous page
-  (a uffd-armed VMA gets order 0 only, and this one is VM_NOHUGEPAGE anyway), copies and maps
-  it; UFFDIO_ZEROPAGE (``mfill_atomic_pte_zeropage``) maps the shared zeropage, one PTE per
-  page, never the huge zeropage; on shmem both allocate a page
-  (``mm/shmem.c: shmem_mfill_atomic_pte``: ``clear_highpage`` for ZEROPAGE). mmemu's core has
-  no userfaultfd, so each UFFDIO_COPY is replayed as a write of the page and each
-  UFFDIO_ZEROPAGE as a read of it, in the VM_NOHUGEPAGE VMA: they leave what the ioctls leave
-  (a 4K page or a zeropage PTE, the page tables they need; on shmem a page). But an ioctl is
-  not a page fault: the faults those stand-in accesses take are counted in
-  ``emulated_faults`` and *subtracted* from ``faults``, from the timeline's ``faults`` column
-  and from the reported ``pgfault``, which therefore mean the faults the destination
-  process took itself. Not modelled: the guest's own vCPU faults on missing pages during
-  postcopy (each counted once, as a minor fault, when UFFDIO_COPY wakes it: R3), which depend
-  on what the guest touches; a real ``pgfault``/``min_flt`` is higher by that much.
+  The kernel (R80, R81; ``mm/userfaultfd.c``): UFFDIO_COPY allocates one 4K anonymous page (a
+  uffd-armed VMA gets order 0 only, and this one is VM_NOHUGEPAGE anyway), copies and maps it;
+  UFFDIO_ZEROPAGE (``mfill_atomic_pte_zeropage``) maps the shared zeropage, one PTE per page,
+  never the huge zeropage; on shmem both allocate a page
+  (``mm/shmem.c: shmem_mfill_atomic_pte``: ``clear_highpage`` for ZEROPAGE). mmemu's core has no userfaultfd,
+  so each UFFDIO_COPY is replayed as a write of the page and each UFFDIO_ZEROPAGE as a read of
+  it, in the VM_NOHUGEPAGE VMA: they leave what the ioctls leave (a 4K page or a zeropage PTE,
+  the page tables they need; on shmem a page). But an ioctl is not a page fault: the faults
+  those stand-in accesses take are counted in ``emulated_faults`` and *subtracted* from
+  ``faults``, from the timeline's ``faults`` column and from the reported ``pgfault``, which
+  therefore mean the faults the destination process took itself (the kernel counts neither
+  ioctl in ``pgfault`` nor in ``min_flt``; mmemu's vmstat does, hence the subtraction; the
+  ``thp_*`` counters are untouched: no THP in a VM_NOHUGEPAGE VMA). Not modelled: the guest's own
+  vCPU faults on missing pages during postcopy (each counted once, as a minor fault, when
+  UFFDIO_COPY wakes it: R3), which depend on what the guest touches; a real
+  ``pgfault``/``min_flt`` is higher by that much.
 
 * **Discarded pages** (``GuestImage.discarded``: balloon, free-page reporting) arrive as zero
   pages (``discarded_as="zero"``: the source's discarded memory reads as zero) or, with
@@ -94,16 +97,17 @@ the project's spec, ``shared/spec/linux-mm-semantics.md``, rules R1-R89):
   zeropage only if the guest touched one, ``postcopy_request_page``).
 
 Simplifications: one RAM block; pages are received once, in ``order`` (QEMU's bulk stage is
-linear; "random" stands for guest-driven postcopy requests), the page's final content deciding
-zero or data (no dirty rounds in precopy, where a page sent again changes nothing the first
-pass did not); chunks of ``chunk_pages`` received pages are replayed with one bulk
-:meth:`mmemu.MM.access` each, and the timeline is sampled after each.
+linear; "random" stands for guest-driven postcopy requests), carrying their final content: no
+dirty rounds in precopy (a page sent first as zero and again as data would first map the
+zeropage, then be written); postcopy's re-sent pages are the one exception; chunks of
+``chunk_pages`` received pages are replayed with one bulk :meth:`mmemu.MM.access` each, and the
+timeline is sampled after each.
 """
 from __future__ import annotations
 
 import dataclasses
 import numbers
-from typing import Mapping, Optional
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -112,7 +116,7 @@ from ..constants import READ, WRITE, PageState
 from ..mm import MM
 from .result import SUMMARY_VMSTAT, TIMELINE_COLUMNS, Timeline, WorkloadResult, rollup, vmstat_delta
 
-__all__ = ["GuestImage", "migrate", "compare_strategies", "STRATEGIES", "BACKINGS", "LAYOUTS", "ORDERS"]
+__all__ = ["BACKINGS", "LAYOUTS", "ORDERS", "STRATEGIES", "GuestImage", "compare_strategies", "migrate"]
 
 PAGE = 4096
 PMD = 2 << 20
@@ -161,7 +165,7 @@ class GuestImage:
     The masks are read-only bool arrays; ``zero`` and ``discarded`` never overlap (a page given
     as both counts as discarded)."""
 
-    def __init__(self, pages: Optional[int] = None, *, size: Optional[int] = None, zero=0.0,
+    def __init__(self, pages: int | None = None, *, size: int | None = None, zero=0.0,
                  layout: str = "clustered", discarded=0.0, discard_layout: str = "clustered",
                  run_pages: int = PMD_PAGES, seed: int = 0, bitorder: str = "big"):
         pages = _image_pages(pages, size, zero)
@@ -170,6 +174,9 @@ class GuestImage:
         _choice("bitorder", bitorder, ("big", "little"))
         run_pages = _positive_int("run_pages", run_pages)
         seed = _nonneg_int("seed", seed)
+        for name, value in (("zero", zero), ("discarded", discarded)):
+            if _is_fraction(value):
+                _fraction(name, value)
         if _is_fraction(zero) and _is_fraction(discarded) and zero + discarded > 1:
             raise ValueError(f"zero ({zero}) and discarded ({discarded}) fractions add up to more than 1")
         self.pages = pages
@@ -182,7 +189,7 @@ class GuestImage:
         self.zero, self.discarded = zero_mask, disc_mask
 
     @classmethod
-    def from_bitmap(cls, zero_bitmap, pages: int, discarded_bitmap=None, bitorder: str = "big") -> "GuestImage":
+    def from_bitmap(cls, zero_bitmap, pages: int, discarded_bitmap=None, bitorder: str = "big") -> GuestImage:
         """An image from packed bitmaps (``np.packbits`` format, ``ceil(pages / 8)`` bytes)."""
         pages = _positive_int("pages", pages)
         for name, bitmap in (("zero_bitmap", zero_bitmap), ("discarded_bitmap", discarded_bitmap)):
@@ -196,10 +203,8 @@ class GuestImage:
 
     def _mask(self, name, value, layout, candidates, run_pages, seed, stream, bitorder):
         if _is_fraction(value):
-            fraction = float(value)
-            if not 0.0 <= fraction <= 1.0:
-                raise ValueError(f"{name} must be a fraction from 0 to 1, not {value!r}")
-            k = int(round(fraction * self.pages))
+            fraction = _fraction(name, value)
+            k = round(fraction * self.pages)
             if k > int(candidates.sum()):
                 raise ValueError(f"{name}: {k} pages wanted, only {int(candidates.sum())} are not zero")
             rng = np.random.default_rng([seed, stream])
@@ -296,7 +301,7 @@ def _clustered_order(n, rng, run_pages, candidates):
     """The candidate pages, run by run: whole runs of candidates in random order first, then
     the runs only partly made of candidates."""
     runs = -(-n // run_pages)
-    padded = np.zeros(runs * run_pages, bool)
+    padded = np.ones(runs * run_pages, bool)       # a run cut short by the image's end can be whole
     padded[:n] = candidates
     whole = padded.reshape(runs, run_pages).all(axis=1)
     order = np.concatenate([rng.permutation(np.flatnonzero(whole)), rng.permutation(np.flatnonzero(~whole))])
@@ -364,9 +369,9 @@ def _make_plan(image, strategy, order, discarded_as, precopy_fraction, dirty_fra
     sent = ~image.discarded if discarded_as == "unsent" else np.ones(image.pages, bool)
     pages = np.arange(image.pages, dtype=np.int64) if order == "linear" else rng.permutation(image.pages)
     stream = pages[sent[pages]]
-    n_precopy = stream.shape[0] if strategy != "postcopy" else int(round(precopy_fraction * stream.shape[0]))
+    n_precopy = stream.shape[0] if strategy != "postcopy" else round(precopy_fraction * stream.shape[0])
     precopied = stream[:n_precopy]
-    k = int(round(dirty_fraction * n_precopy))
+    k = round(dirty_fraction * n_precopy)
     redirtied = np.sort(rng.choice(precopied, k, replace=False)) if k else np.zeros(0, np.int64)
     return _Plan(stream, arrives_zero, n_precopy, redirtied, int((~sent).sum()))
 
@@ -486,7 +491,7 @@ class _Receiver:
             self.counts["pages_zero_skipped"] += ops.shape[0] - writes - reads
 
 
-def migrate(image, strategy: str = "precopy", backing: str = "anon", config: Optional[Config] = None,
+def migrate(image, strategy: str = "precopy", backing: str = "anon", config: Config | None = None,
             chunk_pages: int = DEFAULT_CHUNK, order: str = "linear", progress=None, thp_advise: bool = True, *,
             precopy_fraction: float = 0.0, precopy_phase: str = "precopy", dirty_fraction: float = 0.0,
             discarded_as: str = "zero", seed: int = 0, khugepaged_scans: int = 0) -> WorkloadResult:
@@ -547,9 +552,9 @@ def _check(strategy, backing, order, precopy_phase, discarded_as, chunk_pages, p
     _positive_int("chunk_pages", chunk_pages)
     _nonneg_int("khugepaged_scans", scans)
     if not isinstance(thp_advise, bool):
-        raise ValueError(f"thp_advise must be True or False, not {thp_advise!r}")
+        raise TypeError(f"thp_advise must be True or False, not {thp_advise!r}")
     if progress is not None and not callable(progress):
-        raise ValueError("progress must be callable as progress(done, total), or None")
+        raise TypeError("progress must be callable as progress(done, total), or None")
 
 
 def _host_config(config, image):
