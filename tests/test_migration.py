@@ -198,11 +198,13 @@ def test_the_timeline_is_monotone_and_ends_at_the_final_figures(strategy, backin
     assert json.loads(r.to_json())["workload"] == "migration"
 
 
-def test_compare_strategies_takes_image_parameters():
-    results = compare_strategies({"pages": 2048, "zero": 0.5}, strategies=("multifd", "precopy"))
-    assert [r.params["strategy"] for r in results] == ["multifd", "precopy"]
-    assert results[0].params["image"] == {"pages": 2048, "zero": 0.5, "zero_layout": "clustered",
-                                          "discarded": 0.0, "discarded_layout": "clustered"}
+def test_compare_strategies_takes_image_parameters_and_gives_postcopy_its_own():
+    results = compare_strategies({"pages": 2048, "zero": 0.5}, strategies=("multifd", "postcopy"),
+                                 precopy_fraction=0.5)
+    assert [r.params["strategy"] for r in results] == ["multifd", "postcopy"]
+    assert results[1].final["precopied_pages"] == 1024 and "precopy_fraction" not in results[0].params
+    assert {k: results[0].params[k] for k in ("pages", "zero", "zero_layout", "discarded")} == \
+        {"pages": 2048, "zero": 0.5, "zero_layout": "clustered", "discarded": 0.0}
 
 
 # ---- bad input --------------------------------------------------------------------------------

@@ -46,14 +46,15 @@ is in the project's spec, ``shared/spec/linux-mm-semantics.md``, R1-R89):
   every zero page): every page is written.
 
 * **strategy="multifd"** with ``zero-page-detection=multifd`` (the default with multifd since
-  QEMU 9.0/9.1, commit 5ef7e26bdb7e; ``migration/multifd-zero-page.c``): the source finds the zero pages
-  (``multifd_send_zero_page_detect``); the destination's ``multifd_recv_zero_page_process``
-  memsets a zero page only if ``ramblock_recv_bitmap_test_byte_offset`` says it was received
-  before, or (later QEMU) if postcopy is enabled (``migrate_postcopy_ram()``: a page skipped
-  but marked received would leave a postcopy fault unserved); otherwise it only sets the page's
-  bit in the receive bitmap. A zero page received once is not touched at all. Data pages are
-  written (``readv`` into guest RAM: a fault taken by the kernel's copy, counted as the
-  process's). One pass: no page is received twice here, so every zero page is skipped.
+  QEMU 9.0/9.1, commit 5ef7e26bdb7e; ``migration/multifd-zero-page.c``): the source finds the
+  zero pages (``multifd_send_zero_page_detect``); the destination's
+  ``multifd_recv_zero_page_process`` memsets a zero page only if
+  ``ramblock_recv_bitmap_test_byte_offset`` says it was received before, or (later QEMU) if
+  postcopy is enabled (``migrate_postcopy_ram()``: a page skipped but marked received would
+  leave a postcopy fault unserved); otherwise it only sets the page's bit in the receive
+  bitmap. A zero page received once is not touched at all. Data pages are written (``readv``
+  into guest RAM: a fault taken by the kernel's copy, counted as the process's). One pass: no
+  page is received twice here, so every zero page is skipped.
 
 * **strategy="postcopy"** (``migration/postcopy-ram.c``). ``postcopy_ram_incoming_init`` ->
   ``init_range`` discards every block (``ram_discard_range``). An optional precopy phase
@@ -77,17 +78,17 @@ is in the project's spec, ``shared/spec/linux-mm-semantics.md``, R1-R89):
   uffd-armed VMA gets order 0 only, and this one is VM_NOHUGEPAGE anyway), copies and maps it;
   UFFDIO_ZEROPAGE (``mfill_atomic_pte_zeropage``) maps the shared zeropage, one PTE per page,
   never the huge zeropage; on shmem both allocate a page
-  (``mm/shmem.c: shmem_mfill_atomic_pte``: ``clear_highpage`` for ZEROPAGE). mmemu's core has no userfaultfd,
-  so each UFFDIO_COPY is replayed as a write of the page and each UFFDIO_ZEROPAGE as a read of
-  it, in the VM_NOHUGEPAGE VMA: they leave what the ioctls leave (a 4K page or a zeropage PTE,
-  the page tables they need; on shmem a page). But an ioctl is not a page fault: the faults
-  those stand-in accesses take are counted in ``emulated_faults`` and *subtracted* from
-  ``faults``, from the timeline's ``faults`` column and from the reported ``pgfault``, which
-  therefore mean the faults the destination process took itself (the kernel counts neither
-  ioctl in ``pgfault`` nor in ``min_flt``; mmemu's vmstat does, hence the subtraction; the
-  ``thp_*`` counters are untouched: no THP in a VM_NOHUGEPAGE VMA). Not modelled: the guest's own
-  vCPU faults on missing pages during postcopy (each counted once, as a minor fault, when
-  UFFDIO_COPY wakes it: R3), which depend on what the guest touches; a real
+  (``mm/shmem.c: shmem_mfill_atomic_pte``: ``clear_highpage`` for ZEROPAGE). mmemu's core has
+  no userfaultfd, so each UFFDIO_COPY is replayed as a write of the page and each
+  UFFDIO_ZEROPAGE as a read of it, in the VM_NOHUGEPAGE VMA: they leave what the ioctls leave
+  (a 4K page or a zeropage PTE, the page tables they need; on shmem a page). But an ioctl is
+  not a page fault: the faults those stand-in accesses take are counted in ``emulated_faults``
+  and *subtracted* from ``faults``, from the timeline's ``faults`` column and from the reported
+  ``pgfault``, which therefore mean the faults the destination process took itself (the kernel
+  counts neither ioctl in ``pgfault`` nor in ``min_flt``; mmemu's vmstat does, hence the
+  subtraction; the ``thp_*`` counters are untouched: no THP in a VM_NOHUGEPAGE VMA). Not
+  modelled: the guest's own vCPU faults on missing pages during postcopy (each counted once, as
+  a minor fault, when UFFDIO_COPY wakes it: R3), which depend on what the guest touches; a real
   ``pgfault``/``min_flt`` is higher by that much.
 
 * **Discarded pages** (``GuestImage.discarded``: balloon, free-page reporting) arrive as zero
@@ -530,7 +531,7 @@ def migrate(image, strategy: str = "precopy", backing: str = "anon", config: Con
         if khugepaged_scans:
             mm.khugepaged_scan(full_scans=khugepaged_scans)
             final.update(_after_khugepaged(mm, ram))
-        params = {"image": image.describe(), "strategy": strategy, "backing": backing, "order": order,
+        params = {**image.describe(), "strategy": strategy, "backing": backing, "order": order,
                   "chunk_pages": chunk_pages, "thp_advise": thp_advise, "discarded_as": discarded_as,
                   "seed": seed, "unit": "pages received"}
         if strategy == "postcopy":
@@ -684,10 +685,16 @@ def _config_dict(config):
     return out
 
 
+#: migrate()'s arguments that only a postcopy migration takes
+_POSTCOPY_ONLY = ("precopy_fraction", "precopy_phase", "dirty_fraction")
+
+
 def compare_strategies(image, strategies=STRATEGIES, **kwargs) -> list:
-    """:func:`migrate` of one image under each of ``strategies`` (same keyword arguments):
-    a list of WorkloadResults in that order."""
+    """:func:`migrate` of one image under each of ``strategies`` with the same keyword
+    arguments (the postcopy-only ones, ``precopy_fraction``, ``precopy_phase`` and
+    ``dirty_fraction``, go to "postcopy" alone): a list of WorkloadResults in that order."""
     image = _as_image(image)
     if isinstance(strategies, str):
         strategies = (strategies,)
-    return [migrate(image, strategy, **kwargs) for strategy in strategies]
+    others = {k: v for k, v in kwargs.items() if k not in _POSTCOPY_ONLY}
+    return [migrate(image, strategy, **(kwargs if strategy == "postcopy" else others)) for strategy in strategies]
