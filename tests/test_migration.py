@@ -166,6 +166,16 @@ def test_postcopy_with_a_multifd_precopy_phase_writes_every_zero_page():
     assert multifd["pages_zero_skipped"] == 0 and multifd["uffd_copy"] == 0
 
 
+def test_without_the_huge_zeropage_a_read_allocates_a_thp_but_uffdio_zeropage_maps_the_zeropage():
+    config = Config(use_zero_page=False)                    # S57; R81: the 4K zero pfn regardless
+    precopy = migrate(IMAGE, config=config).final
+    assert precopy["pages_thp"] == PAGES and precopy["rss_kb"] == 64 * 1024
+    postcopy = migrate(IMAGE, "postcopy", config=config).final
+    assert postcopy["pages_zero"] == 8192 and postcopy["rss_kb"] == 32 * 1024
+    forbidden = migrate(IMAGE, "postcopy", config=Config(zero_page=False)).final   # R85: a page
+    assert forbidden["pages_anon"] == PAGES and forbidden["faults"] == 0
+
+
 # ---- shared memory ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("backing", ["memfd", "anon-shared"])
