@@ -216,15 +216,23 @@ def cmd_migrate(args):
     size = parse_size(args.size)
     config = make_config(args.set)
     strategies = migration.STRATEGIES if args.strategy == ["all"] else args.strategy
-    image = migration.GuestImage.from_fraction(size // 4096, args.zero, layout=args.layout,
-                                               discarded=args.discarded, seed=args.seed)
+    image = migration.GuestImage(size=size, zero=args.zero, layout=args.layout, discarded=args.discarded,
+                                 seed=args.seed)
     results = {}
     for strategy in strategies:
         with Progress(strategy, "page") as bar:
-            results[strategy] = migration.migrate(image, strategy=strategy, backing=args.backing, config=config,
-                                                  chunk_pages=args.chunk, progress=bar)
-    emit_results(args, results)
+            results[strategy] = migration.migrate(image, strategy=strategy, backing=args.backing,
+                                                  config=config if args.set else None, chunk_pages=args.chunk,
+                                                  progress=bar, precopy_fraction=args.precopy_fraction
+                                                  if strategy == "postcopy" else 0)
+    emit_results(args, results, keys=MIGRATION_COLUMNS)
     return 0
+
+
+#: what `mmemu migrate` prints of each result (--json prints everything)
+MIGRATION_COLUMNS = ("pages_written", "pages_zero_checked", "pages_zero_skipped", "uffd_copy", "uffd_zeropage",
+                     "faults", "rss_kb", "huge_kb", "pte_kb", "thp_ranges", "huge_zero_ranges",
+                     "vmstat_thp_split_pmd")
 
 
 def cmd_record(args):
@@ -342,6 +350,8 @@ def build_parser():
                    help="precopy-write, precopy, multifd, postcopy or all (repeatable; default all)")
     p.add_argument("--backing", default="anon", help="anon (private) or memfd (shared)")
     p.add_argument("--chunk", type=int, default=1 << 15, help="pages per timeline sample")
+    p.add_argument("--precopy-fraction", type=float, default=0.0,
+                   help="postcopy: the part of the pages sent by precopy before the switch")
 
     p = command("record", "record a program's memory trace under valgrind lackey", cmd_record,
                 settings=False, output=False)

@@ -146,3 +146,14 @@ def test_no_progress_bar_when_stderr_is_not_a_terminal(tmp_path):
     out = subprocess.run([sys.executable, "-m", "mmemu", "pretouch", "--heap", "8M", "--case", "arm64"],
                          capture_output=True, text=True, check=True, cwd=tmp_path, env=env)
     assert out.stderr == "" and "arm64" in out.stdout
+
+
+def test_migrate_compares_the_strategies(capsys):
+    status, out, _ = _run(capsys, "migrate", "--size", "64M", "--zero", "0.5", "--json")
+    doc = json.loads(out)
+    assert status == 0 and set(doc) == {"precopy-write", "precopy", "multifd", "postcopy"}
+    assert doc["precopy-write"]["final"]["rss_kb"] == 64 * 1024
+    assert doc["precopy"]["final"]["rss_kb"] == 32 * 1024            # zero 2 MiB runs: huge zeropage
+    status, out, _ = _run(capsys, "migrate", "--size", "64M", "--zero", "0.5", "--backing", "memfd",
+                          "--strategy", "precopy", "--json")
+    assert json.loads(out)["precopy"]["final"]["rss_kb"] == 64 * 1024  # shmem: a read allocates

@@ -8,3 +8,6 @@ __all__ = ["TIMELINE_COLUMNS", "Timeline", "WorkloadResult", "plot_timelines", "
 from .pretouch import PRETOUCH_CASES, atomic_pretouch, compare_pretouch
 
 __all__ += ["PRETOUCH_CASES", "atomic_pretouch", "compare_pretouch"]
+from .migration import BACKINGS, STRATEGIES, GuestImage, compare_strategies, migrate
+
+__all__ += ["BACKINGS", "STRATEGIES", "GuestImage", "compare_strategies", "migrate"]

@@ -680,9 +680,7 @@ def _after_khugepaged(mm, ram):
 
 
 def _config_dict(config):
-    out = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-    out["hugepages"] = dict(config.hugepages)
-    return out
+    return config.as_dict()
 
 
 #: migrate()'s arguments that only a postcopy migration takes
