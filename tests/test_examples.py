@@ -64,3 +64,11 @@ def test_an_example_refuses_a_bad_size(name):
     out = subprocess.run([sys.executable, os.path.join(EXAMPLES, name), "--size", "lots"], capture_output=True,
                          text=True, env=env)
     assert out.returncode == 2 and "not a size" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_qemu_read_before_write_example_shows_zero_pages_cost_nothing_on_anon_memory():
+    _, out = run_example("qemu_read_before_write.py")
+    rss = {(r[0], r[1]): int(r[2]) for r in rows_of(out)}
+    assert rss[("anon", "precopy-write")] == 64 and rss[("anon", "precopy")] < 30
+    assert rss[("memfd", "precopy")] == 64                   # shmem has no zeropage
+    assert rss[("anon, 6.18", "precopy, zero pages scattered")] > rss[("anon, 6.12", "precopy, zero pages scattered")]
