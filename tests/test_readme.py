@@ -19,3 +19,21 @@ def test_readme_usage_example_runs():
     assert mm.khugepaged["full_scans"] == 1
     assert scope["b"] % (2 << 20) == 0
     assert mm.prctl("PR_GET_THP_DISABLE") == 1
+
+
+def test_readme_workloads_example_runs_and_its_number_holds():
+    text = README.read_text()
+    block = re.search(r"## Questions in one call\n.*?```python\n(.*?)```", text, re.S).group(1)
+    scope = {}
+    exec(compile(block, str(README), "exec"), scope)
+    assert scope["r"].final["rss_kb"] == 16 << 20              # memfd: every page costs memory
+    assert "262656" in block
+
+
+def test_readme_pytest_example_passes():
+    from mmemu import MM
+    text = README.read_text()
+    block = re.findall(r"```python\n(from mmemu.testing.*?)```", text, re.S)[0]
+    scope = {}
+    exec(compile(block, str(README), "exec"), scope)
+    scope["test_my_arena_maps_one_thp"](MM())
