@@ -54,8 +54,8 @@ Mappings, and what the replay maps
 A trace has no mmap/munmap/brk events, so a replay must set the address space up first.  Two
 sources, both stored by :func:`record`:
 
-* *derived regions* (always): the touched pages grouped into regions, merging neighbours less
-  than ``gap`` (1 MiB) apart.  They cover every touched page, but their extents are guesses:
+* *derived regions* (always): the touched pages grouped into regions, merging neighbours with
+  at most ``gap`` (1 MiB) untouched between them.  They cover every touched page, but their extents are guesses:
   a VMA's real ends (which decide THP eligibility) and everything never touched are unknown.
 * *a maps snapshot* (best effort): valgrind runs the program inside its own process, at the
   program's own addresses, so /proc/<valgrind's pid>/maps shows the program's mappings mixed
@@ -85,8 +85,10 @@ THP placement, are valgrind's, not those of a native run.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import datetime
+import functools
 import gzip
 import io
 import json
@@ -111,7 +113,7 @@ __all__ = ["iter_lackey", "LackeyReader", "TraceWriter", "write_trace", "open_tr
 FORMAT_VERSION = 1
 #: accesses per chunk handed out by the readers and replayed per mm.access call
 DEFAULT_CHUNK = 1 << 20
-#: derived regions: touched pages less than this many bytes apart share a region
+#: derived regions: touched pages with at most this many untouched bytes between share a region
 DEFAULT_GAP = 1 << 20
 PAGE_SHIFT = 12
 #: bytes of lackey text parsed per step (a few hundred thousand lines)
@@ -208,7 +210,7 @@ def _digits(b, last, count, width, pairs):
     gives the packed byte and an invalid-digit nibble mask at once: half the lookups of a
     per-character table, and no packing pass."""
     looked = pairs[_window(b, width)[last - width].view("<u2")].view(np.uint8)
-    uint = ">u%d" % (width // 2)
+    uint = f">u{width // 2}"
     values = np.ascontiguousarray(looked[:, 0::2]).view(uint).ravel()
     invalid = np.ascontiguousarray(looked[:, 1::2]).view(uint).ravel()
     native = values.dtype.newbyteorder("=")
@@ -487,14 +489,14 @@ class _PageSet:
 
 
 def derive_regions(pages, gap: int = DEFAULT_GAP, barriers=None) -> np.ndarray:
-    """Group sorted unique page numbers into [start, end) byte ranges, (K, 2) uint64: pages
-    less than ``gap`` bytes apart share a range, and no range extends across one of the sorted
-    addresses in ``barriers`` (the starts and ends of mappings known otherwise)."""
+    """Group sorted unique page numbers into [start, end) byte ranges, (K, 2) uint64: pages with
+    at most ``gap`` untouched bytes between them share a range (``gap=0``: runs of adjacent
+    pages), and no range extends across one of the sorted addresses in ``barriers`` (the starts
+    and ends of mappings known otherwise)."""
     pages = np.asarray(pages, np.uint64)
     if not pages.size:
         return np.zeros((0, 2), np.uint64)
-    gap_pages = np.uint64(max(int(gap), 0) // PAGE_SIZE)
-    breaks = np.diff(pages) > gap_pages
+    breaks = np.diff(pages) > np.uint64(max(int(gap), 0) // PAGE_SIZE + 1)
     if barriers is not None and len(barriers):
         slot = np.searchsorted(np.asarray(barriers, np.uint64), pages << np.uint64(PAGE_SHIFT), "right")
         breaks |= np.diff(slot) != 0
@@ -515,7 +517,7 @@ def _classify(perms, path):
     """anon (private anonymous: heap, stack, anonymous mmap, a private /dev/zero), shmem
     (MAP_SHARED anonymous, SysV shm, memfd, /dev/shm), file, or special ([vdso], [vvar]...)."""
     shared = perms.endswith("s")
-    if path in ("", "[heap]", "[stack]") or path.startswith("[anon:") or path.startswith("[stack:"):
+    if path in ("", "[heap]", "[stack]") or path.startswith(("[anon:", "[stack:")):
         return SHMEM if shared else ANON
     if path.startswith("[anon_shmem:"):
         return SHMEM
@@ -664,8 +666,8 @@ class TraceWriter:
 
     def _small_members(self):
         pages = self._pages.pages()
-        meta = {"format_version": FORMAT_VERSION, "program": None, "argv": None,
-                "recorded_at": _now(), **self.meta, "accesses": self.count, "pages": int(pages.size),
+        meta = {"program": None, "argv": None, "recorded_at": _now(), **self.meta,
+                "format_version": FORMAT_VERSION, "accesses": self.count, "pages": int(pages.size),
                 "gap": self.gap}
         return {"meta": np.array(json.dumps(meta, default=_jsonable)),
                 "maps": np.array(self.maps, dtype=str) if self.maps else np.zeros(0, "<U1"),
@@ -717,7 +719,6 @@ def write_trace(path, source, maps=None, meta: Optional[dict] = None, gap: int =
     meta = dict(meta or {})
     if isinstance(source, Trace):
         maps = source.maps if maps is None else maps
-        meta = {**source.meta, **meta}
         total, chunks = source.length, source.chunks()
     else:
         total, chunks = None, source
@@ -726,6 +727,8 @@ def write_trace(path, source, maps=None, meta: Optional[dict] = None, gap: int =
             writer.write(addrs, ops)
             if progress is not None:
                 progress(writer.count, total)
+        if isinstance(source, Trace):             # a lackey trace's counters come with its pass
+            writer.meta = {**source.meta, **meta}
         if isinstance(source, LackeyReader):
             writer.meta["lackey"] = dataclasses.asdict(source.stats)
             writer.meta["valgrind_messages"] = source.messages
@@ -779,11 +782,11 @@ def _zip_column(path, zf, name):
     """A 1-D member of an .npz: memory-mapped in place when stored, streamed when compressed."""
     info = zf.getinfo(name)
     with zf.open(name) as f:
-        shape, fortran, dtype = _read_npy_header(f)
+        shape, _, dtype = _read_npy_header(f)
     if len(shape) != 1:
         raise TraceError(f"{name} must be one-dimensional, not of shape {shape}")
     if info.compress_type != zipfile.ZIP_STORED:
-        return _Column(opener=lambda: zipfile.ZipFile(path).open(name), dtype=dtype, length=shape[0])
+        return _Column(opener=functools.partial(_zip_member, path, name), dtype=dtype, length=shape[0])
     with open(path, "rb") as f:
         f.seek(info.header_offset)
         local = f.read(30)
@@ -795,7 +798,16 @@ def _zip_column(path, zf, name):
         offset = f.tell()
     if not shape[0]:
         return _Column(np.zeros(0, dtype))
-    return _Column(np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape))
+    try:
+        return _Column(np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape))
+    except ValueError as exc:
+        raise TraceError(f"{path}: member {name} is cut short ({exc})") from None
+
+
+@contextlib.contextmanager
+def _zip_member(path, name):
+    with zipfile.ZipFile(path) as zf, zf.open(name) as f:
+        yield f
 
 
 class Trace:
@@ -817,7 +829,7 @@ class Trace:
 
     def __len__(self):
         if self.length is None:
-            self.pages                      # a pass counts them
+            _ = self.pages                  # a pass counts them
         return self.length
 
     def __repr__(self):
@@ -842,7 +854,9 @@ class Trace:
             self.meta["lackey"] = dataclasses.asdict(reader.stats)
             self.length = reader.stats.accesses
             return
-        yield from zip(*(column.chunks(chunk) for column in self._columns))
+        if self._columns is None:
+            raise ValueError("this trace is closed")
+        yield from zip(*(column.chunks(chunk) for column in self._columns), strict=True)
 
     @property
     def pages(self) -> np.ndarray:
@@ -865,8 +879,9 @@ class Trace:
         self.close()
 
     def close(self):
-        """Let go of the memory maps."""
-        self._columns = [] if self._columns is not None else None
+        """Let go of the memory maps (a lackey text trace has none to let go)."""
+        if self._lackey is None:
+            self._columns = None
 
 
 def open_trace(path, instructions: bool = False) -> Trace:
@@ -1083,7 +1098,7 @@ def _replay_mm(config, mm, thp):
 def _map_layout(mm, layout):
     from .errors import SyscallError
     for start, end, kind, mapped in zip(layout.starts.tolist(), layout.ends.tolist(), layout.kinds,
-                                        layout.mapped.tolist()):
+                                        layout.mapped.tolist(), strict=True):
         if not mapped:
             continue
         try:
@@ -1131,9 +1146,10 @@ def _access(mm, addrs, ops, keep, done, trace):
 
 def _layout_figures(layout, trace):
     mapped = layout.mapped
+    sources = np.array(layout.sources, dtype=str)
     return {"regions": int(mapped.sum()),
-            "regions_from_maps": int(sum(m and s == "maps" for m, s in zip(mapped, layout.sources))),
-            "regions_derived": int(sum(m and s == "derived" for m, s in zip(mapped, layout.sources))),
+            "regions_from_maps": int(np.count_nonzero(mapped & (sources == "maps"))),
+            "regions_derived": int(np.count_nonzero(mapped & (sources == "derived"))),
             "mapped_kb": int(((layout.ends - layout.starts)[mapped]).sum()) // 1024,
             "touched_pages": int(trace.pages.size)}
 
