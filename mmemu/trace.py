@@ -77,8 +77,8 @@ read-write whatever its recorded protection (mprotect calls are not in the trace
 that happened must not fault with SIGSEGV); shared anonymous entries (``s`` with no file, or
 SysV/memfd shmem) are mapped MAP_SHARED.
 
-Since nothing is ever unmapped, the replay's RSS at the end is every page the program touched:
-an upper bound of its real peak.  Valgrind also lays out memory its own way (the program's
+Since nothing is ever unmapped, the replay's RSS at the end counts every page the program ever
+wrote (pages only read map the zeropage): an upper bound of its real peak.  Valgrind also lays out memory its own way (the program's
 heap mmaps near 0x4000000, its stack near 0x1fff000000), so 2 MiB alignments, and with them
 THP placement, are valgrind's, not those of a native run.
 """
@@ -1222,6 +1222,9 @@ def record(argv, out_path, progress: Progress = None, *, instructions: bool = Fa
     tool = shutil.which(valgrind)
     if tool is None:
         raise FileNotFoundError(2, f"{valgrind} not found: recording needs valgrind installed")
+    folder = os.path.dirname(os.path.abspath(os.fspath(out_path)))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(2, f"no such folder for the trace: {folder}")
     started, began = _now(), time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mmemu-record-") as tmp:
         fifo = os.path.join(tmp, "lackey.log")

@@ -457,3 +457,28 @@ def test_record_refuses_a_missing_program(tmp_path):
     with pytest.raises(TypeError, match="argv"):
         T.record("ls", tmp_path / "x.npz")
     assert not (tmp_path / "x.npz").exists()
+
+
+def test_a_valgrind_that_never_opens_its_log_fails_cleanly(tmp_path):
+    # `false` stands in for a valgrind that dies before opening the FIFO: the reader waiting
+    # to open it must be released, not left hanging
+    with pytest.raises(RuntimeError, match="status 1 without a trace"):
+        T.record(["ls"], tmp_path / "x.npz", valgrind="false")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(FileNotFoundError, match="valgrind-nowhere not found"):
+        T.record(["ls"], tmp_path / "x.npz", valgrind="valgrind-nowhere")
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        T.record(["ls"], tmp_path / "nowhere" / "x.npz")
+
+
+@needs_valgrind
+def test_a_recording_past_its_timeout_is_killed(tmp_path):
+    with pytest.raises(TimeoutError, match="killed"):
+        T.record(["sleep", "30"], tmp_path / "x.npz", timeout=0.3)
+    assert list(tmp_path.iterdir()) == []
+
+
+@needs_valgrind
+def test_a_failing_program_is_recorded_with_its_exit_status(tmp_path):
+    trace = T.record(["sh", "-c", "exit 3"], tmp_path / "sh.npz")
+    assert trace.meta["exit_code"] == 3 and len(trace) > 0
