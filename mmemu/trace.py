@@ -18,7 +18,7 @@ as a write), on arm64 a read fault then a write fault unless ``atomic_write_faul
 An access whose last byte lies in the next 4K page becomes two accesses, one per page (the
 second at the start of its page), as the CPU touches both.  Lines starting with ``==`` are
 valgrind's messages; those and anything else that does not parse are skipped and counted.
-:func:`iter_lackey` streams: it reads blocks of a few MiB, cuts them at a newline and parses
+:func:`iter_lackey` streams: it reads blocks of 2 MiB, cuts them at a newline and parses
 each block with vectorised numpy (no Python per line), so a trace of any size passes through
 in bounded memory.
 
@@ -55,16 +55,16 @@ A trace has no mmap/munmap/brk events, so a replay must set the address space up
 sources, both stored by :func:`record`:
 
 * *derived regions* (always): the touched pages grouped into regions, merging neighbours with
-  at most ``gap`` (1 MiB) untouched between them.  They cover every touched page, but their extents are guesses:
-  a VMA's real ends (which decide THP eligibility) and everything never touched are unknown.
+  at most ``gap`` (1 MiB) untouched between them.  They cover every touched page, but their
+  extents are guesses: a VMA's real ends (which decide THP eligibility) are unknown.
 * *a maps snapshot* (best effort): valgrind runs the program inside its own process, at the
   program's own addresses, so /proc/<valgrind's pid>/maps shows the program's mappings mixed
   with valgrind's.  :func:`record` reads it every ``poll_interval`` while the program runs and
   keeps the union of the snapshots (a later snapshot wins where they overlap), so a mapping
-  that was unmapped before exit is still known.  A replay keeps only the entries the trace
-  touches, which drops valgrind's own mappings (the tool, its translation caches, the host
-  stack): lackey traces only the program's accesses.  Touched pages that no kept entry covers
-  get derived regions.
+  that was unmapped before exit is still known; one that lived between two polls is missed.
+  A replay keeps only the entries the trace touches, which drops valgrind's own mappings (the
+  tool, its translation caches, the host stack): lackey traces only the program's accesses.
+  Touched pages that no kept entry covers get derived regions.
 
 mmemu models anonymous memory (and shmem); a program's code, libraries and other file mappings
 are page cache in the kernel.  With a snapshot, :func:`replay` therefore skips accesses to
@@ -78,7 +78,10 @@ that happened must not fault with SIGSEGV); shared anonymous entries (``s`` with
 SysV/memfd shmem) are mapped MAP_SHARED.
 
 Since nothing is ever unmapped, the replay's RSS at the end counts every page the program ever
-wrote (pages only read map the zeropage): an upper bound of its real peak.  Valgrind also lays out memory its own way (the program's
+wrote (pages only read map the zeropage): an upper bound of its real peak.  Addresses no
+process can map (below mmap_min_addr, 64 KiB, or from TASK_SIZE up) are skipped and counted.
+Valgrind runs a program's threads one at a time: the trace interleaves them as they ran.
+Forked children are not traced.  Valgrind also lays out memory its own way (the program's
 heap mmaps near 0x4000000, its stack near 0x1fff000000), so 2 MiB alignments, and with them
 THP placement, are valgrind's, not those of a native run.
 """
@@ -116,8 +119,9 @@ DEFAULT_CHUNK = 1 << 20
 #: derived regions: touched pages with at most this many untouched bytes between share a region
 DEFAULT_GAP = 1 << 20
 PAGE_SHIFT = 12
-#: bytes of lackey text parsed per step (a few hundred thousand lines)
-_BLOCK = 1 << 23
+#: bytes of lackey text parsed per step (about 130,000 lines): the numpy temporaries of a block
+#: stay in the caches, and the parse's memory stays near 50 MB whatever the trace's size
+_BLOCK = 1 << 21
 #: a "line" longer than this is not lackey's: it is dropped (and counted) rather than buffered
 _MAX_LINE = 1 << 16
 #: lackey's largest access is 512 bytes (MAX_DSIZE); a bigger size is a malformed line
