@@ -1186,9 +1186,11 @@ class _Watcher(threading.Thread):
         while self.proc.poll() is None:
             try:
                 with open(maps) as f:
-                    self.history.update(f.read())
+                    text = f.read()
             except OSError:
-                pass                      # between exit and reaping: nothing to read
+                text = ""                 # between exit and reaping: nothing to read
+            if "/lackey-" in text:        # the tool, which hosts the program; not the launcher
+                self.history.update(text)
             if self.deadline is not None and time.monotonic() > self.deadline:
                 self.timed_out = True
                 self.proc.kill()
@@ -1211,17 +1213,19 @@ def _program(argv):
 
 def record(argv, out_path, progress: Progress = None, *, instructions: bool = False,
            valgrind: str = "valgrind", poll_interval: float = 0.02, timeout: Optional[float] = None,
-           chunk: int = DEFAULT_CHUNK, gap: int = DEFAULT_GAP, stdout=None, stderr=None, cwd=None,
-           env=None) -> Trace:
+           chunk: int = DEFAULT_CHUNK, gap: int = DEFAULT_GAP, stdin=subprocess.DEVNULL, stdout=None,
+           stderr=None, cwd=None, env=None) -> Trace:
     """Run ``argv`` under ``valgrind --tool=lackey --trace-mem=yes``, stream its trace into the
     compact format at ``out_path`` and return it opened.
 
     Lackey writes into a FIFO (valgrind opens it itself, so the program does not inherit it) that
     :func:`iter_lackey` parses as it comes; the maps snapshot is taken meanwhile (see the module
     documentation).  Forked children run silently (``--child-silent-after-fork``): the trace is
-    the first process's.  ``progress(accesses so far, None)``; ``stdout``, ``stderr``, ``cwd``,
-    ``env`` go to the program as to subprocess.Popen; ``timeout`` (seconds) kills valgrind and
-    raises TimeoutError.  The program's exit status is stored, not judged."""
+    the first process's, but a child still running holds the log open, and the recording ends
+    when it exits.  ``progress(accesses so far, None)``; ``stdin`` (no input by default),
+    ``stdout``, ``stderr``, ``cwd``, ``env`` go to the program as to subprocess.Popen;
+    ``timeout`` (seconds) kills valgrind and raises TimeoutError.  The program's exit status is
+    stored in the metadata (``exit_code``), not judged."""
     argv = _program(argv)
     tool = shutil.which(valgrind)
     if tool is None:
@@ -1235,7 +1239,7 @@ def record(argv, out_path, progress: Progress = None, *, instructions: bool = Fa
         os.mkfifo(fifo)
         cmd = [tool, "--tool=lackey", "--trace-mem=yes", "--child-silent-after-fork=yes",
                f"--log-file={fifo}", *argv]
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr, cwd=cwd, env=env)
+        proc = subprocess.Popen(cmd, stdin=stdin, stdout=stdout, stderr=stderr, cwd=cwd, env=env)
         watcher = _Watcher(proc, fifo, poll_interval, timeout)
         watcher.start()
         try:
