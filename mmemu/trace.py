@@ -1169,9 +1169,11 @@ def _memory_figures(mm, rollup):
 # ---- record -------------------------------------------------------------------------------------
 
 class _Watcher(threading.Thread):
-    """While valgrind runs: snapshot its /proc/PID/maps every ``interval`` seconds, kill it
-    past ``timeout``, and once it has exited, release a reader still waiting to open the log
-    FIFO (valgrind failed before opening it) by opening and closing its write end."""
+    """While valgrind runs: snapshot its /proc/PID/maps every ``interval`` seconds and kill it
+    past ``timeout``.  Once it has exited, until the recorder says it got past opening the log
+    FIFO (``opened``), keep opening and closing the FIFO's write end: a reader blocked in open()
+    (valgrind died before opening its log) is then released and reads an empty log.  Until the
+    reader is in open() there is nobody to release (ENXIO), hence the retries."""
 
     def __init__(self, proc, fifo, interval, timeout):
         super().__init__(daemon=True, name="mmemu-record-watcher")
@@ -1195,11 +1197,11 @@ class _Watcher(threading.Thread):
                 self.timed_out = True
                 self.proc.kill()
             time.sleep(self.interval)
-        if not self.opened.is_set():
+        while not self.opened.wait(self.interval):
             try:
                 os.close(os.open(self.fifo, os.O_WRONLY | os.O_NONBLOCK))
             except OSError:
-                pass                      # no reader waiting after all
+                pass                      # ENXIO: the reader is not in open() yet
 
 
 def _program(argv):
@@ -1250,6 +1252,7 @@ def record(argv, out_path, progress: Progress = None, *, instructions: bool = Fa
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
+            watcher.opened.set()          # whatever happened, nobody waits on the FIFO now
             watcher.join()
     return open_trace(out_path)
 
