@@ -111,7 +111,8 @@ from .constants import ATOMIC, PAGE_SIZE, READ, TASK_SIZE, WRITE
 
 __all__ = ["iter_lackey", "LackeyReader", "TraceWriter", "write_trace", "open_trace", "Trace",
            "record", "replay", "derive_regions", "parse_maps", "plan_mappings", "Layout",
-           "TraceError", "TraceNotFoundError", "FORMAT_VERSION", "DEFAULT_CHUNK", "DEFAULT_GAP"]
+           "TraceError", "TraceNotFoundError", "FORMAT_VERSION", "DEFAULT_CHUNK", "DEFAULT_GAP",
+           "REPORT_COLUMNS"]
 
 FORMAT_VERSION = 1
 #: accesses per chunk handed out by the readers and replayed per mm.access call
@@ -839,6 +840,17 @@ class Trace:
     def __repr__(self):
         return f"Trace({self.path!r}, length={self.length}, maps={len(self.maps)} lines)"
 
+    def __str__(self):
+        """One line for people: accesses, pages, the snapshot, the program and its exit."""
+        parts = [f"{self.length if self.length is not None else '?'} accesses"]
+        if self._pages is not None:
+            parts.append(f"{self._pages.size} pages touched")
+        parts.append(f"maps snapshot of {len(self.maps)} lines" if self.maps else "no maps snapshot")
+        if self.meta.get("program"):
+            exit_code = self.meta.get("exit_code")
+            parts.append(self.meta["program"] + ("" if exit_code is None else f" (exit status {exit_code})"))
+        return ", ".join(parts)
+
     def chunks(self, chunk: int = DEFAULT_CHUNK, progress: Progress = None) -> Iterator:
         """``(addrs, ops)`` chunks of at most ``chunk`` accesses, in order; bad ops or addresses
         raise TraceError.  ``progress(accesses so far, length or None)``."""
@@ -1063,8 +1075,8 @@ def replay(trace, config=None, mm=None, chunk: int = DEFAULT_CHUNK, progress: Pr
         timeline = Timeline(mm)
         timeline.sample(0)
         counts = _replay_chunks(mm, t, layout, chunk, timeline, progress)
-        final = {**counts, **_layout_figures(layout, t), **_memory_figures(mm, rollup),
-                 **vmstat_delta(before, mm.vmstat)}
+        final = {**{k: counts.pop(k) for k in _FIRST}, **_memory_figures(mm, rollup), **counts,
+                 **_layout_figures(layout, t), **vmstat_delta(before, mm.vmstat)}
         params = {"trace": os.fspath(t.path), "program": t.meta.get("program"), "chunk": chunk,
                   "include_file_backed": include_file_backed, "gap": gap,
                   "mappings": "maps" if "maps" in layout.sources else "derived", "unit": "trace accesses"}
@@ -1072,6 +1084,13 @@ def replay(trace, config=None, mm=None, chunk: int = DEFAULT_CHUNK, progress: Pr
     finally:
         if own:
             mm.close()
+
+
+#: the figures a replay's ``final`` starts with
+_FIRST = ("trace_accesses", "accesses", "reads", "writes", "atomics", "faults")
+#: what a table of replays shows (``final`` holds more: the vmstat changes, the regions)
+REPORT_COLUMNS = ("trace_accesses", "accesses", "faults", "RssAnon", "AnonHugePages", "VmPTE", "thp_fault_alloc",
+                  "skipped_file")
 
 
 def _config_dict(config):

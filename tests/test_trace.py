@@ -306,6 +306,8 @@ def test_ten_writes_on_distinct_pages_take_ten_faults(tmp_path):
     assert (f["writes"], f["accesses"], f["trace_accesses"], f["regions"]) == (10, 10, 10, 1)
     assert f["nr_anon_pages"] == 10 and f["AnonHugePages"] == 0 and f["VmPTE"] > 0
     assert result.workload == "trace" and result.config["thp"] == "never"
+    assert set(T.REPORT_COLUMNS) <= set(f) and list(f)[:6] == ["trace_accesses", "accesses", "reads", "writes",
+                                                             "atomics", "faults"]
     assert result.timeline["done"].tolist() == [0, 10] and result.timeline["rss_kb"].tolist() == [0, 40]
 
 
@@ -403,6 +405,7 @@ def touch_8m(tmp_path_factory):
 def test_a_recorded_program_replays_with_its_heap_faulted_in(touch_8m):
     trace, pointer, seen = touch_8m
     assert trace.meta["exit_code"] == 0 and trace.meta["program"].endswith("touch")
+    assert str(trace).endswith("touch (exit status 0)") and f"{len(trace)} accesses" in str(trace)
     assert trace.meta["lackey"]["skipped"] == 0 and trace.meta["lackey"]["accesses"] == len(trace)
     assert seen and seen[-1] == (len(trace), None)
     heap = pointer & ~4095
