@@ -389,7 +389,7 @@ class LackeyReader:
 
     def __init__(self, source, chunk=DEFAULT_CHUNK, instructions=False, progress: Progress = None):
         self.chunk = _positive(chunk, "chunk")
-        self.instructions = bool(instructions)
+        self.instructions = _flag(instructions, "instructions")
         self.progress = progress
         self.stats = LackeyStats()
         self.messages: list[str] = []
@@ -457,12 +457,18 @@ def iter_lackey(source, chunk: int = DEFAULT_CHUNK, instructions: bool = False,
     return LackeyReader(source, chunk, instructions, progress)
 
 
-def _positive(value, name):
+def _positive(value, name, least=1):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be at least 1, not {value}")
+    if value < least:
+        raise ValueError(f"{name} must be at least {least}, not {value}")
     return int(value)
+
+
+def _flag(value, name):
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, not {value!r}")
+    return bool(value)
 
 
 # ---- touched pages and derived regions ---------------------------------------------------------
@@ -499,9 +505,10 @@ def derive_regions(pages, gap: int = DEFAULT_GAP, barriers=None) -> np.ndarray:
     pages), and no range extends across one of the sorted addresses in ``barriers`` (the starts
     and ends of mappings known otherwise)."""
     pages = np.asarray(pages, np.uint64)
+    gap = _positive(gap, "gap", 0)
     if not pages.size:
         return np.zeros((0, 2), np.uint64)
-    breaks = np.diff(pages) > np.uint64(max(int(gap), 0) // PAGE_SIZE + 1)
+    breaks = np.diff(pages) > np.uint64(gap // PAGE_SIZE + 1)
     if barriers is not None and len(barriers):
         slot = np.searchsorted(np.asarray(barriers, np.uint64), pages << np.uint64(PAGE_SHIFT), "right")
         breaks |= np.diff(slot) != 0
@@ -620,7 +627,7 @@ class TraceWriter:
         self.path = os.fspath(path)
         self.meta = dict(meta or {})
         self.maps = list(maps or [])
-        self.gap = int(gap)
+        self.gap = _positive(gap, "gap", 0)
         self.count = 0
         self._pages = _PageSet()
         folder, name = os.path.split(os.path.abspath(self.path))
@@ -1013,6 +1020,7 @@ def plan_mappings(pages, maps=(), include_file_backed: bool = False, gap: int = 
     ones too with ``include_file_backed``, [vdso]-like ones never), and derived regions (see
     :func:`derive_regions`) for the touched pages no such entry covers."""
     pages = np.asarray(pages, np.uint64)
+    include_file_backed = _flag(include_file_backed, "include_file_backed")
     low, high = MMAP_MIN_ADDR >> PAGE_SHIFT, TASK_SIZE >> PAGE_SHIFT
     ok = (pages >= np.uint64(low)) & (pages < np.uint64(high))
     unmappable = int((~ok).sum())

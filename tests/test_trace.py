@@ -140,6 +140,22 @@ def test_iter_lackey_refuses_bad_arguments(tmp_path):
         T.iter_lackey(io.StringIO(""), chunk=0)
     with pytest.raises(TypeError, match="source"):
         T.iter_lackey(42)
+    with pytest.raises(TypeError, match="instructions"):
+        T.iter_lackey(io.StringIO(""), instructions="yes")
+
+
+def test_replay_refuses_bad_arguments(tmp_path):
+    trace = T.write_trace(tmp_path / "t.npz", [(np.array([HEAP], np.uint64), np.array([WRITE], np.uint8))])
+    with pytest.raises(ValueError, match="gap"):
+        T.replay(trace, gap=-1)
+    with pytest.raises(TypeError, match="include_file_backed"):
+        T.replay(trace, include_file_backed=1)
+    with pytest.raises(ValueError, match="thp"):
+        T.replay(trace, thp="sometimes")
+    with pytest.raises(TypeError, match="config"):
+        T.replay(trace, config={"thp": "never"})
+    with pytest.raises(ValueError, match="chunk"):
+        T.replay(trace, chunk=0)
 
 
 # ---- the compact format ------------------------------------------------------------------------
