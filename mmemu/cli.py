@@ -204,8 +204,9 @@ def cmd_pretouch(args):
     results = {}
     for name, config in cases.items():
         with Progress(name, "page") as bar:
-            results[name] = atomic_pretouch(heap, config, stride=parse_size(args.stride),
-                                            hugepage=not args.no_hugepage,
+            stride = parse_size(args.stride)
+            results[name] = atomic_pretouch(heap, config, stride=stride, hugepage=not args.no_hugepage,
+                                            chunk_pages=max(256, heap // max(stride, 1) // 100),
                                             khugepaged_scans=args.khugepaged, progress=bar)
     emit_results(args, results)
     return 0
@@ -248,9 +249,11 @@ def cmd_record(args):
 def cmd_replay(args):
     from . import trace
     config = make_config(args.set)
+    recorded = trace.open_trace(args.trace)
+    chunk = args.chunk or max(1024, recorded.length // 100)      # a hundred points to plot
     with Progress("replaying", "access") as bar:
-        result = trace.replay(args.trace, config=config, progress=bar)
-    emit_results(args, {os.path.basename(args.trace): result})
+        result = trace.replay(recorded, config=config, chunk=chunk, progress=bar)
+    emit_results(args, {os.path.basename(args.trace): result}, keys=trace.REPORT_COLUMNS)
     return 0
 
 
@@ -360,6 +363,7 @@ def build_parser():
 
     p = command("replay", "replay a recorded (or lackey, .npy) trace", cmd_replay)
     p.add_argument("trace", help="the trace file")
+    p.add_argument("--chunk", type=int, default=0, help="accesses per timeline sample (default: 1%% of the trace)")
 
     p = command("sweep", "run a workload over a grid of settings on a process pool", cmd_sweep, output=False)
     p.add_argument("workload", help="pretouch, migration or trace")

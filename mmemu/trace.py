@@ -1102,10 +1102,7 @@ REPORT_COLUMNS = ("trace_accesses", "accesses", "faults", "RssAnon", "AnonHugePa
 
 
 def _config_dict(config):
-    """The Config's fields as plain data (dataclasses.asdict cannot copy its hugepages proxy)."""
-    out = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
-    out["hugepages"] = dict(config.hugepages)
-    return out
+    return config.as_dict()
 
 
 def _replay_mm(config, mm, thp):

@@ -98,29 +98,39 @@ def vmstat_delta(before: dict, after: dict, names=SUMMARY_VMSTAT) -> dict:
 
 
 def plot_timelines(results, path, title=None, labels=None) -> None:
-    """RSS and faults over the run, one line per result, in two panels sharing the x axis."""
+    """Three panels sharing the x axis, one colour per result: RSS (solid) and the part of it
+    mapped huge (dashed), page tables, and faults (a log scale when results differ by more than
+    fifty times)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.lines import Line2D
     except ImportError:
         raise RuntimeError("plots need matplotlib: pip install 'mmemu[plot]'") from None
-    fig, (mem, flt) = plt.subplots(2, 1, sharex=True, figsize=(8, 6))
+    fig, (mem, pte, flt) = plt.subplots(3, 1, sharex=True, figsize=(9, 8), height_ratios=(3, 1.5, 2))
+    finals = []
     for i, result in enumerate(results):
-        t = result.timeline
+        t, colour = result.timeline, f"C{i % 10}"
         label = labels[i] if labels else result.workload
-        mem.plot(t["done"], t["rss_kb"] / 1024, label=f"{label}: RSS")
+        mem.plot(t["done"], t["rss_kb"] / 1024, color=colour)
         if t["huge_kb"].any():
-            mem.plot(t["done"], t["huge_kb"] / 1024, linestyle="--", label=f"{label}: huge mappings")
-        if t["pte_kb"].any():
-            mem.plot(t["done"], t["pte_kb"] / 1024, linestyle=":", label=f"{label}: page tables")
-        flt.plot(t["done"], t["faults"], label=label)
-    mem.set_ylabel("MiB")
-    mem.legend(fontsize="small")
+            mem.plot(t["done"], t["huge_kb"] / 1024, color=colour, linestyle="--")
+        pte.plot(t["done"], t["pte_kb"], color=colour)
+        flt.plot(t["done"], t["faults"], color=colour, label=label)
+        if len(t["faults"]) and t["faults"][-1] > 0:
+            finals.append(t["faults"][-1])
+    mem.set_ylabel("RSS (MiB)")
+    mem.legend([Line2D([], [], color="k"), Line2D([], [], color="k", linestyle="--")],
+               ["RSS", "of it mapped huge"], fontsize="small", loc="upper left")
+    pte.set_ylabel("page tables (kB)")
+    if finals and max(finals) > 50 * min(finals):
+        flt.set_yscale("log")
     flt.set_ylabel("faults (cumulative)")
     flt.set_xlabel(results[0].params.get("unit", "work done") if results else "work done")
+    flt.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
