@@ -157,3 +157,17 @@ def test_migrate_compares_the_strategies(capsys):
     status, out, _ = _run(capsys, "migrate", "--size", "64M", "--zero", "0.5", "--backing", "memfd",
                           "--strategy", "precopy", "--json")
     assert json.loads(out)["precopy"]["final"]["rss_kb"] == 64 * 1024  # shmem: a read allocates
+
+
+def test_record_and_replay_a_program(tmp_path, capsys):
+    import shutil
+    if not shutil.which("valgrind"):
+        pytest.skip("valgrind is not installed")
+    out = tmp_path / "true.npz"
+    assert main(["record", "-o", str(out), "--", "/bin/true"]) == 0
+    capsys.readouterr()
+    status, stdout, _ = _run(capsys, "replay", str(out), "--json")
+    final = json.loads(stdout)["true.npz"]["final"]
+    assert status == 0 and final["faults"] > 0 and final["RssAnon"] > 0
+    status, _, err = _run(capsys, "record", "-o", str(tmp_path / "x.npz"))
+    assert status == 2 and "needs a program" in err
