@@ -1163,7 +1163,7 @@ cdef class Machine:
              "mthp_stat": P.dense(state["mthp_stat"], np.int64, (MAX_FOLIO_ORDER + 1) * NR_MTHP_STAT,
                                   "Machine.mthp_stat")}
         d["scalars"] = s = self._load_scalars(state["scalars"])
-        pmd_head, mthp_order = _check_folios(d["pmd_folio"], d["mthp_folio"], nr_blocks)
+        pmd_head, mthp_order = _check_folios(d["pmd_folio"], d["mthp_folio"], nr_blocks, state["mthp_folio"])
         hz = s["huge_zero_pfn"]
         if hz >= 0 and (hz & (HPAGE_PMD_NR - 1) or not pmd_head[hz >> HPAGE_PMD_ORDER]):
             P.fail("Machine", f"the huge zeropage {hz} is not a PMD-order folio")
@@ -3993,7 +3993,7 @@ def _detached_core(Machine machine, state):
     cdef MMCore core
     cdef int64_t next_id = machine.next_mm_id
     with _persist.guard("MMCore"):
-        pmd_head, _ = _check_folios(machine._pmd_folio, machine._mthp_folio, machine.nr_blocks)
+        pmd_head = _pmd_heads(machine._pmd_folio, machine.nr_blocks)
         rec = _load_core(state, machine.nr_frames, pmd_head, set(machine.files), "MMCore")
         if not rec["closed"]:
             _persist.fail("MMCore", "an open process must be listed by its machine")
@@ -4004,25 +4004,36 @@ def _detached_core(Machine machine, state):
     return core
 
 
-def _check_folios(pmd_folio, mthp_folio, int64_t nr_blocks):
+def _pmd_heads(pmd_folio, int64_t nr_blocks):
+    """The blocks that hold a PMD-order folio (PG_HEAD in their descriptor)."""
+    return (pmd_folio.reshape(nr_blocks, sizeof(folio_t))[:, FOLIO_FLAGS_AT] & PG_HEAD) != 0
+
+
+def _check_folios(pmd_folio, mthp_folio, int64_t nr_blocks, packed):
     """Folio descriptors folio_of() and folio_pfn() can trust: a PMD-order folio (PG_HEAD) has
     order 9, an mTHP order 2..8, and every quad of an mTHP carries its order. Returns (the
-    blocks that hold a PMD-order folio, the order of each quad)."""
-    cdef size_t size = sizeof(folio_t)
+    blocks that hold a PMD-order folio, a view of the order of each quad). Of the mTHP
+    descriptors only the groups of 64 quads (the largest mTHP) that the pickle stored a byte
+    of are looked at: the rest is zero, and RAM that never held an mTHP costs nothing."""
+    cdef size_t size = sizeof(folio_t), span = 64 * sizeof(folio_t)
     pmd = pmd_folio.reshape(nr_blocks, size)
-    flags, order = pmd[:, FOLIO_FLAGS_AT], pmd[:, FOLIO_ORDER_AT]
-    pmd_head = (flags & PG_HEAD) != 0
+    order = pmd[:, FOLIO_ORDER_AT]
+    pmd_head = _pmd_heads(pmd_folio, nr_blocks)
     if ((order != 0) & (order != HPAGE_PMD_ORDER)).any() or (pmd_head & (order != HPAGE_PMD_ORDER)).any() \
             or pmd_head[0]:
         _persist.fail("Machine", "a PMD-order folio descriptor with a bad order")
-    q = mthp_folio.reshape(-1, size)[:, FOLIO_ORDER_AT]
+    groups = mthp_folio.reshape(-1, span)
+    first = packed["index"] * packed["chunk"] // span
+    last = ((packed["index"] + 1) * packed["chunk"] - 1) // span
+    used = np.unique(np.concatenate([first, last, [groups.shape[0] - 1]]))   # (and the tail's)
+    q = groups[used].reshape(-1, size)[:, FOLIO_ORDER_AT]
     if ((q == 1) | (q >= HPAGE_PMD_ORDER)).any():
         _persist.fail("Machine", "an mTHP descriptor with a bad order")
     for k in range(MIN_MTHP_ORDER + 1, HPAGE_PMD_ORDER):
         group = (q == k).reshape(-1, 1 << (k - 2))
         if (group.any(axis=1) & ~group.all(axis=1)).any():
             _persist.fail("Machine", f"an order-{k} mTHP whose quads disagree on its order")
-    return pmd_head, np.ascontiguousarray(q)
+    return pmd_head, mthp_folio.reshape(-1, size)[:, FOLIO_ORDER_AT]
 
 
 def _load_files(files, dict s, int64_t nr_frames, pmd_head, mthp_order, mthp_blocks):
