@@ -4025,7 +4025,8 @@ def _check_folios(pmd_folio, mthp_folio, int64_t nr_blocks, packed):
     groups = mthp_folio.reshape(-1, span)
     first = packed["index"] * packed["chunk"] // span
     last = ((packed["index"] + 1) * packed["chunk"] - 1) // span
-    used = np.unique(np.concatenate([first, last, [groups.shape[0] - 1]]))   # (and the tail's)
+    tail = np.arange(packed["nbytes"] // packed["chunk"] * packed["chunk"] // span, groups.shape[0])
+    used = np.unique(np.concatenate([first, last, tail]))
     q = groups[used].reshape(-1, size)[:, FOLIO_ORDER_AT]
     if ((q == 1) | (q >= HPAGE_PMD_ORDER)).any():
         _persist.fail("Machine", "an mTHP descriptor with a bad order")
