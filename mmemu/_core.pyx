@@ -244,6 +244,9 @@ cdef class ShmemFile:
         """Page indices the page cache can hold: i_size rounded up to 2 MiB."""
         return self._pages.shape[0]
 
+    def __reduce__(self):
+        raise TypeError("a ShmemFile pickles only as part of its Machine: pickle the MM, Memfd or Machine")
+
 
 cdef class Machine:
     """Frames of emulated RAM, their buddy allocator, the memory cgroup and the system-wide

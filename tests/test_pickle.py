@@ -410,3 +410,17 @@ def test_random_scripts_continue_alike(config, memory_max, prologue, body, cut, 
         assert got == want, f"step {cut + i} {(who, action)}"
         seen, expected = diff_test.observe(loaded), diff_test.observe(procs)
         assert seen == expected, f"step {cut + i} {(who, action)}: {diff_test.diff(seen, expected)}"
+
+
+def test_parts_pickle_with_their_machine():
+    """A process core pickles as a reference into its machine; a shmem file does not pickle
+    alone (its page cache is the machine's), and says what to pickle instead."""
+    mm = MM(Config(memory=8 * MB))
+    fd = mm.memfd_create()
+    core = pickle.loads(pickle.dumps(mm._core))
+    assert core.machine.core_by_id(core.mm_id) is core and len(core.machine.mms) == 1
+    with pytest.raises(TypeError, match="Machine"):
+        pickle.dumps(mm._machine.files[fd._fid])
+    area = pickle.loads(pickle.dumps(mm._machine.area))
+    assert area.buddyinfo().tolist() == mm.buddyinfo().tolist()
+    area.check_invariants()
