@@ -424,3 +424,19 @@ def test_parts_pickle_with_their_machine():
     area = pickle.loads(pickle.dumps(mm._machine.area))
     assert area.buddyinfo().tolist() == mm.buddyinfo().tolist()
     area.check_invariants()
+
+
+def test_out_of_band_buffers():
+    """Protocol 5 with out-of-band buffers (as dask and multiprocessing's shared memory use):
+    the loaded machine copies what it keeps, so read-only buffers do, and reusing them for a
+    second load gives a second independent machine."""
+    procs, fds, r = rich()
+    buffers = []
+    blob = pickle.dumps((procs, fds), protocol=5, buffer_callback=buffers.append)
+    frozen = [bytes(b.raw()) for b in buffers]             # read-only memory
+    one = pickle.loads(blob, buffers=frozen)
+    two = pickle.loads(blob, buffers=frozen)
+    assert_same(observe(*one), observe(procs, fds))
+    for _ in further(*one, r):
+        pass
+    assert_same(observe(*two), observe(procs, fds))
