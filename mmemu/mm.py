@@ -1205,7 +1205,8 @@ class MM:
         with _persist.guard("MM"):
             _check_pickled(state, "MM")
             if not isinstance(state["_config"], Config) or not isinstance(state["_core"], _core.MMCore) \
-                    or state["_core"].machine is not state["_machine"]:
+                    or state["_core"].machine is not state["_machine"] \
+                    or state["_config"].memory != (state["_machine"].nr_blocks - 1) * PMD_SIZE:
                 _persist.fail("MM", "the config, machine and process do not belong together")
             if _persist.boolean(state["_closed"], "MM._closed") != state["_core"].closed:
                 _persist.fail("MM", "closed, but its process is not (or the other way round)")
