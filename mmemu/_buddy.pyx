@@ -22,6 +22,7 @@ touch no Python object and need no GIL.
 """
 import numpy as np
 cimport numpy as cnp
+from mmemu import _persist
 from libc.stdint cimport int64_t, uint64_t
 
 cnp.import_array()
@@ -410,3 +411,77 @@ cdef class FreeArea:
     def __repr__(self):
         return (f"FreeArea(nr_frames={self.nr_frames}, reserved={self.reserved}, "
                 f"free_pages={self.free_pages}, buddyinfo={self.buddyinfo().tolist()})")
+
+    # ---- pickling ---------------------------------------------------------------------------
+    # The free lists pickle as their bitmaps, stored sparsely (mostly zero words); the pointers
+    # into them are derived again on load, after mmemu._persist-style checks of everything
+    # alloc() and free() trust without looking: no bit past the end of RAM or in the reserved
+    # frames, counts and summaries that match the bitmaps, no frame free twice.
+
+    def __reduce__(self):
+        return (FreeArea, (self.nr_frames, self.reserved), self._getstate())
+
+    def _getstate(self):
+        return {"version": _persist.FORMAT_VERSION, "free_pages": self.free_pages,
+                "nr_free": np.array([self.nr_free[k] for k in range(NR_PAGE_ORDERS)], np.int64),
+                "hint": np.array([self.hint[k] for k in range(NR_PAGE_ORDERS)], np.int64),
+                "bits": _persist.pack(self._bits)}
+
+    def __setstate__(self, state):
+        cdef int k
+        cdef uint64_t *base
+        with _persist.guard("FreeArea"):
+            _persist.check_version(state, "FreeArea")
+            bits = _persist.unpack(state["bits"], np.zeros(self._bits.shape[0], np.uint64), "FreeArea.bits")
+            nr_free = _persist.dense(state["nr_free"], np.int64, NR_PAGE_ORDERS, "FreeArea.nr_free")
+            hint = _persist.dense(state["hint"], np.int64, NR_PAGE_ORDERS, "FreeArea.hint")
+            free_pages = _persist.integer(state["free_pages"], "FreeArea.free_pages", 0, self.nr_frames)
+            self._check_loaded(bits, nr_free, hint, free_pages)
+        self._bits = bits
+        base = <uint64_t *>cnp.PyArray_DATA(self._bits)
+        for k in range(NR_PAGE_ORDERS):
+            self.map[k] = base
+            base += self.nwords[k]
+            self.summary[k] = base
+            base += self.nsummary[k]
+            self.nr_free[k] = nr_free[k]
+            self.hint[k] = hint[k]
+        self.free_pages = free_pages
+
+    def _check_loaded(self, bits, nr_free, hint, free_pages):
+        """Raise ValueError unless loaded bitmaps are ones alloc() and free() can trust. Costs
+        O(words + free blocks), not O(frames): the free blocks are listed from the nonzero
+        words only."""
+        cdef int k
+        cdef int64_t off = 0, nw, ns
+        starts, ends = [], []
+        total = 0
+        for k in range(NR_PAGE_ORDERS):
+            nw, ns = self.nwords[k], self.nsummary[k]
+            words, summary = bits[off:off + nw], bits[off + nw:off + nw + ns]
+            off += nw + ns
+            nonzero = np.zeros(ns * 64, np.bool_)
+            nonzero[:nw] = words != 0
+            if not (np.packbits(nonzero, bitorder="little").view(np.uint64) == summary).all():
+                _persist.fail("FreeArea", f"order {k}: the summary does not match the bitmap")
+            if not 0 <= hint[k] <= nw or words[:hint[k]].any():
+                _persist.fail("FreeArea", f"order {k}: the hint {hint[k]} is past a free block")
+            w = np.flatnonzero(words)
+            set_bits = np.unpackbits(words[w].view(np.uint8), bitorder="little").reshape(-1, 64)
+            rows, cols = np.nonzero(set_bits)
+            heads = (w[rows] << 6) | cols
+            if heads.shape[0] != nr_free[k]:
+                _persist.fail("FreeArea", f"order {k}: nr_free {nr_free[k]} but {heads.shape[0]} free blocks")
+            if heads.shape[0] and (heads[-1] >= (self.nr_frames >> k) or (heads[0] << k) < self.reserved):
+                _persist.fail("FreeArea", f"order {k}: a free block outside RAM or in the reserved frames")
+            if k < MAX_PAGE_ORDER and np.isin(heads[(heads & 1) == 0] + 1, heads).any():
+                _persist.fail("FreeArea", f"order {k}: two free buddies not merged")
+            starts.append(heads << k)
+            ends.append((heads + 1) << k)
+            total += heads.shape[0] << k
+        if total != free_pages:
+            _persist.fail("FreeArea", f"free_pages {free_pages} but the free lists hold {total}")
+        starts, ends = np.concatenate(starts), np.concatenate(ends)
+        order = np.argsort(starts, kind="stable")
+        if (ends[order][:-1] > starts[order][1:]).any():
+            _persist.fail("FreeArea", "a frame is free twice")

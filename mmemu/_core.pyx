@@ -12,6 +12,7 @@ cimport numpy as cnp
 from libc.string cimport memset, memcpy
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, INT64_MAX
 from mmemu._buddy cimport FreeArea, MAX_PAGE_ORDER
+from mmemu import _persist
 
 cnp.import_array()
 
@@ -243,6 +244,9 @@ cdef class ShmemFile:
     def capacity(self):
         """Page indices the page cache can hold: i_size rounded up to 2 MiB."""
         return self._pages.shape[0]
+
+    def __reduce__(self):
+        raise TypeError("a ShmemFile pickles only as part of its Machine: pickle the MM, Memfd or Machine")
 
 
 cdef class Machine:
@@ -1150,6 +1154,167 @@ cdef class Machine:
         if block < 0 or block >= self.nr_blocks:
             raise IndexError(f"block {block} out of range")
         return (self.pmd_folio[block].refcount, self.pmd_folio[block].entire_mapcount, self.pmd_folio[block].flags)
+
+    # ---- pickling (mmemu._persist) ---------------------------------------------------------------
+    # A machine pickles whole: frames, allocator, counters, shmem files and every process on it
+    # (the rmap and shared pages tie them together), each process as plain data, so that loading
+    # can check all of it before building anything. An MMCore pickles as a reference into its
+    # machine (MMCore.__reduce__), so objects pickled together keep sharing one machine.
+
+    def __reduce__(self):
+        return (Machine, ((self.nr_blocks - 1) * <int64_t>PMD_SIZE,), self._getstate())
+
+    def _getstate(self):
+        cdef ShmemFile f
+        P = _persist
+        files = []
+        for f in self.files.values():
+            files.append({"fid": f.fid, "anonymous": f.anonymous, "fd_open": f.fd_open, "size": f.size,
+                          "pages": f._pages.copy()})
+        return {
+            "version": P.FORMAT_VERSION, "area": self.area._getstate(),
+            "refcount": P.pack(self._refcount), "mapcount": P.pack(self._mapcount),
+            "flags": P.pack(self._flags), "pmd_folio": P.pack(self._pmd_folio),
+            "mthp_folio": P.pack(self._mthp_folio), "mthp_blocks": P.pack(self._mthp_blocks),
+            "block_pinned": P.pack(self._block_pinned),
+            "vmstat": self._vmstat.copy(), "mthp_stat": self._mthp_stat.copy(),
+            "scalars": {
+                "memcg_usage": self.memcg_usage, "memcg_max": self.memcg_max,
+                "compact_considered": self.compact_considered, "compact_defer_shift": self.compact_defer_shift,
+                "compact_order_failed": self.compact_order_failed, "nr_foreign": self.nr_foreign,
+                "file_slots": self.file_slots, "next_fid": self.next_fid, "shmem_enabled": self.shmem_enabled,
+                "folio_split_nonuniform": self.folio_split_nonuniform, "huge_zero_pfn": self.huge_zero_pfn,
+                "huge_zero_users": self.huge_zero_users, "next_mm_id": self.next_mm_id,
+                "next_khugepaged_seq": self.next_khugepaged_seq, "khugepaged_cursor_seq": self.khugepaged_cursor_seq,
+                "khugepaged_cursor_addr": self.khugepaged_cursor_addr, "pages_collapsed": self.pages_collapsed,
+                "full_scans": self.full_scans},
+            "files": files,
+            "mms": [(<MMCore>mm)._getstate() for mm in self.mms],
+            "khugepaged_exited": [(<MMCore>mm)._getstate() for mm in self.khugepaged_exited],
+        }
+
+    def __setstate__(self, state):
+        """Load a pickled state into this new Machine, after checking every array's dtype and
+        size and every index the C code will trust (ValueError otherwise, with nothing
+        changed)."""
+        if self.mms or self.files or self.next_mm_id != 1 or self.memcg_usage or self.nr_foreign:
+            raise RuntimeError("only a new Machine can take a pickled state")
+        with _persist.guard("Machine"):
+            _persist.check_version(state, "Machine")
+            loaded = self._load(state)
+        self._commit(loaded)
+
+    def _load(self, dict state):
+        """Every part of the state, checked and copied into arrays of this machine's sizes."""
+        P = _persist
+        cdef int64_t nr_frames = self.nr_frames, nr_blocks = self.nr_blocks
+        d = {"refcount": P.unpack(state["refcount"], huge_zeros(nr_frames, np.int32), "Machine.refcount"),
+             "mapcount": P.unpack(state["mapcount"], huge_zeros(nr_frames, np.int32), "Machine.mapcount"),
+             "flags": P.unpack(state["flags"], huge_zeros(nr_frames, np.uint8), "Machine.flags"),
+             "pmd_folio": P.unpack(state["pmd_folio"], np.zeros(nr_blocks * sizeof(folio_t), np.uint8),
+                                   "Machine.pmd_folio"),
+             "mthp_folio": P.unpack(state["mthp_folio"],
+                                    huge_zeros((nr_frames >> 2) * sizeof(folio_t), np.uint8), "Machine.mthp_folio"),
+             "mthp_blocks": P.unpack(state["mthp_blocks"], np.zeros(nr_blocks, np.uint8), "Machine.mthp_blocks"),
+             "block_pinned": P.unpack(state["block_pinned"], np.zeros(nr_blocks, np.int32), "Machine.block_pinned"),
+             "vmstat": P.dense(state["vmstat"], np.int64, NR_VMSTAT, "Machine.vmstat"),
+             "mthp_stat": P.dense(state["mthp_stat"], np.int64, (MAX_FOLIO_ORDER + 1) * NR_MTHP_STAT,
+                                  "Machine.mthp_stat")}
+        d["scalars"] = s = self._load_scalars(state["scalars"])
+        pmd_head, mthp_order = _check_folios(d["pmd_folio"], d["mthp_folio"], nr_blocks, state["mthp_folio"])
+        hz = s["huge_zero_pfn"]
+        if hz >= 0 and (hz & (HPAGE_PMD_NR - 1) or not pmd_head[hz >> HPAGE_PMD_ORDER]):
+            P.fail("Machine", f"the huge zeropage {hz} is not a PMD-order folio")
+        d["files"] = _load_files(state["files"], s, nr_frames, pmd_head, mthp_order, d["mthp_blocks"])
+        fids = {f["fid"] for f in d["files"]}
+        d["mms"] = [_load_core(c, nr_frames, pmd_head, fids, f"Machine.mms[{i}]")
+                    for i, c in enumerate(state["mms"])]
+        d["khugepaged_exited"] = [_load_core(c, nr_frames, pmd_head, fids, f"Machine.khugepaged_exited[{i}]")
+                                  for i, c in enumerate(state["khugepaged_exited"])]
+        _check_processes(d["mms"] + d["khugepaged_exited"], s)
+        d["area"] = FreeArea(self.nr_frames, HPAGE_PMD_NR)
+        d["area"].__setstate__(state["area"])
+        return d
+
+    def _load_scalars(self, s):
+        """The machine's counters and knobs, each checked against the range its C use needs."""
+        P = _persist
+        i64 = lambda name, lo=-(1 << 63), hi=(1 << 63) - 1: P.integer(s[name], f"Machine.{name}", lo, hi)
+        out = {"memcg_usage": i64("memcg_usage", 0), "memcg_max": i64("memcg_max", 0),
+               "compact_considered": i64("compact_considered"),
+               "compact_defer_shift": i64("compact_defer_shift", 0, COMPACT_MAX_DEFER_SHIFT),
+               "compact_order_failed": i64("compact_order_failed", 0, 63),
+               "nr_foreign": i64("nr_foreign", 0, self.nr_frames),
+               "file_slots": i64("file_slots", 1, (1 << 31) - 1),
+               "shmem_enabled": i64("shmem_enabled", SHMEM_HUGE_NEVER, SHMEM_HUGE_ADVISE),
+               "folio_split_nonuniform": P.boolean(s["folio_split_nonuniform"], "Machine.folio_split_nonuniform"),
+               "huge_zero_pfn": i64("huge_zero_pfn", -1, self.nr_frames - 1),
+               "huge_zero_users": i64("huge_zero_users", 0),
+               "next_mm_id": i64("next_mm_id", 1, (1 << 31) - 1),
+               "next_khugepaged_seq": i64("next_khugepaged_seq", 1),
+               "khugepaged_cursor_seq": i64("khugepaged_cursor_seq"),
+               "khugepaged_cursor_addr": i64("khugepaged_cursor_addr", 0, (1 << 64) - 1),
+               "pages_collapsed": i64("pages_collapsed"), "full_scans": i64("full_scans")}
+        out["next_fid"] = i64("next_fid", 1, out["file_slots"])
+        return out
+
+    def _commit(self, dict d):
+        """Install what _load checked (nothing here can fail but the host's memory)."""
+        cdef ShmemFile f
+        cdef MMCore core
+        s = d["scalars"]
+        self.area = d["area"]
+        self._refcount, self._mapcount, self._flags = d["refcount"], d["mapcount"], d["flags"]
+        self._pmd_folio, self._mthp_folio, self._mthp_blocks = d["pmd_folio"], d["mthp_folio"], d["mthp_blocks"]
+        self._block_pinned, self._vmstat, self._mthp_stat = d["block_pinned"], d["vmstat"], d["mthp_stat"]
+        self.refcount = <int32_t *>cnp.PyArray_DATA(self._refcount)
+        self.mapcount = <int32_t *>cnp.PyArray_DATA(self._mapcount)
+        self.flags = <uint8_t *>cnp.PyArray_DATA(self._flags)
+        self.pmd_folio = <folio_t *>cnp.PyArray_DATA(self._pmd_folio)
+        self.mthp_folio = <folio_t *>cnp.PyArray_DATA(self._mthp_folio)
+        self.mthp_blocks = <uint8_t *>cnp.PyArray_DATA(self._mthp_blocks)
+        self.block_pinned = <int32_t *>cnp.PyArray_DATA(self._block_pinned)
+        self.vmstat = <int64_t *>cnp.PyArray_DATA(self._vmstat)
+        self.mthp_stat = <int64_t *>cnp.PyArray_DATA(self._mthp_stat)
+        self.memcg_usage, self.memcg_max = s["memcg_usage"], s["memcg_max"]
+        self.compact_considered = s["compact_considered"]
+        self.compact_defer_shift, self.compact_order_failed = s["compact_defer_shift"], s["compact_order_failed"]
+        self.nr_foreign = s["nr_foreign"]
+        self.shmem_enabled, self.folio_split_nonuniform = s["shmem_enabled"], s["folio_split_nonuniform"]
+        self.huge_zero_pfn, self.huge_zero_users = s["huge_zero_pfn"], s["huge_zero_users"]
+        self.khugepaged_cursor_seq, self.khugepaged_cursor_addr = s["khugepaged_cursor_seq"], s["khugepaged_cursor_addr"]
+        self.pages_collapsed, self.full_scans = s["pages_collapsed"], s["full_scans"]
+        # the shmem files, and the C table of their page caches
+        self.file_slots = 0
+        self._grow_file_table(s["file_slots"])
+        self.files = {}
+        for rec in d["files"]:
+            f = ShmemFile(rec["fid"], rec["anonymous"])
+            f.fd_open, f.size, f._pages = rec["fd_open"], rec["size"], rec["pages"]
+            f.pages = <int64_t *>cnp.PyArray_DATA(f._pages)
+            self.files[f.fid] = f
+            self.file_pages[f.fid] = f.pages
+            self.file_size[f.fid] = f.size
+        self.next_fid = s["next_fid"]
+        # the processes: built on this machine (which registers them), then given their state
+        lists = []
+        for key in ("mms", "khugepaged_exited"):
+            cores = []
+            for rec in d[key]:
+                core = MMCore(self, **rec["settings"])
+                core._commit(rec)
+                cores.append(core)
+            lists.append(cores)
+        self.mms, self.khugepaged_exited = lists
+        self.next_mm_id = s["next_mm_id"]
+        self.next_khugepaged_seq = s["next_khugepaged_seq"]
+
+    def core_by_id(self, int32_t mm_id):
+        """The process with this mm_id (on the rmap, or exited with khugepaged on it)."""
+        for core in self.mms + self.khugepaged_exited:
+            if (<MMCore>core).mm_id == mm_id:
+                return core
+        raise ValueError(f"no process with mm_id {mm_id} on this machine")
 
 
 # =============================================================================================
@@ -3780,3 +3945,351 @@ cdef class MMCore:
         if pmdp[0] & _PAGE_PSE:
             return 1, pmdp[0]
         return 0, self.pte_entry(pmdp[0], addr)[0]
+
+    # ---- pickling (mmemu._persist; the state is checked by _load_core) ----------------------------
+    # A process pickles as a reference into its machine, whose state carries every process:
+    # (machine, mm_id) finds it again after loading. A closed process the machine no longer
+    # lists (it exited) carries its own state.
+
+    def __reduce__(self):
+        cdef Machine m = self.machine
+        if any(c is self for c in m.mms) or any(c is self for c in m.khugepaged_exited):
+            return (_machine_core, (m, self.mm_id))
+        return (_detached_core, (m, self._getstate()))
+
+    def _getstate(self):
+        """This process as plain data: settings, used part of each table pool (sparse), the VMA
+        arrays up to nr_vmas, counters and the TLB (its cached PTE table as a pool index)."""
+        cdef int level
+        cdef int64_t n = self.nr_vmas, pt_table = -1
+        P = _persist
+        pools = []
+        for level in range(NR_LEVELS):
+            pools.append({"cap": self.pool_cap[level], "used": self.pool_used[level],
+                          "tables": P.pack(self._pools[level][:self.pool_used[level] * PTRS_PER_TABLE]),
+                          "free": self._pool_free[level][:self.pool_nfree[level]].copy()})
+        if self.pt_tag != TLB_INVALID:
+            pt_table = (self.pt_base - self.pool[LVL_PTE]) // PTRS_PER_TABLE
+        return {
+            "version": P.FORMAT_VERSION,
+            "settings": dict(thp_always=self.thp_always, thp_madvise=self.thp_madvise,
+                             use_zero_page=self.use_zero_page, zero_page=self.zero_page,
+                             huge_zero_write_thp=self.huge_zero_write_thp, pt_reclaim=self.pt_reclaim,
+                             arm64=self.arm64, atomic_write_fault=self.atomic_write_fault,
+                             reuse_large_folios=self.reuse_large_folios, mthp_always=self.mthp_always,
+                             mthp_madvise=self.mthp_madvise, defrag=self.defrag),
+            "mm_id": self.mm_id, "khugepaged_seq": self.khugepaged_seq, "thp_disable": self.thp_disable,
+            "pools": pools,
+            "nr_tables": [self.nr_tables_pte, self.nr_tables_pmd, self.nr_tables_pud, self.nr_deposited],
+            "vmas": {"start": self._vm_start[:n].copy(), "end": self._vm_end[:n].copy(),
+                     "flags": self._vm_flags[:n].copy(), "anon": self._vm_anon[:n].copy(),
+                     "pgoff": self._vm_pgoff[:n].copy(), "file": self._vm_file[:n].copy(),
+                     "cap": self.vma_cap, "cache": self.vma_cache, "next_anon_vma": self.next_anon_vma},
+            "counters": [self.rss_anon, self.rss_shmem, self.min_flt, self.maj_flt],
+            "holds_huge_zero": self.holds_huge_zero, "closed": self.closed,
+            "tlb": [self.tlb_tag, self.tlb_mask, self.tlb_perm, self.pt_tag, pt_table],
+        }
+
+    def _commit(self, dict rec):
+        """Install a state _load_core checked: arrays adopted, every pointer derived from them."""
+        cdef int level
+        cdef cnp.ndarray table, free
+        cdef int64_t pt_table
+        self.mm_id, self.khugepaged_seq, self.thp_disable = rec["mm_id"], rec["khugepaged_seq"], rec["thp_disable"]
+        for level in range(NR_LEVELS):
+            table, free = rec["tables"][level], rec["free"][level]
+            self._pools[level], self._pool_free[level] = table, free
+            self.pool[level] = <uint64_t *>cnp.PyArray_DATA(table)
+            self.pool_free[level] = <int32_t *>cnp.PyArray_DATA(free)
+            self.pool_cap[level] = rec["caps"][level]
+            self.pool_used[level] = rec["used"][level]
+            self.pool_nfree[level] = rec["nfree"][level]
+        self.nr_tables_pte, self.nr_tables_pmd, self.nr_tables_pud, self.nr_deposited = rec["nr_tables"]
+        v = rec["vmas"]
+        self._vm_start, self._vm_end, self._vm_flags = v["start"], v["end"], v["flags"]
+        self._vm_anon, self._vm_pgoff, self._vm_file = v["anon"], v["pgoff"], v["file"]
+        self.vm_start = <uint64_t *>cnp.PyArray_DATA(self._vm_start)
+        self.vm_end = <uint64_t *>cnp.PyArray_DATA(self._vm_end)
+        self.vm_flags = <uint32_t *>cnp.PyArray_DATA(self._vm_flags)
+        self.vm_anon_vma = <int32_t *>cnp.PyArray_DATA(self._vm_anon)
+        self.vm_pgoff = <uint64_t *>cnp.PyArray_DATA(self._vm_pgoff)
+        self.vm_file = <int32_t *>cnp.PyArray_DATA(self._vm_file)
+        self.vma_cap, self.nr_vmas, self.vma_cache, self.next_anon_vma = v["cap"], v["n"], v["cache"], v["next_anon_vma"]
+        self.rss_anon, self.rss_shmem, self.min_flt, self.maj_flt = rec["counters"]
+        self.holds_huge_zero, self.closed = rec["holds_huge_zero"], rec["closed"]
+        self.tlb_tag, self.tlb_mask, self.tlb_perm, self.pt_tag, pt_table = rec["tlb"]
+        self.pt_base = self.pool[LVL_PTE] + (pt_table if pt_table >= 0 else 0) * PTRS_PER_TABLE
+        self.last_leaf = NULL                 # only read right after the walk that sets it
+        self.last_leaf_pmd = False
+
+
+# =============================================================================================
+# Pickling: loading and checking a state (mmemu._persist keeps the format version and packing)
+# =============================================================================================
+# The C code above indexes without bounds checks, so a state read back from a pickle is checked
+# here before any pointer is derived from it: dtypes and sizes, every page-table entry (a table
+# index below its pool's high-water mark, each table referenced or free at most once, frames
+# inside RAM, PMD leaves on PMD-order folios), VMAs, folio orders, the shmem page caches (whole,
+# contiguous folios) and the ids that tie processes, files and khugepaged together.
+
+cdef folio_t _folio_probe
+cdef size_t FOLIO_FLAGS_AT = <size_t>(<char *>&_folio_probe.flags - <char *>&_folio_probe)
+cdef size_t FOLIO_ORDER_AT = <size_t>(<char *>&_folio_probe.order - <char *>&_folio_probe)
+_CORE_FLAGS = ("thp_always", "thp_madvise", "use_zero_page", "zero_page", "huge_zero_write_thp", "pt_reclaim",
+               "arm64", "atomic_write_fault", "reuse_large_folios")
+
+
+def _machine_core(Machine machine, mm_id):
+    """Unpickle a process: the one its machine's state rebuilt."""
+    with _persist.guard("MMCore"):
+        return machine.core_by_id(_persist.integer(mm_id, "MMCore.mm_id", 1, (1 << 31) - 1))
+
+
+def _detached_core(Machine machine, state):
+    """Unpickle a closed process its machine no longer lists: built on the machine, then taken
+    off it again (as unregister_mm left it), with the mm_id counter as it was."""
+    cdef MMCore core
+    cdef int64_t next_id = machine.next_mm_id
+    with _persist.guard("MMCore"):
+        pmd_head = _pmd_heads(machine._pmd_folio, machine.nr_blocks)
+        rec = _load_core(state, machine.nr_frames, pmd_head, set(machine.files), "MMCore")
+        if not rec["closed"]:
+            _persist.fail("MMCore", "an open process must be listed by its machine")
+    core = MMCore(machine, **rec["settings"])
+    machine.mms.remove(core)
+    machine.next_mm_id = next_id
+    core._commit(rec)
+    return core
+
+
+def _pmd_heads(pmd_folio, int64_t nr_blocks):
+    """The blocks that hold a PMD-order folio (PG_HEAD in their descriptor)."""
+    return (pmd_folio.reshape(nr_blocks, sizeof(folio_t))[:, FOLIO_FLAGS_AT] & PG_HEAD) != 0
+
+
+def _check_folios(pmd_folio, mthp_folio, int64_t nr_blocks, packed):
+    """Folio descriptors folio_of() and folio_pfn() can trust: a PMD-order folio (PG_HEAD) has
+    order 9, an mTHP order 2..8, and every quad of an mTHP carries its order. Returns (the
+    blocks that hold a PMD-order folio, a view of the order of each quad). Of the mTHP
+    descriptors only the groups of 64 quads (the largest mTHP) that the pickle stored a byte
+    of are looked at: the rest is zero, and RAM that never held an mTHP costs nothing."""
+    cdef size_t size = sizeof(folio_t), span = 64 * sizeof(folio_t)
+    pmd = pmd_folio.reshape(nr_blocks, size)
+    order = pmd[:, FOLIO_ORDER_AT]
+    pmd_head = _pmd_heads(pmd_folio, nr_blocks)
+    if ((order != 0) & (order != HPAGE_PMD_ORDER)).any() or (pmd_head & (order != HPAGE_PMD_ORDER)).any() \
+            or pmd_head[0]:
+        _persist.fail("Machine", "a PMD-order folio descriptor with a bad order")
+    groups = mthp_folio.reshape(-1, span)
+    first = packed["index"] * packed["chunk"] // span
+    last = ((packed["index"] + 1) * packed["chunk"] - 1) // span
+    tail = np.arange(packed["nbytes"] // packed["chunk"] * packed["chunk"] // span, groups.shape[0])
+    used = np.unique(np.concatenate([first, last, tail]))
+    q = groups[used].reshape(-1, size)[:, FOLIO_ORDER_AT]
+    if ((q == 1) | (q >= HPAGE_PMD_ORDER)).any():
+        _persist.fail("Machine", "an mTHP descriptor with a bad order")
+    for k in range(MIN_MTHP_ORDER + 1, HPAGE_PMD_ORDER):
+        group = (q == k).reshape(-1, 1 << (k - 2))
+        if (group.any(axis=1) & ~group.all(axis=1)).any():
+            _persist.fail("Machine", f"an order-{k} mTHP whose quads disagree on its order")
+    return pmd_head, mthp_folio.reshape(-1, size)[:, FOLIO_ORDER_AT]
+
+
+def _load_files(files, dict s, int64_t nr_frames, pmd_head, mthp_order, mthp_blocks):
+    """The shmem files: ids below next_fid, page caches that cover i_size in whole 2 MiB
+    blocks, frames inside RAM held by one page cache slot each, large folios whole and in
+    order (the truncation and fault-around code steps from a page to its folio's head)."""
+    P = _persist
+    out, seen, held = [], set(), []
+    for i, rec in enumerate(files):
+        what = f"Machine.files[{i}]"
+        fid = P.integer(rec["fid"], f"{what}.fid", 1, s["next_fid"] - 1)
+        if fid in seen:
+            P.fail(what, f"file id {fid} twice")
+        seen.add(fid)
+        size = P.integer(rec["size"], f"{what}.size", 0, 1 << 36)
+        raw = rec["pages"]
+        if not isinstance(raw, np.ndarray) or raw.ndim != 1:
+            P.fail(what, "the page cache must be a vector")
+        length = raw.shape[0]
+        if not (length == 1 or length % HPAGE_PMD_NR == 0) or length < (size + HPAGE_PMD_NR - 1) // HPAGE_PMD_NR * HPAGE_PMD_NR:
+            P.fail(what, f"a page cache of {length} slots for {size} pages")
+        pages = P.dense(raw, np.int64, length, f"{what}.pages")
+        if ((pages != 0) & ((pages < HPAGE_PMD_NR) | (pages >= nr_frames))).any():
+            P.fail(what, "a page cache frame outside RAM")
+        _check_page_cache(pages, pmd_head, mthp_order, mthp_blocks, what)
+        held.append(pages[pages != 0])
+        out.append({"fid": fid, "size": size, "pages": pages,
+                    "anonymous": P.boolean(rec["anonymous"], f"{what}.anonymous"),
+                    "fd_open": P.boolean(rec["fd_open"], f"{what}.fd_open")})
+    held = np.concatenate(held) if held else np.zeros(0, np.int64)
+    if np.unique(held).shape[0] != held.shape[0]:
+        P.fail("Machine", "a frame in two page cache slots")
+    return out
+
+
+def _check_page_cache(pages, pmd_head, mthp_order, mthp_blocks, what):
+    """Every cached frame's folio lies whole in the page cache, its pages in order."""
+    index = np.flatnonzero(pages)
+    pfn = pages[index]
+    block = pfn >> HPAGE_PMD_ORDER
+    order = np.zeros(pfn.shape[0], np.int64)
+    order[pmd_head[block]] = HPAGE_PMD_ORDER
+    small = ~pmd_head[block] & (mthp_blocks[block] != 0)
+    order[small] = mthp_order[pfn[small] >> 2]
+    nr = np.int64(1) << order
+    offset = pfn & (nr - 1)
+    first = index - offset
+    if ((first < 0) | (first + nr > pages.shape[0])).any():
+        _persist.fail(what, "a large folio runs past the page cache")
+    prev, nxt = offset > 0, offset < nr - 1
+    if (pages[index[prev] - 1] != pfn[prev] - 1).any() or (pages[index[nxt] + 1] != pfn[nxt] + 1).any():
+        _persist.fail(what, "a large folio's pages are not cached whole and in order")
+
+
+def _load_settings(s, what):
+    """The MMCore constructor's arguments, each of the type and range it takes."""
+    P = _persist
+    out = {name: P.boolean(s[name], f"{what}.{name}") for name in _CORE_FLAGS}
+    for name in ("mthp_always", "mthp_madvise"):
+        out[name] = P.integer(s[name], f"{what}.{name}", 0, 0x1fc)
+        if out[name] & ~0x1fc:
+            P.fail(what, f"{name}: mTHP orders must be 2..8")
+    out["defrag"] = P.integer(s["defrag"], f"{what}.defrag", DEFRAG_ALWAYS, DEFRAG_NEVER)
+    if len(s) != len(out):
+        P.fail(what, f"unknown settings {sorted(set(s) - set(out))}")
+    return out
+
+
+def _load_core(state, int64_t nr_frames, pmd_head, fids, what):
+    """One process's state, checked and copied into arrays of its recorded capacities."""
+    P = _persist
+    P.check_version(state, what)
+    rec = {"settings": _load_settings(state["settings"], f"{what}.settings"),
+           "mm_id": P.integer(state["mm_id"], f"{what}.mm_id", 1, (1 << 31) - 1),
+           "khugepaged_seq": P.integer(state["khugepaged_seq"], f"{what}.khugepaged_seq", 0),
+           "thp_disable": P.integer(state["thp_disable"], f"{what}.thp_disable", 0, 2),
+           "holds_huge_zero": P.boolean(state["holds_huge_zero"], f"{what}.holds_huge_zero"),
+           "closed": P.boolean(state["closed"], f"{what}.closed")}
+    if rec["thp_disable"] not in (0, THP_DISABLE_COMPLETELY, THP_DISABLE_EXCEPT_ADVISED):
+        P.fail(what, f"bad THP disable mode {rec['thp_disable']}")
+    _load_pools(state["pools"], rec, nr_frames, pmd_head, what)
+    nr_tables = list(state["nr_tables"])
+    if len(nr_tables) != 4:
+        P.fail(what, "nr_tables must hold 4 counts")
+    rec["nr_tables"] = [P.integer(v, f"{what}.nr_tables") for v in nr_tables]
+    counters = list(state["counters"])
+    if len(counters) != 4:
+        P.fail(what, "counters must hold 4 counts")
+    rec["counters"] = [P.integer(v, f"{what}.counters") for v in counters]
+    rec["vmas"] = _load_vmas(state["vmas"], fids, what)
+    tlb = list(state["tlb"])
+    if len(tlb) != 5:
+        P.fail(what, "the TLB state must hold 5 values")
+    rec["tlb"] = [P.integer(v, f"{what}.tlb", 0, (1 << 64) - 1) for v in tlb[:4]]
+    pt_table = P.integer(tlb[4], f"{what}.tlb", -1, rec["used"][LVL_PTE] - 1)
+    if rec["tlb"][3] == TLB_INVALID:
+        pt_table = -1
+    elif pt_table < 0:
+        P.fail(what, "a cached PTE table without its index")
+    rec["tlb"].append(pt_table)
+    return rec
+
+
+def _load_pools(pools, dict rec, int64_t nr_frames, pmd_head, what):
+    """The table pools at their recorded capacity (growth flushes the TLB, so capacity is part
+    of the behaviour), then the checks of _check_tables."""
+    P = _persist
+    if len(pools) != NR_LEVELS:
+        P.fail(what, f"{len(pools)} table pools instead of {NR_LEVELS}")
+    rec["tables"], rec["free"], rec["caps"], rec["used"], rec["nfree"] = [], [], [], [], []
+    for level in range(NR_LEVELS):
+        p = pools[level]
+        cap = P.integer(p["cap"], f"{what}.pools[{level}].cap", 1, (1 << 31) - 1)
+        used = P.integer(p["used"], f"{what}.pools[{level}].used", 0, cap)
+        table = huge_zeros(cap * PTRS_PER_TABLE, np.uint64)
+        P.unpack(p["tables"], table[:used * PTRS_PER_TABLE], f"{what}.pools[{level}].tables")
+        raw = p["free"]
+        if not isinstance(raw, np.ndarray) or raw.ndim != 1 or raw.shape[0] > used:
+            P.fail(what, f"pool {level}: a free list longer than the tables in use")
+        free = np.zeros(cap, np.int32)
+        free[:raw.shape[0]] = P.dense(raw, np.int32, raw.shape[0], f"{what}.pools[{level}].free")
+        for key, value in (("tables", table), ("free", free), ("caps", cap), ("used", used),
+                           ("nfree", raw.shape[0])):
+            rec[key].append(value)
+    _check_tables(rec, nr_frames, pmd_head, what)
+
+
+def _check_tables(dict rec, int64_t nr_frames, pmd_head, what):
+    """Page tables the walk can follow blindly: one PGD; every entry of an upper table names a
+    table below that pool's high-water mark; no table is referenced twice, or both referenced
+    and free (a double free would overrun the free list); free tables are zero; leaves map
+    frames inside RAM, a PMD leaf the head of a PMD-order folio."""
+    P = _persist
+    used, free = rec["used"], rec["free"]
+    if used[LVL_PGD] != 1 or rec["nfree"][LVL_PGD]:
+        P.fail(what, "the PGD pool must hold the PGD alone")
+    refs = [None] * NR_LEVELS
+    for level in range(NR_LEVELS):
+        tables = rec["tables"][level][:used[level] * PTRS_PER_TABLE]
+        fl = free[level][:rec["nfree"][level]]
+        if ((fl < 0) | (fl >= used[level])).any():
+            P.fail(what, f"pool {level}: a free table out of range")
+        if fl.shape[0] and tables.reshape(used[level], PTRS_PER_TABLE)[fl].any():
+            P.fail(what, f"pool {level}: a free table that is not empty")
+        e = tables[tables != 0]
+        frame = (e >> np.uint64(PAGE_SHIFT)) & np.uint64(PFN_MASK)
+        if level == LVL_PTE:
+            if (frame >= np.uint64(nr_frames)).any():
+                P.fail(what, "a PTE maps a frame outside RAM")
+            continue
+        huge = (e & np.uint64(_PAGE_PSE)) != 0
+        if level != LVL_PMD and huge.any():
+            P.fail(what, f"a huge entry at level {level}")
+        if level == LVL_PMD and huge.any():
+            leaf = frame[huge]
+            if ((leaf & np.uint64(HPAGE_PMD_NR - 1)) != 0).any() or (leaf >= np.uint64(nr_frames)).any() \
+                    or not pmd_head[(leaf >> np.uint64(HPAGE_PMD_ORDER)).astype(np.int64)].all():
+                P.fail(what, "a PMD leaf that does not map a PMD-order folio")
+        index = frame[~huge]
+        if (index >= np.uint64(used[level - 1])).any():
+            P.fail(what, f"an entry at level {level} names a table past its pool")
+        refs[level - 1] = index.astype(np.int64)
+    for level in range(LVL_PGD):
+        both = np.concatenate([refs[level], free[level][:rec["nfree"][level]].astype(np.int64)])
+        if np.unique(both).shape[0] != both.shape[0]:
+            P.fail(what, f"pool {level}: a table referenced twice, or referenced and free")
+
+
+def _load_vmas(v, fids, what):
+    """The VMA arrays at their recorded capacity: sorted, disjoint, page-aligned ranges below
+    2**47, file offsets that cannot overflow a page index, shmem files that exist."""
+    P = _persist
+    n = v["start"].shape[0]
+    cap = P.integer(v["cap"], f"{what}.vmas.cap", max(n, 1), (1 << 31) - 1)
+    out = {"n": n, "cap": cap, "cache": P.integer(v["cache"], f"{what}.vmas.cache"),
+           "next_anon_vma": P.integer(v["next_anon_vma"], f"{what}.vmas.next_anon_vma", -(1 << 31), (1 << 31) - 1)}
+    for key, dtype in (("start", np.uint64), ("end", np.uint64), ("flags", np.uint32), ("anon", np.int32),
+                       ("pgoff", np.uint64), ("file", np.int32)):
+        arr = np.zeros(cap, dtype)
+        arr[:n] = P.dense(v[key], dtype, n, f"{what}.vmas.{key}")
+        out[key] = arr
+    start, end, pgoff, file = out["start"][:n], out["end"][:n], out["pgoff"][:n], out["file"][:n]
+    if ((start | end) & np.uint64(PAGE_SIZE - 1)).any() or (start >= end).any() or (end > np.uint64(USER_TOP)).any() \
+            or (start[1:] < end[:-1]).any():
+        P.fail(what, "VMAs that are not sorted, disjoint, page-aligned ranges below 2**47")
+    if (pgoff + ((end - start) >> np.uint64(PAGE_SHIFT)) > np.uint64(1 << 40)).any():
+        P.fail(what, "a VMA's page offset out of range")
+    if not set(np.unique(file[file != 0]).tolist()) <= set(fids):
+        P.fail(what, "a VMA maps a shmem file that does not exist")
+    return out
+
+
+def _check_processes(recs, dict s):
+    """mm_ids unique and below the machine's counter; khugepaged sequence numbers likewise."""
+    ids = [r["mm_id"] for r in recs]
+    seqs = [r["khugepaged_seq"] for r in recs if r["khugepaged_seq"]]
+    if len(set(ids)) != len(ids) or any(i >= s["next_mm_id"] for i in ids):
+        _persist.fail("Machine", "process ids repeat or pass the machine's counter")
+    if len(set(seqs)) != len(seqs) or any(q >= s["next_khugepaged_seq"] for q in seqs):
+        _persist.fail("Machine", "khugepaged sequence numbers repeat or pass the machine's counter")

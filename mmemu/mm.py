@@ -6,6 +6,7 @@ mm/mprotect.c and mm/madvise.c do, and fail with the kernel's errno.
 """
 from __future__ import annotations
 
+import copy
 import errno
 import functools
 import numbers
@@ -14,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from . import _core
+from . import _core, _persist
 from .config import Config
 from .constants import (ADVICE, ATOMIC, MTHP_STAT_NAMES, PAGE_SIZE, PMD_SIZE, READ, TASK_SIZE,
                         VMSTAT_NAMES, WRITE)
@@ -1186,6 +1187,35 @@ class MM:
         state = "closed" if self._closed else f"{self._core.nr_vmas} VMAs, RssAnon {self._core.rss_anon * 4} kB"
         return f"<MM {self._config.kernel} {self._config.arch} thp={self._config.thp}: {state}>"
 
+    # ---- pickling ------------------------------------------------------------------------------
+    # An MM pickles with its whole machine: frames, counters, shmem files and every process on it
+    # (the rmap and shared pages tie them together). MMs and Memfds pickled in one dump come back
+    # on one machine, sharing one new lock; a lone MM brings its siblings along, unreachable
+    # except through the machine.
+
+    def __getstate__(self):
+        # (not under the lock: pickle takes the machine's state later, after this returns, so
+        # pickle an MM while no other thread is calling it, as with any other call sequence)
+        state = dict(self.__dict__)
+        state["_lock"] = _persist.lock_token(self._lock)
+        state["_version"] = _persist.FORMAT_VERSION
+        return state
+
+    def __setstate__(self, state):
+        with _persist.guard("MM"):
+            _check_pickled(state, "MM")
+            if not isinstance(state["_config"], Config) or not isinstance(state["_core"], _core.MMCore) \
+                    or state["_core"].machine is not state["_machine"] \
+                    or state["_config"].memory != (state["_machine"].nr_blocks - 1) * PMD_SIZE:
+                _persist.fail("MM", "the config, machine and process do not belong together")
+            if _persist.boolean(state["_closed"], "MM._closed") != state["_core"].closed:
+                _persist.fail("MM", "closed, but its process is not (or the other way round)")
+        self.__dict__.update({k: v for k, v in state.items() if k != "_version"})
+
+    def __copy__(self):
+        """An MM owns its process: any copy of it is a deep one (copy.deepcopy)."""
+        return copy.deepcopy(self)
+
 
 # ---- khugepaged (mm/khugepaged.c), driven synchronously ---------------------------------------
 
@@ -1316,6 +1346,38 @@ class Memfd:
     def __repr__(self):
         state = "closed" if self.closed else f"{self.size} bytes"
         return f"<Memfd {self.name!r}: {state}>"
+
+    # ---- pickling: with its MM and machine (see MM.__getstate__) -------------------------------
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_lock"] = _persist.lock_token(self._lock)
+        state["_version"] = _persist.FORMAT_VERSION
+        return state
+
+    def __setstate__(self, state):
+        with _persist.guard("Memfd"):
+            _check_pickled(state, "Memfd")
+            if not isinstance(state["_mm"], MM) or state["_mm"]._machine is not state["_machine"]:
+                _persist.fail("Memfd", "the memfd and its MM are not on one machine")
+            _persist.integer(state["_fid"], "Memfd._fid", 1, (1 << 31) - 1)
+            if not isinstance(state["name"], str):
+                _persist.fail("Memfd", "the name must be a str")
+        self.__dict__.update({k: v for k, v in state.items() if k != "_version"})
+
+    def __copy__(self):
+        """A Memfd belongs to its machine: any copy of it is a deep one (copy.deepcopy)."""
+        return copy.deepcopy(self)
+
+
+def _check_pickled(state, what):
+    """The parts every pickled MM and Memfd has: this format's version, a machine, a lock."""
+    if not isinstance(state, dict):
+        _persist.fail(what, "the state must be a dict")
+    _persist.check_version({"version": state.get("_version")}, what)
+    if not isinstance(state["_machine"], _core.Machine):
+        _persist.fail(what, "no machine")
+    _persist.check_lock(state["_lock"], f"{what}._lock")
 
 
 def _khugepaged_scan(machine, config, pages, full_scans):
