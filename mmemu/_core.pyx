@@ -1170,7 +1170,7 @@ cdef class Machine:
         files = []
         for f in self.files.values():
             files.append({"fid": f.fid, "anonymous": f.anonymous, "fd_open": f.fd_open, "size": f.size,
-                          "pages": f._pages.copy()})
+                          "fallocend": f.fallocend, "pages": f._pages.copy()})
         return {
             "version": P.FORMAT_VERSION, "area": self.area._getstate(),
             "refcount": P.pack(self._refcount), "mapcount": P.pack(self._mapcount),
@@ -1291,6 +1291,7 @@ cdef class Machine:
         for rec in d["files"]:
             f = ShmemFile(rec["fid"], rec["anonymous"])
             f.fd_open, f.size, f._pages = rec["fd_open"], rec["size"], rec["pages"]
+            f.fallocend = rec["fallocend"]
             f.pages = <int64_t *>cnp.PyArray_DATA(f._pages)
             self.files[f.fid] = f
             self.file_pages[f.fid] = f.pages
@@ -4120,6 +4121,7 @@ def _load_files(files, dict s, int64_t nr_frames, pmd_head, mthp_order, mthp_blo
         _check_page_cache(pages, pmd_head, mthp_order, mthp_blocks, what)
         held.append(pages[pages != 0])
         out.append({"fid": fid, "size": size, "pages": pages,
+                    "fallocend": P.integer(rec["fallocend"], f"{what}.fallocend", 0, 1 << 36),
                     "anonymous": P.boolean(rec["anonymous"], f"{what}.anonymous"),
                     "fd_open": P.boolean(rec["fd_open"], f"{what}.fd_open")})
     held = np.concatenate(held) if held else np.zeros(0, np.int64)

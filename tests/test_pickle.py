@@ -440,3 +440,15 @@ def test_out_of_band_buffers():
     for _ in further(*one, r):
         pass
     assert_same(observe(*two), observe(procs, fds))
+
+
+def test_a_memfds_fallocend_survives_pickling():
+    """fallocend decides which pieces a split keeps past i_size: it must come back."""
+    mm = MM(Config(shmem_enabled="always"))
+    f = mm.memfd_create()
+    f.ftruncate(768 * 4096)
+    f.fallocate(0, 4 << 20, keep_size=True)
+    mm2, f2 = pickle.loads(pickle.dumps((mm, f)))
+    for m, fd in ((mm, f), (mm2, f2)):
+        fd.fallocate(600 * 4096, 10 * 4096, punch_hole=True)
+    assert mm2.vmstat == mm.vmstat and mm2.buddyinfo().tolist() == mm.buddyinfo().tolist()
