@@ -108,6 +108,7 @@ class Progress:
     def __call__(self, done, total=None):
         if total is not None and self.bar.total != total:
             self.bar.total = total
+            self.bar.refresh()                 # show the percentage from the first report on
         self.bar.update(done - self.bar.n)
 
     def close(self):

@@ -171,3 +171,27 @@ def test_record_and_replay_a_program(tmp_path, capsys):
     assert status == 0 and final["faults"] > 0 and final["RssAnon"] > 0
     status, _, err = _run(capsys, "record", "-o", str(tmp_path / "x.npz"))
     assert status == 2 and "needs a program" in err
+
+
+def test_a_progress_bar_on_a_terminal():
+    pty = pytest.importorskip("pty")
+    import fcntl
+    import struct
+    import termios
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(mmemu.__file__)))
+    proc = subprocess.Popen([sys.executable, "-m", "mmemu", "pretouch", "--heap", "256M", "--case", "arm64"],
+                            stdout=subprocess.DEVNULL, stderr=slave, env=env)
+    os.close(slave)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    assert proc.wait() == 0
+    assert b"arm64:" in out and b"%|" in out
