@@ -312,6 +312,7 @@ cdef class Machine:
     cdef void shmem_free_whole(self, ShmemFile f, int64_t first, int64_t last) noexcept nogil
     cdef void shmem_mark_uptodate(self, int64_t pfn, folio_t *folio) noexcept nogil
     cdef void shmem_folio_dirty(self, int64_t pfn) noexcept nogil
+    cdef void bind_arrays(self)
     cdef int64_t folio_pages_from(self, int64_t pfn) noexcept nogil
     cdef void shmem_mark_fallocated(self, int64_t pfn) noexcept nogil
     cdef int shmem_undo_falloc(self, ShmemFile f, int64_t first, int64_t last) except -1

@@ -275,15 +275,7 @@ cdef class Machine:
         self._block_pinned = np.zeros(self.nr_blocks, np.int32)
         self._vmstat = np.zeros(NR_VMSTAT, np.int64)
         self._mthp_stat = np.zeros((MAX_FOLIO_ORDER + 1) * NR_MTHP_STAT, np.int64)
-        self.refcount = <int32_t *>cnp.PyArray_DATA(self._refcount)
-        self.mapcount = <int32_t *>cnp.PyArray_DATA(self._mapcount)
-        self.flags = <uint8_t *>cnp.PyArray_DATA(self._flags)
-        self.pmd_folio = <folio_t *>cnp.PyArray_DATA(self._pmd_folio)
-        self.mthp_folio = <folio_t *>cnp.PyArray_DATA(self._mthp_folio)
-        self.mthp_blocks = <uint8_t *>cnp.PyArray_DATA(self._mthp_blocks)
-        self.block_pinned = <int32_t *>cnp.PyArray_DATA(self._block_pinned)
-        self.vmstat = <int64_t *>cnp.PyArray_DATA(self._vmstat)
-        self.mthp_stat = <int64_t *>cnp.PyArray_DATA(self._mthp_stat)
+        self.bind_arrays()
         self.memcg_usage = 0
         self.memcg_max = INT64_MAX
         self.compact_considered = 0
@@ -496,6 +488,19 @@ cdef class Machine:
         if not order:
             return NULL
         return &self.mthp_folio[((pfn >> order) << order) >> 2]
+
+    cdef void bind_arrays(self):
+        """Point the C views at the per-frame and counter arrays (after they are made or
+        loaded: pointers are never kept across a pickle)."""
+        self.refcount = <int32_t *>cnp.PyArray_DATA(self._refcount)
+        self.mapcount = <int32_t *>cnp.PyArray_DATA(self._mapcount)
+        self.flags = <uint8_t *>cnp.PyArray_DATA(self._flags)
+        self.pmd_folio = <folio_t *>cnp.PyArray_DATA(self._pmd_folio)
+        self.mthp_folio = <folio_t *>cnp.PyArray_DATA(self._mthp_folio)
+        self.mthp_blocks = <uint8_t *>cnp.PyArray_DATA(self._mthp_blocks)
+        self.block_pinned = <int32_t *>cnp.PyArray_DATA(self._block_pinned)
+        self.vmstat = <int64_t *>cnp.PyArray_DATA(self._vmstat)
+        self.mthp_stat = <int64_t *>cnp.PyArray_DATA(self._mthp_stat)
 
     cdef inline bint page_is_shmem(self, int64_t pfn, folio_t *folio) noexcept nogil:
         """Whether frame pfn is in a shmem page cache (every such frame carries PG_SHMEM)."""
@@ -1267,15 +1272,7 @@ cdef class Machine:
         self._refcount, self._mapcount, self._flags = d["refcount"], d["mapcount"], d["flags"]
         self._pmd_folio, self._mthp_folio, self._mthp_blocks = d["pmd_folio"], d["mthp_folio"], d["mthp_blocks"]
         self._block_pinned, self._vmstat, self._mthp_stat = d["block_pinned"], d["vmstat"], d["mthp_stat"]
-        self.refcount = <int32_t *>cnp.PyArray_DATA(self._refcount)
-        self.mapcount = <int32_t *>cnp.PyArray_DATA(self._mapcount)
-        self.flags = <uint8_t *>cnp.PyArray_DATA(self._flags)
-        self.pmd_folio = <folio_t *>cnp.PyArray_DATA(self._pmd_folio)
-        self.mthp_folio = <folio_t *>cnp.PyArray_DATA(self._mthp_folio)
-        self.mthp_blocks = <uint8_t *>cnp.PyArray_DATA(self._mthp_blocks)
-        self.block_pinned = <int32_t *>cnp.PyArray_DATA(self._block_pinned)
-        self.vmstat = <int64_t *>cnp.PyArray_DATA(self._vmstat)
-        self.mthp_stat = <int64_t *>cnp.PyArray_DATA(self._mthp_stat)
+        self.bind_arrays()
         self.memcg_usage, self.memcg_max = s["memcg_usage"], s["memcg_max"]
         self.compact_considered = s["compact_considered"]
         self.compact_defer_shift, self.compact_order_failed = s["compact_defer_shift"], s["compact_order_failed"]

@@ -87,11 +87,8 @@ _TEXT_SETTINGS = ("kernel",)
 
 def make_config(pairs) -> Config:
     """The Config of ``--set`` pairs (a ``kernel`` brings that version's behaviour)."""
-    fields = parse_settings(pairs)
     try:
-        if "kernel" in fields:
-            return Config.for_kernel(str(fields.pop("kernel")), **fields)
-        return Config(**fields)
+        return Config.from_fields(parse_settings(pairs))
     except TypeError as exc:
         raise UsageError(f"unknown setting: {exc}") from None
 

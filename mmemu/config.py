@@ -212,6 +212,16 @@ class Config:
         return cls(**preset)
 
     @classmethod
+    def from_fields(cls, fields: dict) -> "Config":
+        """A Config from a dict of fields, as a user writes them (a scenario file, ``--set``,
+        a sweep's grid point): a ``kernel`` brings that version's behaviour (for_kernel),
+        the other fields override it."""
+        fields = dict(fields)
+        if "kernel" in fields:
+            return cls.for_kernel(str(fields.pop("kernel")), **fields)
+        return cls(**fields)
+
+    @classmethod
     def from_host(cls, sysfs: str = "/sys/kernel/mm/transparent_hugepage") -> "Config":
         """The running kernel's settings: its version and architecture, THP enabled/defrag,
         use_zero_page, the per-size enabled knobs, RAM size and max_map_count (Linux)."""

@@ -1196,10 +1196,7 @@ class MM:
     def __getstate__(self):
         # (not under the lock: pickle takes the machine's state later, after this returns, so
         # pickle an MM while no other thread is calling it, as with any other call sequence)
-        state = dict(self.__dict__)
-        state["_lock"] = _persist.lock_token(self._lock)
-        state["_version"] = _persist.FORMAT_VERSION
-        return state
+        return _pickled_state(self)
 
     def __setstate__(self, state):
         with _persist.guard("MM"):
@@ -1226,6 +1223,15 @@ def _populate_writes(flags):
     """populate_vma_page_range: FOLL_WRITE for private writable mappings only (a shared
     mapping is populated by reads: no copy-on-write to break)."""
     return bool(flags & VM_WRITE) and not flags & VM_SHARED
+
+
+def _pickled_state(obj):
+    """An MM's or a Memfd's attributes for pickle: its lock as a token (the objects pickled
+    together share one new lock) and the format version."""
+    state = dict(obj.__dict__)
+    state["_lock"] = _persist.lock_token(obj._lock)
+    state["_version"] = _persist.FORMAT_VERSION
+    return state
 
 
 def _punch_hole(machine, fid, first, last):
@@ -1350,10 +1356,7 @@ class Memfd:
     # ---- pickling: with its MM and machine (see MM.__getstate__) -------------------------------
 
     def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_lock"] = _persist.lock_token(self._lock)
-        state["_version"] = _persist.FORMAT_VERSION
-        return state
+        return _pickled_state(self)
 
     def __setstate__(self, state):
         with _persist.guard("Memfd"):

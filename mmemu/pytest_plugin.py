@@ -50,10 +50,7 @@ def _settings(request) -> dict:
 def mmemu_config(request):
     """The Config of the ini option, the command line and the test's mmemu marker."""
     from .config import Config
-    fields = _settings(request)
-    if "kernel" in fields:
-        return Config.for_kernel(str(fields.pop("kernel")), **fields)
-    return Config(**fields)
+    return Config.from_fields(_settings(request))
 
 
 @pytest.fixture

@@ -897,19 +897,7 @@ class _Machine:
                 huge = mode == "always" or (mode == "within_size"
                                             and max(last, file.size) >= _align_up(index + 1, PTRS))
                 if huge and not any(i in file.cache for i in range(base, base + PTRS)):
-                    pfn = self.alloc_large(PMD_ORDER, self.config.defrag == "always")
-                    if pfn is not None and not self.try_charge(PTRS):
-                        self.buddy_free(pfn, PMD_ORDER)
-                        self.events["thp_file_fallback_charge"] += 1
-                        self.mthp_events[PMD_ORDER]["shmem_fallback_charge"] += 1
-                        pfn = None
-                    if pfn is None:
-                        self.events["thp_file_fallback"] += 1
-                        self.mthp_events[PMD_ORDER]["shmem_fallback"] += 1
-                    else:
-                        self.events["thp_file_alloc"] += 1
-                        self.mthp_events[PMD_ORDER]["shmem_alloc"] += 1
-                        folio = self.shmem_add(file, base, pfn, PMD_ORDER, uptodate=False)
+                    folio = self.shmem_alloc_thp(file, base, self.config.defrag == "always", uptodate=False)
             if folio is None:
                 folio = self.shmem_alloc_page(file, index, uptodate=False)
                 if folio is None:
@@ -930,6 +918,24 @@ class _Machine:
                 for mm in self.mms:
                     mm._unmap_file_range(file, piece.index, piece.index + piece.nr)
                 self.shmem_free_folio(piece)
+
+    def shmem_alloc_thp(self, file, base, compact, uptodate=True):
+        """A shmem THP for pages [base, base + 512) of ``file``, or None: thp_file_alloc, or
+        thp_file_fallback (and _charge when the memory cgroup refused it), with the 2048 kB
+        shmem_* stats."""
+        pfn = self.alloc_large(PMD_ORDER, compact)
+        if pfn is not None and not self.try_charge(PTRS):
+            self.buddy_free(pfn, PMD_ORDER)
+            self.events["thp_file_fallback_charge"] += 1
+            self.mthp_events[PMD_ORDER]["shmem_fallback_charge"] += 1
+            pfn = None
+        if pfn is None:
+            self.events["thp_file_fallback"] += 1
+            self.mthp_events[PMD_ORDER]["shmem_fallback"] += 1
+            return None
+        self.events["thp_file_alloc"] += 1
+        self.mthp_events[PMD_ORDER]["shmem_alloc"] += 1
+        return self.shmem_add(file, base, pfn, PMD_ORDER, uptodate=uptodate)
 
     def undo_fallocate(self, file, first, last):
         """shmem_undo_range(unfalloc) over [first, last): the folios not uptodate there go (an
@@ -1969,19 +1975,9 @@ class ReferenceMM:
         base = index & ~(PTRS - 1)
         if self._shmem_huge_allowed(vma, index) and self._shmem_pmd_suitable(vma, addr) \
                 and not any(i in file.cache for i in range(base, base + PTRS)):
-            pfn = m.alloc_large(PMD_ORDER, self._defrag_direct(vma))
-            if pfn is not None and not m.try_charge(PTRS):
-                m.buddy_free(pfn, PMD_ORDER)
-                m.events["thp_file_fallback_charge"] += 1
-                m.mthp_events[PMD_ORDER]["shmem_fallback_charge"] += 1
-                pfn = None
-            if pfn is None:
-                m.events["thp_file_fallback"] += 1
-                m.mthp_events[PMD_ORDER]["shmem_fallback"] += 1
-            else:
-                m.events["thp_file_alloc"] += 1
-                m.mthp_events[PMD_ORDER]["shmem_alloc"] += 1
-                return m.shmem_add(file, base, pfn, PMD_ORDER)
+            folio = m.shmem_alloc_thp(file, base, self._defrag_direct(vma))
+            if folio is not None:
+                return folio
         folio = m.shmem_alloc_page(file, index)
         if folio is None:
             raise _Oom

@@ -109,9 +109,7 @@ def _config_of(fields: dict, overrides: dict | None = None) -> Config:
     if "hugepages" in fields:
         fields["hugepages"] = {int(k): v for k, v in fields["hugepages"].items()}
     try:
-        if "kernel" in fields:
-            return Config.for_kernel(str(fields.pop("kernel")), **fields)
-        return Config(**fields)
+        return Config.from_fields(fields)
     except TypeError as exc:
         raise ValueError(f"bad config: {exc}") from None
 

@@ -108,6 +108,7 @@ from typing import Callable, Iterator, Optional
 import numpy as np
 
 from .constants import ATOMIC, PAGE_SIZE, READ, TASK_SIZE, WRITE
+from .workloads.result import jsonable as _jsonable
 
 __all__ = ["iter_lackey", "LackeyReader", "TraceWriter", "write_trace", "open_trace", "Trace",
            "record", "replay", "derive_regions", "parse_maps", "plan_mappings", "Layout",
@@ -713,12 +714,6 @@ def _now():
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def _jsonable(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
 def write_trace(path, source, maps=None, meta: Optional[dict] = None, gap: int = DEFAULT_GAP,

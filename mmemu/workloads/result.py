@@ -77,7 +77,7 @@ class WorkloadResult:
     def to_json(self) -> str:
         return json.dumps({"workload": self.workload, "params": self.params, "config": self.config,
                            "timeline": {k: v.tolist() for k, v in self.timeline.items()},
-                           "final": self.final}, default=_jsonable)
+                           "final": self.final}, default=jsonable)
 
     def plot(self, path, title=None) -> None:
         """Draw RSS, huge mappings, page tables and faults over the run into ``path`` (PNG, SVG,
@@ -85,7 +85,8 @@ class WorkloadResult:
         plot_timelines([self], path, title=title or self.workload)
 
 
-def _jsonable(value):
+def jsonable(value):
+    """json.dumps's default: numpy scalars and arrays as plain numbers and lists."""
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
