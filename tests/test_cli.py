@@ -173,7 +173,7 @@ def test_record_and_replay_a_program(tmp_path, capsys):
     assert status == 2 and "needs a program" in err
 
 
-def test_a_progress_bar_on_a_terminal():
+def test_a_progress_bar_on_a_terminal(tmp_path):
     pty = pytest.importorskip("pty")
     import fcntl
     import struct
@@ -182,7 +182,7 @@ def test_a_progress_bar_on_a_terminal():
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(mmemu.__file__)))
     proc = subprocess.Popen([sys.executable, "-m", "mmemu", "pretouch", "--heap", "256M", "--case", "arm64"],
-                            stdout=subprocess.DEVNULL, stderr=slave, env=env)
+                            stdout=subprocess.DEVNULL, stderr=slave, env=env, cwd=tmp_path)
     os.close(slave)
     out = b""
     while True:
@@ -193,5 +193,5 @@ def test_a_progress_bar_on_a_terminal():
         if not chunk:
             break
         out += chunk
-    assert proc.wait() == 0
+    assert proc.wait() == 0, out.decode(errors="replace")
     assert b"arm64:" in out and b"%|" in out
