@@ -1314,6 +1314,13 @@ cdef class Machine:
                 return core
         raise ValueError(f"no process with mm_id {mm_id} on this machine")
 
+    def check_state(self):
+        """Recount every reference to every frame from the page tables of every process and
+        the shmem page caches, and compare with the refcounts, mapcounts and counters the
+        engine keeps (MM.check). Returns a list of problems, one line each (empty: all holds).
+        Reads only; see _InvariantChecker for what is checked and the conventions."""
+        return _InvariantChecker(self).run()
+
 
 # =============================================================================================
 # MMCore: one process
@@ -4292,3 +4299,591 @@ def _check_processes(recs, dict s):
         _persist.fail("Machine", "process ids repeat or pass the machine's counter")
     if len(set(seqs)) != len(seqs) or any(q >= s["next_khugepaged_seq"] for q in seqs):
         _persist.fail("Machine", "khugepaged sequence numbers repeat or pass the machine's counter")
+
+
+# =============================================================================================
+# Invariant check (Machine.check_state, MM.check): every reference recounted from scratch
+# =============================================================================================
+# The engine's reference conventions, which the check asserts (learned from the fault, zap,
+# split and fork paths above):
+# - an order-0 anonymous page: refcount == mapcount == its PTE mappings (nothing pins pages);
+#   it is freed when they reach 0, so a live one has at least one;
+# - a large folio (PMD-order THP, mTHP, shmem THP or piece of one): the per-frame refcount is 0;
+#   folio.refcount == PTE mappings of its pages + folio.entire_mapcount (PMD mappings); each
+#   page's mapcount counts its PTE mappings only; an anonymous one with refcount 0 is leaked;
+# - folio.mm_count[s] (MM_ID) never exceeds the mappings process mm_id[s] really has: it can
+#   be lower, as a third process's mappings are not tracked until a slot frees;
+# - a shmem page is referenced by exactly one page-cache slot; the cache's reference is not in
+#   any refcount (refcount 0 for an order-0 shmem page, folio.refcount counts mappings only);
+# - the huge zeropage has no refcount or mapcount; each process that ever mapped it holds one
+#   reference (holds_huge_zero) until it exits; its PMD maps, like anonymous THP PMD maps, have
+#   a deposited PTE table (counted in nr_deposited, NR_PAGETABLE and the memcg); shmem PMD
+#   maps have none;
+# - page tables live in per-process pools, not in the buddy allocator: they are counted
+#   (VmPTE, nr_page_table_pages) and charged to the memcg, the deposits too;
+# - the memcg is charged for anonymous and shmem frames and page tables, not for the huge
+#   zeropage or fragment_memory's frames.
+
+cdef struct mm_tally:
+    int64_t rss_anon, rss_shmem, deposits, anon_pmd, shmem_pmd, hz_pmd
+    int64_t tables[NR_LEVELS]
+
+cdef enum:
+    CHECK_MAX_PROBLEMS = 200
+
+
+cdef class _InvariantChecker:
+    """One check of one machine: expected counts accumulate in per-frame arrays while the page
+    tables and page caches are walked, then one pass over the frames compares. O(frames +
+    page-table entries)."""
+    cdef Machine m
+    cdef list problems
+    cdef int64_t nproblems
+    cdef cnp.ndarray _pte_maps, _pmd_maps, _mm_maps, _touched, _file_refs, _slots, _fcap, _pinned
+    cdef int32_t *pte_maps      # PTE mappings per frame, every process
+    cdef int32_t *pmd_maps      # PMD mappings per block (THPs of both kinds; not the huge zeropage)
+    cdef int32_t *mm_maps       # mappings of one process per large folio head (reset per process)
+    cdef int64_t *touched       # heads with mm_maps > 0
+    cdef int64_t ntouched
+    cdef int32_t *file_refs     # page-cache slots per frame
+    cdef uint8_t *slots         # per folio head: MM_ID slots confirmed by a mapping process
+    cdef int64_t *fcap          # page-cache capacity per file id (0: no such file)
+    cdef int32_t *pinned        # expected block_pinned
+    cdef int64_t tables_total, hz_holders
+
+    def __cinit__(self, Machine m):
+        self.m = m
+        self.problems = []
+        self.nproblems = 0
+        self._pte_maps = huge_zeros(m.nr_frames, np.int32)
+        self._pmd_maps = np.zeros(m.nr_blocks, np.int32)
+        self._mm_maps = huge_zeros(m.nr_frames, np.int32)
+        self._touched = huge_zeros(m.nr_frames, np.int64)
+        self._file_refs = huge_zeros(m.nr_frames, np.int32)
+        self._slots = huge_zeros(m.nr_frames, np.uint8)
+        self._fcap = np.zeros(m.file_slots, np.int64)
+        self._pinned = np.zeros(m.nr_blocks, np.int32)
+        self.pte_maps = <int32_t *>cnp.PyArray_DATA(self._pte_maps)
+        self.pmd_maps = <int32_t *>cnp.PyArray_DATA(self._pmd_maps)
+        self.mm_maps = <int32_t *>cnp.PyArray_DATA(self._mm_maps)
+        self.touched = <int64_t *>cnp.PyArray_DATA(self._touched)
+        self.file_refs = <int32_t *>cnp.PyArray_DATA(self._file_refs)
+        self.slots = <uint8_t *>cnp.PyArray_DATA(self._slots)
+        self.fcap = <int64_t *>cnp.PyArray_DATA(self._fcap)
+        self.pinned = <int32_t *>cnp.PyArray_DATA(self._pinned)
+
+    cdef void problem(self, str msg):
+        self.nproblems += 1
+        if self.nproblems <= CHECK_MAX_PROBLEMS:
+            self.problems.append(msg)
+
+    def run(self):
+        cdef MMCore mm
+        self.walk_files()
+        for mm in self.m.mms:
+            self.walk_mm(mm, f"process {mm.mm_id}")
+        for mm in self.m.khugepaged_exited:
+            self.walk_mm(mm, f"exited process {mm.mm_id}")
+        self.check_frames()
+        if self.nproblems > CHECK_MAX_PROBLEMS:
+            self.problems.append(f"... and {self.nproblems - CHECK_MAX_PROBLEMS} more problems")
+        return self.problems
+
+    # ---- the page caches ------------------------------------------------------------------------
+
+    cdef void walk_files(self):
+        cdef ShmemFile f
+        cdef int64_t i, pfn, cap, head, nr
+        cdef folio_t *folio
+        cdef Machine m = self.m
+        for f in m.files.values():
+            cap = f._pages.shape[0]
+            if f.fid >= m.file_slots or m.file_pages[f.fid] != f.pages or m.file_size[f.fid] != f.size:
+                self.problem(f"file {f.fid}: the C table of page caches disagrees with the file")
+                continue
+            self.fcap[f.fid] = cap
+            for i in range(cap):
+                pfn = f.pages[i]
+                if not pfn:
+                    continue
+                if pfn < HPAGE_PMD_NR or pfn >= m.nr_frames:
+                    self.problem(f"file {f.fid} page {i}: frame {pfn} outside RAM")
+                    continue
+                self.file_refs[pfn] += 1
+                if not (m.flags[pfn] & PG_SHMEM):
+                    self.problem(f"file {f.fid} page {i}: frame {pfn} is not a shmem page")
+                folio = m.folio_of(pfn)
+                if folio != NULL:
+                    head = m.folio_pfn(folio)
+                    nr = (<int64_t>1) << folio.order
+                    if (i - (pfn - head)) % nr:
+                        self.problem(f"file {f.fid} page {i}: its folio (head {head}, order "
+                                     f"{folio.order}) is not naturally aligned in the file")
+
+    # ---- one process's page tables -------------------------------------------------------------
+
+    cdef int64_t vma_at(self, MMCore mm, uint64_t addr):
+        cdef int64_t i = mm.vma_lower_bound(addr)
+        if i < mm.nr_vmas and mm.vm_start[i] <= addr:
+            return i
+        return -1
+
+    cdef int64_t table_of(self, MMCore mm, int level, uint64_t e, uint8_t *seen, str who,
+                          uint64_t addr):
+        """The index of the table an upper entry points to, or -1 (reported) if it is bad."""
+        cdef int64_t idx = <int64_t>entry_index(e)
+        if not (e & _PAGE_PRESENT) or e & _PAGE_PSE and level != LVL_PTE:
+            self.problem(f"{who}: bad table entry {e:#x} above level {level} at {addr:#x}")
+            return -1
+        if idx >= mm.pool_used[level]:
+            self.problem(f"{who}: entry at {addr:#x} points past the level-{level} pool")
+            return -1
+        if seen[idx]:
+            self.problem(f"{who}: level-{level} table {idx} is referenced twice (again at {addr:#x})")
+            return -1
+        seen[idx] = 1
+        return idx
+
+    cdef void walk_mm(self, MMCore mm, str who):
+        cdef mm_tally t
+        cdef uint64_t *pud
+        cdef uint64_t *pmd
+        cdef uint64_t *pte
+        cdef uint64_t e, addr
+        cdef int64_t i, j, k, l, idx
+        cdef int level
+        memset(&t, 0, sizeof(t))
+        seen = [np.zeros(max(mm.pool_used[level], 1), np.uint8) for level in range(NR_LEVELS)]
+        cdef uint8_t *seen_pud = <uint8_t *>cnp.PyArray_DATA(seen[LVL_PUD])
+        cdef uint8_t *seen_pmd = <uint8_t *>cnp.PyArray_DATA(seen[LVL_PMD])
+        cdef uint8_t *seen_pte = <uint8_t *>cnp.PyArray_DATA(seen[LVL_PTE])
+        self.ntouched = 0
+        for i in range(PTRS_PER_TABLE):
+            e = mm.pool[LVL_PGD][i]
+            if not e:
+                continue
+            addr = <uint64_t>i << PGDIR_SHIFT
+            idx = self.table_of(mm, LVL_PUD, e, seen_pud, who, addr)
+            if idx < 0:
+                continue
+            t.tables[LVL_PUD] += 1
+            pud = mm.pool[LVL_PUD] + idx * PTRS_PER_TABLE
+            for j in range(PTRS_PER_TABLE):
+                if not pud[j]:
+                    continue
+                addr = (<uint64_t>i << PGDIR_SHIFT) | (<uint64_t>j << PUD_SHIFT)
+                idx = self.table_of(mm, LVL_PMD, pud[j], seen_pmd, who, addr)
+                if idx < 0:
+                    continue
+                t.tables[LVL_PMD] += 1
+                pmd = mm.pool[LVL_PMD] + idx * PTRS_PER_TABLE
+                for k in range(PTRS_PER_TABLE):
+                    e = pmd[k]
+                    if not e:
+                        continue
+                    addr = (<uint64_t>i << PGDIR_SHIFT) | (<uint64_t>j << PUD_SHIFT) | (<uint64_t>k << PMD_SHIFT)
+                    if e & _PAGE_PSE:
+                        self.pmd_leaf(mm, &t, e, addr, who)
+                        continue
+                    idx = self.table_of(mm, LVL_PTE, e, seen_pte, who, addr)
+                    if idx < 0:
+                        continue
+                    t.tables[LVL_PTE] += 1
+                    pte = mm.pool[LVL_PTE] + idx * PTRS_PER_TABLE
+                    for l in range(PTRS_PER_TABLE):
+                        if pte[l]:
+                            self.pte_leaf(mm, &t, pte[l], addr | (<uint64_t>l << PAGE_SHIFT), who)
+        self.check_pools(mm, &t, seen, who)
+        self.check_mm_counters(mm, &t, who)
+        self.check_mm_ids(mm, who)
+
+    cdef bint file_page_ok(self, MMCore mm, int64_t vma, uint64_t addr, int64_t pfn, str who):
+        """A shmem frame mapped at addr is the page the VMA's file holds at addr's index."""
+        cdef int32_t fid
+        cdef int64_t index
+        if vma < 0:
+            return True                                   # reported by the caller
+        fid = mm.vm_file[vma]
+        index = <int64_t>(mm.vm_pgoff[vma] + ((addr - mm.vm_start[vma]) >> PAGE_SHIFT))
+        if fid <= 0 or fid >= self.m.file_slots or not self.fcap[fid]:
+            self.problem(f"{who}: shmem frame {pfn} mapped at {addr:#x} in a VMA of no shmem file")
+            return False
+        if index >= self.fcap[fid] or self.m.file_pages[fid][index] != pfn:
+            self.problem(f"{who}: {addr:#x} maps frame {pfn}, not file {fid}'s page {index}")
+            return False
+        return True
+
+    cdef void anon_vma_ok(self, MMCore mm, int64_t vma, uint64_t addr, str what, str who):
+        if vma >= 0 and mm.vm_file[vma]:
+            self.problem(f"{who}: {what} at {addr:#x} in a shared mapping")
+
+    cdef void mm_add(self, int64_t head, int32_t nr):
+        if self.mm_maps[head] == 0:
+            self.touched[self.ntouched] = head
+            self.ntouched += 1
+        self.mm_maps[head] += nr
+
+    cdef void pte_leaf(self, MMCore mm, mm_tally *t, uint64_t e, uint64_t addr, str who):
+        cdef Machine m = self.m
+        cdef int64_t vma = self.vma_at(mm, addr)
+        cdef int64_t pfn = <int64_t>entry_index(e)
+        cdef folio_t *folio
+        if not (e & _PAGE_PRESENT):
+            self.problem(f"{who}: non-present PTE {e:#x} at {addr:#x}")
+            return
+        if vma < 0:
+            self.problem(f"{who}: PTE at {addr:#x} outside every VMA")
+        if e & _PAGE_SPECIAL:
+            if pfn != 0:
+                self.problem(f"{who}: special PTE at {addr:#x} maps frame {pfn}, not the zeropage")
+            self.anon_vma_ok(mm, vma, addr, "zeropage PTE", who)
+            return
+        if pfn < HPAGE_PMD_NR or pfn >= m.nr_frames:
+            self.problem(f"{who}: PTE at {addr:#x} maps frame {pfn} outside RAM")
+            return
+        if m.area.free_order_of(pfn) >= 0:
+            self.problem(f"{who}: PTE at {addr:#x} maps frame {pfn}, which is free")
+            return
+        folio = m.folio_of(pfn)
+        if folio != NULL and folio.order == HPAGE_PMD_ORDER and folio.flags & PG_HUGE_ZERO:
+            self.problem(f"{who}: PTE at {addr:#x} maps frame {pfn} of the huge zeropage")
+            return
+        if folio == NULL and m.flags[pfn] & PG_FOREIGN:
+            self.problem(f"{who}: PTE at {addr:#x} maps frame {pfn}, held by fragment_memory")
+            return
+        self.pte_maps[pfn] += 1
+        if m.flags[pfn] & PG_SHMEM:
+            t.rss_shmem += 1
+            self.file_page_ok(mm, vma, addr, pfn, who)
+            return
+        t.rss_anon += 1
+        self.anon_vma_ok(mm, vma, addr, "anonymous PTE", who)
+        if folio != NULL:
+            self.mm_add(m.folio_pfn(folio), 1)
+
+    cdef void pmd_leaf(self, MMCore mm, mm_tally *t, uint64_t e, uint64_t addr, str who):
+        cdef Machine m = self.m
+        cdef int64_t vma = self.vma_at(mm, addr)
+        cdef int64_t pfn = <int64_t>entry_index(e), block
+        cdef folio_t *folio
+        if not (e & _PAGE_PRESENT):
+            self.problem(f"{who}: non-present PMD leaf {e:#x} at {addr:#x}")
+            return
+        if vma < 0 or mm.vm_end[vma] < addr + PMD_SIZE:
+            self.problem(f"{who}: PMD mapping at {addr:#x} not inside one VMA")
+        if pfn & (HPAGE_PMD_NR - 1) or pfn < HPAGE_PMD_NR or pfn >= m.nr_frames:
+            self.problem(f"{who}: PMD at {addr:#x} maps frame {pfn}, no 2 MiB block of RAM")
+            return
+        block = pfn >> HPAGE_PMD_ORDER
+        folio = &m.pmd_folio[block]
+        if not (folio.flags & PG_HEAD):
+            self.problem(f"{who}: PMD at {addr:#x} maps block {block}, which holds no PMD-order folio")
+            return
+        if folio.flags & PG_HUGE_ZERO:
+            if pfn != m.huge_zero_pfn:
+                self.problem(f"{who}: PMD at {addr:#x} maps a huge zeropage that is not the machine's")
+            t.hz_pmd += 1
+            t.deposits += 1
+            self.anon_vma_ok(mm, vma, addr, "huge zeropage PMD", who)
+            return
+        self.pmd_maps[block] += 1
+        if m.flags[pfn] & PG_SHMEM:
+            t.shmem_pmd += 1
+            t.rss_shmem += HPAGE_PMD_NR
+            self.file_page_ok(mm, vma, addr, pfn, who)
+            return
+        if not (folio.flags & PG_ANON):
+            self.problem(f"{who}: PMD at {addr:#x} maps block {block}, neither anonymous nor shmem")
+            return
+        t.anon_pmd += 1
+        t.deposits += 1
+        t.rss_anon += HPAGE_PMD_NR
+        self.anon_vma_ok(mm, vma, addr, "THP PMD", who)
+        self.mm_add(pfn, 1)
+
+    cdef void check_pools(self, MMCore mm, mm_tally *t, list seen, str who):
+        """Every table of each pool is reachable once or on the free list, never both."""
+        cdef int level
+        cdef int64_t k, idx, live
+        cdef uint8_t *s
+        for level in range(LVL_PUD + 1):
+            s = <uint8_t *>cnp.PyArray_DATA(seen[level])
+            for k in range(mm.pool_nfree[level]):
+                idx = mm.pool_free[level][k]
+                if idx < 0 or idx >= mm.pool_used[level]:
+                    self.problem(f"{who}: level-{level} free list holds table {idx} past the pool")
+                elif s[idx]:
+                    self.problem(f"{who}: level-{level} table {idx} is both free and in use")
+            live = mm.pool_used[level] - mm.pool_nfree[level]
+            if live != t.tables[level]:
+                self.problem(f"{who}: level-{level} pool has {live} tables in use, "
+                             f"{t.tables[level]} reachable (leaked tables)")
+
+    cdef void check_mm_counters(self, MMCore mm, mm_tally *t, str who):
+        cdef int64_t v
+        cdef smaps_acc acc, sum_acc
+        memset(&sum_acc, 0, sizeof(sum_acc))
+        if mm.rss_anon != t.rss_anon:
+            self.problem(f"{who}: RssAnon {mm.rss_anon} pages, page tables map {t.rss_anon}")
+        if mm.rss_shmem != t.rss_shmem:
+            self.problem(f"{who}: RssShmem {mm.rss_shmem} pages, page tables map {t.rss_shmem}")
+        for level, name, n in ((LVL_PTE, "PTE", mm.nr_tables_pte), (LVL_PMD, "PMD", mm.nr_tables_pmd),
+                               (LVL_PUD, "PUD", mm.nr_tables_pud)):
+            if n != t.tables[level]:
+                self.problem(f"{who}: {n} {name} tables counted, {t.tables[level]} reachable")
+        if mm.nr_deposited != t.deposits:
+            self.problem(f"{who}: {mm.nr_deposited} deposited tables counted, "
+                         f"{t.deposits} anonymous PMD maps need one")
+        self.tables_total += t.tables[LVL_PTE] + t.tables[LVL_PMD] + t.tables[LVL_PUD] + t.deposits
+        if t.hz_pmd and not mm.holds_huge_zero:
+            self.problem(f"{who}: maps the huge zeropage without holding a reference to it")
+        if mm.holds_huge_zero:
+            self.hz_holders += 1
+        for v in range(mm.nr_vmas):
+            memset(&acc, 0, sizeof(acc))
+            mm._smaps(mm.vm_start[v], mm.vm_end[v], &acc)
+            sum_acc.anon_huge += acc.anon_huge
+            sum_acc.shmem_pmd += acc.shmem_pmd
+            sum_acc.rss += acc.rss
+            sum_acc.anonymous += acc.anonymous
+        if sum_acc.anon_huge != t.anon_pmd * HPAGE_PMD_NR:
+            self.problem(f"{who}: smaps AnonHugePages adds up to {sum_acc.anon_huge} pages, "
+                         f"{t.anon_pmd} THP PMD maps")
+        if sum_acc.shmem_pmd != t.shmem_pmd * HPAGE_PMD_NR:
+            self.problem(f"{who}: smaps ShmemPmdMapped adds up to {sum_acc.shmem_pmd} pages, "
+                         f"{t.shmem_pmd} shmem PMD maps")
+        if sum_acc.rss != t.rss_anon + t.rss_shmem or sum_acc.anonymous != t.rss_anon:
+            self.problem(f"{who}: smaps Rss/Anonymous add up to {sum_acc.rss}/{sum_acc.anonymous} "
+                         f"pages, page tables map {t.rss_anon + t.rss_shmem}/{t.rss_anon}")
+        if mm.closed and (t.rss_anon or t.rss_shmem or t.tables[LVL_PTE] or t.tables[LVL_PMD]
+                          or t.tables[LVL_PUD] or mm.nr_vmas):
+            self.problem(f"{who}: exited, yet still has mappings or tables")
+
+    cdef void check_mm_ids(self, MMCore mm, str who):
+        """A folio's MM_ID slot naming this process counts no more mappings than it has."""
+        cdef int64_t k, head
+        cdef int s
+        cdef folio_t *folio
+        for k in range(self.ntouched):
+            head = self.touched[k]
+            folio = self.m.folio_of(head)
+            for s in range(2):
+                if folio.mm_count[s] > 0 and folio.mm_id[s] == mm.mm_id:
+                    self.slots[head] |= 1 << s
+                    if folio.mm_count[s] > self.mm_maps[head]:
+                        self.problem(f"{who}: folio {head} counts {folio.mm_count[s]} mappings "
+                                     f"by it, it has {self.mm_maps[head]}")
+            self.mm_maps[head] = 0
+
+    # ---- every frame -----------------------------------------------------------------------------
+
+    cdef void check_frames(self):
+        cdef Machine m = self.m
+        cdef int64_t pfn = HPAGE_PMD_NR, n, q, block, head
+        cdef int k, order
+        cdef int64_t nr_free = 0
+        cdef folio_t *folio
+        # expected counters: [anon_mapped, anon_thps, shmem, shmem_thps, shmem_pmdmapped, memcg, foreign]
+        cdef int64_t c[7]
+        cdef int64_t mthp_nr[MAX_FOLIO_ORDER + 1]
+        cdef int64_t mthp_partial[MAX_FOLIO_ORDER + 1]
+        memset(c, 0, sizeof(c))
+        memset(mthp_nr, 0, sizeof(mthp_nr))
+        memset(mthp_partial, 0, sizeof(mthp_partial))
+        while pfn < m.nr_frames:
+            k = m.area.free_order_of(pfn)
+            if k >= 0:
+                n = (<int64_t>1) << k
+                if pfn & (n - 1):
+                    self.problem(f"frame {pfn}: inside a free block of order {k} not yet reached")
+                    n = 1
+                self.check_free(pfn, n)
+                nr_free += n
+                pfn += n
+                continue
+            block = pfn >> HPAGE_PMD_ORDER
+            folio = &m.pmd_folio[block]
+            if folio.flags & PG_HEAD:
+                if pfn & (HPAGE_PMD_NR - 1):
+                    self.problem(f"frame {pfn}: in use before its block's PMD-order folio")
+                    pfn = (block + 1) << HPAGE_PMD_ORDER
+                    continue
+                self.check_large(folio, pfn, HPAGE_PMD_ORDER, c, mthp_nr, mthp_partial)
+                pfn += HPAGE_PMD_NR
+                continue
+            order = m.mthp_folio[pfn >> 2].order if m.mthp_blocks[block] else 0
+            if order:
+                head = (pfn >> order) << order
+                if head != pfn:
+                    self.problem(f"frame {pfn}: its mTHP's head {head} is free or another folio")
+                    pfn += 1
+                    continue
+                self.check_large(&m.mthp_folio[pfn >> 2], pfn, order, c, mthp_nr, mthp_partial)
+                pfn += (<int64_t>1) << order
+                continue
+            self.check_page(pfn, c)
+            pfn += 1
+        self.check_machine_counters(nr_free, c, mthp_nr, mthp_partial)
+
+    cdef void check_free(self, int64_t pfn, int64_t n):
+        """A free block: no metadata left, referenced by nothing."""
+        cdef Machine m = self.m
+        cdef int64_t q
+        for q in range(pfn, pfn + n):
+            if m.flags[q] or m.mapcount[q] or m.refcount[q]:
+                self.problem(f"frame {q}: free, yet flags {m.flags[q]:#x} mapcount {m.mapcount[q]} "
+                             f"refcount {m.refcount[q]}")
+                return
+            if self.file_refs[q]:
+                self.problem(f"frame {q}: free, yet in a shmem page cache")
+                return
+            if m.pmd_folio[q >> HPAGE_PMD_ORDER].flags & PG_HEAD \
+                    or m.mthp_blocks[q >> HPAGE_PMD_ORDER] and m.mthp_folio[q >> 2].order:
+                self.problem(f"frame {q}: free, yet described as part of a large folio")
+                return
+
+    cdef void check_large(self, folio_t *folio, int64_t head, int order, int64_t *c,
+                          int64_t *mthp_nr, int64_t *mthp_partial):
+        cdef Machine m = self.m
+        cdef int64_t nr = (<int64_t>1) << order, q, sum_pte = 0, mapped = 0, written = 0
+        cdef int64_t block = head >> HPAGE_PMD_ORDER
+        cdef int32_t entire = self.pmd_maps[block] if order == HPAGE_PMD_ORDER else 0
+        cdef bint shmem = (m.flags[head] & PG_SHMEM) != 0
+        cdef str what = f"{'shmem' if shmem else 'anonymous'} folio {head} (order {order})"
+        self.pinned[block] += <int32_t>nr
+        if order == HPAGE_PMD_ORDER and folio.flags & PG_HUGE_ZERO:
+            if head != m.huge_zero_pfn:
+                self.problem(f"block {block}: a huge zeropage that is not the machine's (leaked)")
+            for q in range(head, head + nr):
+                if m.mapcount[q] or m.refcount[q] or self.pte_maps[q] or self.file_refs[q]:
+                    self.problem(f"huge zeropage frame {q}: mapped by a PTE or counted")
+                    break
+            return
+        if folio.order != order:
+            self.problem(f"{what}: describes itself as order {folio.order}")
+        for q in range(head, head + nr):
+            if q != head and m.area.free_order_of(q) >= 0:
+                self.problem(f"{what}: frame {q} is free")
+            if order < HPAGE_PMD_ORDER and m.mthp_folio[q >> 2].order != order:
+                self.problem(f"{what}: frame {q} does not know its folio's order")
+            if bool(m.flags[q] & PG_SHMEM) != shmem:
+                self.problem(f"{what}: frame {q} is of the other kind")
+            if m.mapcount[q] != self.pte_maps[q]:
+                self.problem(f"{what}: frame {q} mapcount {m.mapcount[q]}, PTEs map it "
+                             f"{self.pte_maps[q]} times")
+            if m.refcount[q]:
+                self.problem(f"{what}: frame {q} has its own refcount {m.refcount[q]}")
+            if self.file_refs[q] != (1 if shmem else 0):
+                self.problem(f"{what}: frame {q} is in {self.file_refs[q]} page-cache slots")
+            sum_pte += self.pte_maps[q]
+            mapped += self.pte_maps[q] > 0
+            written += (m.flags[q] & PG_WRITTEN) != 0
+        if folio.entire_mapcount != entire:
+            self.problem(f"{what}: entire_mapcount {folio.entire_mapcount}, {entire} PMD maps")
+        if folio.refcount != sum_pte + entire:
+            self.problem(f"{what}: refcount {folio.refcount}, mapped {sum_pte} times by PTEs "
+                         f"and {entire} by PMDs")
+        if folio.written != written:
+            self.problem(f"{what}: counts {folio.written} written pages, {written} are")
+        c[5] += nr
+        if shmem:
+            c[2] += nr
+            if order == HPAGE_PMD_ORDER:
+                c[3] += 1
+                c[4] += entire > 0
+            return
+        if not (folio.flags & PG_ANON):
+            self.problem(f"{what}: neither anonymous nor shmem")
+        if folio.refcount <= 0:
+            self.problem(f"{what}: mapped nowhere, yet not freed (leaked)")
+        c[0] += nr if entire > 0 else mapped
+        c[1] += order == HPAGE_PMD_ORDER and entire > 0
+        mthp_nr[order] += 1
+        if folio.flags & PG_PARTIAL:
+            mthp_partial[order] += 1
+            if not (folio.flags & PG_DEFERRED):
+                self.problem(f"{what}: partially mapped but not on the deferred-split queue")
+        for s in range(2):
+            if folio.mm_count[s] > 0 and not (self.slots[head] >> s) & 1:
+                self.problem(f"{what}: MM_ID slot {s} names process {folio.mm_id[s]}, "
+                             f"which does not map it")
+        if max(folio.mm_count[0], 0) + max(folio.mm_count[1], 0) > folio.refcount \
+                or folio.mm_count[0] < 0 or folio.mm_count[1] < 0:
+            self.problem(f"{what}: MM_ID counts {folio.mm_count[0]}+{folio.mm_count[1]} "
+                         f"against refcount {folio.refcount}")
+
+    cdef void check_page(self, int64_t pfn, int64_t *c):
+        """An order-0 frame in use: anonymous, shmem or held by fragment_memory."""
+        cdef Machine m = self.m
+        cdef uint8_t f = m.flags[pfn]
+        cdef int64_t block = pfn >> HPAGE_PMD_ORDER
+        if f & PG_FOREIGN:
+            c[6] += 1
+            if not (f & PG_FOREIGN_MOVABLE):
+                self.pinned[block] += 1
+            if self.pte_maps[pfn] or self.file_refs[pfn] or m.mapcount[pfn] or m.refcount[pfn]:
+                self.problem(f"frame {pfn}: held by fragment_memory, yet mapped or counted")
+            return
+        if f & PG_SHMEM:
+            c[2] += 1
+            c[5] += 1
+            self.pinned[block] += 1
+            if self.file_refs[pfn] != 1:
+                self.problem(f"shmem page {pfn}: in {self.file_refs[pfn]} page-cache slots"
+                             + (" (leaked)" if not self.file_refs[pfn] else ""))
+            if m.mapcount[pfn] != self.pte_maps[pfn] or m.refcount[pfn]:
+                self.problem(f"shmem page {pfn}: mapcount {m.mapcount[pfn]} refcount {m.refcount[pfn]}, "
+                             f"PTEs map it {self.pte_maps[pfn]} times")
+            return
+        if f & PG_ANON:
+            c[5] += 1
+            if self.pte_maps[pfn] == 0:
+                self.problem(f"anonymous page {pfn}: mapped nowhere, yet not freed (leaked)")
+            else:
+                c[0] += 1
+            if m.mapcount[pfn] != self.pte_maps[pfn] or m.refcount[pfn] != self.pte_maps[pfn]:
+                self.problem(f"anonymous page {pfn}: mapcount {m.mapcount[pfn]} refcount "
+                             f"{m.refcount[pfn]}, PTEs map it {self.pte_maps[pfn]} times")
+            if self.file_refs[pfn]:
+                self.problem(f"anonymous page {pfn}: also in a shmem page cache")
+            return
+        self.problem(f"frame {pfn}: allocated, flags {f:#x}, but neither anonymous, shmem nor "
+                     f"held (leaked; PTEs map it {self.pte_maps[pfn]} times)")
+
+    cdef void check_machine_counters(self, int64_t nr_free, int64_t *c, int64_t *mthp_nr,
+                                     int64_t *mthp_partial):
+        cdef Machine m = self.m
+        cdef int order
+        cdef int64_t block
+        if nr_free != m.area.free_pages:
+            self.problem(f"buddy allocator: {m.area.free_pages} free pages counted, {nr_free} free")
+        for name, item, want in (("nr_anon_pages", NR_ANON_MAPPED, c[0]),
+                                 ("nr_anon_transparent_hugepages", NR_ANON_THPS, c[1]),
+                                 ("nr_shmem", NR_SHMEM, c[2]), ("nr_shmem_hugepages", NR_SHMEM_THPS, c[3]),
+                                 ("nr_shmem_pmdmapped", NR_SHMEM_PMDMAPPED, c[4]),
+                                 ("nr_page_table_pages", NR_PAGETABLE, self.tables_total)):
+            if m.vmstat[item] != want:
+                self.problem(f"vmstat {name} is {m.vmstat[item]}, should be {want}")
+        if m.memcg_usage != c[5] + self.tables_total:
+            self.problem(f"memory_current is {m.memcg_usage} pages, should be {c[5]} frames + "
+                         f"{self.tables_total} page tables")
+        if m.nr_foreign != c[6]:
+            self.problem(f"fragment_memory holds {c[6]} frames, counted {m.nr_foreign}")
+        if m.huge_zero_users != self.hz_holders:
+            self.problem(f"the huge zeropage has {m.huge_zero_users} users counted, "
+                         f"{self.hz_holders} processes hold it")
+        if m.huge_zero_pfn >= 0 and not (m.pmd_folio[m.huge_zero_pfn >> HPAGE_PMD_ORDER].flags & PG_HUGE_ZERO):
+            self.problem(f"the huge zeropage {m.huge_zero_pfn} is not described as one")
+        for order in range(MIN_MTHP_ORDER, MAX_FOLIO_ORDER + 1):
+            if m.mthp_stat[order * NR_MTHP_STAT + MTHP_NR_ANON] != mthp_nr[order]:
+                self.problem(f"hugepages-{4 << order}kB nr_anon is "
+                             f"{m.mthp_stat[order * NR_MTHP_STAT + MTHP_NR_ANON]}, {mthp_nr[order]} exist")
+            if m.mthp_stat[order * NR_MTHP_STAT + MTHP_NR_ANON_PARTIALLY_MAPPED] != mthp_partial[order]:
+                self.problem(f"hugepages-{4 << order}kB nr_anon_partially_mapped is "
+                             f"{m.mthp_stat[order * NR_MTHP_STAT + MTHP_NR_ANON_PARTIALLY_MAPPED]}, "
+                             f"{mthp_partial[order]} are")
+        for block in range(m.nr_blocks):
+            if m.block_pinned[block] != self.pinned[block]:
+                self.problem(f"block {block}: {m.block_pinned[block]} unmovable frames counted, "
+                             f"{self.pinned[block]} are")
+                break

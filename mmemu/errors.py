@@ -9,7 +9,8 @@ memory is the kernel's OOM and raises :class:`OutOfMemory` (not the host's
 import errno as _errno
 import os as _os
 
-__all__ = ["MMError", "SyscallError", "SegmentationFault", "BusError", "OutOfMemory", "ClosedError"]
+__all__ = ["MMError", "SyscallError", "SegmentationFault", "BusError", "OutOfMemory", "ClosedError",
+           "InvariantError"]
 
 
 class MMError(Exception):
@@ -90,3 +91,17 @@ class OutOfMemory(MMError):
 
 class ClosedError(MMError, ValueError):
     """The MM was closed (its process exited)."""
+
+
+class InvariantError(MMError):
+    """:meth:`mmemu.MM.check` found the engine's state inconsistent: a refcount, mapcount or
+    counter that the page tables and page caches do not bear out, a leaked or doubly used
+    frame. ``problems`` lists them, one line each (the message joins them). It is an engine
+    bug, never the caller's: please report it with the scenario that led there."""
+
+    def __init__(self, problems):
+        self.problems = list(problems)
+        super().__init__("engine invariants violated:\n" + "\n".join(self.problems))
+
+    def __reduce__(self):
+        return (type(self), (self.problems,))

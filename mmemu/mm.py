@@ -19,7 +19,7 @@ from . import _core, _persist
 from .config import Config
 from .constants import (ADVICE, ATOMIC, MTHP_STAT_NAMES, PAGE_SIZE, PMD_SIZE, READ, TASK_SIZE,
                         VMSTAT_NAMES, WRITE)
-from .errors import BusError, ClosedError, OutOfMemory, SegmentationFault, SyscallError
+from .errors import BusError, ClosedError, InvariantError, OutOfMemory, SegmentationFault, SyscallError
 
 __all__ = ["MM", "Memfd"]
 
@@ -1212,6 +1212,24 @@ class MM:
     def __copy__(self):
         """An MM owns its process: any copy of it is a deep one (copy.deepcopy)."""
         return copy.deepcopy(self)
+
+    # ---- self-check ------------------------------------------------------------------------------
+
+    @_serialized
+    def check(self) -> None:
+        """Verify the engine's internal invariants over the whole machine this MM runs on (every
+        process forked from the same MM, every shmem file): each frame's refcount and mapcount
+        against the page tables and page caches that reference it, no frame leaked or used
+        twice, and the counters (RssAnon, RssShmem, VmPTE, smaps AnonHugePages and
+        ShmemPmdMapped, vmstat nr_anon_pages, nr_anon_transparent_hugepages,
+        nr_page_table_pages, nr_shmem, nr_shmem_hugepages, nr_shmem_pmdmapped, mTHP nr_anon,
+        memory_current) against the state. Returns None when all holds; raises
+        mmemu.InvariantError listing every problem otherwise. It reads only, in time linear in
+        RAM frames plus page-table entries; works on a closed MM too (its machine lives on).
+        For tests and debugging: a failure is an engine bug."""
+        problems = self._machine.check_state()
+        if problems:
+            raise InvariantError(problems)
 
 
 # ---- khugepaged (mm/khugepaged.c), driven synchronously ---------------------------------------

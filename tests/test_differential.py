@@ -380,6 +380,9 @@ def test_engine_matches_reference_model(config, memory_max, prologue, body):
         event(f"{action[0]} -> {got[0]}" + (f" {got[1]}" if got[0] == "errno" else ""))
         seen, expected = observe(engines), observe(refs)
         assert seen == expected, f"step {i} {(who, action)}: {diff(seen, expected)}"
+        for p in engines:                           # each checks the whole shared machine
+            if not p.closed:
+                p.check()
     final = observe_process(engines[0])["window"]
     event("window ended with " + (", ".join(PageState(v).name for v in sorted(set(final)) if v) or "nothing"))
     event(f"{len(engines)} processes at the end")
@@ -391,6 +394,7 @@ def test_engine_matches_reference_model(config, memory_max, prologue, body):
     for fd in engines.memfds + refs.memfds:         # the last references to the shmem files
         fd.close()
     assert engines[0].vmstat == refs[0].vmstat
+    engines[0].check()                              # every process gone: nothing left behind
 
 
 @settings(max_examples=int(os.environ.get("MMEMU_EXAMPLES", 2000)) // 4, deadline=None,
