@@ -55,8 +55,10 @@ def mmemu_config(request):
 
 @pytest.fixture
 def mm(mmemu_config):
-    """A fresh emulated process (an MM of its own machine), closed after the test."""
+    """A fresh emulated process (an MM of its own machine); after the test its machine's
+    invariants are checked (MM.check) and it is closed."""
     from .mm import MM
     process = MM(mmemu_config)
     yield process
+    process.check()
     process.close()
