@@ -9,7 +9,8 @@ memory is the kernel's OOM and raises :class:`OutOfMemory` (not the host's
 import errno as _errno
 import os as _os
 
-__all__ = ["MMError", "SyscallError", "SegmentationFault", "BusError", "OutOfMemory", "ClosedError"]
+__all__ = ["MMError", "SyscallError", "SegmentationFault", "BusError", "OutOfMemory", "ClosedError",
+           "StateFileError"]
 
 
 class MMError(Exception):
@@ -90,3 +91,9 @@ class OutOfMemory(MMError):
 
 class ClosedError(MMError, ValueError):
     """The MM was closed (its process exited)."""
+
+
+class StateFileError(MMError, ValueError):
+    """A saved-state file (:meth:`mmemu.MM.save`) that cannot be loaded: truncated, damaged,
+    not an mmemu state, or of a state format version this mmemu does not read.  The message
+    names the file and the problem; nothing was loaded."""
