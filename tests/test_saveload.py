@@ -290,6 +290,7 @@ def test_consistent_but_wrong_state(small_file, tmp_path):
                  lambda sk: sk["mm"].update(mm_id=77),
                  lambda sk: sk["mm"].update(closed=True),
                  lambda sk: sk["config"].update(memory=32 * MB),
+                 lambda sk: sk["config"].update(memory=1 << 50),    # refused before allocating it
                  lambda sk: sk["config"].update(thp="sometimes"),
                  lambda sk: sk["machine"].pop("files")):
         sk = skeleton(arrays)
@@ -300,6 +301,12 @@ def test_consistent_but_wrong_state(small_file, tmp_path):
     arrays["machine/files/0/pages"] = arrays["machine/files/0/pages"] + (1 << 40)
     rewrite(path, arrays)
     refused(path, "Machine")
+
+
+def test_not_a_zip_says_so(tmp_path):
+    path = tmp_path / "text.npz"
+    path.write_text("hello")
+    refused(path, "not an .npz file")
 
 
 def test_wrong_version(small_file, tmp_path):
