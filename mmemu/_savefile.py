@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
+import secrets
 import threading
 from typing import NamedTuple
 
@@ -76,8 +76,7 @@ def save(mm, path, compress=True) -> None:
     skeleton, arrays = snapshot(mm)
     members = {SKELETON: np.frombuffer(json.dumps(skeleton, separators=(",", ":")).encode(), np.uint8)}
     members.update(arrays)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    fd, tmp = _temporary_next_to(path)
     try:
         with os.fdopen(fd, "wb") as f:
             (np.savez_compressed if compress else np.savez)(f, **members)
@@ -88,6 +87,20 @@ def save(mm, path, compress=True) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _temporary_next_to(path):
+    """A new file in ``path``'s directory (so that os.replace is a rename on one file system),
+    created with mode 0o666 so that the umask gives it the permissions any new file gets
+    (tempfile.mkstemp's 0o600 would stay on the saved file)."""
+    folder, base = os.path.split(os.path.abspath(path))
+    for _ in range(100):
+        tmp = os.path.join(folder, f".{base}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name next to {path!r}")
 
 
 def snapshot(mm):

@@ -142,6 +142,16 @@ def test_save_overwrites_atomically(tmp_path, monkeypatch):
     assert path.read_bytes() == good and os.listdir(tmp_path) == ["state"]
 
 
+def test_saved_file_gets_the_usual_permissions(tmp_path):
+    """As any new file: 0o666 less the umask (not a temporary file's 0o600)."""
+    umask = os.umask(0o022)
+    try:
+        path = saved(MM(Config(memory=8 * MB)), tmp_path)
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
 def test_the_file_holds_no_pickle(tmp_path):
     """np.load(allow_pickle=False) reads every member; none is an object array; the skeleton
     names every member by its path in the state, with its dtype and shape."""
@@ -373,6 +383,7 @@ def test_random_scripts_continue_alike(config, memory_max, prologue, body, cut, 
     loaded = diff_test.Machine(loaded_procs)
     loaded.memfds = loaded_fds
     loaded[0]._machine.area.check_invariants()
+    assert lm.mm.config == procs[0].config and lm.mm._core.mm_id == procs[who % len(procs)]._core.mm_id
     assert diff_test.observe(loaded) == diff_test.observe(procs)
     for i, (step, action) in enumerate(script[cut:]):
         got, want = diff_test.run(loaded, step, action), diff_test.run(procs, step, action)
