@@ -7,6 +7,7 @@ A fresh MM, 1 GiB touched with THP and 1 GiB touched with 4K pages, each on the 
 machine; times are the best of 3 runs (save includes the fsync; the directory defaults to the
 system's temporary directory).
 """
+import functools
 import os
 import sys
 import tempfile
@@ -32,8 +33,8 @@ def timed(fn, reps=3):
 def report(name, mm, folder):
     for compress in (True, False):
         path = os.path.join(folder, f"bench-{compress}.npz")
-        save = timed(lambda: _savefile.save(mm, path, compress=compress))
-        load = timed(lambda: mmemu.load(path))
+        save = timed(functools.partial(_savefile.save, mm, path, compress=compress))
+        load = timed(functools.partial(mmemu.load, path))
         kind = "savez_compressed" if compress else "savez"
         print(f"{name:32s} {kind:16s} {os.path.getsize(path) / MB:8.2f} MiB  "
               f"save {save * 1e3:7.1f} ms  load {load * 1e3:7.1f} ms")

@@ -171,8 +171,7 @@ def _read(path):
     members are read), with the format and version checked before anything else."""
     with open(path, "rb") as f:           # the host's errors (no such file...) as they are
         if f.read(4) != ZIP_MAGIC:
-            raise StateFileError(f"cannot load mmemu state from {path!r}: not an .npz file "
-                                 "(it does not start as a zip archive does)")
+            raise _refused(path, "not an .npz file (it does not start as a zip archive does)")
     try:
         npz = np.load(path, allow_pickle=False)
     except OSError as exc:
@@ -182,35 +181,38 @@ def _read(path):
     except Exception as exc:              # zipfile and numpy raise many kinds on a damaged file
         raise _unreadable(path, exc) from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
-        raise StateFileError(f"cannot load mmemu state from {path!r}: a single .npy array, not an .npz file")
+        raise _refused(path, "a single .npy array, not an .npz file")
     with npz, _file_errors(path, "the file"):
         if SKELETON not in npz.files:
-            raise StateFileError(f"cannot load mmemu state from {path!r}: no {SKELETON} member "
-                                 "(not an mmemu state file)")
+            raise _refused(path, f"no {SKELETON} member (not an mmemu state file)")
         skeleton = _skeleton(path, npz[SKELETON])
         members = {name: npz[name] for name in npz.files if name != SKELETON}
     return skeleton, members
 
 
+def _refused(path, problem):
+    """The one-line error for a file that does not load."""
+    return StateFileError(f"cannot load mmemu state from {path!r}: {problem}")
+
+
 def _unreadable(path, exc):
-    return StateFileError(f"cannot load mmemu state from {path!r}: not a readable .npz file "
-                          f"({type(exc).__name__}: {exc})")
+    return _refused(path, f"not a readable .npz file ({type(exc).__name__}: {exc})")
 
 
 def _skeleton(path, raw):
     if raw.dtype != np.uint8 or raw.ndim != 1:
-        raise StateFileError(f"cannot load mmemu state from {path!r}: {SKELETON} is not a uint8 vector")
+        raise _refused(path, f"{SKELETON} is not a uint8 vector")
     try:
         skeleton = json.loads(raw.tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise StateFileError(f"cannot load mmemu state from {path!r}: {SKELETON} is not valid JSON ({exc})") from None
+        raise _refused(path, f"{SKELETON} is not valid JSON ({exc})") from None
     if not isinstance(skeleton, dict) or skeleton.get("format") != MAGIC:
-        raise StateFileError(f"cannot load mmemu state from {path!r}: {SKELETON} does not describe an mmemu state")
+        raise _refused(path, f"{SKELETON} does not describe an mmemu state")
     version = skeleton.get("format_version")
     if version != _persist.FORMAT_VERSION:
         from . import __version__
-        raise StateFileError(
-            f"cannot load mmemu state from {path!r}: it has state format version {version!r} (written by "
+        raise _refused(
+            path, f"it has state format version {version!r} (written by "
             f"mmemu {skeleton.get('mmemu_version')!r}); this mmemu ({__version__}) reads version "
             f"{_persist.FORMAT_VERSION} only")
     return skeleton
@@ -319,5 +321,5 @@ class _file_errors:
             problem = str(exc).removeprefix("cannot unpickle ")
             if not isinstance(exc, (StateFileError, _persist.CorruptState)):
                 problem = f"{self.what} is damaged ({type(exc).__name__}: {problem})"
-            raise StateFileError(f"cannot load mmemu state from {self.path!r}: {problem}") from exc
+            raise _refused(self.path, problem) from exc
         return False

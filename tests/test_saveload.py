@@ -13,15 +13,14 @@ import tempfile
 
 import numpy as np
 import pytest
+import test_differential as diff_test
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_pickle import CONFIG, assert_same, check_machine, observe, rich, run_both
 
 import mmemu
 from mmemu import MM, Config, _persist, _savefile
 from mmemu.errors import ClosedError, MMError, StateFileError
-
-import test_differential as diff_test
-from test_pickle import CONFIG, assert_same, check_machine, observe, rich, run_both
 
 MB = 1 << 20
 PAGE = 4096
@@ -89,7 +88,7 @@ def test_rich_round_trip_then_same_future(tmp_path):
 
 def test_saved_from_the_child(tmp_path):
     """The file records which process it was saved from; the parent comes back too."""
-    procs, fds, r = rich()
+    procs, fds, _ = rich()
     lm = mmemu.load_machine(saved(procs[1], tmp_path))
     assert lm.mm._core.mm_id == procs[1]._core.mm_id and lm.mm is lm.processes[1]
     assert mmemu.load(tmp_path / "state.npz").maps() == procs[1].maps()
@@ -97,7 +96,7 @@ def test_saved_from_the_child(tmp_path):
 
 
 def test_closed_mm_saved_closed(tmp_path):
-    procs, fds, r = rich()
+    procs, _, r = rich()
     procs[1].close()                      # its machine lets go of it: it carries its own state
     child = mmemu.load(saved(procs[1], tmp_path))
     assert child.closed and child.rusage == procs[1].rusage and child.status == procs[1].status
@@ -155,13 +154,14 @@ def test_saved_file_gets_the_usual_permissions(tmp_path):
 def test_the_file_holds_no_pickle(tmp_path):
     """np.load(allow_pickle=False) reads every member; none is an object array; the skeleton
     names every member by its path in the state, with its dtype and shape."""
-    procs, fds, r = rich()
+    procs, _, _ = rich()
     arrays = members(saved(procs[0], tmp_path))
     assert all(a.dtype != object for a in arrays.values())
     sk = skeleton(arrays)
     assert sk["format"] == "mmemu-state" and sk["format_version"] == _persist.FORMAT_VERSION
     assert sk["mmemu_version"] == mmemu.__version__
-    assert Config(**{**sk["config"], "hugepages": {int(k): v for k, v in sk["config"]["hugepages"].items()}}) == CONFIG
+    hugepages = {int(k): v for k, v in sk["config"]["hugepages"].items()}
+    assert Config(**{**sk["config"], "hugepages": hugepages}) == CONFIG
     assert sk["mm"] == {"mm_id": procs[0]._core.mm_id, "closed": False}
     refs = []
 
@@ -362,7 +362,7 @@ def test_a_pickle_in_the_file_is_not_run(tmp_path):
 
 # ---- random scripts: save mid-run, continue both -------------------------------------------------------
 
-@settings(max_examples=int(os.environ.get("MMEMU_SAVELOAD_EXAMPLES", 50)), deadline=None,
+@settings(max_examples=int(os.environ.get("MMEMU_SAVELOAD_EXAMPLES", "50")), deadline=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large], phases=diff_test.PHASES)
 @given(config=diff_test.configs, memory_max=diff_test.memory_maxes, prologue=diff_test.prologues,
        body=st.lists(diff_test.steps, min_size=1, max_size=20), cut=st.integers(0, 19), who=st.integers(0, 2))
