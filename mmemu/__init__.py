@@ -8,7 +8,9 @@
 """
 from .config import Config
 from .constants import ATOMIC, READ, WRITE, PageState
-from .errors import BusError, ClosedError, InvariantError, MMError, OutOfMemory, SegmentationFault, SyscallError
+from ._savefile import LoadedMachine, load, load_machine
+from .errors import (BusError, ClosedError, InvariantError, MMError, OutOfMemory, SegmentationFault,
+                     StateFileError, SyscallError)
 from .mm import MM, Memfd
 
 try:
@@ -17,5 +19,5 @@ except ImportError:  # a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
 __all__ = ["MM", "Memfd", "Config", "PageState", "READ", "WRITE", "ATOMIC", "SegmentationFault",
-           "BusError", "OutOfMemory", "SyscallError", "MMError", "ClosedError", "InvariantError",
-           "__version__"]
+           "BusError", "OutOfMemory", "SyscallError", "MMError", "ClosedError", "InvariantError", "StateFileError",
+           "load", "load_machine", "LoadedMachine", "__version__"]

@@ -10,7 +10,7 @@ import errno as _errno
 import os as _os
 
 __all__ = ["MMError", "SyscallError", "SegmentationFault", "BusError", "OutOfMemory", "ClosedError",
-           "InvariantError"]
+           "InvariantError", "StateFileError"]
 
 
 class MMError(Exception):
@@ -105,3 +105,7 @@ class InvariantError(MMError):
 
     def __reduce__(self):
         return (type(self), (self.problems,))
+class StateFileError(MMError, ValueError):
+    """A saved-state file (:meth:`mmemu.MM.save`) that cannot be loaded: truncated, damaged,
+    not an mmemu state, or of a state format version this mmemu does not read.  The message
+    names the file and the problem; nothing was loaded."""

@@ -1231,6 +1231,25 @@ class MM:
         if problems:
             raise InvariantError(problems)
 
+    # ---- saved state (mmemu._savefile: the pickled state, in an .npz file) ----------------------
+
+    @_serialized
+    def save(self, path) -> None:
+        """Write this process's whole machine (every process, shmem file and frame on it) to
+        ``path``, an ``.npz`` file readable with ``np.load(path, allow_pickle=False)``; written
+        atomically (a temporary file, then a rename). ``mmemu.load(path)`` gives back an MM
+        that goes on exactly as this one would. Under the lock: the state is taken whole."""
+        from . import _savefile
+        _savefile.save(self, path)
+
+    @staticmethod
+    def load(path) -> "MM":
+        """The MM saved in ``path`` by :meth:`save`, with its machine (``mmemu.load``; see
+        ``mmemu.load_machine`` for the machine's other processes and memfds). A damaged file
+        or one of another state format raises :class:`mmemu.errors.StateFileError`."""
+        from . import _savefile
+        return _savefile.load(path)
+
 
 # ---- khugepaged (mm/khugepaged.c), driven synchronously ---------------------------------------
 
