@@ -194,11 +194,13 @@ wrong_types = st.one_of(
 # an address in or near the window, sometimes off by a little; or hostile
 window_addrs = st.tuples(st.integers(-2, WINDOW_LEN // PAGE + 2), st.sampled_from([0, 0, 0, 1, PAGE - 1])).map(
     lambda t: WINDOW + t[0] * PAGE + t[1])
-addrs = st.one_of(window_addrs, bad_ints, wrong_types, st.integers(-(1 << 65), 1 << 65),
+# each argument is plausible about half the time, so that the hostile one is often a later one
+addrs = st.one_of(window_addrs, window_addrs, window_addrs, bad_ints, wrong_types, st.integers(-(1 << 65), 1 << 65),
                   bad_ints.map(lambda n: WINDOW + n), bad_ints.map(lambda n: U64 - n))
-lengths = st.one_of(st.sampled_from([0, 1, PAGE, 2 * MB, WINDOW_LEN]), bad_ints, wrong_types,
+lengths = st.one_of(st.sampled_from([0, 1, PAGE, 2 * MB, WINDOW_LEN]), st.integers(0, 4 * MB), bad_ints,
+                    st.sampled_from([0, 1, PAGE, 2 * MB, WINDOW_LEN]), wrong_types,
                     st.integers(-(1 << 65), 1 << 65), bad_ints.map(lambda n: U64 - WINDOW - n))
-flags = st.one_of(st.booleans(), wrong_types)
+flags = st.one_of(st.booleans(), st.booleans(), wrong_types)
 prots = st.one_of(st.sampled_from(["rw", "r", "none", "", "---", "rwx", "r-x", "RW", "rr", "rwxs", "q", "r w",
                                    "PROT_READ", "\x00", "rw\n", "é", 0, 1, 3, 7, 8, 0xF, 0x10, 1 << 31,
                                    0xFFFFFFFF, 1 << 32, -1, U64 - 1]), wrong_types, bad_ints)
@@ -334,7 +336,9 @@ memfd_calls = st.one_of(
     call("close"),
 )
 attacks = st.one_of(
-    st.tuples(st.sampled_from(["parent", "child", "exited"]), mm_calls),
+    st.tuples(st.sampled_from(["parent", "parent", "child", "exited"]), mm_calls),
+    st.tuples(st.sampled_from(["parent", "child"]), access_args().map(lambda t: ("access", *t))),
+    st.tuples(st.sampled_from(["parent", "parent", "child", "exited"]), mm_calls),
     st.tuples(st.sampled_from(["memfd", "closed memfd"]), memfd_calls),
 )
 
