@@ -713,17 +713,25 @@ cdef class Machine:
         self.file_size = <int64_t *>cnp.PyArray_DATA(size)
         self.file_slots = slots
 
-    def new_file(self, bint anonymous):
-        """A new, empty shmem file (shmem_file_setup); its id."""
+    def new_file(self, bint anonymous, int64_t size=0):
+        """A new shmem file (shmem_file_setup) of ``size`` pages; its id. The page cache is
+        allocated before the machine changes: a size the host cannot hold raises MemoryError
+        and leaves no file behind."""
         cdef int32_t fid = self.next_fid
-        cdef ShmemFile f
+        cdef ShmemFile f = ShmemFile(fid, anonymous)
+        cdef int64_t capacity = (size + HPAGE_PMD_NR - 1) & ~(<int64_t>HPAGE_PMD_NR - 1)
+        if size < 0:
+            raise ValueError("size must not be negative")
+        if capacity > f._pages.shape[0]:             # as file_set_size grows it
+            f._pages = np.zeros(capacity, np.int64)
+            f.pages = <int64_t *>cnp.PyArray_DATA(f._pages)
+        f.size = size
         if fid >= self.file_slots:
             self._grow_file_table(self.file_slots * 2)
-        f = ShmemFile(fid, anonymous)
         self.next_fid += 1
         self.files[fid] = f
         self.file_pages[fid] = f.pages
-        self.file_size[fid] = 0
+        self.file_size[fid] = size
         return fid
 
     def file_set_size(self, int32_t fid, int64_t size, bint truncate=True):

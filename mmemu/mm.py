@@ -95,7 +95,8 @@ def _page_align(n):
 
 def _uint(value, name):
     """An unsigned 64-bit argument, as the syscall ABI takes it."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    # (numpy counts a timedelta64 as an integer: a duration is no address or length)
+    if isinstance(value, (bool, np.timedelta64)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
     value = int(value)
     if not 0 <= value <= U64_MAX:
@@ -387,8 +388,7 @@ class MM:
     def _mmap_shared(self, start, size, bits, fd, pgoff):
         """shmem_zero_setup (a new object the size of the mapping) or a memfd's mmap."""
         if fd is None:
-            fid = self._machine.new_file(True)
-            self._machine.file_set_size(fid, size // PAGE_SIZE)
+            fid = self._machine.new_file(True, size // PAGE_SIZE)     # MemoryError: no file left
         else:
             fid = fd._fid
         flags = bits | VM_MAY | VM_SHARED
