@@ -29,7 +29,8 @@ extensions = [
         [f"mmemu/{name}.pyx"],
         include_dirs=[np.get_include()],
         define_macros=macros,
-        extra_compile_args=["-O0", "-g"] if debug else ["-O3"],
+        # Python's own CFLAGS define NDEBUG: the debug build takes it back so that C assert()s hold
+        extra_compile_args=["-O0", "-g", "-UNDEBUG"] if debug else ["-O3"],
     )
     for name in ("_core", "_host", "_buddy")
 ]

@@ -251,12 +251,15 @@ def arrays(draw, n=None, values=None):
     if shape == "fortran2d":
         return np.asfortranarray(np.stack([a, a]))
     if shape == "0d":
-        return a[0] if a.size else np.array(0, a.dtype)
+        return a[0] if a.size else np.zeros((), a.dtype)
     if shape == "unaligned" and a.dtype.itemsize > 1 and a.dtype != object:
         raw = np.zeros(a.nbytes + 1, np.uint8)[1:]
-        b = raw.view(a.dtype) if a.size else a
-        if a.size:
-            b[:] = a
+        try:
+            b = raw.view(a.dtype) if a.size else a
+            if a.size:
+                b[:] = a
+        except (TypeError, ValueError):       # dtypes numpy will not lay over raw bytes
+            return a
         return b
     if shape == "readonly":
         a.setflags(write=False)
