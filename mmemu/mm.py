@@ -93,6 +93,9 @@ def _page_align(n):
     return (n + PAGE_SIZE - 1) & ~(PAGE_SIZE - 1)
 
 
+U32_MAX = (1 << 32) - 1
+
+
 def _uint(value, name):
     """An unsigned 64-bit argument, as the syscall ABI takes it."""
     # (numpy counts a timedelta64 as an integer: a duration is no address or length)
@@ -899,11 +902,15 @@ class MM:
         itself."""
         if pages is not None and full_scans is not None:
             raise ValueError("give pages or full_scans, not both")
+        # both are the kernel's unsigned ints (pages_to_scan, full_scans): a count past 2**32
+        # is no request khugepaged could be given
         if full_scans is not None:
             full_scans = _uint(full_scans, "full_scans")
+            if full_scans > U32_MAX:
+                raise ValueError(f"full_scans must be at most 2**32-1, not {full_scans}")
         pages = self._config.khugepaged_pages_to_scan if pages is None else _uint(pages, "pages")
-        if not pages:
-            raise ValueError("pages must be at least 1 (as khugepaged/pages_to_scan)")
+        if not 1 <= pages <= U32_MAX:
+            raise ValueError(f"pages must be 1..2**32-1 (as khugepaged/pages_to_scan), not {pages}")
         self._ensure_open()
         _khugepaged_scan(self._machine, self._config, pages, full_scans)
 

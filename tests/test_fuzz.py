@@ -474,6 +474,8 @@ def test_a_shared_mapping_the_host_cannot_hold_leaves_no_file_behind():
     ("parent", "mremap", (WINDOW, PAGE, U64 - PAGE, True)),
     ("parent", "fragment_memory", (float("nan"),)),
     ("parent", "khugepaged_scan", (None, U64)),
+    ("parent", "khugepaged_scan", (None, np.uint64(U64 - 1))),     # ran "until" 2**64-1 passes
+    ("parent", "khugepaged_scan", (1 << 32, None)),
     ("exited", "madvise", (WINDOW, PAGE, "dontneed")),
     ("closed memfd", "fallocate", (0, PAGE)),
 ])
