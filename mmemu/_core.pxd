@@ -317,6 +317,7 @@ cdef class Machine:
     cdef void shmem_mark_fallocated(self, int64_t pfn) noexcept nogil
     cdef int shmem_undo_falloc(self, ShmemFile f, int64_t first, int64_t last) except -1
     cdef int shmem_drop_past_eof(self, ShmemFile f, int64_t hidx, int64_t nr) except -1
+    cdef void shmem_remove(self, ShmemFile f, int64_t hidx, int64_t nr, int64_t pfn) noexcept nogil
     cdef int shmem_split(self, ShmemFile f, folio_t *folio, int64_t at, int64_t hidx) except -1
     cdef void shmem_split_folio_at(self, folio_t *folio, int64_t at) noexcept nogil
     cdef folio_t *shmem_describe_folio(self, int64_t head, int order) noexcept nogil

@@ -899,8 +899,7 @@ cdef class Machine:
         the new folios that begin at or past EOF (i_size, or fallocend where fallocate reserved
         beyond it) from the page cache, unmapped from every process; the piece holding the
         old head stays."""
-        cdef int64_t eof = max(f.size, f.fallocend), i = hidx, pfn, n, k
-        cdef folio_t *piece
+        cdef int64_t eof = max(f.size, f.fallocend), i = hidx, pfn, n
         cdef MMCore mm
         if hidx + nr <= max(eof, hidx + 1):
             return 0
@@ -914,22 +913,28 @@ cdef class Machine:
                 for mm in list(self.mms):
                     if mm.unmap_file_range(f.fid, i, i + n):
                         raise MemoryError("cannot grow the page-table pool")
-                piece = self.folio_of(pfn)
-                for k in range(i, i + n):
-                    f.pages[k] = 0
-                if piece == NULL:
-                    self.shmem_free_page(pfn)
-                else:
-                    self.shmem_free_folio(piece)
+                self.shmem_remove(f, i, n, pfn)
             i += n
         return 0
+
+    cdef void shmem_remove(self, ShmemFile f, int64_t hidx, int64_t nr, int64_t pfn) noexcept nogil:
+        """The folio at file pages [hidx, hidx + nr) (one of its frames: ``pfn``) leaves the
+        page cache and is freed."""
+        cdef folio_t *folio = self.folio_of(pfn)
+        cdef int64_t k
+        for k in range(hidx, hidx + nr):
+            f.pages[k] = 0
+        if folio == NULL:
+            self.shmem_free_page(pfn)
+        else:
+            self.shmem_free_folio(folio)
 
     cdef int shmem_undo_falloc(self, ShmemFile f, int64_t first, int64_t last) except -1:
         """shmem_undo_range(unfalloc): free the folios not uptodate in [first, last) (an
         earlier fallocate's too: the kernel cannot tell them apart). One that begins before
         ``first`` is split there first, as truncate_inode_partial_folio splits it, and loses
         the pieces inside; none can cross ``last``, the page that could not be had."""
-        cdef int64_t index = first, pfn = f.pages[first] if first < last else 0, hidx, nr, k
+        cdef int64_t index = first, pfn = f.pages[first] if first < last else 0, hidx, nr
         cdef folio_t *folio = self.folio_of(pfn) if pfn else NULL
         if folio != NULL and self.flags[pfn] & PG_FALLOCATED and self.folio_pfn(folio) < pfn:
             self.shmem_split(f, folio, pfn, first - (pfn - self.folio_pfn(folio)))
@@ -942,12 +947,7 @@ cdef class Machine:
             nr = 1 if folio == NULL else (<int64_t>1) << folio.order
             hidx = index if folio == NULL else index - (pfn - self.folio_pfn(folio))
             if hidx >= first and hidx + nr <= last and self.flags[pfn] & PG_FALLOCATED:
-                for k in range(hidx, hidx + nr):
-                    f.pages[k] = 0
-                if folio == NULL:
-                    self.shmem_free_page(pfn)
-                else:
-                    self.shmem_free_folio(folio)
+                self.shmem_remove(f, hidx, nr, pfn)
             index = hidx + nr
 
     cdef void shmem_folio_dirty(self, int64_t pfn) noexcept nogil:
