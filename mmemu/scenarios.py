@@ -449,8 +449,6 @@ FILE_ORACLE_SCENARIOS = [
      [("write", 0), ("punch", 0, 255), ("read", 300)]),
     ("V12 fallocate beyond the memory cgroup: the OOM killer", _ALWAYS, 4 * MB, False,
      [("write", 0), ("memory_headroom", 600), ("fallocate", 0, 1024)]),
-    ("V13 a fault beyond the memory cgroup: the OOM killer", {}, 2 * MB, False,
-     [("write", 0), ("memory_headroom", 40), ("write", 20), ("write", 100)]),
     # a memfd of 768 pages (i_size inside the second 2 MiB) mapped 4 MiB
     ("V14 punch through a THP that runs past i_size", _ALWAYS, 4 * MB, False,
      [("read", 512), ("punch", 0, 1024), ("read", 3)]),
@@ -461,11 +459,10 @@ FILE_ORACLE_SCENARIOS = [
     ("V17 PTE-mapped THP across EOF, truncate into it", _ALWAYS, 4 * MB, False,
      [("fallocate", 512, 256), ("nohugepage", 0, 1024), ("write", 700), ("truncate", 650), ("read", 3)]),
 ]
-BEFORE.update({name: [("memfd",)] for name, *_ in FILE_ORACLE_SCENARIOS})
-BEFORE.update({FILE_ORACLE_SCENARIOS[0][0]: [("memfd", 100)], FILE_ORACLE_SCENARIOS[1][0]: [("memfd", 100)],
-               FILE_ORACLE_SCENARIOS[6][0]: [("memfd",), ("prctl", 1, 0)],
-               FILE_ORACLE_SCENARIOS[7][0]: [("memfd",), ("prctl", 1, 2)]})
-BEFORE.update({name: [("memfd", 768)] for name, *_ in FILE_ORACLE_SCENARIOS[13:]})
+_FILE_BEFORE = {"V1": [("memfd", 100)], "V2": [("memfd", 100)], "V7": [("memfd",), ("prctl", 1, 0)],
+                "V8": [("memfd",), ("prctl", 1, 2)], "V14": [("memfd", 768)], "V15": [("memfd", 768)],
+                "V16": [("memfd", 768)], "V17": [("memfd", 768)]}
+BEFORE.update({name: _FILE_BEFORE.get(name.split()[0], [("memfd",)]) for name, *_ in FILE_ORACLE_SCENARIOS})
 HOST_ORACLE_SCENARIOS += FILE_ORACLE_SCENARIOS
 
 HOST_ORACLE_SCENARIOS += [
