@@ -17,6 +17,11 @@ Statuses: "agrees"; "differs" (emulator and host part); "host differs" (the host
 the row's expected values); "pending" (the emulator lacks a feature the scenario uses:
 NotImplementedError or a missing method; the host side still runs and is held to the expected
 values); "skipped" (needs settings the host cannot be given here).
+
+The host is a live machine: the THP counters are system-wide, khugepaged and the shrinkers run
+for everyone, and a DAMON monitor (kdamond, as on the machines mmemu is developed on) clears the
+accessed bits of the pages it samples, so smaps' Referenced may drop at any moment.  A scenario
+that parts is therefore played once more on the host before it is reported (``host_retries``).
 """
 from __future__ import annotations
 
