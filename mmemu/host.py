@@ -26,6 +26,8 @@ import contextlib
 import errno
 import gc
 import os
+import signal
+import threading
 import time
 
 import numpy as np
@@ -193,6 +195,30 @@ def host_lock(timeout=600.0):
 
 
 @contextlib.contextmanager
+def _terminated_as_exit():
+    """Inside the block, SIGTERM and SIGHUP (a CI job's timeout, a kill, a closed terminal) raise
+    SystemExit in this process, so that the finally clauses that put the host's settings back
+    run: by default the signal ends the process on the spot and leaves the machine changed.
+    Forked workers that inherit the handler leave at once, as the default would."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    owner = os.getpid()
+
+    def leave(signum, frame):
+        if os.getpid() != owner:
+            os._exit(128 + signum)
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, leave) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
 def host_settings(config, hold_khugepaged=True):
     """Give the running kernel the THP settings of ``config`` (root only) for the duration of
     the block, and put back what was there, whatever happens inside: the THP modes,
@@ -208,7 +234,7 @@ def host_settings(config, hold_khugepaged=True):
     wanted = _sysfs_files(config)
     if hold_khugepaged:
         wanted[f"{KHUGEPAGED_SYSFS}/scan_sleep_millisecs"] = str(HOLD_SLEEP_MS)
-    with host_lock():
+    with host_lock(), _terminated_as_exit():
         saved = {path: _current(path) for path in wanted}
         try:
             for path, value in wanted.items():

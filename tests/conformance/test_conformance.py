@@ -219,3 +219,30 @@ def test_hostchild_runs_system_calls():
             assert child.page_states(a, 4096).tolist() == [0]
             assert host.page_states(a, 4096).tolist() == [3]
             assert child.rusage["min_flt"] == 0 and "VmPTE" in child.status
+
+
+def test_a_run_killed_inside_host_settings_puts_the_settings_back(host_config, tmp_path):
+    # a CI timeout or a kill ends a run with SIGTERM: the host must not keep the scenario's knobs
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import mmemu
+    code = ("import sys, time\n"
+            "from mmemu import Config\n"
+            "from mmemu.host import host_settings\n"
+            "with host_settings(Config.from_host().replace(khugepaged_max_ptes_none=100)):\n"
+            "    print('in', flush=True)\n"
+            "    time.sleep(60)\n")
+    # the mmemu this test imported (installed, or the built tree), not a source checkout in cwd
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(mmemu.__file__))}
+    worker = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+    try:
+        assert worker.stdout.readline() == "in\n"
+        assert Config.from_host().khugepaged_max_ptes_none == 100
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        worker.kill()
+    assert Config.from_host() == host_config
