@@ -5,9 +5,10 @@ to build, no chunks and no timeline). The ratio is the workload layer's overhead
 Run:  pytest benchmarks/test_workloads_bench.py --benchmark-only
 """
 import numpy as np
+import pytest
 
 from mmemu import ATOMIC, MM, READ, WRITE, Config
-from mmemu.workloads import GuestImage, atomic_pretouch, migrate
+from mmemu.workloads import GuestImage, Timeline, atomic_pretouch, migrate, rollup
 
 GB, PAGE = 1 << 30, 4096
 GUEST = 4 * GB
@@ -51,3 +52,28 @@ def test_pretouch_arm64_1g_baseline(benchmark):
         mm.close()
     benchmark.pedantic(run, rounds=3, iterations=1)
     _record(benchmark, "pretouch arm64 1 GiB, 4K pages", "baseline", GB // PAGE)
+
+
+@pytest.fixture(scope="module")
+def guest_of_4k_pages():
+    """An MM with 4 GiB written in 4K pages (THP never): 1M PTEs for a sample to walk."""
+    mm = MM(Config(thp="never", memory=8 * GB))
+    a = mm.mmap(GUEST)
+    mm.access(a + np.arange(0, GUEST, PAGE, dtype=np.uint64), WRITE)
+    yield mm
+    mm.close()
+
+
+def test_timeline_sample_4g_of_4k_pages(benchmark, guest_of_4k_pages):
+    # what a workload's timeline pays after each chunk: status, rusage and the huge mappings,
+    # read from the PMD level (MM.pmd_mapped_kb)
+    timeline = Timeline(guest_of_4k_pages)
+    benchmark.pedantic(lambda: timeline.sample(0), rounds=20, iterations=1)
+    _record(benchmark, "timeline sample, 4 GiB of 4K pages", "workload", GUEST // PAGE)
+
+
+def test_timeline_sample_4g_of_4k_pages_baseline(benchmark, guest_of_4k_pages):
+    # the same figures from smaps summed over the VMAs, as the timeline read them before
+    mm = guest_of_4k_pages
+    benchmark.pedantic(lambda: (mm.status, mm.rusage, rollup(mm)), rounds=20, iterations=1)
+    _record(benchmark, "timeline sample, 4 GiB of 4K pages", "baseline", GUEST // PAGE)

@@ -463,5 +463,6 @@ cdef class MMCore:
     cdef void account_page(self, smaps_acc *acc, int64_t pfn, uint64_t e, int64_t nr,
                            bint pmd_mapped) noexcept nogil
     cdef void _smaps(self, uint64_t start, uint64_t end, smaps_acc *acc) noexcept nogil
+    cdef void _pmd_mapped_pages(self, int64_t *anon, int64_t *shmem) noexcept nogil
     cdef void describe_page(self, int64_t pfn, uint64_t e, bint pmd_mapped, uint64_t *pagemap,
                             uint64_t *kflags, int32_t *kcount) noexcept nogil

@@ -3863,6 +3863,35 @@ cdef class MMCore:
             self._smaps(start, end, &acc)
         return acc
 
+    def pmd_mapped_pages(self):
+        """(anonymous, shmem) pages mapped by PMD leaves in every VMA: smaps_rollup's
+        AnonHugePages and ShmemPmdMapped, in pages, read from the PMD level alone, so that a
+        workload can sample them after every chunk without walking each PTE."""
+        cdef int64_t anon = 0, shmem = 0
+        with nogil:
+            self._pmd_mapped_pages(&anon, &shmem)
+        return anon, shmem
+
+    cdef void _pmd_mapped_pages(self, int64_t *anon, int64_t *shmem) noexcept nogil:
+        cdef int64_t v, pfn
+        cdef uint64_t addr, end, e
+        cdef uint64_t *pmdp
+        for v in range(self.nr_vmas):
+            addr, end = self.vm_start[v], self.vm_end[v]
+            while addr < end:
+                pmdp = self.pmd_entry(addr)
+                if pmdp == NULL:
+                    addr = self.skip_hole(addr)
+                    continue
+                e = pmdp[0]
+                if (e & _PAGE_PSE) and <int64_t>entry_index(e) != self.machine.huge_zero_pfn:
+                    pfn = <int64_t>entry_index(e)
+                    if self.machine.page_is_shmem(pfn, self.machine.folio_of(pfn)):
+                        shmem[0] += HPAGE_PMD_NR
+                    else:
+                        anon[0] += HPAGE_PMD_NR
+                addr = (addr & PMD_MASK) + PMD_SIZE
+
     cdef void account_page(self, smaps_acc *acc, int64_t pfn, uint64_t e, int64_t nr,
                            bint pmd_mapped) noexcept nogil:
         cdef int32_t mapcount
@@ -4628,7 +4657,7 @@ cdef class _InvariantChecker:
                              f"{t.tables[level]} reachable (leaked tables)")
 
     cdef void check_mm_counters(self, MMCore mm, mm_tally *t, str who):
-        cdef int64_t v
+        cdef int64_t v, anon_pmd, shmem_pmd
         cdef smaps_acc acc, sum_acc
         memset(&sum_acc, 0, sizeof(sum_acc))
         if mm.rss_anon != t.rss_anon:
@@ -4654,6 +4683,11 @@ cdef class _InvariantChecker:
             sum_acc.shmem_pmd += acc.shmem_pmd
             sum_acc.rss += acc.rss
             sum_acc.anonymous += acc.anonymous
+        anon_pmd = shmem_pmd = 0
+        mm._pmd_mapped_pages(&anon_pmd, &shmem_pmd)
+        if anon_pmd != sum_acc.anon_huge or shmem_pmd != sum_acc.shmem_pmd:
+            self.problem(f"{who}: the PMD level shows {anon_pmd}/{shmem_pmd} anonymous/shmem pages mapped "
+                         f"huge, smaps {sum_acc.anon_huge}/{sum_acc.shmem_pmd}")
         if sum_acc.anon_huge != t.anon_pmd * HPAGE_PMD_NR:
             self.problem(f"{who}: smaps AnonHugePages adds up to {sum_acc.anon_huge} pages, "
                          f"{t.anon_pmd} THP PMD maps")

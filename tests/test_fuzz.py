@@ -115,7 +115,7 @@ def observe_process(mm):
         return ("closed", repr(mm))
     maps = mm.maps()
     out = {"maps": maps, "status": mm.status, "rusage": mm.rusage, "page_tables": mm.page_tables,
-           "smaps": [mm.smaps(s) for s, *_ in maps]}
+           "smaps": [mm.smaps(s) for s, *_ in maps], "pmd_mapped_kb": mm.pmd_mapped_kb()}
     for s, e, *_ in maps:
         if e <= 1 << 47 and e - s <= 64 * MB:
             pagemap, kcount, kflags = mm.pagemap(s, e - s)
@@ -323,7 +323,7 @@ mm_calls = st.one_of(
     call("release_fragmentation"),
     call("set_memory_max", st.one_of(st.none(), bad_ints, wrong_types, st.sampled_from([MB, 64 * MB, PAGE - 1]))),
     call("page_states", addrs, lengths), call("pagemap", addrs, lengths), call("contpte_blocks", addrs, lengths),
-    call("smaps", addrs),
+    call("smaps", addrs), call("pmd_mapped_kb"),
     call("khugepaged_scan", counts, full_scan_counts), call("khugepaged_scan", counts),
     call("khugepaged_scan", full_scans=full_scan_counts),
     call("drop_caches", st.one_of(st.sampled_from([0, 1, 2, 3, 4, -1, 2.0, "2"]), wrong_types)),
@@ -346,7 +346,7 @@ attacks = st.one_of(
 )
 
 #: calls that only look: they must change nothing even when they succeed
-QUERIES = {"page_states", "pagemap", "contpte_blocks", "smaps", "maps", "buddyinfo", "getattr"}
+QUERIES = {"page_states", "pagemap", "contpte_blocks", "smaps", "pmd_mapped_kb", "maps", "buddyinfo", "getattr"}
 #: system calls that the kernel lets act on the part of a range before a hole (or an mlocked
 #: VMA, or memory running out) and then fail
 PARTIAL = {"mprotect", "madvise", "mlock", "munlock"}

@@ -83,3 +83,25 @@ def test_atomic_pretouch_refuses_bad_arguments(kwargs):
     kwargs.setdefault("heap", 2 * MB)
     with pytest.raises(ValueError):
         atomic_pretouch(**kwargs)
+
+
+def test_pmd_mapped_kb_is_what_the_summed_smaps_show():
+    # the timeline's huge column is read from the PMDs alone; it must equal smaps_rollup
+    from mmemu import MM
+    from mmemu.workloads import rollup
+    mm = MM(Config(shmem_enabled="always"))
+    anon = mm.mmap(8 * MB)
+    mm.madvise(anon, 8 * MB, "hugepage")
+    mm.write(anon)                                   # a THP
+    mm.read(anon + 2 * MB)                           # the huge zeropage: never counted
+    mm.write(anon + 4 * MB)
+    mm.munmap(anon + 4 * MB + 4096, 4096)            # a split PMD: PTE-mapped now
+    shared = mm.mmap(4 * MB, shared=True)
+    mm.read(shared + 2 * MB)                         # a shmem THP
+    with mm.fork() as child:
+        child.write(anon + 4096)                     # the child's COW splits its PMD, not ours
+        for who in (mm, child):
+            smaps = rollup(who)
+            assert who.pmd_mapped_kb() == {"AnonHugePages": smaps["AnonHugePages"],
+                                           "ShmemPmdMapped": smaps["ShmemPmdMapped"]}
+    assert mm.pmd_mapped_kb() == {"AnonHugePages": 2048, "ShmemPmdMapped": 2048}

@@ -41,9 +41,10 @@ class Timeline:
     def sample(self, done: int) -> None:
         mm = self.mm
         status = mm.status
-        smaps = rollup(mm)
+        # an MM reads the huge mappings from its PMDs; anything else (a HostMM) sums its smaps
+        huge = mm.pmd_mapped_kb() if hasattr(mm, "pmd_mapped_kb") else rollup(mm)
         self.rows.append((done, status["VmRSS"], status["RssAnon"], status["RssShmem"],
-                          smaps.get("AnonHugePages", 0) + smaps.get("ShmemPmdMapped", 0), status["VmPTE"],
+                          huge.get("AnonHugePages", 0) + huge.get("ShmemPmdMapped", 0), status["VmPTE"],
                           mm.rusage["min_flt"] - self.base_faults))
 
     def columns(self) -> dict:
