@@ -198,6 +198,14 @@ cdef inline uint64_t umax(uint64_t a, uint64_t b) noexcept nogil:
     return a if a > b else b
 
 
+cdef inline bint no_whole_block(uint64_t start, uint64_t end) noexcept nogil:
+    """[start, end) lies inside one aligned 2 MiB without holding it whole nor starting at its
+    beginning: madvise_collapse's hend falls below its hstart, its count of blocks to collapse
+    wraps around and it fails with the EINVAL of its initial last_fail (SCAN_FAIL). A range
+    that starts on a boundary has hstart == hend: nothing to do, success."""
+    return ((start + PMD_SIZE - 1) & PMD_MASK) > (end & PMD_MASK)
+
+
 cdef inline uint64_t tlb_perm_of(uint64_t e) noexcept nogil:
     # A clean writable entry is cached read-only: the first write must set the dirty bit.
     # So is one whose page has not yet been marked written: the first store must mark it.
@@ -2222,6 +2230,18 @@ cdef class MMCore:
         return (haddr >= self.vm_start[vma] and haddr + PMD_SIZE <= self.vm_end[vma]
                 and (((self.vm_start[vma] >> PAGE_SHIFT) - self.vm_pgoff[vma]) & (HPAGE_PMD_NR - 1)) == 0)
 
+    def file_collapse_allowed(self, int64_t vma):
+        """thp_vma_allowable_order(TVA_FORCED_COLLAPSE) for a shared mapping, the check
+        madvise_collapse makes before its first block: no VM_NOHUGEPAGE, no complete
+        PR_SET_THP_DISABLE, and the VMA's last aligned 2 MiB suitable (thp_vma_suitable_order:
+        inside the VMA, file offsets aligned alike)."""
+        if not 0 <= vma < self.nr_vmas or not self.vm_file[vma]:
+            raise ValueError("file_collapse_allowed: not a shared mapping")
+        if self.vm_flags[vma] & VM_NOHUGEPAGE or self.thp_disable == THP_DISABLE_COMPLETELY:
+            return False
+        return (self.vm_end[vma] - self.vm_start[vma] >= PMD_SIZE
+                and self.shmem_pmd_suitable(vma, self.vm_end[vma] - PMD_SIZE))
+
     cdef bint shmem_pmd_mappable(self, int64_t vma, uint64_t addr, folio_t *folio) noexcept nogil:
         """do_set_pmd's conditions: a PMD-sized folio, a VMA that can hold it, and no veto as for
         a forced collapse ("as we already have a THP"): VM_NOHUGEPAGE or a complete
@@ -3543,6 +3563,8 @@ cdef class MMCore:
         if (self.vm_flags[vma] & VM_NOHUGEPAGE or self.thp_disable == THP_DISABLE_COMPLETELY
                 or not self.vm_anon_vma[vma]
                 or ((self.vm_start[vma] + PMD_SIZE - 1) & PMD_MASK) + PMD_SIZE > self.vm_end[vma]):
+            return "EINVAL"
+        if no_whole_block(start, end):
             return "EINVAL"
         addr = (start + PMD_SIZE - 1) & PMD_MASK
         while addr + PMD_SIZE <= end:

@@ -26,7 +26,8 @@ __all__ = ["MM", "Memfd"]
 _F = _core.VM_FLAG_VALUES
 VM_READ, VM_WRITE, VM_EXEC = _F["VM_READ"], _F["VM_WRITE"], _F["VM_EXEC"]
 VM_ACCESS = VM_READ | VM_WRITE | VM_EXEC
-VM_MAY = _F["VM_MAYREAD"] | _F["VM_MAYWRITE"] | _F["VM_MAYEXEC"]
+VM_MAYWRITE = _F["VM_MAYWRITE"]
+VM_MAY = _F["VM_MAYREAD"] | VM_MAYWRITE | _F["VM_MAYEXEC"]
 VM_ACCOUNT = _F["VM_ACCOUNT"]
 VM_HUGEPAGE, VM_NOHUGEPAGE = _F["VM_HUGEPAGE"], _F["VM_NOHUGEPAGE"]
 VM_LOCKED = _F["VM_LOCKED"]
@@ -663,16 +664,17 @@ class MM:
             raise SyscallError(errno.ENOMEM, "madvise", "range not fully mapped")
 
     def _madvise_remove(self, pieces, hole):
-        """MADV_REMOVE (madvise_remove -> fallocate PUNCH_HOLE of the shmem file): the pages go
-        from the file and from every mapping of them, in every process."""
+        """MADV_REMOVE (madvise_remove -> fallocate PUNCH_HOLE of the shmem file), VMA by VMA:
+        the pages go from the file and from every mapping of them, in every process, until a
+        VMA refuses (mlocked or private: EINVAL; not VM_MAYWRITE: EACCES; vma_is_shared_maywrite
+        asks for the right to write, so an mprotect to read-only does not refuse it)."""
         for s, e, flags, _ in pieces:
             if flags & VM_LOCKED:
                 raise SyscallError(errno.EINVAL, "madvise", "MADV_REMOVE on an mlocked mapping")
             if not flags & VM_SHARED:
                 raise SyscallError(errno.EINVAL, "madvise", "MADV_REMOVE needs a shared mapping")
-            if not flags & VM_WRITE:
-                raise SyscallError(errno.EACCES, "madvise", "MADV_REMOVE needs a writable mapping")
-        for s, e, _, _ in pieces:
+            if not flags & VM_MAYWRITE:
+                raise SyscallError(errno.EACCES, "madvise", "MADV_REMOVE needs a mapping that may write")
             i = self._core.vma_index(s)
             fid = int(self._core.vma_files()[i])
             first = int(self._core.vma_pgoffs()[i]) + (s - int(self._core.vmas()[0][i])) // PAGE_SIZE
@@ -693,7 +695,11 @@ class MM:
     def _collapse_file(self, start, end):
         """MADV_COLLAPSE of a shared mapping, 2 MiB by 2 MiB; the first failure ends it."""
         vma = self._core.vma_index(start)
+        if not self._core.file_collapse_allowed(vma):
+            return "EINVAL"
         addr = (start + PMD_SIZE - 1) & ~(PMD_SIZE - 1)
+        if addr > end & ~(PMD_SIZE - 1):
+            return "EINVAL"                  # inside one 2 MiB: see _core.no_whole_block
         while addr + PMD_SIZE <= end:
             ret = self._core.collapse_file(vma, addr)
             if ret:
@@ -743,6 +749,8 @@ class MM:
             err, where = self._core.populate(s, e, _populate_writes(flags), True)
             if err & _core.FAULT_OOM:            # __mlock_posix_error_return: ENOMEM -> EAGAIN
                 raise SyscallError(errno.EAGAIN, "mlock", "out of memory")
+            if err & (_core.FAULT_SIGBUS | _core.FAULT_SIGSEGV):     # GUP's EFAULT -> ENOMEM
+                raise SyscallError(errno.ENOMEM, "mlock", f"SIGBUS at {where:#x} while populating")
             self._check(err, "mlock", where)
 
     @_serialized

@@ -1639,6 +1639,12 @@ class ReferenceMM:
         inside the VMA, and an anon_vma (R20.4)."""
         return self._thp_enabled_flags(flags) and self._has_aligned_block(vma) and vma.anon_vma is not None
 
+    def _file_collapse_allowed(self, vma):
+        """thp_vma_allowable_order(TVA_FORCED_COLLAPSE) for a shared mapping: no VM_NOHUGEPAGE,
+        no complete prctl veto, an aligned block inside whose file offsets are aligned too."""
+        return (not vma.flags & VM_NOHUGEPAGE and self._thp_disable != "completely"
+                and self._has_aligned_block(vma) and ((vma.start >> 12) - vma.pgoff) % PTRS == 0)
+
     def _collapse_allowed(self, vma):
         """thp_vma_allowable_order(TVA_FORCED_COLLAPSE): sysfs ignored; VM_NOHUGEPAGE and a
         complete prctl veto; an aligned block inside; an anon_vma."""
@@ -2790,17 +2796,17 @@ class ReferenceMM:
             raise SyscallError(errno.ENOMEM, "madvise", "range not fully mapped")
 
     def _madvise_remove(self, start, end, vmas):
-        """MADV_REMOVE (madvise_remove -> fallocate PUNCH_HOLE of the file), as the API checks
-        it: every VMA of the range first (mlocked: EINVAL, private: EINVAL, not writable:
-        EACCES), then each one's pages punched out of its file; a hole is ENOMEM at the end."""
+        """MADV_REMOVE (madvise_remove -> fallocate PUNCH_HOLE of the file), VMA by VMA: each
+        one's pages punched out of its file until one refuses (mlocked: EINVAL, private:
+        EINVAL, no VM_MAYWRITE: EACCES; an mprotect to read-only keeps VM_MAYWRITE); a hole is
+        ENOMEM at the end."""
         for vma in vmas:
             if vma.flags & VM_LOCKED:
                 raise SyscallError(errno.EINVAL, "madvise", "MADV_REMOVE on an mlocked mapping")
             if vma.file is None:
                 raise SyscallError(errno.EINVAL, "madvise", "MADV_REMOVE needs a shared mapping")
-            if not vma.flags & VM_WRITE:
-                raise SyscallError(errno.EACCES, "madvise", "MADV_REMOVE needs a writable mapping")
-        for vma in vmas:
+            if not vma.flags & VM_MAYWRITE:
+                raise SyscallError(errno.EACCES, "madvise", "MADV_REMOVE needs a mapping that may write")
             s, e = max(start, vma.start), min(end, vma.end)
             first = self._linear_index(vma, s)
             self._m.punch_hole(vma.file, first, first + ((e - s) >> 12))
@@ -2884,10 +2890,10 @@ class ReferenceMM:
                 if ignore_errors:
                     return
                 raise SyscallError(errno.EAGAIN, syscall, "out of memory") from None
-            except _Bus:        # the API's Python layer raises the fault's signal here
+            except _Bus:        # GUP's EFAULT, which __mlock_posix_error_return makes ENOMEM
                 if ignore_errors:
                     return
-                raise BusError(cur) from None
+                raise SyscallError(errno.ENOMEM, syscall, f"SIGBUS at {cur:#x} while populating") from None
 
     @staticmethod
     def _advice_flags(vma, advice):
@@ -3057,14 +3063,19 @@ class ReferenceMM:
             if vma.start > cur:
                 unmapped, cur = True, vma.start
             stop = min(end, vma.end)
+            # madvise_collapse: hend below hstart (the piece lies inside one 2 MiB, not from its
+            # start) makes its block count wrap: EINVAL, after the VMA's own check
+            no_block = _align_up(cur, PMD_SIZE) > stop & ~(PMD_SIZE - 1)
             if vma.file is not None:        # 2 MiB by 2 MiB; the first failure ends the call
+                if not self._file_collapse_allowed(vma) or no_block:
+                    raise SyscallError(errno.EINVAL, "madvise", "MADV_COLLAPSE not allowed here")
                 for haddr in range(_align_up(cur, PMD_SIZE), (stop & ~(PMD_SIZE - 1)), PMD_SIZE):
                     err = self._collapse_file_block(vma, haddr)
                     if err:
                         raise SyscallError(err, "madvise", "MADV_COLLAPSE of shared memory")
                 cur = stop
                 continue
-            if not self._collapse_allowed(vma):
+            if not self._collapse_allowed(vma) or no_block:
                 raise SyscallError(errno.EINVAL, "madvise", "MADV_COLLAPSE not allowed in this VMA")
             failed = None
             for haddr in range(_align_up(cur, PMD_SIZE), stop & ~(PMD_SIZE - 1), PMD_SIZE):

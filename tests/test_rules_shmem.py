@@ -87,6 +87,28 @@ def test_madv_remove_frees_the_page_from_every_process():
     child.close()
 
 
+def test_madv_remove_asks_for_the_right_to_write_not_for_write_permission():
+    # vma_is_shared_maywrite: an mprotect to read-only (or none) keeps VM_MAYWRITE (host: R2-4)
+    mm = MM()
+    a = mm.mmap(2 * MB, shared=True)
+    mm.write(a)
+    mm.mprotect(a, 2 * MB, "r")
+    mm.madvise(a, 2 * MB, "remove")
+    assert mm.vmstat["nr_shmem"] == 0
+
+
+def test_madv_remove_punches_vma_by_vma_until_one_refuses():
+    # madvise_walk_vmas: the first VMA's pages go before the mlocked second one fails the call
+    mm = MM()
+    a = mm.mmap(2 * MB, shared=True)
+    mm.write(a), mm.write(a + MB)
+    mm.mlock(a + MB, PAGE)
+    with pytest.raises(SyscallError) as exc:
+        mm.madvise(a, 2 * MB, "remove")
+    assert exc.value.errno == errno.EINVAL
+    assert mm.page_states(a, PAGE)[0] == PS.NONE and mm.page_states(a + MB, PAGE)[0] == PS.SHMEM
+
+
 @pytest.mark.parametrize("advice, err", [("remove", errno.EINVAL)])
 def test_madv_remove_needs_a_shared_mapping(advice, err):
     mm = MM()
@@ -483,3 +505,16 @@ def test_fallocate_keep_size_keeps_a_split_from_dropping_what_it_reserved():
     f.fallocate(0, 4 * MB, keep_size=True)            # fallocend = 1024 pages
     f.fallocate(600 * PAGE, 10 * PAGE, punch_hole=True)
     assert mm.vmstat["nr_shmem"] == 512 + 512 - 10
+
+
+def test_mlock_past_the_end_of_a_memfd_is_enomem_with_the_pages_before_it_in():
+    # GUP's EFAULT on the SIGBUS, made ENOMEM by __mlock_posix_error_return (host: R2-634)
+    mm = MM()
+    fd = mm.memfd_create("m")
+    fd.ftruncate(2 * PAGE)
+    a = mm.mmap(4 * PAGE, fd=fd)
+    with pytest.raises(SyscallError) as exc:
+        mm.mlock(a, 4 * PAGE)
+    assert exc.value.errno == errno.ENOMEM
+    assert mm.page_states(a, 4 * PAGE).tolist() == [PS.SHMEM, PS.SHMEM, PS.NONE, PS.NONE]
+    assert "lo" in mm.smaps(a)["VmFlags"].split()
