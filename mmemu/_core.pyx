@@ -648,7 +648,10 @@ cdef class Machine:
         return pte_mapped > 0 and (folio.entire_mapcount > 0 or pte_mapped >= 2)
 
     cdef bint folio_mlocked(self, int64_t head) except -1:
-        """folio_test_mlocked: some VM_LOCKED VMA maps the folio."""
+        """folio_test_mlocked: some process maps every page of the folio from VM_LOCKED VMAs
+        (mlock_vma_folio and mlock_pte_range lock a large folio only when the locked range
+        holds all of it; one locked in part is not, and its split remaps the zero subpages
+        outside the locked VMAs)."""
         cdef MMCore mm
         for mm in self.mms:
             if mm.rmap_maps_locked(head):
@@ -3238,9 +3241,9 @@ cdef class MMCore:
         self.tlb_flush()
 
     def rmap_maps_locked(self, int64_t head):
-        """Whether a VM_LOCKED VMA of this process maps a page of the folio."""
+        """Whether VM_LOCKED VMAs of this process map every page of the folio."""
         cdef folio_t *folio = self.anon_folio_at(head)
-        cdef int64_t vma, pfn, nr = (<int64_t>1) << folio.order
+        cdef int64_t vma, pfn, nr = (<int64_t>1) << folio.order, locked = 0
         cdef uint64_t lo, hi, addr
         for vma in range(self.nr_vmas):
             if not (self.vm_flags[vma] & VM_LOCKED) or not self.rmap_vma_range(vma, folio, &lo, &hi):
@@ -3248,8 +3251,8 @@ cdef class MMCore:
             for addr in range(lo, hi, PAGE_SIZE):
                 pfn = self.rmap_pfn(addr)
                 if head <= pfn < head + nr:
-                    return True
-        return False
+                    locked += 1
+        return locked >= nr
 
     def rmap_split_pmds(self, int64_t head):
         """Split every PMD mapping of the folio in this process."""
@@ -3270,14 +3273,14 @@ cdef class MMCore:
 
     def rmap_remap_zero(self, int64_t head):
         """try_to_map_unused_to_zeropage: each PTE of this process mapping an unwritten subpage
-        of the folio becomes a zeropage PTE (R52)."""
+        of the folio becomes a zeropage PTE (R52), but in a VM_LOCKED VMA."""
         cdef folio_t *folio = self.anon_folio_at(head)
         cdef int64_t vma, pfn, nr = (<int64_t>1) << folio.order
         cdef uint64_t lo, hi, addr, e
         cdef uint64_t *pmdp
         cdef uint64_t *ptep
         for vma in range(self.nr_vmas):
-            if not self.rmap_vma_range(vma, folio, &lo, &hi):
+            if self.vm_flags[vma] & VM_LOCKED or not self.rmap_vma_range(vma, folio, &lo, &hi):
                 continue
             for addr in range(lo, hi, PAGE_SIZE):
                 pmdp = self.pmd_entry(addr)

@@ -698,18 +698,22 @@ class _Machine:
             self.queue(folio)
 
     def folio_mlocked(self, folio):
-        """folio_test_mlocked: a VM_LOCKED VMA of some process maps a page of the folio."""
+        """folio_test_mlocked: some process maps every page of the folio from VM_LOCKED VMAs
+        (a large folio locked in part is not mlocked)."""
         for mm in self.mms:
+            locked = set()
             for vma in mm._vmas:
                 if not vma.flags & VM_LOCKED:
                     continue
                 for pi, entry in mm._pmds.items():
                     if isinstance(entry, HugePmd):
                         if entry.folio is folio and vma.start <= pi << 21 < vma.end:
-                            return True
-                    elif any(pte.page is folio and vma.start <= vpn * PAGE_SIZE < vma.end
-                             for vpn, pte in entry.items()):
-                        return True
+                            locked.update(range(folio.nr))
+                    else:
+                        locked.update(pte.idx for vpn, pte in entry.items()
+                                      if pte.page is folio and vma.start <= vpn * PAGE_SIZE < vma.end)
+            if len(locked) == folio.nr:
+                return True
         return False
 
     def split_folio(self, folio):
@@ -739,7 +743,8 @@ class _Machine:
                     if pte.page is not folio:
                         continue
                     page = pages[pte.idx]
-                    if to_zero and not page.written:        # try_to_map_unused_to_zeropage
+                    # try_to_map_unused_to_zeropage, which leaves a VM_LOCKED VMA's pages be
+                    if to_zero and not page.written and not mm._find_vma(vpn * PAGE_SIZE).flags & VM_LOCKED:
                         table[vpn] = Pte("zero", None, 0, False, False, False, False)
                         page.mapcount -= 1
                     else:

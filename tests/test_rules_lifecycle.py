@@ -854,6 +854,34 @@ def test_R79_mlock_of_a_hp_mapping_takes_one_fault_for_a_thp():      # S78
     assert s["Locked"] == 2048 and "lo" in s["VmFlags"].split()
 
 
+def test_R52_a_thp_locked_in_part_is_not_mlocked_and_its_split_keeps_only_the_locked_pages():
+    # host (random scenario R3-4): an mlock of 16 pages of a THP splits its PMD; the folio is
+    # not mlocked (the locked range does not hold all of it), so the underused shrinker splits
+    # it, and try_to_map_unused_to_zeropage remaps the zero subpages outside the locked VMA
+    mm = MM(Config(khugepaged_max_ptes_none=255))
+    a = hp_mapping(mm)
+    mm.atomic(a + 264 * PAGE)
+    mm.mlock(a + 37 * PAGE, 16 * PAGE)
+    mm.drop_caches(2)
+    want = [PS.ZERO] * 512
+    want[37:53] = [PS.ANON] * 16
+    want[264] = PS.ANON
+    assert states(mm, a).tolist() == want
+    assert mm.vmstat["thp_underused_split_page"] == 1
+
+
+def test_R54_a_thp_locked_whole_is_mlocked_though_its_vma_is_split():
+    # both halves VM_LOCKED: the folio stays mlocked and the underused shrinker leaves it alone
+    mm = MM(Config(khugepaged_max_ptes_none=255))
+    a = hp_mapping(mm)
+    mm.write(a)
+    mm.mlock(a, 2 * MB)
+    mm.mprotect(a, MB, "r")                   # splits the VMA and the PMD mapping
+    mm.drop_caches(2)
+    assert mm.vmstat["thp_underused_split_page"] == 0
+    assert not (states(mm, a) == PS.ZERO).any()
+
+
 def test_R79_mlock_writes_writable_pages_and_reads_read_only_ones():
     mm = MM()
     rw, ro = mm.mmap(2 * MB), mm.mmap(2 * MB, "r")
