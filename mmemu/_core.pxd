@@ -318,8 +318,8 @@ cdef class Machine:
     cdef int shmem_undo_falloc(self, ShmemFile f, int64_t first, int64_t last) except -1
     cdef int shmem_drop_past_eof(self, ShmemFile f, int64_t hidx, int64_t nr) except -1
     cdef void shmem_remove(self, ShmemFile f, int64_t hidx, int64_t nr, int64_t pfn) noexcept nogil
-    cdef int shmem_split(self, ShmemFile f, folio_t *folio, int64_t at, int64_t hidx) except -1
-    cdef void shmem_split_folio_at(self, folio_t *folio, int64_t at) noexcept nogil
+    cdef int shmem_split(self, ShmemFile f, folio_t *folio, int64_t at, int64_t hidx, bint uniform=*) except -1
+    cdef void shmem_split_folio_at(self, folio_t *folio, int64_t at, bint uniform=*) noexcept nogil
     cdef folio_t *shmem_describe_folio(self, int64_t head, int order) noexcept nogil
     cdef bint unmap_leaves_partial(self, folio_t *folio, int64_t head) noexcept nogil
 
@@ -464,5 +464,8 @@ cdef class MMCore:
                            bint pmd_mapped) noexcept nogil
     cdef void _smaps(self, uint64_t start, uint64_t end, smaps_acc *acc) noexcept nogil
     cdef void _pmd_mapped_pages(self, int64_t *anon, int64_t *shmem) noexcept nogil
+    cdef void cold_file_ptes(self, int64_t vma, int32_t fid, uint64_t *pmdp, uint64_t addr,
+                             uint64_t next_addr) except *
+    cdef int64_t file_folio_maps_here(self, int32_t fid, int64_t head, int64_t nr) noexcept nogil
     cdef void describe_page(self, int64_t pfn, uint64_t e, bint pmd_mapped, uint64_t *pagemap,
                             uint64_t *kflags, int32_t *kcount) noexcept nogil

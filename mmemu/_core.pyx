@@ -892,17 +892,19 @@ cdef class Machine:
         for k in range(head, head + nr):
             self.flags[k] = self.flags[k] | PG_FALLOCATED
 
-    cdef int shmem_split(self, ShmemFile f, folio_t *folio, int64_t at, int64_t hidx) except -1:
+    cdef int shmem_split(self, ShmemFile f, folio_t *folio, int64_t at, int64_t hidx,
+                         bint uniform=False) except -1:
         """__folio_split of the shmem folio holding file pages from ``hidx``, around frame
-        ``at``: it is unmapped from every process first (try_to_unmap) and, being no anonymous
-        folio, not mapped again (remap_page): faults map the pieces anew. The pieces that begin
-        at or past EOF are dropped."""
+        ``at`` (``uniform``: split_folio, to order 0 whatever the kernel): it is unmapped from
+        every process first (try_to_unmap) and, being no anonymous folio, not mapped again
+        (remap_page): faults map the pieces anew. The pieces that begin at or past EOF are
+        dropped."""
         cdef int64_t nr = (<int64_t>1) << folio.order
         cdef MMCore mm
         for mm in list(self.mms):
             if mm.unmap_file_range(f.fid, hidx, hidx + nr):
                 raise MemoryError("cannot grow the page-table pool")
-        self.shmem_split_folio_at(folio, at)
+        self.shmem_split_folio_at(folio, at, uniform)
         return self.shmem_drop_past_eof(f, hidx, nr)
 
     cdef int shmem_drop_past_eof(self, ShmemFile f, int64_t hidx, int64_t nr) except -1:
@@ -999,10 +1001,11 @@ cdef class Machine:
             self.forget_mthp(head, order)
             self.free_frames(head, order)
 
-    cdef void shmem_split_folio_at(self, folio_t *folio, int64_t at) noexcept nogil:
+    cdef void shmem_split_folio_at(self, folio_t *folio, int64_t at, bint uniform=False) noexcept nogil:
         """folio_split(folio, 0, at): the folio becomes, at each order below its own, the buddy
         half that does not hold ``at`` (a folio of that order), and ``at`` alone. Order-1
-        pieces are kept as two order-0 pages (mmemu describes large folios from order 2)."""
+        pieces are kept as two order-0 pages (mmemu describes large folios from order 2).
+        ``uniform`` (split_folio), or before 6.15: order-0 pages."""
         cdef int order = folio.order, j
         cdef int64_t head = self.folio_pfn(folio), start
         if order == HPAGE_PMD_ORDER:
@@ -1012,8 +1015,8 @@ cdef class Machine:
         else:
             self.forget_mthp(head, order)
         self.count_mthp(order, MTHP_SPLIT, 1)
-        if not self.folio_split_nonuniform:
-            return                                # before 6.15: split_folio, to order 0
+        if uniform or not self.folio_split_nonuniform:
+            return                                # split_folio, to order 0
         for j in range(order - 1, -1, -1):
             start = head + ((((at - head) >> j) ^ 1) << j)
             if j >= MIN_MTHP_ORDER:
@@ -1621,28 +1624,6 @@ cdef class MMCore:
         """The orders below 9 a fault may use in a VMA with these flags (a bitmask)."""
         return self.mthp_orders(vm_flags)
 
-    def clear_young_range(self, uint64_t start, uint64_t end):
-        """Clear the accessed bit of every PTE of [start, end) (MADV_COLD of shared memory:
-        the pages are deactivated, nothing else changes)."""
-        cdef uint64_t addr = start, e
-        cdef uint64_t *pmdp
-        check_range(start, end)
-        self.tlb_flush()
-        while addr < end:
-            pmdp = self.pmd_entry(addr)
-            if pmdp == NULL:
-                addr = self.skip_hole(addr)
-                continue
-            if pmdp[0] & _PAGE_PSE:
-                pmdp[0] = pmdp[0] & ~(<uint64_t>_PAGE_ACCESSED)
-                addr = (addr & PMD_MASK) + PMD_SIZE
-                continue
-            if pmdp[0]:
-                e = self.pte_entry(pmdp[0], addr)[0]
-                if e:
-                    self.pte_entry(pmdp[0], addr)[0] = e & ~(<uint64_t>_PAGE_ACCESSED)
-            addr += PAGE_SIZE
-
     def thp_allowed_for(self, uint32_t vm_flags):
         """Whether order 9 is allowed for a VMA with these flags (smaps THPeligible)."""
         return self.thp_allowed(vm_flags)
@@ -2156,12 +2137,14 @@ cdef class MMCore:
         first maps what is cached around it: fault-around), allocate it if missing (a read
         too: there is no zeropage here), and map it: a THP by its PMD where it fits, else PTEs."""
         cdef int32_t fid = self.vm_file[vma]
-        cdef int64_t index = self.folio_index_at(vma, addr), pfn, head, nr
+        cdef int64_t index, pfn, head, nr
         cdef uint64_t pmd = pmdp[0]
         cdef uint64_t *pte
         cdef folio_t *folio
         cdef int ret
         cdef bint prealloc
+        addr &= ~(<uint64_t>PAGE_SIZE - 1)         # vmf->address: where the folio's pages go
+        index = self.folio_index_at(vma, addr)
         if index >= self.machine.file_size[fid]:
             return VM_FAULT_SIGBUS
         if pmd & _PAGE_PSE:
@@ -3387,6 +3370,102 @@ cdef class MMCore:
             else:
                 self.reclaim_ptes(pte, i, nr, pfn)
             i += nr
+
+    def madvise_cold_file(self, uint64_t start, uint64_t end):
+        """madvise_cold_or_pageout_pte_range (MADV_COLD) over [start, end) of one shared mapping
+        (R61): a shmem folio all of whose mappings are this process's and which the range
+        covers in part is split (split_folio: to order 0), which unmaps it from every process
+        (a file folio is not mapped again); a PMD the range covers whole is made old, and so
+        are the PTEs of folios they map once per page (folio_mapcount == folio_nr_pages)."""
+        cdef int64_t vma, pfn
+        cdef int32_t fid
+        cdef uint64_t addr = start, next_addr, e
+        cdef uint64_t *pmdp
+        cdef folio_t *folio
+        check_range(start, end)
+        vma = self.find_vma(start)
+        if vma < 0 or not self.vm_file[vma] or start < self.vm_start[vma] or end > self.vm_end[vma]:
+            raise ValueError("madvise_cold_file: the range must lie in one shared mapping")
+        fid = self.vm_file[vma]
+        self.tlb_flush()
+        while addr < end:
+            next_addr = umin((addr & PMD_MASK) + PMD_SIZE, end)
+            pmdp = self.pmd_entry(addr)
+            if pmdp == NULL:
+                addr = umin(self.skip_hole(addr), end)
+                continue
+            e = pmdp[0]
+            if e & _PAGE_PSE:
+                pfn = <int64_t>entry_index(e)
+                folio = &self.machine.pmd_folio[pfn >> HPAGE_PMD_ORDER]
+                if self.file_folio_maps_here(fid, pfn, HPAGE_PMD_NR) == folio.refcount:
+                    if next_addr - addr == PMD_SIZE:
+                        pmdp[0] = e & ~(<uint64_t>_PAGE_ACCESSED)
+                    else:
+                        # try_to_unmap(TTU_SPLIT_HUGE_PMD) splits each PMD map first (counted)
+                        self.count_vm(THP_SPLIT_PMD, folio.entire_mapcount)
+                        self.machine.shmem_split(<ShmemFile>self.machine.files[fid], folio, pfn,
+                                                 self.folio_index_at(vma, addr & PMD_MASK), True)
+            elif e:
+                self.cold_file_ptes(vma, fid, pmdp, addr, next_addr)
+            addr = next_addr
+        self.tlb_flush()
+
+    cdef void cold_file_ptes(self, int64_t vma, int32_t fid, uint64_t *pmdp, uint64_t addr,
+                             uint64_t next_addr) except *:
+        cdef uint64_t *pte = self.pte_entry(pmdp[0], 0)
+        cdef int64_t i = pte_index(addr), first = i, last = pte_index(next_addr - 1) + 1, nr, pfn, head
+        cdef uint64_t e
+        cdef folio_t *folio
+        while i < last:
+            e = pte[i]
+            if not e or (e & _PAGE_SPECIAL):
+                i += 1
+                continue
+            pfn = <int64_t>entry_index(e)
+            folio = self.machine.folio_of(pfn)
+            nr = 1 if folio == NULL else folio_pte_batch(pte, i, last, pfn, folio.order)
+            if folio != NULL and nr < (1 << folio.order):
+                head = self.machine.folio_pfn(folio)
+                if self.file_folio_maps_here(fid, head, (<int64_t>1) << folio.order) == folio.refcount:
+                    self.count_vm(THP_SPLIT_PMD, folio.entire_mapcount)
+                    self.machine.shmem_split(<ShmemFile>self.machine.files[fid], folio, head,
+                                             self.folio_index_at(vma, addr + <uint64_t>((i - first) << PAGE_SHIFT))
+                                             - (pfn - head), True)
+                    continue                          # the same PTE: none now
+                i += nr
+                continue
+            if (self.machine.mapcount[pfn] if folio == NULL else folio.refcount) == nr:
+                self.clear_young(pte, i, nr)
+            i += nr
+
+    cdef int64_t file_folio_maps_here(self, int32_t fid, int64_t head, int64_t nr) noexcept nogil:
+        """How many mappings of the folio at frames [head, head + nr) this process has (a PMD
+        map counts one, a PTE map one): all of its refcount when no other process maps it
+        (folio_maybe_mapped_shared is then false)."""
+        cdef int64_t vma, count = 0, i
+        cdef uint64_t addr, end, stop, e
+        cdef uint64_t *pmdp
+        cdef uint64_t *pte
+        for vma in range(self.nr_vmas):
+            if self.vm_file[vma] != fid:
+                continue
+            addr, end = self.vm_start[vma], self.vm_end[vma]
+            while addr < end:
+                stop = umin((addr & PMD_MASK) + PMD_SIZE, end)
+                pmdp = self.pmd_entry(addr)
+                if pmdp != NULL and pmdp[0]:
+                    if pmdp[0] & _PAGE_PSE:
+                        if head <= <int64_t>entry_index(pmdp[0]) < head + nr:
+                            count += 1
+                    else:
+                        pte = self.pte_entry(pmdp[0], 0)
+                        for i in range(pte_index(addr), pte_index(stop - 1) + 1):
+                            e = pte[i]
+                            if e and not (e & _PAGE_SPECIAL) and head <= <int64_t>entry_index(e) < head + nr:
+                                count += 1
+                addr = stop
+        return count
 
     cdef void lazyfree_ptes(self, uint64_t *pte, int64_t i, int64_t nr, int64_t pfn) noexcept nogil:
         """MADV_FREE of one folio mapped by these nr PTEs (whoever else maps it: a fresh

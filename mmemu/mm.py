@@ -648,7 +648,7 @@ class MM:
         elif name in ("cold", "pageout"):
             for s, e, flags, _ in pieces:
                 if flags & VM_SHARED:
-                    self._core.clear_young_range(s, e)    # deactivation shows as Referenced 0
+                    self._core.madvise_cold_file(s, e)
                 else:
                     self._core.madvise_cold(s, e, name == "pageout", zero_remap)
         elif name == "collapse":

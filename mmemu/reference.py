@@ -791,14 +791,14 @@ class _Machine:
         self.buddy_free(folio.pfn, folio.order)
         self.uncharge(folio.nr)
 
-    def shmem_split(self, folio, cut):
+    def shmem_split(self, folio, cut, uniform=False):
         """Split a large shmem folio around its page `cut` (6.15+ folio_split: at each order
         below its own the half without the cut page stays one folio, the cut page ends as an
         order-0 folio; an order-1 piece becomes two order-0 pages here, as the design notes
         have it); before 6.15 into order-0 pages. It is unmapped from every process first and
         not mapped again (remap_page maps anonymous folios only); counted as thp_split_page
         (order 9) and <size>/split. Returns the pieces."""
-        if self.config_version() >= (6, 15):
+        if self.config_version() >= (6, 15) and not uniform:     # uniform: split_folio
             pieces, lo, order = [], 0, folio.order
             while order > 0:
                 order -= 1
@@ -2793,7 +2793,7 @@ class ReferenceMM:
             elif advice == "free":
                 self._madvise_free(cur, stop)
             elif advice == "cold" and vma.file is not None:
-                self._clear_young(cur, stop)     # deactivation shows as Referenced 0
+                self._madvise_cold_shared(cur, stop)
             elif advice in ("cold", "pageout"):
                 self._madvise_cold_or_pageout(cur, stop, advice == "pageout")
             cur = stop
@@ -2823,15 +2823,56 @@ class ReferenceMM:
         if cursor < end:
             raise SyscallError(errno.ENOMEM, "madvise", "range not fully mapped")
 
-    def _clear_young(self, start, end):
-        """MADV_COLD of shared memory: the accessed bits of the range's entries are cleared."""
-        for _, entry in self._entries_in(start, end):
+    def _madvise_cold_shared(self, start, end):
+        """R61 (madvise_cold_or_pageout_pte_range, MADV_COLD) over [start, end) of one shared
+        VMA: a shmem folio only this process maps and the range covers in part is split to
+        order 0 (split_folio), which unmaps it everywhere; a PMD covered whole is made old, and
+        so are the PTEs of folios these entries alone map, once per page."""
+        for pi, lo, hi, entry in self._pmd_ranges(start, end):
             if isinstance(entry, HugePmd):
-                entry.young = False
+                folio = entry.folio
+                if self._shmem_maps_here(folio) != self._shmem_mapcount(folio):
+                    continue
+                if hi - lo == PMD_SIZE:
+                    entry.young = False
+                else:       # try_to_unmap(TTU_SPLIT_HUGE_PMD) splits each PMD map (counted)
+                    self._m.events["thp_split_pmd"] += folio.entire
+                    self._m.drop_past_eof(folio.file, self._m.shmem_split(folio, 0, uniform=True))
                 continue
-            for vpn, pte in entry.items():
-                if start >> 12 <= vpn < end >> 12:
-                    pte.young = False
+            vpn, last = lo >> 12, hi >> 12
+            while vpn < last:
+                pte = entry.get(vpn)
+                if pte is None or pte.kind != "shmem":
+                    vpn += 1
+                    continue
+                folio, nr = pte.page, self._batch_len(entry, vpn, last)
+                if nr < folio.nr:
+                    if self._shmem_maps_here(folio) == self._shmem_mapcount(folio):
+                        self._m.events["thp_split_pmd"] += folio.entire
+                        self._m.drop_past_eof(folio.file, self._m.shmem_split(folio, pte.idx, uniform=True))
+                        continue                    # the same PTE: none now
+                    vpn += nr
+                    continue
+                if self._shmem_mapcount(folio) == nr:
+                    for v in range(vpn, vpn + nr):
+                        entry[v].young = False
+                vpn += nr
+
+    @staticmethod
+    def _shmem_mapcount(folio):
+        """folio_mapcount of a shmem folio: every PTE map and every PMD map (one each)."""
+        return sum(folio.mapcount) + folio.entire
+
+    def _shmem_maps_here(self, folio):
+        """This process's maps of the folio (a PMD map one, a PTE map one): all of them when
+        no other process maps it (folio_maybe_mapped_shared is false)."""
+        n = 0
+        for entry in self._pmds.values():
+            if isinstance(entry, HugePmd):
+                n += entry.folio is folio
+            else:
+                n += sum(1 for pte in entry.values() if pte.page is folio)
+        return n
 
     # ================================================================ mlock
 

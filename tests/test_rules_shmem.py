@@ -518,3 +518,51 @@ def test_mlock_past_the_end_of_a_memfd_is_enomem_with_the_pages_before_it_in():
     assert exc.value.errno == errno.ENOMEM
     assert mm.page_states(a, 4 * PAGE).tolist() == [PS.SHMEM, PS.SHMEM, PS.NONE, PS.NONE]
     assert "lo" in mm.smaps(a)["VmFlags"].split()
+
+
+def test_madv_cold_of_part_of_a_shmem_thp_splits_it_and_unmaps_it():
+    # madvise_cold_or_pageout_pte_range: split_folio of a PMD-mapped folio the range covers in
+    # part; a file folio is not mapped again after a split (host: random scenario R2-696)
+    mm = MM(Config(shmem_enabled="always"))
+    a = mm.mmap(2 * MB, shared=True)
+    mm.read(a)
+    before = counters(mm)
+    mm.madvise(a + 16 * PAGE, PAGE, "cold")
+    assert (mm.page_states(a, 2 * MB) == PS.NONE).all()
+    d = delta(before, counters(mm))
+    assert d["thp_split_page"] == d["thp_split_pmd"] == 1 and d["nr_shmem_hugepages"] == -1
+    assert "nr_shmem" not in d
+    assert mm.read(a + 100 * PAGE) == 1                  # the pages are still in the cache
+    assert mm.page_states(a + 100 * PAGE, PAGE)[0] == PS.SHMEM
+
+
+def test_madv_cold_of_a_whole_shmem_thp_only_makes_it_old():
+    mm = MM(Config(shmem_enabled="always"))
+    a = mm.mmap(2 * MB, shared=True)
+    mm.read(a)
+    mm.madvise(a, 2 * MB, "cold")
+    assert (mm.page_states(a, 2 * MB) == PS.SHMEM_THP).all() and mm.smaps(a)["Referenced"] == 0
+
+
+def test_madv_cold_leaves_a_shmem_thp_another_process_maps():
+    mm = MM(Config(shmem_enabled="always"))
+    a = mm.mmap(2 * MB, shared=True)
+    mm.read(a)
+    with mm.fork() as child:
+        child.read(a)                                    # the child maps it too
+        mm.madvise(a, PAGE, "cold")
+        assert (mm.page_states(a, 2 * MB) == PS.SHMEM_THP).all()
+        assert (child.page_states(a, 2 * MB) == PS.SHMEM_THP).all()
+
+
+def test_a_fault_at_an_unaligned_address_maps_the_whole_shmem_folio_too():
+    # finish_fault works from vmf->address, the page's address: the byte offset plays no part
+    for offset in (0, 1, PAGE - 1):
+        mm = MM(Config(shmem_enabled="always"))
+        fd = mm.memfd_create("m")
+        fd.ftruncate(4 * MB)
+        a = mm.mmap(4 * MB, fd=fd)
+        mm.read(a)                                           # a shmem THP
+        fd.fallocate(0, PAGE, punch_hole=True, keep_size=True)   # split: 256..511 one folio
+        assert mm.write(a + 256 * PAGE + offset) == 1
+        assert mm.status["RssShmem"] == 1024
