@@ -412,7 +412,8 @@ cdef class MMCore:
     cdef void remove_anon_ptes(self, folio_t *folio, int64_t pfn, int64_t nr) noexcept nogil
     cdef bint khugepaged_allowed(self, int64_t vma) noexcept nogil
     cdef void khugepaged_enter_vma(self, int64_t vma) noexcept nogil
-    cdef void madvise_pte_range(self, uint64_t *pmdp, uint64_t addr, uint64_t next_addr, int mode, bint zero_remap) except *
+    cdef void madvise_pte_range(self, uint64_t *pmdp, uint64_t addr, uint64_t next_addr, int mode, bint zero_remap,
+                                int64_t vma=*, int32_t fid=*) except *
     cdef void lazyfree_ptes(self, uint64_t *pte, int64_t i, int64_t nr, int64_t pfn) noexcept nogil
     cdef void clear_young(self, uint64_t *pte, int64_t i, int64_t nr) noexcept nogil
     cdef void reclaim_ptes(self, uint64_t *pte, int64_t i, int64_t nr, int64_t pfn) noexcept nogil
@@ -464,8 +465,8 @@ cdef class MMCore:
                            bint pmd_mapped) noexcept nogil
     cdef void _smaps(self, uint64_t start, uint64_t end, smaps_acc *acc) noexcept nogil
     cdef void _pmd_mapped_pages(self, int64_t *anon, int64_t *shmem) noexcept nogil
-    cdef void cold_file_ptes(self, int64_t vma, int32_t fid, uint64_t *pmdp, uint64_t addr,
-                             uint64_t next_addr) except *
+    cdef bint split_file_folio_alone(self, int64_t vma, int32_t fid, folio_t *folio, int64_t pfn,
+                                     uint64_t addr) except -1
     cdef int64_t file_folio_maps_here(self, int32_t fid, int64_t head, int64_t nr) noexcept nogil
     cdef void describe_page(self, int64_t pfn, uint64_t e, bint pmd_mapped, uint64_t *pagemap,
                             uint64_t *kflags, int32_t *kcount) noexcept nogil

@@ -3336,12 +3336,13 @@ cdef class MMCore:
         self.tlb_flush()
 
     cdef void madvise_pte_range(self, uint64_t *pmdp, uint64_t addr, uint64_t next_addr, int mode,
-                                bint zero_remap) except *:
+                                bint zero_remap, int64_t vma=-1, int32_t fid=0) except *:
         """The PTE walk of madvise_free_pte_range (mode 0) and madvise_cold_or_pageout_pte_range
         (1: cold, 2: pageout). A large folio only partly mapped by the batch of PTEs here is
-        split unless mapped shared, and the same PTE looked at again."""
+        split unless mapped shared, and the same PTE looked at again. ``fid``: the shmem file
+        of ``vma``, a shared mapping (mode 1 only), whose folios split as file folios do."""
         cdef uint64_t *pte = self.pte_entry(pmdp[0], 0)
-        cdef int64_t i = pte_index(addr), last = pte_index(next_addr - 1) + 1, nr, pfn
+        cdef int64_t i = pte_index(addr), first = i, last = pte_index(next_addr - 1) + 1, nr, pfn
         cdef uint64_t e
         cdef folio_t *folio
         while i < last:
@@ -3353,7 +3354,13 @@ cdef class MMCore:
             folio = self.machine.folio_of(pfn)
             nr = 1 if folio == NULL else folio_pte_batch(pte, i, last, pfn, folio.order)
             if folio != NULL and nr < (1 << folio.order):
-                if not self.machine.folio_maybe_mapped_shared(folio):
+                if fid:
+                    if self.split_file_folio_alone(vma, fid, folio, pfn, addr + (<uint64_t>(i - first) << PAGE_SHIFT)):
+                        if not pmdp[0]:
+                            break
+                        pte = self.pte_entry(pmdp[0], 0)
+                        continue                      # the same PTE: none now
+                elif not self.machine.folio_maybe_mapped_shared(folio):
                     self.machine.split_folio(folio, zero_remap and self.zero_page)
                     pte = self.pte_entry(pmdp[0], 0)
                     continue                          # the same PTE, now an order-0 page
@@ -3398,46 +3405,27 @@ cdef class MMCore:
             if e & _PAGE_PSE:
                 pfn = <int64_t>entry_index(e)
                 folio = &self.machine.pmd_folio[pfn >> HPAGE_PMD_ORDER]
-                if self.file_folio_maps_here(fid, pfn, HPAGE_PMD_NR) == folio.refcount:
-                    if next_addr - addr == PMD_SIZE:
-                        pmdp[0] = e & ~(<uint64_t>_PAGE_ACCESSED)
-                    else:
-                        # try_to_unmap(TTU_SPLIT_HUGE_PMD) splits each PMD map first (counted)
-                        self.count_vm(THP_SPLIT_PMD, folio.entire_mapcount)
-                        self.machine.shmem_split(<ShmemFile>self.machine.files[fid], folio, pfn,
-                                                 self.folio_index_at(vma, addr & PMD_MASK), True)
+                if next_addr - addr < PMD_SIZE:
+                    self.split_file_folio_alone(vma, fid, folio, pfn, addr & PMD_MASK)
+                elif self.file_folio_maps_here(fid, pfn, HPAGE_PMD_NR) == folio.refcount:
+                    pmdp[0] = e & ~(<uint64_t>_PAGE_ACCESSED)
             elif e:
-                self.cold_file_ptes(vma, fid, pmdp, addr, next_addr)
+                self.madvise_pte_range(pmdp, addr, next_addr, 1, False, vma, fid)
             addr = next_addr
         self.tlb_flush()
 
-    cdef void cold_file_ptes(self, int64_t vma, int32_t fid, uint64_t *pmdp, uint64_t addr,
-                             uint64_t next_addr) except *:
-        cdef uint64_t *pte = self.pte_entry(pmdp[0], 0)
-        cdef int64_t i = pte_index(addr), first = i, last = pte_index(next_addr - 1) + 1, nr, pfn, head
-        cdef uint64_t e
-        cdef folio_t *folio
-        while i < last:
-            e = pte[i]
-            if not e or (e & _PAGE_SPECIAL):
-                i += 1
-                continue
-            pfn = <int64_t>entry_index(e)
-            folio = self.machine.folio_of(pfn)
-            nr = 1 if folio == NULL else folio_pte_batch(pte, i, last, pfn, folio.order)
-            if folio != NULL and nr < (1 << folio.order):
-                head = self.machine.folio_pfn(folio)
-                if self.file_folio_maps_here(fid, head, (<int64_t>1) << folio.order) == folio.refcount:
-                    self.count_vm(THP_SPLIT_PMD, folio.entire_mapcount)
-                    self.machine.shmem_split(<ShmemFile>self.machine.files[fid], folio, head,
-                                             self.folio_index_at(vma, addr + <uint64_t>((i - first) << PAGE_SHIFT))
-                                             - (pfn - head), True)
-                    continue                          # the same PTE: none now
-                i += nr
-                continue
-            if (self.machine.mapcount[pfn] if folio == NULL else folio.refcount) == nr:
-                self.clear_young(pte, i, nr)
-            i += nr
+    cdef bint split_file_folio_alone(self, int64_t vma, int32_t fid, folio_t *folio, int64_t pfn,
+                                     uint64_t addr) except -1:
+        """split_folio of the shmem folio that maps page ``pfn`` at ``addr`` if no other process
+        maps it (folio_maybe_mapped_shared): each PMD map of it is split first (try_to_unmap,
+        counted), then it is unmapped everywhere, as file folios are. Whether it was."""
+        cdef int64_t head = self.machine.folio_pfn(folio)
+        if self.file_folio_maps_here(fid, head, (<int64_t>1) << folio.order) != folio.refcount:
+            return False
+        self.count_vm(THP_SPLIT_PMD, folio.entire_mapcount)
+        self.machine.shmem_split(<ShmemFile>self.machine.files[fid], folio, head,
+                                 self.folio_index_at(vma, addr) - (pfn - head), True)
+        return True
 
     cdef int64_t file_folio_maps_here(self, int32_t fid, int64_t head, int64_t nr) noexcept nogil:
         """How many mappings of the folio at frames [head, head + nr) this process has (a PMD
