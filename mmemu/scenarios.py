@@ -472,6 +472,36 @@ HOST_ORACLE_SCENARIOS += [
     ("S81", {}, 1 << 30, False, [("read", 0), ("munmap", 0, (1 << 30) // PAGE)]),
 ]
 
+# Found by random scenarios played on the 6.18 host and the emulator (the session notes of
+# 2026-11-29): the host is the oracle, no values are written down
+EXPLORED_ORACLE_SCENARIOS = [
+    ("E1 MADV_COLLAPSE inside one 2 MiB, not from its start: EINVAL", {}, 2 * MB, True,
+     [("write", 0), ("collapse", 100, 50)]),
+    ("E2 MADV_COLLAPSE from a 2 MiB boundary, shorter than it: nothing to do", {}, 2 * MB, True,
+     [("write", 0), ("collapse", 0, 16)]),
+    ("E3 memfd: MADV_COLLAPSE holding no whole 2 MiB", {}, 2 * MB, False,
+     [("write", 5), ("collapse", 208, 256)]),
+    ("E4 memfd of 259 pages: mlock across i_size", {}, 2 * MB, False, [("mlock", 250, 16)]),
+    ("E5 shared, read-only by mprotect: MADV_REMOVE", {}, 2 * MB, False,
+     [("write", 0), ("mprotect", 0, 512, "r"), ("remove", 0, 512)]),
+    ("E6 THP locked in part: the underused shrinker splits it", {"khugepaged_max_ptes_none": 255}, 2 * MB, True,
+     [("atomic", 264), ("mlock", 37, 16), ("drop_caches",)]),
+    ("E7 THP locked whole, VMA split by mprotect: still mlocked", {"khugepaged_max_ptes_none": 255}, 2 * MB, True,
+     [("write", 0), ("mlock", 0, 512), ("mprotect", 0, 256, "r"), ("drop_caches",)]),
+    ("E8 THP locked in one page: MADV_PAGEOUT's split", {"thp": "always"}, 2 * MB, True,
+     [("atomic", 346), ("mlock", 83, 1), ("pageout", 508, 4)]),
+    ("E9 shmem THP: MADV_COLD of part splits and unmaps it", {"shmem_enabled": "always"}, 2 * MB, False,
+     [("read", 0), ("cold", 16, 1), ("read", 100)]),
+    ("E10 shmem THP: MADV_COLD of all of it", {"shmem_enabled": "always"}, 2 * MB, False,
+     [("read", 0), ("cold", 0, 512)]),
+    ("E11 shmem THP a child maps too: MADV_COLD of part", {"shmem_enabled": "always"}, 2 * MB, False,
+     [("read", 0), ("fork",), ("child", "read", 0), ("cold", 0, 1)]),
+]
+BEFORE.update({name: {"E3": [("memfd",)], "E4": [("memfd", 259)], "E5": [("shared",)], "E9": [("shared",)],
+                      "E10": [("shared",)], "E11": [("shared",)]}.get(name.split()[0], [])
+               for name, *_ in EXPLORED_ORACLE_SCENARIOS})
+HOST_ORACLE_SCENARIOS += EXPLORED_ORACLE_SCENARIOS
+
 # ---- issue 4: splits, fork, madvise free/cold/pageout/collapse, khugepaged, shrinkers, mremap ----
 # Same fields as ROWS.  Every value was measured on the 6.18.44 host (mmemu.host.HostMM, with
 # khugepaged held off between steps and driven by ("khugepaged", passes)); where the host and the

@@ -1984,6 +1984,19 @@ def test_shared_oracle_scenario_as_the_host_showed_it(scenario):
     assert first_difference(got, want) == ""
 
 
+@pytest.mark.parametrize("scenario", scenarios.EXPLORED_ORACLE_SCENARIOS,
+                         ids=[scenarios.short(s[0]) for s in scenarios.EXPLORED_ORACLE_SCENARIOS])
+def test_explored_oracle_scenario_as_the_engine_plays_it(scenario):
+    """E1-E11 (found by random scenarios on the 6.18 host, which tests/conformance holds the
+    engine to): the reference plays them step for step as the engine does."""
+    engine = pytest.importorskip("mmemu.mm")
+    from mmemu.conformance import first_difference, play
+    name, config, length, hp, steps = scenario
+    want = play(engine.MM(Config(**config)), name, length, hp, steps)
+    got = play(ReferenceMM(Config(**config)), name, length, hp, steps)
+    assert first_difference(got, want) == ""
+
+
 def _shmem_folios(mm, a):
     """(first page, pages) of each folio left in the page cache of the file mapped at a."""
     file = mm._vma_at(a).file
