@@ -2216,17 +2216,23 @@ cdef class MMCore:
         return (haddr >= self.vm_start[vma] and haddr + PMD_SIZE <= self.vm_end[vma]
                 and (((self.vm_start[vma] >> PAGE_SHIFT) - self.vm_pgoff[vma]) & (HPAGE_PMD_NR - 1)) == 0)
 
-    def file_collapse_allowed(self, int64_t vma):
-        """thp_vma_allowable_order(TVA_FORCED_COLLAPSE) for a shared mapping, the check
-        madvise_collapse makes before its first block: no VM_NOHUGEPAGE, no complete
-        PR_SET_THP_DISABLE, and the VMA's last aligned 2 MiB suitable (thp_vma_suitable_order:
-        inside the VMA, file offsets aligned alike)."""
-        if not 0 <= vma < self.nr_vmas or not self.vm_file[vma]:
-            raise ValueError("file_collapse_allowed: not a shared mapping")
+    def file_collapse_refused(self, uint64_t start, uint64_t end):
+        """Whether madvise_collapse fails [start, end), which lies in one shared mapping, with
+        EINVAL before its first block: thp_vma_allowable_order(TVA_FORCED_COLLAPSE) says no
+        (VM_NOHUGEPAGE, a complete PR_SET_THP_DISABLE, or the VMA's last aligned 2 MiB not
+        suitable: thp_vma_suitable_order, file offsets aligned alike), or the range holds no
+        whole block without starting on a boundary (no_whole_block)."""
+        cdef int64_t vma
+        check_range(start, end)
+        vma = self.find_vma(start)
+        if vma < 0 or not self.vm_file[vma] or start < self.vm_start[vma] or end > self.vm_end[vma]:
+            raise ValueError("file_collapse_refused: the range must lie in one shared mapping")
         if self.vm_flags[vma] & VM_NOHUGEPAGE or self.thp_disable == THP_DISABLE_COMPLETELY:
-            return False
-        return (self.vm_end[vma] - self.vm_start[vma] >= PMD_SIZE
-                and self.shmem_pmd_suitable(vma, self.vm_end[vma] - PMD_SIZE))
+            return True
+        if not (self.vm_end[vma] - self.vm_start[vma] >= PMD_SIZE
+                and self.shmem_pmd_suitable(vma, self.vm_end[vma] - PMD_SIZE)):
+            return True
+        return no_whole_block(start, end)
 
     cdef bint shmem_pmd_mappable(self, int64_t vma, uint64_t addr, folio_t *folio) noexcept nogil:
         """do_set_pmd's conditions: a PMD-sized folio, a VMA that can hold it, and no veto as for

@@ -694,12 +694,10 @@ class MM:
 
     def _collapse_file(self, start, end):
         """MADV_COLLAPSE of a shared mapping, 2 MiB by 2 MiB; the first failure ends it."""
-        vma = self._core.vma_index(start)
-        if not self._core.file_collapse_allowed(vma):
+        if self._core.file_collapse_refused(start, end):
             return "EINVAL"
+        vma = self._core.vma_index(start)
         addr = (start + PMD_SIZE - 1) & ~(PMD_SIZE - 1)
-        if addr > end & ~(PMD_SIZE - 1):
-            return "EINVAL"                  # inside one 2 MiB: see _core.no_whole_block
         while addr + PMD_SIZE <= end:
             ret = self._core.collapse_file(vma, addr)
             if ret:

@@ -28,7 +28,8 @@ def test_every_range_method_refuses_a_bad_range(core, start, end):
                  lambda: core.madvise_collapse(start, end),
                  lambda: core.move_page_tables(start, 1 << 40, (end - start) % (1 << 64)),
                  lambda: core.move_page_tables(1 << 40, start, (end - start) % (1 << 64)),
-                 lambda: core.contpte_blocks(start, end), lambda: core.madvise_cold_file(start, end)):
+                 lambda: core.contpte_blocks(start, end), lambda: core.madvise_cold_file(start, end),
+                 lambda: core.file_collapse_refused(start, end)):
         with pytest.raises(ValueError):
             call()
 
